@@ -168,4 +168,3 @@ class DatasetStore(ABC):
     def read_uri(self, uri: str | DatasetURI) -> bytes:
         parsed = DatasetURI.parse(uri) if isinstance(uri, str) else uri
         return self.read(parsed.repo, parsed.ref, parsed.path)
-

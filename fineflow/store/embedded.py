@@ -92,7 +92,9 @@ class EmbeddedStore(DatasetStore):
                 raise AlreadyExistsError(f"repository {repo!r} already exists")
             initial = self._store_commit(repo, parents=(), tree={}, message=_INITIAL_MESSAGE, metadata={})
             self._write_branch(repo, default_branch, initial, staged={})
-            _atomic_write(self._repo_dir(repo) / "repo.json", json.dumps({"default_branch": default_branch}).encode())
+            _atomic_write(
+                self._repo_dir(repo) / "repo.json", json.dumps({"default_branch": default_branch}).encode()
+            )
 
     def repo_exists(self, repo: str) -> bool:
         return (self._repo_dir(repo) / "repo.json").exists()
@@ -190,7 +192,7 @@ class EmbeddedStore(DatasetStore):
             dest_tree = self._load_commit(repo, dest_head).tree
             if _tree_diff(dest_tree, {**dest_tree, **staged}):
                 raise UncommittedChangesError(
-                    f"branch {destination_branch!r} has uncommitted changes; commit them before merging into it"
+                    f"branch {destination_branch!r} has uncommitted changes; commit them before merging"
                 )
             base = self._merge_base(repo, source, dest_head)
             merged = self._three_way(repo, base, source, dest_head, source_ref, destination_branch)
@@ -220,7 +222,9 @@ class EmbeddedStore(DatasetStore):
         return commit_id
 
     def log(self, repo: str, ref: str, limit: int | None = None) -> list[Commit]:
-        commits = [self._load_commit(repo, cid).commit for cid in self._ancestors(repo, self.resolve(repo, ref))]
+        commits = [
+            self._load_commit(repo, cid).commit for cid in self._ancestors(repo, self.resolve(repo, ref))
+        ]
         commits.sort(key=lambda c: (c.created_at, c.id), reverse=True)
         return commits[:limit] if limit is not None else commits
 
@@ -310,7 +314,9 @@ class EmbeddedStore(DatasetStore):
                 return candidate
         raise StoreError(f"commits {left[:12]} and {right[:12]} share no history in {repo!r}")
 
-    def _three_way(self, repo: str, base: str, source: str, dest: str, source_ref: str, dest_name: str) -> Tree:
+    def _three_way(
+        self, repo: str, base: str, source: str, dest: str, source_ref: str, dest_name: str
+    ) -> Tree:
         base_tree = self._load_commit(repo, base).tree
         source_tree = self._load_commit(repo, source).tree
         dest_tree = self._load_commit(repo, dest).tree
@@ -318,7 +324,7 @@ class EmbeddedStore(DatasetStore):
         conflicts: list[str] = []
         for path in sorted(base_tree.keys() | source_tree.keys() | dest_tree.keys()):
             b, s, d = base_tree.get(path), source_tree.get(path), dest_tree.get(path)
-            if s == d or s == b:
+            if s in (d, b):
                 chosen = d
             elif d == b:
                 chosen = s
