@@ -1,0 +1,128 @@
+"""The `fineflow` command line: one entry point for every lifecycle stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fineflow.config import DEFAULT_CONFIG, ConfigError, FineflowConfig, load_config
+from fineflow.runtime import prepare_environment
+
+app = typer.Typer(
+    help="fineflow: the lifecycle of a fine-tuned LLM as versioned Prefect flows.", no_args_is_help=True
+)
+data_app = typer.Typer(help="Versioned datasets: prepare, inspect.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console(soft_wrap=True)  # URIs and commit ids stay whole, for copy and paste
+
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="YAML config file.")]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a config key: section.key=value (repeatable)."),
+]
+
+
+def _load(config: Path, overrides: list[str] | None, extra: dict | None = None) -> FineflowConfig:
+    try:
+        loaded = load_config(
+            config, [*(overrides or []), *(f"{k}={json.dumps(v)}" for k, v in (extra or {}).items())]
+        )
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    prepare_environment(loaded.data_dir)
+    return loaded
+
+
+@data_app.command("prep")
+def data_prep_command(
+    config: ConfigOption = DEFAULT_CONFIG,
+    input: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input", "-i", help="A raw file or lakefs:// URI (repeatable); replaces data_prep.inputs."
+        ),
+    ] = None,
+    set_: SetOption = None,
+) -> None:
+    """Ingest, validate, clean, mask PII, deduplicate, filter, split and publish a dataset commit."""
+    loaded = _load(config, set_, {"data_prep.inputs": input} if input else None)
+    from flows.data_prep import data_prep  # imported after prepare_environment: Prefect reads it at import
+    from tasks.ingest import InputError
+    from tasks.publish import AuditFailedError
+
+    overrides = dict(item.split("=", 1) for item in (set_ or []))
+    try:
+        commit = data_prep(config_path=str(config), inputs=input, overrides=_parsed(overrides))
+    except (InputError, ConfigError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    except AuditFailedError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    _print_prep_summary(loaded, commit)
+
+
+@data_app.command("log")
+def data_log_command(
+    ref: Annotated[str, typer.Argument(help="Branch, tag or commit.")] = "main",
+    limit: Annotated[int, typer.Option(help="How many commits.")] = 10,
+    config: ConfigOption = DEFAULT_CONFIG,
+    set_: SetOption = None,
+) -> None:
+    """Commits of the dataset repository, newest first, with their lineage metadata."""
+    loaded = _load(config, set_)
+    from fineflow.store import StoreError, open_store
+
+    try:
+        commits = open_store(loaded).log(loaded.store.repo, ref, limit=limit)
+    except StoreError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    table = Table(title=f"lakefs://{loaded.store.repo}/{ref}")
+    for column in ("commit", "message", "metadata"):
+        table.add_column(column)
+    for commit in commits:
+        meta = "\n".join(f"{k}: {v}" for k, v in sorted(commit.metadata.items()))
+        table.add_row(commit.id[:12], commit.message, meta)
+    console.print(table)
+
+
+def _parsed(overrides: dict[str, str]) -> dict:
+    import yaml
+
+    return {key: yaml.safe_load(value) for key, value in overrides.items()}
+
+
+def _print_prep_summary(config: FineflowConfig, commit: str) -> None:
+    from fineflow.store import open_store
+
+    prefix = config.data_prep.output_prefix
+    report = json.loads(open_store(config).read(config.store.repo, commit, f"{prefix}/report.json"))
+    table = Table(title="data prep: stage counts")
+    for column in ("step", "rows in", "rows out", "dropped, by reason"):
+        table.add_column(column, justify="right" if column.startswith("rows") else "left")
+    for step in report["steps"]:
+        dropped = ", ".join(f"{reason}: {n}" for reason, n in sorted(step["dropped"].items())) or "-"
+        table.add_row(step["step"], str(step["in"]), str(step["out"]), dropped)
+    console.print(table)
+    counts = report["counts"]
+    console.print(
+        f"{counts['rows_in']} rows in = {counts['train']} train + {counts['eval']} eval + "
+        f"{counts['quarantined']} quarantined + {counts['removed']} removed"
+    )
+    pii = ", ".join(f"{k}: {v}" for k, v in sorted(report["pii_masked_by_type"].items())) or "none"
+    console.print(f"PII masked: {pii}")
+    console.print(f"[bold green]published commit[/bold green] {commit}")
+    console.print(f"  train: lakefs://{config.store.repo}/{commit}/{prefix}/train.jsonl")
+    console.print(f"  eval:  lakefs://{config.store.repo}/{commit}/{prefix}/eval.jsonl")
+    console.print(f"  quarantine, removed rows and report.json beside them; state under {config.data_dir}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,226 @@
+"""Typed configuration: every knob lives in YAML under configs/ and is validated here before any work.
+
+`load_config` reads a YAML file, applies dotted overrides (`data_prep.split.eval_fraction=0.2`) from the
+CLI or Prefect flow parameters, and validates the result. A bad config raises `ConfigError` listing every
+offending field path with its reason, so a user fixes them all in one go.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_CONFIG = Path("configs/default.yaml")
+DATA_DIR_ENV = "FINEFLOW_DATA_DIR"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names every bad field."""
+
+
+class Strict(BaseModel):
+    # Unknown keys are errors: a typo in YAML must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProjectConfig(Strict):
+    name: str
+    data_dir: Path = Field(description=f"runtime state (store, MLflow, Prefect); {DATA_DIR_ENV} overrides it")
+
+
+class LakeFSConfig(Strict):
+    storage_namespace: str = Field(
+        description="where lakeFS keeps new repositories' data, e.g. s3://bucket/x"
+    )
+
+
+class StoreConfig(Strict):
+    backend: Literal["embedded", "lakefs"]
+    repo: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{2,62}$")
+    main_branch: str = Field(pattern=r"^\w[-\w.]*$")
+    raw_branch: str = Field(pattern=r"^\w[-\w.]*$", description="where ingested raw files are committed")
+    lakefs: LakeFSConfig
+
+
+class BaseModelConfig(Strict):
+    name: str = Field(
+        description="'smollm2-135m-instruct' (embedded GGUF), a local model directory, or a hub id"
+    )
+
+
+class ValidationConfig(Strict):
+    max_row_chars: int = Field(gt=0, description="raw rows longer than this are quarantined")
+    allowed_roles: list[str] = Field(min_length=1)
+    require_assistant_turn: bool
+    quarantine_excerpt_chars: int = Field(ge=0, description="masked excerpt kept with a quarantined row")
+
+
+class NormalizeConfig(Strict):
+    unicode_form: Literal["NFC", "NFKC", "NFD", "NFKD"]
+    strip_control_chars: bool
+    collapse_whitespace: bool
+    max_blank_lines: int = Field(ge=0)
+
+
+class PIIConfig(Strict):
+    entities: list[str] = Field(min_length=1)
+    placeholders: dict[str, str]
+    score_threshold: float = Field(ge=0.0, le=1.0)
+    language: str
+    ner_model: str | None = Field(
+        description="an installed spaCy pipeline (name or path); when set, PERSON names are masked too"
+    )
+
+    @model_validator(mode="after")
+    def _every_entity_has_a_placeholder(self) -> PIIConfig:
+        missing = [e for e in self.masked_entities if e not in self.placeholders]
+        if missing:
+            raise ValueError(f"no placeholder for entities {missing}")
+        return self
+
+    @property
+    def masked_entities(self) -> list[str]:
+        return (
+            [*self.entities, "PERSON"] if self.ner_model and "PERSON" not in self.entities else self.entities
+        )
+
+
+class DedupConfig(Strict):
+    near_threshold: float = Field(gt=0.0, le=1.0, description="Jaccard similarity of word shingles")
+    num_perm: int = Field(ge=16)
+    shingle_words: int = Field(ge=1)
+
+
+class ClassifierConfig(Strict):
+    model: str = Field(description="a local text-classification model directory")
+    drop_labels: list[str] = Field(min_length=1)
+    threshold: float = Field(ge=0.0, le=1.0)
+    batch_size: int = Field(ge=1)
+
+
+class SafetyConfig(Strict):
+    rules_file: Path
+    classifier: ClassifierConfig | None
+
+
+class TokenLimitConfig(Strict):
+    max_tokens: int = Field(gt=0, description="chat-templated length, in the base model's tokens")
+    action: Literal["drop", "truncate"]
+
+
+class SplitConfig(Strict):
+    eval_fraction: float = Field(gt=0.0, lt=1.0)
+    seed: int
+
+
+class AuditConfig(Strict):
+    min_rows: int = Field(ge=1, description="train + eval rows the output must have")
+    min_eval_rows: int = Field(ge=0)
+    max_quarantine_share: float = Field(ge=0.0, le=1.0)
+    require_zero_pii: bool
+
+
+class DataPrepConfig(Strict):
+    inputs: list[str] = Field(
+        min_length=1, description="local files (ingested into the raw branch) or lakefs:// URIs"
+    )
+    raw_prefix: str
+    output_prefix: str
+    keep_branch_on_success: bool
+    validation: ValidationConfig
+    normalize: NormalizeConfig
+    pii: PIIConfig
+    dedup: DedupConfig
+    safety: SafetyConfig
+    token_limit: TokenLimitConfig
+    split: SplitConfig
+    audit: AuditConfig
+
+    @field_validator("raw_prefix", "output_prefix")
+    @classmethod
+    def _plain_prefix(cls, value: str) -> str:
+        if not value or value.startswith("/") or ".." in value.split("/"):
+            raise ValueError("must be a relative path inside the repository")
+        return value.strip("/")
+
+
+class FineflowConfig(Strict):
+    project: ProjectConfig
+    store: StoreConfig
+    base_model: BaseModelConfig
+    data_prep: DataPrepConfig
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(os.environ.get(DATA_DIR_ENV) or self.project.data_dir).resolve()
+
+
+def load_config(
+    path: str | Path = DEFAULT_CONFIG, overrides: dict[str, Any] | list[str] | None = None
+) -> FineflowConfig:
+    """Read, override and validate a config. Raises ConfigError naming every bad field."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    for dotted, value in _as_pairs(overrides):
+        _set_dotted(raw, dotted, value)
+    try:
+        return FineflowConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, path)) from None
+
+
+def format_validation_error(exc: ValidationError, source: str | Path) -> str:
+    lines = [f"invalid config {source}: {exc.error_count()} problem(s)"]
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        got = f" (got {error['input']!r})" if error["type"] != "missing" and "input" in error else ""
+        lines.append(f"  - {where}: {error['msg']}{got}")
+    return "\n".join(lines)
+
+
+def config_hash(config: BaseModel, *extra: str | bytes) -> str:
+    """A stable hash of a config section plus any extra inputs (file contents, code version)."""
+    digest = hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode())
+    for item in extra:
+        digest.update(b"\0" + (item if isinstance(item, bytes) else item.encode()))
+    return digest.hexdigest()
+
+
+def _as_pairs(overrides: dict[str, Any] | list[str] | None) -> list[tuple[str, Any]]:
+    if not overrides:
+        return []
+    if isinstance(overrides, dict):
+        return list(overrides.items())
+    pairs = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        pairs.append(
+            (key.strip(), yaml.safe_load(value))
+        )  # YAML parsing turns "0.2" into 0.2, "[a, b]" into a list
+    return pairs
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    node = raw
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
+        node = child
+    node[leaf] = value

