@@ -49,16 +49,27 @@ def data_prep_command(
         ),
     ] = None,
     set_: SetOption = None,
+    refresh_cache: Annotated[
+        bool, typer.Option(help="Recompute every step, ignoring cached results.")
+    ] = False,
 ) -> None:
     """Ingest, validate, clean, mask PII, deduplicate, filter, split and publish a dataset commit."""
     loaded = _load(config, set_, {"data_prep.inputs": input} if input else None)
     from flows.data_prep import data_prep  # imported after prepare_environment: Prefect reads it at import
-    from tasks.ingest import InputError
+    from tasks.ingest import InputError, check_inputs
     from tasks.publish import AuditFailedError
+
+    try:
+        check_inputs(loaded.data_prep.inputs)  # before a Prefect run even starts
+    except InputError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
 
     overrides = dict(item.split("=", 1) for item in (set_ or []))
     try:
-        commit = data_prep(config_path=str(config), inputs=input, overrides=_parsed(overrides))
+        commit = data_prep(
+            config_path=str(config), inputs=input, overrides=_parsed(overrides), refresh_cache=refresh_cache
+        )
     except (InputError, ConfigError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None

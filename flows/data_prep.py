@@ -20,7 +20,7 @@ from prefect.artifacts import create_markdown_artifact
 from fineflow.config import DEFAULT_CONFIG, FineflowConfig, config_hash, load_config
 from fineflow.models import check_base_model
 from fineflow.runtime import code_version
-from fineflow.store import open_store
+from fineflow.store import DatasetStore, NotFoundError, open_store
 from tasks.dedup import deduplicate
 from tasks.ingest import check_inputs, ingest_inputs, read_inputs
 from tasks.normalize import normalize_rows
@@ -47,9 +47,11 @@ def prep_config_hash(config: FineflowConfig) -> str:
     return config_hash(config.data_prep, scope, rules, code_version())
 
 
-def _cached(step, run_key: str):
-    """The step, cached on this run's key: inputs pinned to commits plus the config hash."""
-    return step.with_options(cache_key_fn=lambda *_: f"data-prep-{step.name}-{run_key}", persist_result=True)
+def _cached(step, run_key: str, refresh: bool):
+    """The step, cached on this run's key: inputs pinned to commits, config hash and store location."""
+    return step.with_options(
+        cache_key_fn=lambda *_: f"data-prep-{step.name}-{run_key}", persist_result=True, refresh_cache=refresh
+    )
 
 
 @flow(name="data-prep", log_prints=True)
@@ -57,6 +59,7 @@ def data_prep(
     config_path: str = str(DEFAULT_CONFIG),
     inputs: list[str] | None = None,
     overrides: dict[str, Any] | None = None,
+    refresh_cache: bool = False,
 ) -> str:
     """Prepare and publish a dataset; return the published commit id.
 
@@ -64,6 +67,7 @@ def data_prep(
         config_path: the YAML config to start from.
         inputs: local files or lakefs:// URIs; replaces data_prep.inputs.
         overrides: dotted config keys to override, e.g. {"data_prep.split.eval_fraction": 0.2}.
+        refresh_cache: recompute every step even when a cached result exists.
     """
     config = load_config(
         config_path, {**(overrides or {}), **({"data_prep.inputs": inputs} if inputs else {})}
@@ -75,26 +79,38 @@ def data_prep(
     check_ner_model(prep.pii)
     check_base_model(config.base_model.name)
     store = open_store(config)
-    cfg_hash = prep_config_hash(config)
 
     pinned = ingest_inputs(store, config, prep.inputs)
-    input_key = hashlib.sha256("\n".join(pinned).encode()).hexdigest()
-    run_key = hashlib.sha256(f"{input_key}:{cfg_hash}".encode()).hexdigest()
-    logger = step_logger()
-    logger.info("inputs %s, config hash %s, run key %s", pinned, cfg_hash[:12], run_key[:12])
+    cfg_hash = prep_config_hash(config)
+    run_key = hashlib.sha256("\n".join([store.location, *pinned, cfg_hash]).encode()).hexdigest()
+    step_logger().info("inputs %s, config hash %s, run key %s", pinned, cfg_hash[:12], run_key[:12])
+    published = _prepare(store, config, pinned, cfg_hash, run_key, refresh_cache)
+    try:
+        store.get_commit(config.store.repo, published)
+    except NotFoundError:
+        # The cache remembers a commit this store no longer has (the store was reset): recompute.
+        step_logger().warning("cached commit %s is not in the store; recomputing", published[:12])
+        published = _prepare(store, config, pinned, cfg_hash, run_key, refresh=True)
+    step_logger().info("published lakefs://%s/%s/%s/", config.store.repo, published, prep.output_prefix)
+    return published
 
-    files = _cached(read_inputs, run_key)(store, pinned)
-    parsed = _cached(parse_and_validate, run_key)(files, prep.validation)
-    normalized = _cached(normalize_rows, run_key)(parsed.rows, prep.normalize)
-    masked_rows, quarantined, pii_counts = _cached(mask_pii, run_key)(
+
+def _prepare(
+    store: DatasetStore, config: FineflowConfig, pinned: list[str], cfg_hash: str, run_key: str, refresh: bool
+) -> str:
+    prep = config.data_prep
+    files = _cached(read_inputs, run_key, refresh)(store, pinned)
+    parsed = _cached(parse_and_validate, run_key, refresh)(files, prep.validation)
+    normalized = _cached(normalize_rows, run_key, refresh)(parsed.rows, prep.normalize)
+    masked_rows, quarantined, pii_counts = _cached(mask_pii, run_key, refresh)(
         normalized.rows, parsed.quarantined, prep.pii
     )
-    deduped = _cached(deduplicate, run_key)(masked_rows, prep.dedup)
-    safe = _cached(filter_unsafe, run_key)(deduped.rows, prep.safety)
-    limited = _cached(enforce_token_limit, run_key)(
+    deduped = _cached(deduplicate, run_key, refresh)(masked_rows, prep.dedup)
+    safe = _cached(filter_unsafe, run_key, refresh)(deduped.rows, prep.safety)
+    limited = _cached(enforce_token_limit, run_key, refresh)(
         safe.rows, config.base_model.name, config.data_dir / "models", prep.token_limit
     )
-    splits = _cached(split_rows, run_key)(limited.rows, prep.split)
+    splits = _cached(split_rows, run_key, refresh)(limited.rows, prep.split)
 
     steps = {"normalize": normalized, "deduplicate": deduped, "safety-filter": safe, "token-limit": limited}
     removed = [removal for result in steps.values() for removal in result.removed]
@@ -115,14 +131,15 @@ def data_prep(
         "steps": _step_table(parsed, steps, len(masked_rows), splits),
     }
     branch = f"prep-{run_key[:12]}"
-    written = _cached(write_outputs, run_key)(store, config, branch, splits, quarantined, removed, report)
-    audit = _cached(audit_outputs, run_key)(store, config, written, parsed.rows_in, len(quarantined))
+    written = _cached(write_outputs, run_key, refresh)(
+        store, config, branch, splits, quarantined, removed, report
+    )
+    audit = _cached(audit_outputs, run_key, refresh)(store, config, written, parsed.rows_in, len(quarantined))
     if not audit.passed:
         _report_artifact(report, audit, published=None, branch=branch, config=config)
         raise AuditFailedError(audit, branch, config.store.main_branch)
-    published = _cached(publish_outputs, run_key)(store, config, written, lineage)
+    published = _cached(publish_outputs, run_key, refresh)(store, config, written, lineage)
     _report_artifact(report, audit, published=published, branch=branch, config=config)
-    logger.info("published lakefs://%s/%s/%s/", config.store.repo, published, prep.output_prefix)
     return published
 
 

@@ -96,6 +96,11 @@ class DatasetURI:
 class DatasetStore(ABC):
     """What fineflow needs from a versioned dataset store."""
 
+    @property
+    @abstractmethod
+    def location(self) -> str:
+        """Which store this is (a directory, a server): caches of its results are kept apart by it."""
+
     @abstractmethod
     def create_repo(self, repo: str, default_branch: str = "main", exist_ok: bool = True) -> None: ...
 

@@ -80,6 +80,10 @@ class EmbeddedStore(DatasetStore):
     def __init__(self, root: str | Path):
         self.root = Path(root)
 
+    @property
+    def location(self) -> str:
+        return f"embedded:{self.root.resolve()}"
+
     # Repositories
 
     def create_repo(self, repo: str, default_branch: str = "main", exist_ok: bool = True) -> None:

@@ -75,6 +75,10 @@ class LakeFSStore(DatasetStore):
             host=self.endpoint, username=settings[ACCESS_KEY_ENV], password=settings[SECRET_KEY_ENV]
         )
 
+    @property
+    def location(self) -> str:
+        return f"lakefs:{self.endpoint}"
+
     def _repo(self, repo: str) -> lakefs.Repository:
         return lakefs.Repository(repo, client=self._client)
 
