@@ -22,6 +22,7 @@ from fineflow.config import ValidationConfig
 from tasks.records import ParseResult, Quarantined, Row, make_row, step_logger
 
 SUPPORTED_SUFFIXES = (".jsonl", ".csv", ".parquet")
+_BOM = b"\xef\xbb\xbf"
 
 
 class RecordError(ValueError):
@@ -65,6 +66,8 @@ def _records(
     path: str, data: bytes, config: ValidationConfig
 ) -> Iterator[tuple[str, dict | Quarantined, str]]:
     suffix = PurePosixPath(path).suffix.lower()
+    if suffix in (".jsonl", ".csv") and data.startswith(_BOM):
+        data = data[len(_BOM) :]  # spreadsheet exports often start with one; it is not part of the first row
     if suffix == ".jsonl":
         yield from _jsonl_records(path, data, config)
     elif suffix == ".csv":
@@ -78,8 +81,8 @@ def _records(
 
 def _jsonl_records(path: str, data: bytes, config: ValidationConfig):
     lines = data.split(b"\n")
-    if lines and lines[-1].strip() == b"":
-        lines.pop()  # the newline that ends the last line opens no record
+    while lines and lines[-1].strip() == b"":
+        lines.pop()  # blank lines at the end of a file open no record
     for number, raw in enumerate(lines, start=1):
         source = f"{path}:{number}"
         try:
@@ -157,9 +160,13 @@ def _table_records(path: str, records: list, config: ValidationConfig):
 
 
 def _plain(value):
-    """Pandas gives NaN/None for empty Parquet cells; treat them as missing."""
+    """Plain Python values from Parquet cells: NaN/None is missing, list columns (numpy arrays) are lists."""
     if value is None or (isinstance(value, float) and value != value):
         return None
+    if hasattr(value, "tolist") and not isinstance(value, str):
+        return [_plain(item) for item in value.tolist()]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
     return value
 
 
@@ -179,9 +186,8 @@ def to_messages(record: dict, config: ValidationConfig) -> list[dict]:
     elif "instruction" in record or "output" in record:
         instruction = _text_field(record, "instruction")
         extra = record.get("input")
-        if extra is not None and not isinstance(extra, str):
-            raise RecordError("wrong_type", f"field 'input' must be a string, not {type(extra).__name__}")
-        user = f"{instruction}\n\n{extra.strip()}" if extra and extra.strip() else instruction
+        has_extra = extra is not None and not (isinstance(extra, str) and not extra.strip())
+        user = f"{instruction}\n\n{_checked_text(extra, 'field input').strip()}" if has_extra else instruction
         messages = [
             {"role": "user", "content": user},
             {"role": "assistant", "content": _text_field(record, "output")},
@@ -203,11 +209,20 @@ def to_messages(record: dict, config: ValidationConfig) -> list[dict]:
 def _text_field(record: dict, name: str) -> str:
     if name not in record or record[name] is None:
         raise RecordError("missing_field", f"missing field {name!r}")
-    value = record[name]
+    return _checked_text(record[name], f"field {name!r}")
+
+
+def _checked_text(value, where: str) -> str:
     if not isinstance(value, str):
-        raise RecordError("wrong_type", f"field {name!r} must be a string, not {type(value).__name__}")
+        raise RecordError("wrong_type", f"{where} must be a string, not {type(value).__name__}")
     if not value.strip():
-        raise RecordError("empty_content", f"field {name!r} is empty")
+        raise RecordError("empty_content", f"{where} is empty")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a JSON escape like \ud800 decodes to text no UTF-8 file can hold
+        raise RecordError(
+            "invalid_utf8", f"{where} holds a lone surrogate at character {exc.start}"
+        ) from None
     return value
 
 
@@ -233,11 +248,5 @@ def _chat_messages(messages, config: ValidationConfig) -> list[dict]:
         content = message.get("content")
         if content is None:
             raise RecordError("missing_field", f"messages[{index}] has no 'content'")
-        if not isinstance(content, str):
-            raise RecordError(
-                "wrong_type", f"messages[{index}].content must be a string, not {type(content).__name__}"
-            )
-        if not content.strip():
-            raise RecordError("empty_content", f"messages[{index}].content is empty")
-        out.append({"role": role, "content": content})
+        out.append({"role": role, "content": _checked_text(content, f"messages[{index}].content")})
     return out

@@ -73,6 +73,8 @@ def load_rules(path: Path) -> RuleSet:
         raw = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError as exc:
         raise ConfigError(f"safety rules file not found: {path}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"safety rules file {path} is not valid YAML: {exc}") from None
     try:
         return RuleSet.model_validate(raw)
     except ValidationError as exc:
