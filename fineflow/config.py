@@ -219,7 +219,9 @@ def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
     node = raw
     *parents, leaf = dotted.split(".")
     for part in parents:
-        child = node.setdefault(part, {})
+        if node.get(part) is None:  # an absent or null section (e.g. classifier: null) opens as a mapping
+            node[part] = {}
+        child = node[part]
         if not isinstance(child, dict):
             raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
         node = child

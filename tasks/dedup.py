@@ -48,7 +48,7 @@ def deduplicate(rows: list[Row], config: DedupConfig) -> StepResult:
             key for key in lsh.query(signature) if signatures[key].jaccard(signature) >= config.near_threshold
         ]
         if similar:
-            match = min(similar, key=lambda key: first_source[key])
+            match = min(similar, key=list(first_source).index)  # the earliest kept row (dicts keep order)
             similarity = signatures[match].jaccard(signature)
             detail = f"of {first_source[match]} (similarity {similarity:.2f})"
             removed.append(Removal(row["id"], row["source"], "near_duplicate", detail))
