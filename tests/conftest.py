@@ -37,30 +37,13 @@ def store(request, tmp_path) -> DatasetStore:
         yield LakeFSStore(double.endpoint, double.access_key, double.secret_key)
 
 
-TINY_CHAT_TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>\n{% endfor %}"
-
-
 @pytest.fixture(scope="session")
-def tiny_tokenizer_dir(tmp_path_factory) -> Path:
-    """A byte-level tokenizer with a chat template, built in code: fast, offline, nothing downloaded.
+def byte_tokenizer_dir(tmp_path_factory) -> Path:
+    """A byte-level tokenizer with a chat template, standing in for the base model's on real text."""
+    from tests.tiny_tokenizer import build_byte_tokenizer
 
-    One token per UTF-8 byte, so lengths are predictable; stands in for the base model's tokenizer.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {symbol: index for index, symbol in enumerate(sorted(alphabet))}
-    for special in ("<|end|>", "<|pad|>"):
-        vocab[special] = len(vocab)
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="<|end|>", pad_token="<|pad|>", chat_template=TINY_CHAT_TEMPLATE
-    )
-    path = tmp_path_factory.mktemp("tiny-tokenizer")
-    tokenizer.save_pretrained(path)
+    path = tmp_path_factory.mktemp("byte-tokenizer")
+    build_byte_tokenizer(path)
     return path
 
 

@@ -33,8 +33,8 @@ def data_dir(tmp_path, monkeypatch) -> Path:
 
 
 @pytest.fixture
-def overrides(tiny_tokenizer_dir) -> dict:
-    return {"base_model.name": str(tiny_tokenizer_dir)}
+def overrides(byte_tokenizer_dir) -> dict:
+    return {"base_model.name": str(byte_tokenizer_dir)}
 
 
 def _outputs(config, commit: str) -> dict[str, str]:

@@ -30,8 +30,8 @@ def test_embedded_gguf_tokenizer_is_read_once_then_cached(tmp_path):
     assert again.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"] == ids
 
 
-def test_local_directory_tokenizer(tiny_tokenizer_dir, tmp_path):
-    tokenizer = load_tokenizer(str(tiny_tokenizer_dir), tmp_path)
+def test_local_directory_tokenizer(byte_tokenizer_dir, tmp_path):
+    tokenizer = load_tokenizer(str(byte_tokenizer_dir), tmp_path)
     assert tokenizer.decode(tokenizer("abc", add_special_tokens=False)["input_ids"]) == "abc"
 
 
