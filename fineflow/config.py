@@ -150,11 +150,66 @@ class DataPrepConfig(Strict):
         return value.strip("/")
 
 
+class LoraConfig(Strict):
+    r: int = Field(ge=1)
+    alpha: int = Field(ge=1)
+    dropout: float = Field(ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(min_length=1)
+
+
+class TrainingConfig(Strict):
+    learning_rate: float = Field(gt=0.0)
+    lr_scheduler: str
+    warmup_ratio: float = Field(ge=0.0, lt=1.0)
+    num_epochs: float = Field(gt=0.0)
+    max_steps: int = Field(description="-1: train for num_epochs; otherwise stop after this many steps")
+    batch_size: int = Field(ge=1)
+    gradient_accumulation_steps: int = Field(ge=1)
+    max_seq_length: int = Field(ge=16)
+    packing: bool = Field(description="pack rows into full sequences (padding-free); faster on CPU and GPU")
+    seed: int
+    save_steps: int = Field(ge=1, description="checkpoint every N steps; a killed run resumes from the last")
+    save_total_limit: int = Field(ge=1)
+    logging_steps: int = Field(ge=1)
+    dataloader_workers: int = Field(ge=0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(description="auto: bf16 on a GPU that has it")
+
+
+class SkyPilotConfig(Strict):
+    task_file: Path
+    bucket: str | None = Field(
+        description="s3://, gs:// or r2:// bucket for the train split, checkpoints, adapter"
+    )
+    job_name: str
+    poll_seconds: float = Field(gt=0)
+
+
+class FineTuneConfig(Strict):
+    dataset: str | None = Field(
+        description="lakefs://<repo>/<ref>/<train.jsonl>; null: the train split published on the main branch"
+    )
+    compute: Literal["local", "skypilot"]
+    lora: LoraConfig
+    training: TrainingConfig
+    skypilot: SkyPilotConfig
+
+
+class RegistryConfig(Strict):
+    tracking_uri: str | None = Field(
+        description="null: SQLite under the data directory; MLFLOW_TRACKING_URI wins"
+    )
+    experiment: str
+    model_name: str
+    challenger_alias: str
+
+
 class FineflowConfig(Strict):
     project: ProjectConfig
     store: StoreConfig
     base_model: BaseModelConfig
     data_prep: DataPrepConfig
+    fine_tune: FineTuneConfig
+    registry: RegistryConfig
 
     @property
     def data_dir(self) -> Path:

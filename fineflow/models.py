@@ -87,3 +87,40 @@ def _offline() -> str:
     import os
 
     return os.environ.get("HF_HUB_OFFLINE", "0")
+
+
+def resolve_base_model(name: str, cache_dir: Path) -> str:
+    """A path or hub id that `from_pretrained` loads quickly: the embedded GGUF becomes a cached
+    safetensors copy (transformers cannot save a GGUF-loaded model, so it is rebuilt from its config)."""
+    if name in EMBEDDED_MODELS:
+        return str(_materialize_embedded(name, cache_dir.resolve()))
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser().resolve())
+    check_base_model(name)
+    return name
+
+
+def _materialize_embedded(name: str, cache_dir: Path) -> Path:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    saved = cache_dir / name / "model"
+    with FileLock(str(saved) + ".lock"):
+        if (saved / "model.safetensors").exists():
+            return saved
+        gguf = embedded_gguf_path(name)
+        log.info("materialising %s from %s into %s (once)", name, gguf.name, saved)
+        loaded = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        )
+        config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        rebuilt = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        rebuilt.load_state_dict(loaded.state_dict())
+        rebuilt.generation_config = loaded.generation_config
+        tmp = saved.with_name("model.tmp")
+        rebuilt.save_pretrained(tmp)
+        load_tokenizer(name, cache_dir).save_pretrained(tmp)
+        tmp.rename(saved)  # whole or not at all: a killed save never looks finished
+        return saved
