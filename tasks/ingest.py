@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from fineflow.config import FineflowConfig
 from fineflow.store import DatasetStore, DatasetURI, NothingToCommitError
@@ -51,7 +52,7 @@ def ensure_repo(store: DatasetStore, config: FineflowConfig) -> None:
         store.create_branch(config.store.repo, config.store.raw_branch, config.store.main_branch)
 
 
-@task(name="ingest", retries=2, retry_delay_seconds=[1, 5])
+@task(name="ingest", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE)  # must see new bytes
 def ingest_inputs(store: DatasetStore, config: FineflowConfig, inputs: list[str]) -> list[str]:
     """Commit local files to the raw branch; return every input as a commit-pinned lakefs:// URI."""
     repo, raw_branch, prefix = config.store.repo, config.store.raw_branch, config.data_prep.raw_prefix

@@ -48,6 +48,14 @@ def byte_tokenizer_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny causal LM built from config (2 layers, hidden 32) with a chat-template tokenizer."""
+    from tests.tiny_tokenizer import build_tiny_causal_lm
+
+    return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
 def prefect_api():
     """An ephemeral Prefect API for flow tests (about 10 s to start, once per session)."""
     from prefect.testing.utilities import prefect_test_harness

@@ -77,3 +77,24 @@ def build_tiny_classifier(directory: Path) -> Path:
     )
     BertForSequenceClassification(config).save_pretrained(directory)
     return directory
+
+
+def build_tiny_causal_lm(directory: Path) -> Path:
+    """A randomly initialised 2-layer Llama with the byte tokenizer: trains in milliseconds per step."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_byte_tokenizer(directory)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    LlamaForCausalLM(config).save_pretrained(directory)
+    return directory
