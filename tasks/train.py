@@ -78,7 +78,7 @@ def build_trainer(spec: TrainSpec, callbacks: list | None = None):
     tokenizer = AutoTokenizer.from_pretrained(base)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    bf16, fp16 = _precision(training.precision, torch)
+    bf16, fp16 = precision_flags(training.precision, torch)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     dataset = Dataset.from_list(to_prompt_completion(read_rows(spec.train_file)))
     args = SFTConfig(
@@ -122,7 +122,7 @@ def build_trainer(spec: TrainSpec, callbacks: list | None = None):
     )
 
 
-def _precision(choice: str, torch) -> tuple[bool, bool]:
+def precision_flags(choice: str, torch) -> tuple[bool, bool]:
     if choice == "auto":
         gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         return gpu_bf16, False
@@ -157,16 +157,28 @@ def _metrics_callback():
     return MetricsToStdout()
 
 
-def train(spec: TrainSpec) -> dict:
-    from transformers.trainer_utils import get_last_checkpoint
+def last_complete_checkpoint(output: Path) -> tuple[str, int] | None:
+    """The newest checkpoint whose save finished. The trainer writes trainer_state.json last, so a
+    checkpoint without it was cut off (a kill mid-save, a spot preemption mid-upload) and is skipped."""
+    complete = [
+        (int(path.name.split("-")[1]), path)
+        for path in output.glob("checkpoint-*")
+        if path.name.split("-")[1].isdigit() and (path / "trainer_state.json").exists()
+    ]
+    if not complete:
+        return None
+    step, path = max(complete)
+    return str(path), step
 
+
+def train(spec: TrainSpec) -> dict:
     output = Path(spec.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     trainer = build_trainer(spec, callbacks=[_metrics_callback()])
-    checkpoint = get_last_checkpoint(str(output)) if any(output.glob("checkpoint-*")) else None
-    if checkpoint:
-        step = int(Path(checkpoint).name.split("-")[-1])
-        emit(EVENT_PREFIX, {"event": "resume", "checkpoint": checkpoint, "step": step})
+    found = last_complete_checkpoint(output)
+    checkpoint = found[0] if found else None
+    if found:
+        emit(EVENT_PREFIX, {"event": "resume", "checkpoint": found[0], "step": found[1]})
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
     adapter_dir = output / "adapter"

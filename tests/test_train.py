@@ -13,7 +13,14 @@ from safetensors.torch import load_file
 
 from fineflow.config import load_config
 from tasks.compute_local import REPO_ROOT, TrainingFailedError, run_locally
-from tasks.train import EVENT_PREFIX, METRIC_PREFIX, TrainSpec, to_prompt_completion, train
+from tasks.train import (
+    EVENT_PREFIX,
+    METRIC_PREFIX,
+    TrainSpec,
+    last_complete_checkpoint,
+    to_prompt_completion,
+    train,
+)
 
 
 def rows(count: int) -> list[dict]:
@@ -118,6 +125,15 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_model_dir):
     assert steps[-1] == 20
     done = [e for e in events(lines) if e["event"] == "done"]
     assert done[0]["global_step"] == 20 and done[0]["resumed_from"].endswith(f"checkpoint-{checkpoints[-1]}")
+
+
+def test_a_cut_off_checkpoint_is_not_resumed_from(tmp_path):
+    for step in (3, 6):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-9").mkdir()  # killed while saving: no trainer_state.json yet
+    assert last_complete_checkpoint(tmp_path) == (str(tmp_path / "checkpoint-6"), 6)
+    assert last_complete_checkpoint(tmp_path / "checkpoint-9") is None
 
 
 def test_failed_training_raises_with_the_trainers_last_lines(tmp_path, tiny_model_dir):
