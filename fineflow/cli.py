@@ -93,9 +93,8 @@ def finetune_command(
     extra = {"fine_tune.dataset": dataset} if dataset else {}
     extra |= {"fine_tune.compute": compute} if compute else {}
     loaded = _load(config, set_, extra)
-    from tasks.registry import tracking_uri
-
     from flows.fine_tune import fine_tune
+    from tasks.registry import tracking_uri
 
     overrides = _parsed(dict(item.split("=", 1) for item in (set_ or [])))
     result = fine_tune(config_path=str(config), dataset=dataset, compute=compute, overrides=overrides)

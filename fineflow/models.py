@@ -65,6 +65,7 @@ def _load_tokenizer(name: str, cache_dir: Path):
                 gguf = embedded_gguf_path(name)
                 log.info("reading the tokenizer of %s from %s (once; cached in %s)", name, gguf.name, saved)
                 tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+                _align_special_tokens(tokenizer, gguf)
                 tokenizer.save_pretrained(saved)
         return AutoTokenizer.from_pretrained(saved)
     if Path(name).is_dir():
@@ -81,6 +82,18 @@ def _load_tokenizer(name: str, cache_dir: Path):
             f"base model {name!r} is neither an embedded model ({', '.join(EMBEDDED_MODELS)}), nor a local "
             f"directory, nor reachable on the hub (HF_HUB_OFFLINE={_offline()}): {exc}"
         ) from exc
+
+
+def _align_special_tokens(tokenizer, gguf: Path) -> None:
+    """SmolLM2's GGUF names <|im_start|> as the tokenizer's end-of-sequence token, while the model's own
+    config (and the upstream tokenizer) end a turn with <|im_end|>. Training on the wrong one would teach
+    the model to close every answer with <|im_start|>; take end and padding tokens from the model config."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    for role, token_id in (("eos_token", config.eos_token_id), ("pad_token", config.pad_token_id)):
+        if token_id is not None:
+            setattr(tokenizer, role, tokenizer.convert_ids_to_tokens(token_id))
 
 
 def _offline() -> str:

@@ -20,6 +20,8 @@ def test_embedded_gguf_tokenizer_is_read_once_then_cached(tmp_path):
     ]
     ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
     assert "reset my thermostat" in tokenizer.decode(ids)
+    # A turn ends with <|im_end|>, as in the model's config, not the <|im_start|> the GGUF metadata names.
+    assert (tokenizer.eos_token, tokenizer.pad_token) == ("<|im_end|>", "<|im_end|>")
 
     from fineflow import models
 
