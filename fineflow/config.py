@@ -166,7 +166,8 @@ class TrainingConfig(Strict):
     batch_size: int = Field(ge=1)
     gradient_accumulation_steps: int = Field(ge=1)
     max_seq_length: int = Field(ge=16)
-    packing: bool = Field(description="pack rows into full sequences (padding-free); faster on CPU and GPU")
+    packing: bool = Field(description="pack rows padding-free into max_seq_length (long, uneven rows)")
+    group_by_length: bool = Field(description="batch rows of similar length: little padding, no packing")
     seed: int
     save_steps: int = Field(ge=1, description="checkpoint every N steps; a killed run resumes from the last")
     save_total_limit: int = Field(ge=1)

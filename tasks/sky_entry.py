@@ -43,6 +43,7 @@ TRAINING_ENVS = {
     "gradient_accumulation_steps": "GRADIENT_ACCUMULATION_STEPS",
     "max_seq_length": "MAX_SEQ_LENGTH",
     "packing": "PACKING",
+    "group_by_length": "GROUP_BY_LENGTH",
     "seed": "SEED",
     "save_steps": "SAVE_STEPS",
     "save_total_limit": "SAVE_TOTAL_LIMIT",

@@ -92,6 +92,7 @@ def build_trainer(spec: TrainSpec, callbacks: list | None = None):
         gradient_accumulation_steps=training.gradient_accumulation_steps,
         max_length=training.max_seq_length,
         packing=training.packing,
+        train_sampling_strategy="group_by_length" if training.group_by_length else "random",
         completion_only_loss=True,
         seed=training.seed,
         data_seed=training.seed,
