@@ -188,7 +188,7 @@ def train(spec: TrainSpec) -> dict:
     summary = {
         "run_id": spec.run_id,
         "global_step": result.global_step,
-        "train_loss": result.training_loss,
+        "train_loss": _mean_logged_loss(trainer) or result.training_loss,
         "train_runtime_s": round(time.perf_counter() - started, 2),
         "num_tokens": trainer.state.num_input_tokens_seen or _logged_tokens(trainer),
         "resumed_from": checkpoint,
@@ -198,6 +198,13 @@ def train(spec: TrainSpec) -> dict:
     (output / "train_result.json").write_text(json.dumps(summary, indent=2))
     emit(EVENT_PREFIX, {"event": "done", **summary})
     return summary
+
+
+def _mean_logged_loss(trainer) -> float | None:
+    """Mean of every logged step loss, restored ones included. After a resume, the Trainer's own
+    `training_loss` divides only this session's loss by all steps, which understates it."""
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return sum(losses) / len(losses) if losses else None
 
 
 def _logged_tokens(trainer) -> float:

@@ -59,6 +59,11 @@ def metric_steps(lines: list[str]) -> list[int]:
     ]
 
 
+def step_losses(lines: list[str]) -> list[tuple[int, float]]:
+    payloads = [json.loads(line[len(METRIC_PREFIX) :]) for line in lines if line.startswith(METRIC_PREFIX)]
+    return [(p["step"], p["loss"]) for p in payloads]
+
+
 def events(lines: list[str]) -> list[dict]:
     return [json.loads(line[len(EVENT_PREFIX) :]) for line in lines if line.startswith(EVENT_PREFIX)]
 
@@ -105,7 +110,9 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_model_dir):
         text=True,
     )
     killed_after = None
+    first_session: list[str] = []
     for line in trainer.stdout:
+        first_session.append(line)
         steps = metric_steps([line])
         if steps and steps[0] >= 8:  # two checkpoints written (3, 6): kill it mid-way
             trainer.send_signal(signal.SIGKILL)
@@ -125,6 +132,11 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_model_dir):
     assert steps[-1] == 20
     done = [e for e in events(lines) if e["event"] == "done"]
     assert done[0]["global_step"] == 20 and done[0]["resumed_from"].endswith(f"checkpoint-{checkpoints[-1]}")
+    # The summary loss is the mean over all 20 steps: those restored from the checkpoint count too.
+    loss_by_step = {step: loss for step, loss in step_losses(first_session) if step <= checkpoints[-1]}
+    loss_by_step |= dict(step_losses(lines))
+    assert sorted(loss_by_step) == list(range(1, 21))
+    assert done[0]["train_loss"] == pytest.approx(sum(loss_by_step.values()) / 20, rel=1e-6)
 
 
 def test_a_cut_off_checkpoint_is_not_resumed_from(tmp_path):
