@@ -74,6 +74,7 @@ def data_prep_command(
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
     except AuditFailedError as exc:
+        _print_prep_summary(loaded, exc.branch, published=False)
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
     _print_prep_summary(loaded, commit)
@@ -150,11 +151,12 @@ def _parsed(overrides: dict[str, str]) -> dict:
     return {key: yaml.safe_load(value) for key, value in overrides.items()}
 
 
-def _print_prep_summary(config: FineflowConfig, commit: str) -> None:
+def _print_prep_summary(config: FineflowConfig, ref: str, published: bool = True) -> None:
     from fineflow.store import open_store
 
     prefix = config.data_prep.output_prefix
-    report = json.loads(open_store(config).read(config.store.repo, commit, f"{prefix}/report.json"))
+    store = open_store(config)
+    report = json.loads(store.read(config.store.repo, ref, f"{prefix}/report.json"))
     table = Table(title="data prep: stage counts")
     for column in ("step", "rows in", "rows out", "dropped, by reason"):
         table.add_column(column, justify="right" if column.startswith("rows") else "left")
@@ -169,6 +171,13 @@ def _print_prep_summary(config: FineflowConfig, commit: str) -> None:
     )
     pii = ", ".join(f"{k}: {v}" for k, v in sorted(report["pii_masked_by_type"].items())) or "none"
     console.print(f"PII masked: {pii}")
+    quarantined = report["quarantined_by_reason"]
+    if quarantined:
+        console.print("quarantined: " + ", ".join(f"{k}: {v}" for k, v in sorted(quarantined.items())))
+    if not published:
+        console.print(f"outputs kept for inspection: lakefs://{config.store.repo}/{ref}/{prefix}/")
+        return
+    commit = ref
     console.print(f"[bold green]published commit[/bold green] {commit}")
     console.print(f"  train: lakefs://{config.store.repo}/{commit}/{prefix}/train.jsonl")
     console.print(f"  eval:  lakefs://{config.store.repo}/{commit}/{prefix}/eval.jsonl")
