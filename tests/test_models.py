@@ -6,10 +6,23 @@ import time
 
 import pytest
 
-from fineflow.models import ModelNotFoundError, check_base_model, embedded_gguf_path, load_tokenizer
+from fineflow.models import (
+    ModelNotFoundError,
+    check_base_model,
+    embedded_gguf_path,
+    load_tokenizer,
+    resolve_base_model,
+)
 
 
-def test_embedded_gguf_tokenizer_is_read_once_then_cached(tmp_path):
+@pytest.fixture(scope="module")
+def embedded_cache(tmp_path_factory):
+    """One model cache for the embedded-model tests: each GGUF read costs about 20 s."""
+    return tmp_path_factory.mktemp("model-cache")
+
+
+def test_embedded_gguf_tokenizer_is_read_once_then_cached(embedded_cache):
+    tmp_path = embedded_cache
     gguf = embedded_gguf_path("smollm2-135m-instruct")
     assert gguf.name.endswith(".gguf") and gguf.stat().st_size > 50_000_000
     tokenizer = load_tokenizer("smollm2-135m-instruct", tmp_path)  # reads the GGUF (about 20 s)
@@ -30,6 +43,27 @@ def test_embedded_gguf_tokenizer_is_read_once_then_cached(tmp_path):
     again = load_tokenizer("smollm2-135m-instruct", tmp_path)
     assert time.perf_counter() - started < 10
     assert again.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"] == ids
+
+
+def test_embedded_gguf_model_is_materialised_as_safetensors_and_generates(embedded_cache):
+    """The real embedded path: GGUF -> rebuilt model -> cached safetensors copy that loads and answers."""
+    tmp_path = embedded_cache
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_base_model("smollm2-135m-instruct", tmp_path)  # about 40 s, once per cache
+    assert (tmp_path / "smollm2-135m-instruct" / "model" / "model.safetensors").exists()
+    assert resolve_base_model("smollm2-135m-instruct", tmp_path) == path  # cached: not rebuilt
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    output = model.generate(**prompt, max_new_tokens=12, do_sample=False)
+    answer = tokenizer.decode(output[0][prompt["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert "Paris" in answer
 
 
 def test_local_directory_tokenizer(byte_tokenizer_dir, tmp_path):
