@@ -36,35 +36,18 @@ LINEAGE = {
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> tuple[Path, Path]:
-    """A tiny random Llama (byte tokenizer) and a LoRA adapter on q_proj, v_proj, each in its own dir."""
+def tiny_model(tiny_model_dir, tmp_path_factory) -> tuple[Path, Path]:
+    """The tiny Llama (byte tokenizer) and a LoRA adapter on q_proj, v_proj, each in its own dir."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from tests.tiny_tokenizer import build_byte_tokenizer
-
-    root = tmp_path_factory.mktemp("tiny-llama")
-    base, adapter = root / "base", root / "adapter"
-    tokenizer = build_byte_tokenizer(base)
+    adapter = tmp_path_factory.mktemp("tiny-adapter") / "adapter"  # the name tasks/train.py gives it
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-    )
-    LlamaForCausalLM(config).save_pretrained(base)
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
-    get_peft_model(LlamaForCausalLM.from_pretrained(base), lora).save_pretrained(adapter)
-    tokenizer.save_pretrained(adapter)  # as tasks/train.py leaves it: adapter weights and tokenizer
-    return base, adapter
+    get_peft_model(LlamaForCausalLM.from_pretrained(tiny_model_dir), lora).save_pretrained(adapter)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(adapter)  # as tasks/train.py leaves it
+    return tiny_model_dir, adapter
 
 
 @pytest.fixture(scope="module")
