@@ -1,0 +1,134 @@
+"""Gates decide; aliases move only on a passing decision; rollback; the report a person reads."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow import MlflowClient
+
+from fineflow.config import ConfigError
+from tasks.eval_report import render_html, render_markdown
+from tasks.gates import Gate, GateConfig, decide, load_gates
+from tasks.promotion import (
+    CHAMPION,
+    PREVIOUS,
+    RollbackError,
+    promote,
+    record_decision,
+    rollback,
+    version_by_alias,
+)
+
+
+def gates(*items: Gate, approval: bool = False) -> GateConfig:
+    return GateConfig(require_approval=approval, approval_timeout_s=60, gates=list(items))
+
+
+def gate(
+    metric: str, direction: str = "higher", threshold=None, max_regression=None, blocking=True, judge=False
+):
+    return Gate(
+        metric=metric,
+        direction=direction,
+        threshold=threshold,
+        max_regression=max_regression,
+        blocking=blocking,
+        judge=judge,
+    )
+
+
+def test_shipped_gates_file_loads():
+    config = load_gates("configs/gates.yaml")
+    assert {g.metric for g in config.gates} >= {"rouge_l", "pii_leak_rate", "judge_correctness"}
+    assert [g.judge for g in config.gates if g.metric == "judge_correctness"] == [True]
+
+
+def test_threshold_both_directions():
+    config = gates(gate("rouge_l", threshold=0.2), gate("pii_leak_rate", "lower", threshold=0.0))
+    assert decide(config, {"rouge_l": 0.25, "pii_leak_rate": 0.0}, None, True, "base model").promote
+    failing = decide(config, {"rouge_l": 0.15, "pii_leak_rate": 0.1}, None, True, "base model")
+    assert not failing.promote
+    assert [r.metric for r in failing.failed_blocking] == ["rouge_l", "pii_leak_rate"]
+    assert "not >= 0.2" in failing.results[0].reason
+
+
+def test_non_regression_against_the_champion():
+    config = gates(gate("token_f1", max_regression=0.02), gate("perplexity", "lower", max_regression=1.0))
+    champion = {"token_f1": 0.50, "perplexity": 10.0}
+    assert decide(config, {"token_f1": 0.49, "perplexity": 10.9}, champion, True, "champion v1").promote
+    worse = decide(config, {"token_f1": 0.47, "perplexity": 11.5}, champion, True, "champion v1")
+    assert [(r.metric, r.passed, r.champion_value) for r in worse.results] == [
+        ("token_f1", False, 0.50),
+        ("perplexity", False, 10.0),
+    ]
+
+
+def test_advisory_gates_never_block_and_missing_metrics_do():
+    config = gates(gate("exact_match", threshold=0.9, blocking=False), gate("rouge_l", threshold=0.1))
+    assert decide(config, {"exact_match": 0.1, "rouge_l": 0.3}, None, True, "base model").promote
+    missing = decide(config, {"exact_match": 0.95}, None, True, "base model")
+    assert not missing.promote and missing.failed_blocking[0].reason == "not measured"
+
+
+def test_judge_gates_are_advisory_unless_the_judge_is_capable():
+    config = gates(gate("judge_correctness", threshold=0.5, judge=True))
+    weak_judge = decide(config, {"judge_correctness": 0.1}, None, judge_capable=False, baseline="base model")
+    assert weak_judge.promote and not weak_judge.results[0].blocking
+    assert "advisory: the judge is not marked capable" in weak_judge.results[0].reason
+    assert not decide(
+        config, {"judge_correctness": 0.1}, None, judge_capable=True, baseline="base model"
+    ).promote
+
+
+def test_a_gate_that_tests_nothing_is_a_config_error(tmp_path):
+    path = tmp_path / "gates.yaml"
+    path.write_text(
+        "require_approval: false\napproval_timeout_s: 5\ngates:\n"
+        "  - {metric: rouge_l, direction: higher, threshold: null, max_regression: null, blocking: true}\n"
+    )
+    with pytest.raises(ConfigError, match="neither a threshold nor a max_regression"):
+        load_gates(path)
+
+
+@pytest.fixture
+def registry(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client.create_registered_model("assistant")
+    for _ in range(3):
+        client.create_model_version("assistant", source=str(tmp_path))
+    return client
+
+
+def test_promote_keeps_the_old_champion_and_rollback_restores_it(registry):
+    assert version_by_alias(registry, "assistant", CHAMPION) is None
+    first = promote(registry, "assistant", "1")
+    assert (first.champion, first.previous) == ("1", None)
+    second = promote(registry, "assistant", "2", note="gates passed")
+    assert (second.champion, second.previous) == ("2", "1")
+    assert version_by_alias(registry, "assistant", PREVIOUS) == "1"
+    assert registry.get_model_version("assistant", "2").tags["promotion_note"] == "gates passed"
+
+    back = rollback(registry, "assistant")
+    assert (back.champion, back.previous) == ("1", "2")
+    assert version_by_alias(registry, "assistant", CHAMPION) == "1"
+    assert rollback(registry, "assistant").champion == "2"  # a second rollback undoes the first
+
+
+def test_rollback_without_a_previous_champion_is_a_clear_error(registry):
+    promote(registry, "assistant", "1")
+    with pytest.raises(RollbackError, match="nothing to roll back to"):
+        rollback(registry, "assistant")
+
+
+def test_decision_is_recorded_on_the_version_and_rendered(registry):
+    config = gates(gate("rouge_l", threshold=0.2), gate("exact_match", threshold=0.5, blocking=False))
+    decision = decide(config, {"rouge_l": 0.1, "exact_match": 0.2}, {"rouge_l": 0.3}, True, "champion v1")
+    record_decision(registry, "assistant", "3", decision)
+    tags = registry.get_model_version("assistant", "3").tags
+    assert tags["gates.promote"] == "false" and tags["gate.rouge_l"].startswith("FAIL (blocking)")
+    assert tags["gate.exact_match"].startswith("FAIL (advisory)")
+
+    markdown = render_markdown(decision, "challenger v3")
+    assert "| rouge_l | 0.1 | 0.2 | 0.3 | **FAIL** |" in markdown and "do not promote" in markdown
+    page = render_html(decision, "challenger v3", notes=["judge verdicts are advisory"])
+    assert page.count("<tr class=") == 2 and "data:image/png;base64," in page
+    assert "judge verdicts are advisory" in page
