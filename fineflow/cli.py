@@ -65,10 +65,9 @@ def data_prep_command(
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
 
-    overrides = dict(item.split("=", 1) for item in (set_ or []))
     try:
         commit = data_prep(
-            config_path=str(config), inputs=input, overrides=_parsed(overrides), refresh_cache=refresh_cache
+            config_path=str(config), inputs=input, overrides=_overrides(set_), refresh_cache=refresh_cache
         )
     except (InputError, ConfigError) as exc:
         console.print(f"[red]{exc}[/red]")
@@ -97,7 +96,7 @@ def finetune_command(
     from flows.fine_tune import fine_tune
     from tasks.registry import tracking_uri
 
-    overrides = _parsed(dict(item.split("=", 1) for item in (set_ or [])))
+    overrides = _overrides(set_)
     result = fine_tune(config_path=str(config), dataset=dataset, compute=compute, overrides=overrides)
     verb = "already registered (nothing trained)" if result["cached"] else "registered"
     console.print(
@@ -117,6 +116,24 @@ def finetune_command(
     console.print(
         f"load it: mlflow.pyfunc.load_model('models:/{result['model_name']}@{result['alias']}')"
         f"  (tracking URI {tracking_uri(loaded)})"
+    )
+
+
+@app.command("rollback")
+def rollback_command(config: ConfigOption = DEFAULT_CONFIG, set_: SetOption = None) -> None:
+    """Move the champion alias back to the previous champion."""
+    _load(config, set_)
+    from flows.promote import rollback
+    from tasks.promotion import RollbackError
+
+    try:
+        result = rollback(config_path=str(config), overrides=_overrides(set_))
+    except RollbackError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    console.print(
+        f"[bold]{result['model_name']}[/bold]: champion is now version {result['champion']}, "
+        f"previous-champion version {result['previous_champion']}"
     )
 
 
@@ -145,10 +162,12 @@ def data_log_command(
     console.print(table)
 
 
-def _parsed(overrides: dict[str, str]) -> dict:
+def _overrides(set_: list[str] | None) -> dict:
+    """--set pairs as a flow's `overrides` parameter; _load has already rejected malformed ones."""
     import yaml
 
-    return {key: yaml.safe_load(value) for key, value in overrides.items()}
+    pairs = (item.split("=", 1) for item in (set_ or []) if "=" in item)
+    return {key.strip(): yaml.safe_load(value) for key, value in pairs}
 
 
 def _print_prep_summary(config: FineflowConfig, ref: str, published: bool = True) -> None:

@@ -132,3 +132,36 @@ def test_decision_is_recorded_on_the_version_and_rendered(registry):
     page = render_html(decision, "challenger v3", notes=["judge verdicts are advisory"])
     assert page.count("<tr class=") == 2 and "data:image/png;base64," in page
     assert "judge verdicts are advisory" in page
+
+
+def test_cli_rollback(tmp_path, monkeypatch):
+    """`fineflow rollback` as a user runs it: a clear error with nothing to go back to, then the move."""
+    import os
+    import subprocess
+    import sys
+
+    from fineflow.config import DATA_DIR_ENV, load_config
+    from tasks.registry import tracking_uri
+
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "state"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    env = dict(os.environ)
+    config = load_config()
+    client = MlflowClient(tracking_uri(config))
+    client.create_registered_model(config.registry.model_name)
+    for _ in range(2):
+        client.create_model_version(config.registry.model_name, source=str(tmp_path))
+    promote(client, config.registry.model_name, "1")
+
+    def fineflow(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "fineflow.cli", *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+    refused = fineflow("rollback")
+    assert refused.returncode == 1 and "nothing to roll back to" in refused.stdout
+    promote(client, config.registry.model_name, "2")
+    done = fineflow("rollback")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "champion is now version 1" in done.stdout
+    assert version_by_alias(client, config.registry.model_name, CHAMPION) == "1"
+    assert version_by_alias(client, config.registry.model_name, PREVIOUS) == "2"
