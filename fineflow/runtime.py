@@ -18,6 +18,7 @@ OFFLINE_ENV = {
     "DO_NOT_TRACK": "1",
     "DEEPEVAL_TELEMETRY_OPT_OUT": "YES",
     "GISKARD_TELEMETRY_DISABLED": "1",
+    "GISKARD_QUIET": "1",  # no product banner in every run's log
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "TOKENIZERS_PARALLELISM": "false",
