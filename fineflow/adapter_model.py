@@ -62,14 +62,33 @@ def as_conversations(model_input: Any) -> list[list[dict[str, str]]]:
     return conversations
 
 
+def load_model_and_tokenizer(base: str, adapter_dir: str | None) -> tuple[Any, Any, str]:
+    """(model, tokenizer, device) for generation: the resolved base model (a path or hub id from
+    `resolve_base_model`) with the LoRA adapter in `adapter_dir` applied, or the plain base model when
+    `adapter_dir` is None. The tokenizer comes from the adapter directory (the trainer saves it there), else
+    from the base model; it pads on the left. On a GPU with bf16 the weights are bf16, otherwise fp32."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.float32
+    if device == "cuda" and torch.cuda.is_bf16_supported():
+        dtype = torch.bfloat16
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir if adapter_dir is not None else base)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"  # decoder-only batches: prompts end where generation starts
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+    if adapter_dir is not None:
+        model = PeftModel.from_pretrained(model, adapter_dir)
+    return model.to(device).eval(), tokenizer, device
+
+
 class LoraAdapterModel(mlflow.pyfunc.PythonModel):
     """Base model (resolved at load time) + LoRA adapter (the only weights MLflow stores)."""
 
     def load_context(self, context) -> None:
-        import torch
-        from peft import PeftModel
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         from fineflow.models import resolve_base_model
 
         config = dict(context.model_config or {})
@@ -79,19 +98,7 @@ class LoraAdapterModel(mlflow.pyfunc.PythonModel):
         self.batch_size = int(config.get("batch_size", DEFAULT_BATCH_SIZE))
         adapter_dir = context.artifacts["adapter"]
         base = resolve_base_model(config["base_model"], model_cache_dir(config))
-
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = torch.float32
-        if self.device == "cuda" and torch.cuda.is_bf16_supported():
-            dtype = torch.bfloat16
-        tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        tokenizer.padding_side = "left"  # decoder-only batches: prompts end where generation starts
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
-        model = PeftModel.from_pretrained(model, adapter_dir)
-        self.model = model.to(self.device).eval()
-        self.tokenizer = tokenizer
+        self.model, self.tokenizer, self.device = load_model_and_tokenizer(base, adapter_dir)
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[str]:
         import torch

@@ -1,0 +1,192 @@
+"""Generation for evaluation on the tiny Llama: batched greedy answers equal one-at-a-time answers, batches
+are padded on the left, only continuations come back, an adapter loads as the registered model serves it,
+and the streaming latency metrics are sane."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from tasks.generation import (
+    Generator,
+    TokenTimer,
+    generate_batch,
+    generate_token_ids,
+    load_generator,
+    serving_metrics,
+)
+
+PROMPTS = [
+    [{"role": "user", "content": text}]
+    for text in (
+        "hi",
+        "How do I reset my Nimbus thermostat?",
+        "ok",
+        "What does one extra room sensor cost, roughly, in dollars?",
+        "x",
+        "Tell me about the warranty.",
+    )
+]
+MAX_NEW_TOKENS = 10
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from a second thread, and on a shared machine two threads waiting on each
+    other at every small matmul made these tests several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def sharp_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny Llama with larger random weights: at the default init every prompt gets the same
+    near-uniform next-token distribution, and greedy answers would not depend on the prompt at all."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    path = tmp_path_factory.mktemp("sharp-tiny-model")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() > 1:
+                parameter.normal_(0.0, 0.3)
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def generator(sharp_model_dir, tmp_path_factory) -> Generator:
+    return load_generator(str(sharp_model_dir), None, tmp_path_factory.mktemp("models"))
+
+
+def test_batched_greedy_equals_one_at_a_time(generator):
+    batched = generate_token_ids(generator, PROMPTS, MAX_NEW_TOKENS, batch_size=4)
+    single = [generate_token_ids(generator, [prompt], MAX_NEW_TOKENS, batch_size=1)[0] for prompt in PROMPTS]
+    assert batched == single
+    assert len({tuple(ids) for ids in batched}) > 1  # answers depend on the prompt: the check has teeth
+    assert all(0 < len(ids) <= MAX_NEW_TOKENS for ids in batched)
+    texts = generate_batch(generator, PROMPTS, MAX_NEW_TOKENS, batch_size=4)
+    assert texts == [generator.tokenizer.decode(ids, skip_special_tokens=True) for ids in single]
+
+
+def test_batches_are_padded_on_the_left(generator, monkeypatch):
+    seen = []
+    real_generate = generator.model.generate
+
+    def spy(**kwargs):
+        seen.append((kwargs["input_ids"].clone(), kwargs["attention_mask"].clone()))
+        return real_generate(**kwargs)
+
+    monkeypatch.setattr(generator.model, "generate", spy)
+    generate_token_ids(generator, PROMPTS, 2, batch_size=len(PROMPTS))
+    ((input_ids, mask),) = seen
+    lengths = mask.sum(dim=1)
+    assert lengths.min() < lengths.max()  # prompts of different lengths share the batch
+    for row_ids, row_mask in zip(input_ids, mask, strict=True):
+        padding = int((row_mask == 0).sum())
+        assert row_mask[:padding].sum() == 0 and bool(row_mask[padding:].all())  # pads first, then prompt
+        assert (row_ids[:padding] == generator.tokenizer.pad_token_id).all()
+    # sorted by length: the longest prompt (no padding) comes first
+    assert lengths[0] == lengths.max()
+
+
+def test_only_the_continuation_up_to_the_end_token_comes_back(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    answer = tokenizer("ok", add_special_tokens=False)["input_ids"]
+
+    class FakeModel:
+        generation_config = SimpleNamespace(eos_token_id=eos)
+
+        def generate(self, input_ids, attention_mask, **kwargs):
+            tail = torch.tensor([[*answer, eos, pad, pad]] * input_ids.shape[0])
+            return torch.cat([input_ids, tail], dim=1)
+
+    fake = Generator(FakeModel(), tokenizer, "cpu", "fake", None)
+    prompts = PROMPTS[:2]
+    assert generate_token_ids(fake, prompts, MAX_NEW_TOKENS, batch_size=2) == [[*answer, eos]] * 2
+    assert generate_batch(fake, prompts, MAX_NEW_TOKENS, batch_size=2) == ["ok", "ok"]
+
+
+def test_adapter_generator_matches_the_registered_model(sharp_model_dir, tmp_path):
+    """load_generator with an adapter gives the registered pyfunc model's answers, and differs from the
+    base model: the adapter is really applied."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from fineflow.adapter_model import LoraAdapterModel
+
+    adapter = tmp_path / "adapter"
+    torch.manual_seed(1)
+    lora = LoraConfig(
+        r=4,
+        lora_alpha=64,
+        target_modules=["q_proj", "v_proj"],
+        init_lora_weights=False,
+        task_type="CAUSAL_LM",
+    )
+    get_peft_model(LlamaForCausalLM.from_pretrained(sharp_model_dir), lora).save_pretrained(adapter)
+    AutoTokenizer.from_pretrained(sharp_model_dir).save_pretrained(adapter)
+
+    tuned = load_generator(str(sharp_model_dir), str(adapter), tmp_path / "models")
+    base = load_generator(str(sharp_model_dir), None, tmp_path / "models")
+    assert isinstance(tuned.model, PeftModel) and not isinstance(base.model, PeftModel)
+    assert tuned.tokenizer.padding_side == "left"
+    answers = generate_batch(tuned, PROMPTS, MAX_NEW_TOKENS, batch_size=3)
+    assert answers != generate_batch(base, PROMPTS, MAX_NEW_TOKENS, batch_size=3)
+
+    served = LoraAdapterModel()
+    served.load_context(
+        SimpleNamespace(
+            model_config={"base_model": str(sharp_model_dir), "batch_size": 3},
+            artifacts={"adapter": str(adapter)},
+        )
+    )
+    assert served.predict(None, PROMPTS, params={"max_new_tokens": MAX_NEW_TOKENS}) == answers
+
+
+def test_token_timer_skips_the_prompt():
+    timer = TokenTimer()
+    timer.put(torch.tensor([[5, 6, 7]]))  # generate hands over the prompt first
+    timer.put(torch.tensor([8]))
+    timer.put(torch.tensor([9]))
+    timer.end()
+    assert len(timer.arrivals) == 2 and timer.arrivals[0] <= timer.arrivals[1]
+
+
+def test_serving_metrics(generator):
+    metrics = serving_metrics(generator, PROMPTS[:3], max_new_tokens=6, runs=2, warmup_requests=1)
+    assert set(metrics) == {
+        "ttft_p50_s",
+        "ttft_p95_s",
+        "tpot_p50_s",
+        "tpot_p95_s",
+        "e2e_p50_s",
+        "e2e_p95_s",
+        "throughput_tokens_per_s",
+        "requests",
+        "output_tokens",
+    }
+    assert metrics["requests"] == 6
+    assert 6 <= metrics["output_tokens"] <= 6 * 6
+    for name in ("ttft", "tpot", "e2e"):
+        assert 0 < metrics[f"{name}_p50_s"] <= metrics[f"{name}_p95_s"]
+    assert metrics["ttft_p50_s"] <= metrics["e2e_p50_s"] and metrics["tpot_p95_s"] < metrics["e2e_p95_s"]
+    assert metrics["throughput_tokens_per_s"] > 0
+
+
+def test_sampling_is_seeded_by_torch(generator):
+    torch.manual_seed(3)
+    first = generate_batch(generator, PROMPTS[:2], MAX_NEW_TOKENS, batch_size=2, do_sample=True)
+    torch.manual_seed(3)
+    again = generate_batch(generator, PROMPTS[:2], MAX_NEW_TOKENS, batch_size=2, do_sample=True)
+    assert first == again and len(first) == 2
