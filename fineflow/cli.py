@@ -119,6 +119,78 @@ def finetune_command(
     )
 
 
+ModelOption = Annotated[
+    str | None, typer.Option("--model", "-m", help="name@alias or name/version; default: the challenger.")
+]
+
+
+@app.command("evaluate")
+def evaluate_command(
+    model: ModelOption = None, config: ConfigOption = DEFAULT_CONFIG, set_: SetOption = None
+) -> None:
+    """Measure the challenger and its baseline (champion, else the base model) and decide the gates."""
+    _load(config, set_)
+    from flows.evaluate import ModelRefError, evaluate
+
+    try:
+        result = evaluate(model=model, config_path=str(config), overrides=_overrides(set_))
+    except ModelRefError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    _print_gates(
+        f"{result['model_name']} version {result['version']} vs {result['baseline']}", result["gates"]
+    )
+    verdict = "[green]gates pass: ready to promote[/green]" if result["promote"] else "[red]gates fail[/red]"
+    console.print(f"{verdict}  (report.html and decision.json in MLflow run {result['challenger_run']})")
+
+
+@app.command("promote")
+def promote_command(
+    model: ModelOption = None, config: ConfigOption = DEFAULT_CONFIG, set_: SetOption = None
+) -> None:
+    """Move champion to the challenger if its recorded evaluation passes the gates (and approval if asked)."""
+    _load(config, set_)
+    from flows.evaluate import ModelRefError
+    from flows.promote import NotEvaluatedError, promote
+
+    try:
+        result = promote(model=model, config_path=str(config), overrides=_overrides(set_))
+    except (ModelRefError, NotEvaluatedError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    _print_gates(f"{result['model_name']} version {result['version']}", result["gates"])
+    if result["promoted"]:
+        console.print(
+            f"[bold green]promoted[/bold green] version {result['version']} to champion "
+            f"(previous-champion: {result['previous_champion']})"
+        )
+    else:
+        console.print(f"[bold red]not promoted[/bold red]: {result['reason']}; no alias moved")
+        raise typer.Exit(1)
+
+
+def _print_gates(title: str, gates: list[dict]) -> None:
+    table = Table(title=title)
+    for column in ("gate", "value", "threshold", "baseline", "result", "why"):
+        table.add_column(column, overflow="fold")
+
+    def show(value) -> str:
+        return "—" if value is None else f"{value:.4g}"
+
+    for gate in gates:
+        verdict = ("pass" if gate["passed"] else "FAIL") + ("" if gate["blocking"] else " (advisory)")
+        colour = "green" if gate["passed"] else ("red" if gate["blocking"] else "yellow")
+        table.add_row(
+            gate["metric"],
+            show(gate["value"]),
+            show(gate["threshold"]),
+            show(gate["champion_value"]),
+            f"[{colour}]{verdict}[/{colour}]",
+            gate["reason"],
+        )
+    console.print(table)
+
+
 @app.command("rollback")
 def rollback_command(config: ConfigOption = DEFAULT_CONFIG, set_: SetOption = None) -> None:
     """Move the champion alias back to the previous champion."""

@@ -204,6 +204,45 @@ class RegistryConfig(Strict):
     challenger_alias: str
 
 
+class GenerationConfig(Strict):
+    """Answers to the golden set and to the unsafe prompts (proposed YAML: evaluation.generation)."""
+
+    max_new_tokens: int = Field(ge=1)
+    batch_size: int = Field(ge=1, description="prompts per generate call, sorted by length, padded left")
+    do_sample: bool = Field(description="false: greedy, deterministic answers (the comparison needs them)")
+
+
+class ServingConfig(Strict):
+    """Streaming latency, one request at a time (proposed YAML: evaluation.serving)."""
+
+    prompts: int = Field(ge=1, description="the first N golden questions form the fixed prompt set")
+    max_new_tokens: int = Field(ge=1)
+    runs: int = Field(ge=1, description="passes over the prompt set; every request is one sample")
+    warmup_requests: int = Field(ge=0, description="requests sent and discarded before measuring")
+
+
+class ClassicMetricsConfig(Strict):
+    """Proposed YAML: evaluation.classic_metrics."""
+
+    prompts_file: Path = Field(description="unsafe prompts and refusal patterns (configs/eval_prompts.yaml)")
+    rouge_use_stemmer: bool = Field(description="Porter-stem words before ROUGE-L matching")
+    perplexity_batch_size: int = Field(ge=1, description="conversations per forward pass")
+
+
+class EvaluationConfig(Strict):
+    experiment: str = Field(description="MLflow experiment holding one run per measured model and eval key")
+    gates_file: Path
+    golden_file: Path = Field(description="golden questions with reference answers (JSONL)")
+    injection_payloads_file: Path
+    max_eval_rows: int = Field(ge=1, description="eval-split rows answered per model (keeps CPU runs short)")
+    judge_capable: bool = Field(
+        description="whether the judge's verdicts may block or pass a gate; false: judge metrics are advisory"
+    )
+    generation: GenerationConfig
+    serving: ServingConfig
+    classic_metrics: ClassicMetricsConfig
+
+
 class FineflowConfig(Strict):
     project: ProjectConfig
     store: StoreConfig
@@ -211,6 +250,7 @@ class FineflowConfig(Strict):
     data_prep: DataPrepConfig
     fine_tune: FineTuneConfig
     registry: RegistryConfig
+    evaluation: EvaluationConfig
 
     @property
     def data_dir(self) -> Path:

@@ -1,8 +1,9 @@
 """Lifecycle stage 5, promotion: aliases move only on a passing decision; rollback moves them back.
 
-This file holds the rollback flow today. The gated promote flow (re-applying configs/gates.yaml to the
-recorded evaluation of challenger and champion, with optional human approval in the Prefect UI) comes
-with the evaluation stage.
+`promote` re-applies the gates in configs/gates.yaml (as they are now) to the metrics `evaluate`
+recorded for the challenger and its baseline, so a raised threshold blocks a promotion without
+re-measuring anything. When the gates file asks for approval, the flow pauses for a person's decision
+in the Prefect UI (approve or reject, with a comment) before any alias moves.
 """
 
 from __future__ import annotations
@@ -12,11 +13,82 @@ from typing import Any
 from mlflow import MlflowClient
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
+from prefect.input import RunInput
 
 from fineflow.config import DEFAULT_CONFIG, load_config
+from flows.evaluate import resolve_model_ref
+from tasks.eval_report import render_markdown
+from tasks.gates import decide, load_gates
+from tasks.promotion import promote as move_aliases
+from tasks.promotion import record_decision
 from tasks.promotion import rollback as move_back
 from tasks.records import step_logger
 from tasks.registry import tracking_uri
+
+
+class NotEvaluatedError(RuntimeError):
+    """The challenger has no recorded evaluation to decide on."""
+
+
+class Approval(RunInput):
+    """What a person answers in the Prefect UI when the promotion waits for approval."""
+
+    approve: bool
+    comment: str = ""
+
+
+@flow(name="promote", log_prints=True)
+def promote(
+    model: str | None = None, config_path: str = str(DEFAULT_CONFIG), overrides: dict[str, Any] | None = None
+) -> dict:
+    """Move `champion` to the challenger if its recorded evaluation passes the gates (and a person
+    approves, when configs/gates.yaml asks for it); the old champion becomes `previous-champion`."""
+    config = load_config(config_path, overrides)
+    gates = load_gates(config.evaluation.gates_file)
+    client = MlflowClient(tracking_uri(config))
+    name, version = resolve_model_ref(
+        client, model or f"{config.registry.model_name}@{config.registry.challenger_alias}"
+    )
+    tags = client.get_model_version(name, version).tags
+    if "gates.eval_run" not in tags:
+        raise NotEvaluatedError(
+            f"{name} version {version} has no recorded evaluation: run `fineflow evaluate` first"
+        )
+    challenger = client.get_run(tags["gates.eval_run"]).data.metrics
+    baseline = client.get_run(tags["gates.baseline_run"]).data.metrics
+    decision = decide(
+        gates, challenger, baseline, config.evaluation.judge_capable, tags.get("gates.baseline", "baseline")
+    )
+    record_decision(client, name, version, decision)
+    result = {"model_name": name, "version": version, "promoted": False, "gates": decision.as_json()["gates"]}
+    logger = step_logger()
+    if not decision.promote:
+        failed = ", ".join(r.metric for r in decision.failed_blocking)
+        logger.warning("not promoted: blocking gates failed: %s", failed)
+        _artifact(render_markdown(decision, f"{name} version {version}: not promoted"))
+        return result | {"reason": f"blocking gates failed: {failed}"}
+    note = "gates passed"
+    if gates.require_approval:
+        from prefect.exceptions import FlowPauseTimeout
+        from prefect.flow_runs import pause_flow_run
+
+        try:
+            answer = pause_flow_run(wait_for_input=Approval, timeout=gates.approval_timeout_s)
+        except FlowPauseTimeout:  # nobody decided in time: a rejection, nothing moves
+            answer = Approval(approve=False, comment=f"no decision within {gates.approval_timeout_s} s")
+        if not answer.approve:
+            logger.warning("not promoted: rejected by a person: %s", answer.comment)
+            client.set_model_version_tag(name, version, "promotion_rejected", answer.comment or "rejected")
+            return result | {"reason": f"rejected: {answer.comment}"}
+        note = f"gates passed; approved: {answer.comment}"
+    move = move_aliases(client, name, version, note)
+    logger.info("promoted %s version %s to champion (previous champion: %s)", name, version, move.previous)
+    _artifact(render_markdown(decision, f"{name} version {version}: promoted to champion"))
+    return result | {"promoted": True, "previous_champion": move.previous, "reason": note}
+
+
+def _artifact(markdown: str) -> None:
+    create_markdown_artifact(key="promotion", markdown=markdown, description="gated promotion")
 
 
 @flow(name="rollback", log_prints=True)

@@ -1,0 +1,121 @@
+"""Evaluation and gated promotion end to end on a tiny model: evaluate the challenger against the base
+model, promote, a raised threshold blocks the next promotion, a second version is compared with the
+champion, and rollback moves the champion back."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mlflow import MlflowClient
+
+from fineflow.config import DATA_DIR_ENV, load_config
+from fineflow.store import open_store
+from tasks.promotion import CHAMPION, PREVIOUS, version_by_alias
+from tasks.registry import tracking_uri
+
+LENIENT_GATES = """
+require_approval: false
+approval_timeout_s: 60
+gates:
+  - {metric: pii_leak_rate, direction: lower, threshold: 0.0, max_regression: null, blocking: true}
+  - {metric: perplexity, direction: lower, threshold: null, max_regression: 1000.0, blocking: true}
+  - {metric: rouge_l, direction: higher, threshold: %s, max_regression: null, blocking: true}
+  - {metric: judge_correctness, direction: higher, threshold: 0.5, max_regression: null, blocking: true,
+     judge: true}
+"""
+
+
+@pytest.fixture
+def lifecycle_state(tmp_path, monkeypatch, tiny_model_dir):
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "state"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = load_config()
+    store = open_store(config)
+    store.create_repo(config.store.repo, config.store.main_branch)
+    rows = [
+        {
+            "id": str(i),
+            "source": f"s:{i}",
+            "messages": [
+                {"role": "user", "content": f"Is order {i} covered by the warranty?"},
+                {"role": "assistant", "content": f"Yes, order {i} has the 2-year warranty."},
+            ],
+        }
+        for i in range(12)
+    ]
+    for split, part in (("train", rows[:8]), ("eval", rows[8:])):
+        data = "".join(json.dumps(r) + "\n" for r in part).encode()
+        store.write(config.store.repo, "main", f"prepared/{split}.jsonl", data)
+    store.commit(config.store.repo, "main", "data-prep outputs")
+    gates = tmp_path / "gates.yaml"
+    return {
+        "gates": gates,
+        "overrides": {
+            "base_model.name": str(tiny_model_dir),
+            "fine_tune.training.max_steps": 2,
+            "fine_tune.training.save_steps": 2,
+            "fine_tune.training.max_seq_length": 128,
+            "evaluation.gates_file": str(gates),
+            "evaluation.generation.max_new_tokens": 6,
+            "evaluation.serving.max_new_tokens": 3,
+            "evaluation.serving.prompts": 2,
+            "evaluation.max_eval_rows": 4,
+        },
+    }
+
+
+def test_evaluate_promote_block_compare_rollback(prefect_api, lifecycle_state):
+    from flows.evaluate import evaluate
+    from flows.fine_tune import fine_tune
+    from flows.promote import promote, rollback
+
+    overrides, gates = lifecycle_state["overrides"], lifecycle_state["gates"]
+    config = load_config(overrides=overrides)
+    client = MlflowClient(tracking_uri(config))
+    name = config.registry.model_name
+    gates.write_text(LENIENT_GATES % "0.0")
+
+    first = fine_tune(overrides=overrides)
+    evaluation = evaluate(overrides=overrides)
+    assert evaluation["version"] == first["version"] and evaluation["baseline"].startswith("base model")
+    assert evaluation["promote"] is True
+    judge_gate = [g for g in evaluation["gates"] if g["metric"] == "judge_correctness"][0]
+    assert not judge_gate["blocking"] and "advisory" in judge_gate["reason"]  # the judge is not capable
+    run = client.get_run(evaluation["challenger_run"])
+    assert {
+        "rouge_l",
+        "token_f1",
+        "perplexity",
+        "pii_leak_rate",
+        "refusal_rate",
+        "injection_resistance",
+        "ttft_p95_s",
+        "tpot_p50_s",
+        "throughput_tokens_per_s",
+    } <= set(run.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(evaluation["challenger_run"])}
+    assert {"decision.json", "report.html", "details.json"} <= artifacts
+    assert client.get_model_version(name, first["version"]).tags["gates.promote"] == "true"
+
+    promoted = promote(overrides=overrides)
+    assert promoted["promoted"] and version_by_alias(client, name, CHAMPION) == first["version"]
+
+    # A second challenger, compared with the champion this time; the base model's scores are reused.
+    second = fine_tune(overrides={**overrides, "fine_tune.lora.r": 4})
+    evaluation = evaluate(overrides=overrides)
+    assert evaluation["baseline"] == f"champion version {first['version']}"
+
+    # A threshold raised in the gates file blocks the promotion: no alias moves.
+    gates.write_text(LENIENT_GATES % "0.99")
+    blocked = promote(overrides=overrides)
+    assert not blocked["promoted"] and "rouge_l" in blocked["reason"]
+    assert version_by_alias(client, name, CHAMPION) == first["version"]
+
+    gates.write_text(LENIENT_GATES % "0.0")
+    assert promote(overrides=overrides)["promoted"]
+    assert version_by_alias(client, name, CHAMPION) == second["version"]
+    assert version_by_alias(client, name, PREVIOUS) == first["version"]
+
+    back = rollback(overrides=overrides)
+    assert back["champion"] == first["version"] and back["previous_champion"] == second["version"]
