@@ -229,18 +229,52 @@ class ClassicMetricsConfig(Strict):
     perplexity_batch_size: int = Field(ge=1, description="conversations per forward pass")
 
 
+class JudgeConfig(Strict):
+    """The `evaluation.judge` section of the config."""
+
+    kind: Literal["embedded", "openai_compatible"]
+    model: str = Field(
+        description="embedded: a base-model name for resolve_base_model (embedded name, local dir, hub id); "
+        "openai_compatible: the model name the endpoint serves"
+    )
+    base_url: str | None = Field(description="openai_compatible: e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str | None = Field(
+        description="name of the environment variable holding the API key; null: the endpoint needs none"
+    )
+    capable: bool = Field(
+        description="whether this judge's verdicts may gate a promotion (false for the embedded SmolLM2)"
+    )
+    max_new_tokens: int = Field(ge=16, description="the most tokens one verdict may take")
+    max_text_chars: int = Field(ge=1, description="maxLength injected into every free-text string field")
+    max_list_items: int = Field(ge=1, description="maxItems injected into every list without a smaller one")
+    temperature: float = Field(ge=0.0, le=2.0, description="0: greedy, deterministic")
+    timeout_seconds: float = Field(gt=0, description="openai_compatible: per-request timeout")
+
+    @model_validator(mode="after")
+    def _remote_needs_url(self) -> JudgeConfig:
+        if self.kind == "openai_compatible" and not self.base_url:
+            raise ValueError("an openai_compatible judge needs base_url")
+        return self
+
+
 class EvaluationConfig(Strict):
     experiment: str = Field(description="MLflow experiment holding one run per measured model and eval key")
     gates_file: Path
     golden_file: Path = Field(description="golden questions with reference answers (JSONL)")
     injection_payloads_file: Path
     max_eval_rows: int = Field(ge=1, description="eval-split rows answered per model (keeps CPU runs short)")
-    judge_capable: bool = Field(
-        description="whether the judge's verdicts may block or pass a gate; false: judge metrics are advisory"
+    judge: JudgeConfig
+    judge_sample: int = Field(
+        ge=0, description="golden items scored by the judge per model; 0: no judge metrics"
     )
     generation: GenerationConfig
     serving: ServingConfig
     classic_metrics: ClassicMetricsConfig
+
+    @property
+    def judge_capable(self) -> bool:
+        """Whether judge-scored gates may block; otherwise they are advisory."""
+        return self.judge.capable
 
 
 class FineflowConfig(Strict):

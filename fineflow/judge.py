@@ -37,11 +37,11 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, ValidationError
 
-from fineflow.config import Strict
+from fineflow.config import JudgeConfig  # noqa: F401 (the judge section of the config, re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -54,34 +54,6 @@ Messages = Sequence[dict[str, str]]
 MAX_CONSECUTIVE_WHITESPACE = 2
 MAX_NUMBER_CHARS = 12
 LAST_ERRORS_KEPT = 10
-
-
-class JudgeConfig(Strict):
-    """The `evaluation.judge` section of the config."""
-
-    kind: Literal["embedded", "openai_compatible"]
-    model: str = Field(
-        description="embedded: a base-model name for resolve_base_model (embedded name, local dir, hub id); "
-        "openai_compatible: the model name the endpoint serves"
-    )
-    base_url: str | None = Field(description="openai_compatible: e.g. http://127.0.0.1:8000/v1")
-    api_key_env: str | None = Field(
-        description="name of the environment variable holding the API key; null: the endpoint needs none"
-    )
-    capable: bool = Field(
-        description="whether this judge's verdicts may gate a promotion (false for the embedded SmolLM2)"
-    )
-    max_new_tokens: int = Field(ge=16, description="the most tokens one verdict may take")
-    max_text_chars: int = Field(ge=1, description="maxLength injected into every free-text string field")
-    max_list_items: int = Field(ge=1, description="maxItems injected into every list without a smaller one")
-    temperature: float = Field(ge=0.0, le=2.0, description="0: greedy, deterministic")
-    timeout_seconds: float = Field(gt=0, description="openai_compatible: per-request timeout")
-
-    @model_validator(mode="after")
-    def _remote_needs_url(self) -> JudgeConfig:
-        if self.kind == "openai_compatible" and not self.base_url:
-            raise ValueError("an openai_compatible judge needs base_url")
-        return self
 
 
 class JudgeError(RuntimeError):

@@ -61,6 +61,10 @@ def lifecycle_state(tmp_path, monkeypatch, tiny_model_dir):
             "evaluation.serving.max_new_tokens": 3,
             "evaluation.serving.prompts": 2,
             "evaluation.max_eval_rows": 4,
+            # The tiny model as judge: deepeval's G-Eval prompt is longer than its context, so every verdict
+            # is refused and must be counted as a failure to judge, never scored.
+            "evaluation.judge.model": str(tiny_model_dir),
+            "evaluation.judge_sample": 1,
         },
     }
 
@@ -82,7 +86,9 @@ def test_evaluate_promote_block_compare_rollback(prefect_api, lifecycle_state):
     assert evaluation["promote"] is True
     judge_gate = [g for g in evaluation["gates"] if g["metric"] == "judge_correctness"][0]
     assert not judge_gate["blocking"] and "advisory" in judge_gate["reason"]  # the judge is not capable
+    assert judge_gate["reason"].startswith("not measured")
     run = client.get_run(evaluation["challenger_run"])
+    assert (run.data.metrics["judge_failures"], run.data.metrics["judge_judged"]) == (1.0, 0.0)
     assert {
         "rouge_l",
         "token_f1",
