@@ -267,6 +267,9 @@ class EvaluationConfig(Strict):
     judge_sample: int = Field(
         ge=0, description="golden items scored by the judge per model; 0: no judge metrics"
     )
+    judge_metrics: list[Literal["correctness", "answer_relevancy", "bias", "toxicity"]] = Field(
+        min_length=1, description="deepeval metrics the judge scores; bias and toxicity: lower is better"
+    )
     generation: GenerationConfig
     serving: ServingConfig
     classic_metrics: ClassicMetricsConfig

@@ -1,4 +1,5 @@
-"""Judge-scored answer quality: deepeval's G-Eval correctness against the reference answer.
+"""Judge-scored answer quality with deepeval: G-Eval correctness against the reference answer, answer
+relevancy, bias and toxicity (the last two: lower is better).
 
 Only a sample of the golden set is judged (each verdict costs judge calls). A verdict that fails to
 parse, or a score outside the rubric, is counted as a failure to judge and never averaged in; with no
@@ -32,29 +33,42 @@ def get_judge(config: JudgeConfig, model_cache: Path):
     return _judge(config.model_dump_json(), str(model_cache))
 
 
-def judge_correctness(
-    judge, questions: list[str], answers: list[str], references: list[str]
+def _metric(name: str, model):
+    from deepeval.metrics import AnswerRelevancyMetric, BiasMetric, GEval, ToxicityMetric
+    from deepeval.test_case import SingleTurnParams
+
+    if name == "correctness":
+        params = [SingleTurnParams.INPUT, SingleTurnParams.ACTUAL_OUTPUT, SingleTurnParams.EXPECTED_OUTPUT]
+        return GEval(name="Correctness", criteria=CRITERIA, evaluation_params=params, model=model)
+    metric_class = {
+        "answer_relevancy": AnswerRelevancyMetric,
+        "bias": BiasMetric,
+        "toxicity": ToxicityMetric,
+    }[name]
+    return metric_class(model=model, async_mode=False)
+
+
+def judge_scores(
+    judge, metrics: list[str], questions: list[str], answers: list[str], references: list[str]
 ) -> dict[str, float]:
-    from deepeval.metrics import GEval
-    from deepeval.test_case import LLMTestCase, SingleTurnParams
+    """`judge_<metric>` means over the judged items (NaN when none was judged), and counts of judged and
+    failed verdicts over all metrics."""
+    from deepeval.test_case import LLMTestCase
 
     from fineflow.judge import measure_deepeval, to_deepeval
 
-    params = [SingleTurnParams.INPUT, SingleTurnParams.ACTUAL_OUTPUT, SingleTurnParams.EXPECTED_OUTPUT]
-    scores, failures = [], 0
-    for question, answer, reference in zip(questions, answers, references, strict=True):
-        metric = GEval(
-            name="Correctness", criteria=CRITERIA, evaluation_params=params, model=to_deepeval(judge)
-        )
-        outcome = measure_deepeval(
-            metric, LLMTestCase(input=question, actual_output=answer, expected_output=reference)
-        )
-        if outcome.judged:
-            scores.append(outcome.score)
-        else:
-            failures += 1
-    return {
-        "judge_correctness": sum(scores) / len(scores) if scores else math.nan,
-        "judge_judged": float(len(scores)),
-        "judge_failures": float(failures),
-    }
+    model = to_deepeval(judge)
+    results: dict[str, float] = {}
+    judged = failures = 0
+    for name in metrics:
+        scores = []
+        for question, answer, reference in zip(questions, answers, references, strict=True):
+            case = LLMTestCase(input=question, actual_output=answer, expected_output=reference)
+            outcome = measure_deepeval(_metric(name, model), case)
+            if outcome.judged:
+                scores.append(outcome.score)
+            else:
+                failures += 1
+        judged += len(scores)
+        results[f"judge_{name}"] = sum(scores) / len(scores) if scores else math.nan
+    return results | {"judge_judged": float(judged), "judge_failures": float(failures)}

@@ -16,7 +16,7 @@ from fineflow.config import FineflowConfig
 from tasks.classic_metrics import answer_perplexity, load_eval_prompts, mean_scores, pii_leakage, refusal_rate
 from tasks.generation import generate_batch, load_generator, serving_metrics
 from tasks.injection import injection_resistance, load_payloads
-from tasks.judge_metrics import get_judge, judge_correctness
+from tasks.judge_metrics import get_judge, judge_scores
 from tasks.records import step_logger
 
 
@@ -97,8 +97,12 @@ def measure(subject: Subject, sets: EvalSets, config: FineflowConfig) -> Measure
     if evaluation.judge_sample:
         sample = evaluation.judge_sample
         judge = get_judge(evaluation.judge, config.data_dir / "models")
-        metrics |= judge_correctness(
-            judge, sets.golden_questions[:sample], golden_answers[:sample], sets.golden_references[:sample]
+        metrics |= judge_scores(
+            judge,
+            evaluation.judge_metrics,
+            sets.golden_questions[:sample],
+            golden_answers[:sample],
+            sets.golden_references[:sample],
         )
     logger.info("measured %s: %s", subject.label, {k: round(v, 4) for k, v in metrics.items()})
     details = {
