@@ -73,7 +73,9 @@ def promote(
         from prefect.flow_runs import pause_flow_run
 
         try:
-            answer = pause_flow_run(wait_for_input=Approval, timeout=gates.approval_timeout_s)
+            answer = pause_flow_run(
+                wait_for_input=Approval, timeout=gates.approval_timeout_s, poll_interval=gates.approval_poll_s
+            )
         except FlowPauseTimeout:  # nobody decided in time: a rejection, nothing moves
             answer = Approval(approve=False, comment=f"no decision within {gates.approval_timeout_s} s")
         if not answer.approve:

@@ -39,6 +39,7 @@ class GateConfig(BaseModel):
 
     require_approval: bool
     approval_timeout_s: int = Field(gt=0)
+    approval_poll_s: float = Field(gt=0)
     gates: list[Gate] = Field(min_length=1)
 
 

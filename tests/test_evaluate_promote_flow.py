@@ -17,6 +17,7 @@ from tasks.registry import tracking_uri
 LENIENT_GATES = """
 require_approval: false
 approval_timeout_s: 60
+approval_poll_s: 1
 gates:
   - {metric: pii_leak_rate, direction: lower, threshold: 0.0, max_regression: null, blocking: true}
   - {metric: perplexity, direction: lower, threshold: null, max_regression: 1000.0, blocking: true}

@@ -20,7 +20,7 @@ from tasks.promotion import (
 
 
 def gates(*items: Gate, approval: bool = False) -> GateConfig:
-    return GateConfig(require_approval=approval, approval_timeout_s=60, gates=list(items))
+    return GateConfig(require_approval=approval, approval_timeout_s=60, approval_poll_s=1, gates=list(items))
 
 
 def gate(
@@ -82,7 +82,7 @@ def test_judge_gates_are_advisory_unless_the_judge_is_capable():
 def test_a_gate_that_tests_nothing_is_a_config_error(tmp_path):
     path = tmp_path / "gates.yaml"
     path.write_text(
-        "require_approval: false\napproval_timeout_s: 5\ngates:\n"
+        "require_approval: false\napproval_timeout_s: 5\napproval_poll_s: 1\ngates:\n"
         "  - {metric: rouge_l, direction: higher, threshold: null, max_regression: null, blocking: true}\n"
     )
     with pytest.raises(ConfigError, match="neither a threshold nor a max_regression"):
