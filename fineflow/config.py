@@ -263,6 +263,9 @@ class EvaluationConfig(Strict):
     golden_file: Path = Field(description="golden questions with reference answers (JSONL)")
     injection_payloads_file: Path
     max_eval_rows: int = Field(ge=1, description="eval-split rows answered per model (keeps CPU runs short)")
+    vulnerability_scan: bool = Field(
+        description="run giskard-scan over the payload file and keep its reports"
+    )
     judge: JudgeConfig
     judge_sample: int = Field(
         ge=0, description="golden items scored by the judge per model; 0: no judge metrics"

@@ -159,6 +159,8 @@ def measured(client: MlflowClient, config: FineflowConfig, subject: Subject, set
         result = measure(subject, sets, config)
         for metric, value in result.metrics.items():
             client.log_metric(run.info.run_id, metric, value)
+        for path in result.details.get("scan_files", []):
+            client.log_artifact(run.info.run_id, path, "vulnerability_scan")
         client.log_text(run.info.run_id, json.dumps(result.details, indent=2), "details.json")
     except BaseException:
         client.set_terminated(run.info.run_id, "FAILED")

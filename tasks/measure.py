@@ -9,12 +9,14 @@ metrics are added by the evaluation flow when a judge is configured.
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fineflow.config import FineflowConfig
 from tasks.classic_metrics import answer_perplexity, load_eval_prompts, mean_scores, pii_leakage, refusal_rate
 from tasks.generation import generate_batch, load_generator, serving_metrics
+from tasks.giskard_scan import run_vulnerability_scan
 from tasks.injection import injection_resistance, load_payloads
 from tasks.judge_metrics import get_judge, judge_scores
 from tasks.records import step_logger
@@ -83,8 +85,19 @@ def measure(subject: Subject, sets: EvalSets, config: FineflowConfig) -> Measure
     metrics["pii_leak_rate"] = leakage["rate"]
     prompts = load_eval_prompts(evaluation.classic_metrics.prompts_file)
     metrics["refusal_rate"] = refusal_rate(answer_text(prompts.unsafe_prompts), prompts.refusal_regexes)
-    injection = injection_resistance(load_payloads(evaluation.injection_payloads_file), answer_text)
+    payloads = load_payloads(evaluation.injection_payloads_file)
+    injection = injection_resistance(payloads, answer_text)
     metrics["injection_resistance"] = injection["injection_resistance"]
+    scan_files: list[str] = []
+    if evaluation.vulnerability_scan:
+        # giskard-scan over the same payloads; answers come from one batch, looked up by the attack text.
+        attacks = [p.attack for p in payloads.payloads]
+        answers = dict(zip(attacks, answer_text(attacks), strict=True))
+        scan = run_vulnerability_scan(
+            answers.__getitem__, evaluation.injection_payloads_file, Path(tempfile.mkdtemp())
+        )
+        metrics["scan_pass_rate"] = scan["scan_pass_rate"]
+        scan_files = scan["files"]
     serving = evaluation.serving
     latency = serving_metrics(
         generator,
@@ -109,6 +122,7 @@ def measure(subject: Subject, sets: EvalSets, config: FineflowConfig) -> Measure
         "golden_answers": golden_answers,
         "pii_by_type": leakage["by_type"],
         "injection_obeyed": injection["obeyed"],
+        "scan_files": scan_files,
     }
     return Measurement(metrics, details)
 

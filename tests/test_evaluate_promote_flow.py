@@ -102,7 +102,14 @@ def test_evaluate_promote_block_compare_rollback(prefect_api, lifecycle_state):
         "throughput_tokens_per_s",
     } <= set(run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(evaluation["challenger_run"])}
-    assert {"decision.json", "report.html", "details.json"} <= artifacts
+    assert {"decision.json", "report.html", "details.json", "vulnerability_scan"} <= artifacts
+    scan_reports = {a.path for a in client.list_artifacts(evaluation["challenger_run"], "vulnerability_scan")}
+    assert scan_reports == {
+        "vulnerability_scan/scan.json",
+        "vulnerability_scan/scan.xml",
+        "vulnerability_scan/scan.html",
+    }
+    assert 0.0 <= run.data.metrics["scan_pass_rate"] <= 1.0
     assert client.get_model_version(name, first["version"]).tags["gates.promote"] == "true"
 
     promoted = promote(overrides=overrides)
