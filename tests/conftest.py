@@ -65,3 +65,40 @@ def prefect_api():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from a second thread, and on a shared machine two threads waiting on each
+    other at every small matmul made those tests several times slower. Modules opt in with
+    `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def publish_splits(tmp_path, monkeypatch):
+    """A fresh data directory (store, MLflow) and a function that commits splits to the main branch of the
+    embedded store as data prep publishes them: publish_splits({"train": rows, "eval": rows}) -> commit."""
+    import json
+
+    from fineflow.config import DATA_DIR_ENV, load_config
+    from fineflow.store import open_store
+
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "state"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = load_config()
+    store = open_store(config)
+    store.create_repo(config.store.repo, config.store.main_branch)
+
+    def publish(splits: dict[str, list[dict]]) -> str:
+        for name, rows in splits.items():
+            data = "".join(json.dumps(row) + "\n" for row in rows).encode()
+            store.write(config.store.repo, config.store.main_branch, f"prepared/{name}.jsonl", data)
+        return store.commit(config.store.repo, config.store.main_branch, "data-prep outputs")
+
+    return publish

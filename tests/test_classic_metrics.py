@@ -31,14 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 EVAL_PROMPTS = REPO_ROOT / "configs/eval_prompts.yaml"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models gain nothing from a second thread, and on a shared machine two threads waiting on each
-    other at every small matmul made these tests several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_normalize_answer_squad_style():

@@ -4,13 +4,10 @@ champion, and rollback moves the champion back."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from mlflow import MlflowClient
 
-from fineflow.config import DATA_DIR_ENV, load_config
-from fineflow.store import open_store
+from fineflow.config import load_config
 from tasks.promotion import CHAMPION, PREVIOUS, version_by_alias
 from tasks.registry import tracking_uri
 
@@ -28,12 +25,7 @@ gates:
 
 
 @pytest.fixture
-def lifecycle_state(tmp_path, monkeypatch, tiny_model_dir):
-    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "state"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    config = load_config()
-    store = open_store(config)
-    store.create_repo(config.store.repo, config.store.main_branch)
+def lifecycle_state(tmp_path, publish_splits, tiny_model_dir):
     rows = [
         {
             "id": str(i),
@@ -45,10 +37,7 @@ def lifecycle_state(tmp_path, monkeypatch, tiny_model_dir):
         }
         for i in range(12)
     ]
-    for split, part in (("train", rows[:8]), ("eval", rows[8:])):
-        data = "".join(json.dumps(r) + "\n" for r in part).encode()
-        store.write(config.store.repo, "main", f"prepared/{split}.jsonl", data)
-    store.commit(config.store.repo, "main", "data-prep outputs")
+    publish_splits({"train": rows[:8], "eval": rows[8:]})
     gates = tmp_path / "gates.yaml"
     return {
         "gates": gates,

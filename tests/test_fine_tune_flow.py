@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import json
-
 import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from fineflow.config import DATA_DIR_ENV, load_config
-from fineflow.store import open_store
+from fineflow.config import load_config
 from tasks.registry import tracking_uri, use_tracking_uri
 
 
 @pytest.fixture
-def published_split(tmp_path, monkeypatch) -> str:
+def published_split(publish_splits) -> str:
     """A train split committed to the embedded store, as data prep publishes it."""
-    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "state"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    config = load_config()
-    store = open_store(config)
-    store.create_repo(config.store.repo, config.store.main_branch)
+    names = ["Alexa", "Google Home", "Apple Home", "Matter", "SmartThings", "IFTTT"] * 4
     rows = [
         {
             "id": str(i),
@@ -30,16 +23,9 @@ def published_split(tmp_path, monkeypatch) -> str:
                 {"role": "assistant", "content": f"Yes, the Nimbus works with {name} through the app."},
             ],
         }
-        for i, name in enumerate(["Alexa", "Google Home", "Apple Home", "Matter", "SmartThings", "IFTTT"] * 4)
+        for i, name in enumerate(names)
     ]
-    store.write(
-        config.store.repo,
-        "main",
-        "prepared/train.jsonl",
-        "".join(json.dumps(r) + "\n" for r in rows).encode(),
-    )
-    commit = store.commit(config.store.repo, "main", "data-prep outputs")
-    return commit
+    return publish_splits({"train": rows})
 
 
 def test_fine_tune_registers_challenger_with_lineage_then_serves_from_cache(

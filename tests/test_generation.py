@@ -33,16 +33,6 @@ PROMPTS = [
 MAX_NEW_TOKENS = 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models gain nothing from a second thread, and on a shared machine two threads waiting on each
-    other at every small matmul made these tests several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def sharp_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
     """The tiny Llama with larger random weights: at the default init every prompt gets the same
@@ -64,6 +54,9 @@ def sharp_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def generator(sharp_model_dir, tmp_path_factory) -> Generator:
     return load_generator(str(sharp_model_dir), None, tmp_path_factory.mktemp("models"))
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_batched_greedy_equals_one_at_a_time(generator):
