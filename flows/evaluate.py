@@ -80,7 +80,7 @@ def evaluate(
     key = evaluation_key(config, tags["dataset_commit"])
 
     challenger = Subject(
-        f"version {version}", f"version:{version}", tags["base_model"], _adapter_dir(config, name, version)
+        f"version {version}", f"version:{version}", tags["base_model"], f"models:/{name}/{version}"
     )
     champion = version_by_alias(client, name, CHAMPION)
     if champion and champion != version:
@@ -89,7 +89,7 @@ def evaluate(
             f"champion version {champion}",
             f"version:{champion}",
             champion_tags["base_model"],
-            _adapter_dir(config, name, champion),
+            f"models:/{name}/{champion}",
         )
     else:
         baseline = Subject(
@@ -125,17 +125,16 @@ def _eval_sets(config: FineflowConfig, dataset_commit: str) -> EvalSets:
     return EvalSets(questions, references, [row["messages"] for row in rows[:limit]])
 
 
-def _adapter_dir(config: FineflowConfig, name: str, version: str) -> str:
-    """The version's LoRA adapter, downloaded from the registry (the model artifact holds it)."""
+def _adapter_dir(config: FineflowConfig, model_uri: str | None) -> str | None:
+    """The registered model's LoRA adapter, downloaded from the registry (the model artifact holds it);
+    None for the bare base model."""
     import mlflow
 
-    target = Path(tempfile.mkdtemp(prefix=f"fineflow-{name}-{version}-"))
+    if model_uri is None:
+        return None
+    target = Path(tempfile.mkdtemp(prefix="fineflow-adapter-"))
     with use_tracking_uri(tracking_uri(config)):
-        local = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{name}/{version}", dst_path=str(target)
-            )
-        )
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(target)))
     return str(local / "artifacts" / "adapter")
 
 
@@ -156,7 +155,8 @@ def measured(client: MlflowClient, config: FineflowConfig, subject: Subject, set
         experiment, run_name=f"eval-{subject.key}", tags={SUBJECT_TAG: subject.key, KEY_TAG: key}
     )
     try:
-        result = measure(subject, sets, config)
+        # Downloaded only now: a model already measured on this key needs no weights at all.
+        result = measure(subject, _adapter_dir(config, subject.model_uri), sets, config)
         for metric, value in result.metrics.items():
             client.log_metric(run.info.run_id, metric, value)
         for path in result.details.get("scan_files", []):

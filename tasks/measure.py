@@ -29,7 +29,7 @@ class Subject:
     label: str
     key: str  # stable identity for caching: "version:3" or "base:<name>"
     base_model: str
-    adapter_dir: str | None
+    model_uri: str | None  # the registered model holding the adapter; None: the bare base model
 
 
 @dataclass
@@ -58,9 +58,9 @@ def read_golden(path: Path) -> tuple[list[str], list[str]]:
     return [i["question"] for i in items], [i["reference"] for i in items]
 
 
-def measure(subject: Subject, sets: EvalSets, config: FineflowConfig) -> Measurement:
+def measure(subject: Subject, adapter_dir: str | None, sets: EvalSets, config: FineflowConfig) -> Measurement:
     evaluation, logger = config.evaluation, step_logger()
-    generator = load_generator(subject.base_model, subject.adapter_dir, config.data_dir / "models")
+    generator = load_generator(subject.base_model, adapter_dir, config.data_dir / "models")
     gen = evaluation.generation
 
     def answer(prompts: list[list[dict]]) -> list[str]:
