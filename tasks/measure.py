@@ -86,15 +86,15 @@ def measure(subject: Subject, adapter_dir: str | None, sets: EvalSets, config: F
     prompts = load_eval_prompts(evaluation.classic_metrics.prompts_file)
     metrics["refusal_rate"] = refusal_rate(answer_text(prompts.unsafe_prompts), prompts.refusal_regexes)
     payloads = load_payloads(evaluation.injection_payloads_file)
-    injection = injection_resistance(payloads, answer_text)
+    # One batch of answers to the attacks serves both the canary check and giskard-scan's suite.
+    attacks = [p.attack for p in payloads.payloads]
+    attack_answers = dict(zip(attacks, answer_text(attacks), strict=True))
+    injection = injection_resistance(payloads, lambda texts: [attack_answers[text] for text in texts])
     metrics["injection_resistance"] = injection["injection_resistance"]
     scan_files: list[str] = []
     if evaluation.vulnerability_scan:
-        # giskard-scan over the same payloads; answers come from one batch, looked up by the attack text.
-        attacks = [p.attack for p in payloads.payloads]
-        answers = dict(zip(attacks, answer_text(attacks), strict=True))
         scan = run_vulnerability_scan(
-            answers.__getitem__, evaluation.injection_payloads_file, Path(tempfile.mkdtemp())
+            attack_answers.__getitem__, evaluation.injection_payloads_file, Path(tempfile.mkdtemp())
         )
         metrics["scan_pass_rate"] = scan["scan_pass_rate"]
         scan_files = scan["files"]
