@@ -170,21 +170,20 @@ def promote_command(
 
 
 def _print_gates(title: str, gates: list[dict]) -> None:
+    from tasks.eval_report import format_value
+
     table = Table(title=title)
     for column in ("gate", "value", "threshold", "baseline", "result", "why"):
         table.add_column(column, overflow="fold")
-
-    def show(value) -> str:
-        return "—" if value is None else f"{value:.4g}"
 
     for gate in gates:
         verdict = ("pass" if gate["passed"] else "FAIL") + ("" if gate["blocking"] else " (advisory)")
         colour = "green" if gate["passed"] else ("red" if gate["blocking"] else "yellow")
         table.add_row(
             gate["metric"],
-            show(gate["value"]),
-            show(gate["threshold"]),
-            show(gate["champion_value"]),
+            format_value(gate["value"]),
+            format_value(gate["threshold"]),
+            format_value(gate["champion_value"]),
             f"[{colour}]{verdict}[/{colour}]",
             gate["reason"],
         )
@@ -244,6 +243,7 @@ def _overrides(set_: list[str] | None) -> dict:
 
 def _print_prep_summary(config: FineflowConfig, ref: str, published: bool = True) -> None:
     from fineflow.store import open_store
+    from tasks.records import format_counts
 
     prefix = config.data_prep.output_prefix
     store = open_store(config)
@@ -252,7 +252,7 @@ def _print_prep_summary(config: FineflowConfig, ref: str, published: bool = True
     for column in ("step", "rows in", "rows out", "dropped, by reason"):
         table.add_column(column, justify="right" if column.startswith("rows") else "left")
     for step in report["steps"]:
-        dropped = ", ".join(f"{reason}: {n}" for reason, n in sorted(step["dropped"].items())) or "-"
+        dropped = format_counts(step["dropped"])
         table.add_row(step["step"], str(step["in"]), str(step["out"]), dropped)
     console.print(table)
     counts = report["counts"]
@@ -260,11 +260,11 @@ def _print_prep_summary(config: FineflowConfig, ref: str, published: bool = True
         f"{counts['rows_in']} rows in = {counts['train']} train + {counts['eval']} eval + "
         f"{counts['quarantined']} quarantined + {counts['removed']} removed"
     )
-    pii = ", ".join(f"{k}: {v}" for k, v in sorted(report["pii_masked_by_type"].items())) or "none"
+    pii = format_counts(report["pii_masked_by_type"], empty="none")
     console.print(f"PII masked: {pii}")
     quarantined = report["quarantined_by_reason"]
     if quarantined:
-        console.print("quarantined: " + ", ".join(f"{k}: {v}" for k, v in sorted(quarantined.items())))
+        console.print("quarantined: " + format_counts(quarantined))
     if not published:
         console.print(f"outputs kept for inspection: lakefs://{config.store.repo}/{ref}/{prefix}/")
         return

@@ -27,7 +27,7 @@ from tasks.normalize import normalize_rows
 from tasks.parse import parse_and_validate
 from tasks.pii import check_ner_model, mask_pii
 from tasks.publish import AuditFailedError, audit_outputs, publish_outputs, write_outputs
-from tasks.records import Removal, StepResult, step_logger
+from tasks.records import Removal, StepResult, count_reasons, format_counts, step_logger
 from tasks.safety import filter_unsafe, load_rules
 from tasks.split import split_rows
 from tasks.token_limit import enforce_token_limit
@@ -126,7 +126,7 @@ def _prepare(
         "counts": counts,
         "rows_in_by_file": parsed.rows_in_by_file,
         "quarantined_by_reason": parsed.quarantined_by_reason(),
-        "removed_by_reason": _by_reason(removed),
+        "removed_by_reason": count_reasons(removed),
         "pii_masked_by_type": pii_counts,
         "steps": _step_table(parsed, steps, len(masked_rows), splits),
     }
@@ -141,10 +141,6 @@ def _prepare(
     published = _cached(publish_outputs, run_key, refresh)(store, config, written, lineage)
     _report_artifact(report, audit, published=published, branch=branch, config=config)
     return published
-
-
-def _by_reason(removed: list[Removal]) -> dict[str, int]:
-    return StepResult([], removed).removed_by_reason()
 
 
 def _check_counts(rows_in: int, quarantined: int, removed: list[Removal], splits: dict) -> dict[str, int]:
@@ -194,7 +190,7 @@ def _report_artifact(report: dict, audit, published: str | None, branch: str, co
         "|---|---:|---:|---|",
     ]
     for step in report["steps"]:
-        dropped = ", ".join(f"{reason}: {n}" for reason, n in sorted(step["dropped"].items())) or "-"
+        dropped = format_counts(step["dropped"])
         lines.append(f"| {step['step']} | {step['in']} | {step['out']} | {dropped} |")
     counts = report["counts"]
     lines += [
@@ -202,8 +198,7 @@ def _report_artifact(report: dict, audit, published: str | None, branch: str, co
         f"**Count identity:** {counts['rows_in']} in = {counts['train']} train + {counts['eval']} eval + "
         f"{counts['quarantined']} quarantined + {counts['removed']} removed",
         "",
-        "**PII masked (counts by type):** "
-        + (", ".join(f"{k}: {v}" for k, v in sorted(report["pii_masked_by_type"].items())) or "none"),
+        "**PII masked (counts by type):** " + format_counts(report["pii_masked_by_type"], empty="none"),
         "",
         "| audit check | value |",
         "|---|---|",

@@ -10,7 +10,8 @@ import io
 from tasks.gates import Decision, GateResult
 
 
-def _fmt(value: float | None) -> str:
+def format_value(value: float | None) -> str:
+    """A metric value for a table: 4 significant digits, a dash when not measured."""
     return "—" if value is None else f"{value:.4g}"
 
 
@@ -28,7 +29,14 @@ def render_markdown(decision: Decision, title: str) -> str:
         "|---|---:|---:|---:|---|---|",
     ]
     for r in decision.results:
-        cells = [r.metric, _fmt(r.value), _fmt(r.threshold), _fmt(r.champion_value), _verdict(r), r.reason]
+        cells = [
+            r.metric,
+            format_value(r.value),
+            format_value(r.threshold),
+            format_value(r.champion_value),
+            _verdict(r),
+            r.reason,
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -67,7 +75,13 @@ def _decision_word(decision: Decision) -> str:
 def _html_row(r: GateResult) -> str:
     css = "pass" if r.passed else ("fail" if r.blocking else "advisory")
     result = ("pass" if r.passed else "FAIL") + ("" if r.blocking else " (advisory)")
-    cells = [html.escape(r.metric), _fmt(r.value), _fmt(r.threshold), _fmt(r.champion_value), result]
+    cells = [
+        html.escape(r.metric),
+        format_value(r.value),
+        format_value(r.threshold),
+        format_value(r.champion_value),
+        result,
+    ]
     cells.append(html.escape(r.reason))
     return f"<tr class='{css}'>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
 

@@ -13,7 +13,7 @@ from prefect import task
 from fineflow.config import FineflowConfig
 from fineflow.store import DatasetStore, NothingToCommitError
 from tasks.pii import scan_for_pii
-from tasks.records import Quarantined, Removal, Row, step_logger
+from tasks.records import Quarantined, Removal, Row, format_counts, step_logger
 
 
 @dataclass
@@ -100,7 +100,7 @@ def audit_outputs(
     if audit.require_zero_pii:
         texts = [m["content"] for row in train + evaluation for m in row["messages"]]
         found = scan_for_pii(texts, config.data_prep.pii)
-        checks["PII in output"] = ", ".join(f"{k}: {v}" for k, v in sorted(found.items())) or "none"
+        checks["PII in output"] = format_counts(found, empty="none")
         if found:
             reasons.append(f"second PII scan found {sum(found.values())} item(s) in the output: {found}")
     report = AuditReport(not reasons, reasons, checks)

@@ -27,6 +27,16 @@ def step_logger() -> logging.Logger | logging.LoggerAdapter:
         return logging.getLogger("fineflow.data_prep")
 
 
+def count_reasons(items) -> dict[str, int]:
+    """How many quarantined or removed items there are per reason."""
+    return dict(Counter(item.reason for item in items))
+
+
+def format_counts(counts: dict, empty: str = "-") -> str:
+    """`a: 1, b: 2` in key order, for logs, tables and reports (counts only, never values)."""
+    return ", ".join(f"{key}: {value}" for key, value in sorted(counts.items())) or empty
+
+
 def row_id(messages: list[dict]) -> str:
     return hashlib.sha256(json.dumps(messages, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
@@ -75,7 +85,7 @@ class StepResult:
     removed: list[Removal] = field(default_factory=list)
 
     def removed_by_reason(self) -> dict[str, int]:
-        return dict(Counter(removal.reason for removal in self.removed))
+        return count_reasons(self.removed)
 
 
 @dataclass
@@ -86,4 +96,4 @@ class ParseResult:
     rows_in_by_file: dict[str, int] = field(default_factory=dict)
 
     def quarantined_by_reason(self) -> dict[str, int]:
-        return dict(Counter(q.reason for q in self.quarantined))
+        return count_reasons(self.quarantined)
