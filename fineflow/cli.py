@@ -39,6 +39,60 @@ def _load(config: Path, overrides: list[str] | None, extra: dict | None = None) 
     return loaded
 
 
+@app.command("run")
+def run_command(
+    config: ConfigOption = DEFAULT_CONFIG,
+    set_: SetOption = None,
+    traffic_commit: Annotated[
+        str | None,
+        typer.Option(help="A traffic-branch commit whose reviewed records join the training data."),
+    ] = None,
+    reason: Annotated[str | None, typer.Option(help="Why this run, recorded with it.")] = None,
+) -> None:
+    """The whole lifecycle: data prep -> fine-tune -> register -> evaluate -> gates -> promote."""
+    loaded = _load(config, set_)
+    from flows.lifecycle import StageFailedError, lifecycle
+
+    try:
+        summary = lifecycle(config=loaded, traffic_commit=traffic_commit, reason=reason)
+    except StageFailedError as exc:
+        console.print(f"[red]{exc}[/red]\n[red]the champion was not touched[/red]")
+        raise typer.Exit(1) from None
+    _print_lifecycle_summary(summary)
+
+
+def _print_lifecycle_summary(summary: dict) -> None:
+    _print_gates(
+        f"gates: {summary['model_name']} version {summary['version']} vs {summary['baseline']}",
+        summary["gates"],
+    )
+    table = Table(title="lifecycle run")
+    table.add_column("record")
+    table.add_column("value", overflow="fold")
+    trained = "trained in this run" if summary["trained"] else "already registered for this lineage"
+    rows = {
+        "dataset commit": summary["dataset_commit"],
+        "train split": summary["dataset_uri"],
+        "model version": f"{summary['model_name']}/{summary['version']} ({trained})",
+        "code commit": summary["code_commit"],
+        "MLflow fine-tune run": summary["fine_tune_run"],
+        "MLflow evaluation run": f"{summary['evaluation_run']} (report.html, decision.json)",
+        "MLflow": summary["mlflow_version_url"] or f"{summary['tracking_uri']}  (see: fineflow up)",
+        "Prefect flow run": summary["flow_run_url"]
+        or f"{summary['flow_run_id']}  (state in {summary['data_dir']})",
+    }
+    for key, value in rows.items():
+        table.add_row(key, str(value))
+    console.print(table)
+    if summary["promoted"]:
+        console.print(f"[bold green]promoted[/bold green]: version {summary['version']} is the champion")
+    else:
+        console.print(
+            f"[bold yellow]not promoted[/bold yellow]: {summary['promotion']}; "
+            f"champion stays {summary['champion'] or '(none yet)'}"
+        )
+
+
 @data_app.command("prep")
 def data_prep_command(
     config: ConfigOption = DEFAULT_CONFIG,
@@ -159,7 +213,9 @@ def promote_command(
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
     _print_gates(f"{result['model_name']} version {result['version']}", result["gates"])
-    if result["promoted"]:
+    if result["promoted"] and result["already_champion"]:
+        console.print(f"version {result['version']} is already the champion; nothing moved")
+    elif result["promoted"]:
         console.print(
             f"[bold green]promoted[/bold green] version {result['version']} to champion "
             f"(previous-champion: {result['previous_champion']})"

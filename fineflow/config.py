@@ -283,6 +283,19 @@ class EvaluationConfig(Strict):
         return self.judge.capable
 
 
+class StackConfig(Strict):
+    """`fineflow up`: the local stack of servers on this machine (proposed YAML: stack)."""
+
+    host: str = Field(description="address the servers listen on; 127.0.0.1 keeps them off the network")
+    prefect_port: int = Field(ge=1, le=65535)
+    mlflow_port: int = Field(ge=1, le=65535)
+    work_pool: str = Field(description="the process work pool the deployments in prefect.yaml run on")
+    startup_timeout_s: float = Field(
+        gt=0, description="how long a server may take to answer its health check"
+    )
+    stop_timeout_s: float = Field(gt=0, description="how long `fineflow down` waits before it kills")
+
+
 class FineflowConfig(Strict):
     project: ProjectConfig
     store: StoreConfig
@@ -291,6 +304,7 @@ class FineflowConfig(Strict):
     fine_tune: FineTuneConfig
     registry: RegistryConfig
     evaluation: EvaluationConfig
+    stack: StackConfig
 
     @property
     def data_dir(self) -> Path:
@@ -310,12 +324,21 @@ def load_config(
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return _overridden(raw, overrides, path)
+
+
+def apply_overrides(config: FineflowConfig, overrides: dict[str, Any] | list[str] | None) -> FineflowConfig:
+    """A validated copy of `config` with dotted overrides applied (a flow's `overrides` parameter)."""
+    return _overridden(config.model_dump(mode="json"), overrides, "the config parameter")
+
+
+def _overridden(raw: dict[str, Any], overrides, source: str | Path) -> FineflowConfig:
     for dotted, value in _as_pairs(overrides):
         _set_dotted(raw, dotted, value)
     try:
         return FineflowConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, path)) from None
+        raise ConfigError(format_validation_error(exc, source)) from None
 
 
 def format_validation_error(exc: ValidationError, source: str | Path) -> str:

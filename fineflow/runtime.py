@@ -47,3 +47,18 @@ def code_version() -> str:
         from importlib.metadata import version
 
         return f"fineflow-{version('fineflow')}"
+
+
+# Retry policy for tasks that call the dataset store or the tracking server: a call failing once (a
+# dropped connection, a locked SQLite file, a lakeFS 503) is retried with growing delays, with jitter so
+# parallel runs do not retry in step. Work that is expensive to redo is kept out of these tasks.
+IO_RETRIES = {"retries": 3, "retry_delay_seconds": [1, 5, 15], "retry_jitter_factor": 0.5}
+
+
+def io_task(name: str):
+    """A Prefect task around one call to the dataset store or tracking server: never cached (it must see
+    the current state), retried on a transient failure."""
+    from prefect import task  # lazily: this module is imported before the environment is prepared
+    from prefect.cache_policies import NO_CACHE
+
+    return task(name=name, cache_policy=NO_CACHE, **IO_RETRIES)

@@ -20,7 +20,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from fineflow.config import DEFAULT_CONFIG, FineflowConfig, config_hash, load_config
-from fineflow.runtime import code_version
+from fineflow.runtime import code_version, io_task
 from fineflow.store import open_store
 from tasks.classic_metrics import load_eval_prompts
 from tasks.eval_report import render_html, render_markdown
@@ -138,35 +138,54 @@ def _adapter_dir(config: FineflowConfig, model_uri: str | None) -> str | None:
     return str(local / "artifacts" / "adapter")
 
 
-@task(name="measure", cache_policy=NO_CACHE)
 def measured(client: MlflowClient, config: FineflowConfig, subject: Subject, sets: EvalSets, key: str):
-    """(MLflow run id, metrics) for a subject on this evaluation key: reused when already measured."""
+    """(MLflow run id, metrics) for a subject on this evaluation key: reused when already measured.
+
+    Three tasks: the lookup and the logging talk to the tracking server and are retried on a transient
+    failure; the measurement itself (minutes of model time) is not repeated because a log call failed."""
+    found = find_measurement(client, config, subject, key)
+    if found:
+        return found
+    # Downloaded only now: a model already measured on this key needs no weights at all.
+    result = task(name=f"measure-{subject.key}", cache_policy=NO_CACHE)(measure)(
+        subject, _adapter_dir(config, subject.model_uri), sets, config
+    )
+    return log_measurement(client, config, subject, key, result), result.metrics
+
+
+@io_task("find-measurement")
+def find_measurement(client: MlflowClient, config: FineflowConfig, subject: Subject, key: str):
     experiment = _experiment(client, config)
     wanted = f"tags.`{SUBJECT_TAG}` = '{subject.key}' and tags.`{KEY_TAG}` = '{key}'"
     found = client.search_runs(
         [experiment], filter_string=f"{wanted} and attributes.status = 'FINISHED'", max_results=1
     )
-    if found:
-        step_logger().info(
-            "%s already measured on this evaluation key (run %s)", subject.label, found[0].info.run_id
-        )
-        return found[0].info.run_id, dict(found[0].data.metrics)
+    if not found:
+        return None
+    step_logger().info(
+        "%s already measured on this evaluation key (run %s)", subject.label, found[0].info.run_id
+    )
+    return found[0].info.run_id, dict(found[0].data.metrics)
+
+
+@io_task("log-measurement")
+def log_measurement(client: MlflowClient, config: FineflowConfig, subject: Subject, key: str, result) -> str:
     run = client.create_run(
-        experiment, run_name=f"eval-{subject.key}", tags={SUBJECT_TAG: subject.key, KEY_TAG: key}
+        _experiment(client, config),
+        run_name=f"eval-{subject.key}",
+        tags={SUBJECT_TAG: subject.key, KEY_TAG: key},
     )
     try:
-        # Downloaded only now: a model already measured on this key needs no weights at all.
-        result = measure(subject, _adapter_dir(config, subject.model_uri), sets, config)
         for metric, value in result.metrics.items():
             client.log_metric(run.info.run_id, metric, value)
         for path in result.details.get("scan_files", []):
             client.log_artifact(run.info.run_id, path, "vulnerability_scan")
         client.log_text(run.info.run_id, json.dumps(result.details, indent=2), "details.json")
     except BaseException:
-        client.set_terminated(run.info.run_id, "FAILED")
+        client.set_terminated(run.info.run_id, "FAILED")  # a retry logs into a fresh run
         raise
     client.set_terminated(run.info.run_id, "FINISHED")
-    return run.info.run_id, result.metrics
+    return run.info.run_id
 
 
 def _experiment(client: MlflowClient, config: FineflowConfig) -> str:
@@ -176,6 +195,7 @@ def _experiment(client: MlflowClient, config: FineflowConfig) -> str:
     return client.create_experiment(config.evaluation.experiment)
 
 
+@io_task("record-decision")
 def _record(
     client, config, name, version, decision: Decision, challenger_run: str, baseline_run: str
 ) -> None:

@@ -16,18 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from prefect import flow, task
+from prefect import flow
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
-from tasks.registry import FinetuneTracker, find_version
 
 from fineflow.config import DEFAULT_CONFIG, FineflowConfig, config_hash, load_config
 from fineflow.models import check_base_model
-from fineflow.runtime import code_version
+from fineflow.runtime import code_version, io_task
 from fineflow.store import open_store
 from tasks.compute import train_adapter
 from tasks.finetune_data import default_train_uri, resolve_train_split, stage_train_split
 from tasks.records import step_logger
+from tasks.registry import FinetuneTracker, find_version
 from tasks.train import TrainSpec
 
 REPORT_ARTIFACT_KEY = "fine-tune-report"
@@ -68,7 +67,7 @@ def fine_tune(
         "code_commit": code_version(),
         "config_hash": finetune_config_hash(config),
     }
-    existing = task(name="lookup-registered-version", cache_policy=NO_CACHE)(find_version)(config, lineage)
+    existing = io_task("lookup-registered-version")(find_version)(config, lineage)
     if existing is not None:
         logger.info(
             "already registered: %s version %s for this lineage; nothing to train",
@@ -104,10 +103,10 @@ def fine_tune(
             {f"final_{k}": float(summary[k]) for k in ("train_loss", "tokens_per_second", "train_runtime_s")},
             summary["global_step"],
         )
-        model_uri = task(name="log-adapter-model", cache_policy=NO_CACHE)(tracker.log_adapter_model)(
+        model_uri = io_task("log-adapter-model")(tracker.log_adapter_model)(
             Path(summary["adapter_dir"]), config.base_model.name, config.data_dir / "models"
         )
-        version = task(name="register-model", cache_policy=NO_CACHE)(tracker.register)(
+        version = io_task("register-model")(tracker.register)(
             model_uri, {**lineage, "mlflow_run_id": mlflow_run_id}, config.registry.challenger_alias
         )
     except Exception:

@@ -13,14 +13,16 @@ from typing import Any
 from mlflow import MlflowClient
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
+from prefect.events import emit_event
 from prefect.input import RunInput
 
 from fineflow.config import DEFAULT_CONFIG, load_config
+from fineflow.runtime import io_task
 from flows.evaluate import resolve_model_ref
 from tasks.eval_report import render_markdown
 from tasks.gates import decide, load_gates
+from tasks.promotion import CHAMPION, record_decision, version_by_alias
 from tasks.promotion import promote as move_aliases
-from tasks.promotion import record_decision
 from tasks.promotion import rollback as move_back
 from tasks.records import step_logger
 from tasks.registry import tracking_uri
@@ -59,7 +61,7 @@ def promote(
     decision = decide(
         gates, challenger, baseline, config.evaluation.judge_capable, tags.get("gates.baseline", "baseline")
     )
-    record_decision(client, name, version, decision)
+    io_task("record-decision")(record_decision)(client, name, version, decision)
     result = {"model_name": name, "version": version, "promoted": False, "gates": decision.as_json()["gates"]}
     logger = step_logger()
     if not decision.promote:
@@ -67,6 +69,9 @@ def promote(
         logger.warning("not promoted: blocking gates failed: %s", failed)
         _artifact(render_markdown(decision, f"{name} version {version}: not promoted"))
         return result | {"reason": f"blocking gates failed: {failed}"}
+    if version_by_alias(client, name, CHAMPION) == version:  # a rerun: nothing to move, nobody to ask
+        logger.info("%s version %s is already the champion", name, version)
+        return result | {"promoted": True, "already_champion": True, "reason": "already the champion"}
     note = "gates passed"
     if gates.require_approval:
         from prefect.exceptions import FlowPauseTimeout
@@ -83,10 +88,33 @@ def promote(
             client.set_model_version_tag(name, version, "promotion_rejected", answer.comment or "rejected")
             return result | {"reason": f"rejected: {answer.comment}"}
         note = f"gates passed; approved: {answer.comment}"
-    move = move_aliases(client, name, version, note)
+    move = io_task("move-aliases")(move_aliases)(client, name, version, note)
+    _announce_promotion(name, version, move.previous, note)
     logger.info("promoted %s version %s to champion (previous champion: %s)", name, version, move.previous)
     _artifact(render_markdown(decision, f"{name} version {version}: promoted to champion"))
-    return result | {"promoted": True, "previous_champion": move.previous, "reason": note}
+    return result | {
+        "promoted": True,
+        "already_champion": False,
+        "previous_champion": move.previous,
+        "reason": note,
+    }
+
+
+PROMOTED_EVENT = "fineflow.model.promoted"
+
+
+def _announce_promotion(name: str, version: str, previous: str | None, note: str) -> None:
+    """A Prefect event others can react to (an automation, a serving fleet reloading the champion)."""
+    emit_event(
+        event=PROMOTED_EVENT,
+        resource={
+            "prefect.resource.id": f"fineflow.model.{name}",
+            "model.name": name,
+            "model.version": str(version),
+            "model.previous_version": str(previous or ""),
+        },
+        payload={"note": note},
+    )
 
 
 def _artifact(markdown: str) -> None:
@@ -98,7 +126,7 @@ def rollback(config_path: str = str(DEFAULT_CONFIG), overrides: dict[str, Any] |
     """Move `champion` back to `previous-champion` (the demoted version becomes previous-champion)."""
     config = load_config(config_path, overrides)
     model = config.registry.model_name
-    move = move_back(MlflowClient(tracking_uri(config)), model)
+    move = io_task("move-aliases-back")(move_back)(MlflowClient(tracking_uri(config)), model)
     step_logger().info(
         "rolled back %s: champion is now version %s (was %s)", model, move.champion, move.previous
     )

@@ -8,6 +8,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from fineflow.config import FineflowConfig
+from fineflow.runtime import IO_RETRIES
 from fineflow.store import DatasetStore, DatasetURI
 from tasks.records import step_logger
 
@@ -17,7 +18,7 @@ def default_train_uri(config: FineflowConfig) -> str:
     return f"lakefs://{config.store.repo}/{config.store.main_branch}/{config.data_prep.output_prefix}/train.jsonl"
 
 
-@task(name="resolve-dataset", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE)
+@task(name="resolve-dataset", **IO_RETRIES, cache_policy=NO_CACHE)
 def resolve_train_split(store: DatasetStore, uri: str) -> DatasetURI:
     """Pin the dataset URI to the commit its ref points to now; the run records that commit."""
     parsed = DatasetURI.parse(uri)
@@ -29,7 +30,7 @@ def resolve_train_split(store: DatasetStore, uri: str) -> DatasetURI:
     return pinned
 
 
-@task(name="stage-train-split", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE)
+@task(name="stage-train-split", **IO_RETRIES, cache_policy=NO_CACHE)
 def stage_train_split(store: DatasetStore, pinned: DatasetURI, run_dir: Path) -> tuple[Path, list[dict]]:
     """Copy the pinned split next to the run, where the training process (or SkyPilot's upload) reads it."""
     import json

@@ -13,6 +13,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from fineflow.config import FineflowConfig
+from fineflow.runtime import IO_RETRIES
 from fineflow.store import DatasetStore, DatasetURI, NothingToCommitError
 from tasks.parse import SUPPORTED_SUFFIXES
 from tasks.records import step_logger
@@ -52,7 +53,7 @@ def ensure_repo(store: DatasetStore, config: FineflowConfig) -> None:
         store.create_branch(config.store.repo, config.store.raw_branch, config.store.main_branch)
 
 
-@task(name="ingest", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE)  # must see new bytes
+@task(name="ingest", **IO_RETRIES, cache_policy=NO_CACHE)  # must see new bytes
 def ingest_inputs(store: DatasetStore, config: FineflowConfig, inputs: list[str]) -> list[str]:
     """Commit local files to the raw branch; return every input as a commit-pinned lakefs:// URI."""
     repo, raw_branch, prefix = config.store.repo, config.store.raw_branch, config.data_prep.raw_prefix
@@ -82,7 +83,7 @@ def ingest_inputs(store: DatasetStore, config: FineflowConfig, inputs: list[str]
     return pinned
 
 
-@task(name="read-inputs", retries=2, retry_delay_seconds=[1, 5])
+@task(name="read-inputs", **IO_RETRIES)
 def read_inputs(store: DatasetStore, pinned: list[str]) -> dict[str, bytes]:
     files: dict[str, bytes] = {}
     for item in pinned:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from prefect import task
 
 from fineflow.config import FineflowConfig
+from fineflow.runtime import IO_RETRIES
 from fineflow.store import DatasetStore, NothingToCommitError
 from tasks.pii import scan_for_pii
 from tasks.records import Quarantined, Removal, Row, format_counts, step_logger
@@ -43,7 +44,7 @@ def _jsonl(items: list[dict]) -> bytes:
     return "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items).encode()
 
 
-@task(name="write-outputs", retries=2, retry_delay_seconds=[1, 5])
+@task(name="write-outputs", **IO_RETRIES)
 def write_outputs(
     store: DatasetStore,
     config: FineflowConfig,
@@ -77,7 +78,7 @@ def write_outputs(
     return WrittenOutputs(branch, commit, paths)
 
 
-@task(name="audit")
+@task(name="audit", **IO_RETRIES)
 def audit_outputs(
     store: DatasetStore, config: FineflowConfig, written: WrittenOutputs, rows_in: int, quarantined: int
 ) -> AuditReport:
@@ -108,7 +109,7 @@ def audit_outputs(
     return report
 
 
-@task(name="publish", retries=2, retry_delay_seconds=[1, 5])
+@task(name="publish", **IO_RETRIES)
 def publish_outputs(
     store: DatasetStore, config: FineflowConfig, written: WrittenOutputs, lineage: dict
 ) -> str:

@@ -352,8 +352,11 @@ class FinetuneTracker:
         version_tags = {str(k): str(v) for k, v in tags.items()}
         if self.fineflow_run_id:
             version_tags.setdefault(RUN_ID_TAG, self.fineflow_run_id)
-        with use_tracking_uri(self.uri):
-            registered = mlflow.register_model(model_uri, name, tags=version_tags)
+        # A retried call finds the version an interrupted earlier attempt registered, not a second one.
+        registered = find_version(self.config, version_tags)
+        if registered is None:
+            with use_tracking_uri(self.uri):
+                registered = mlflow.register_model(model_uri, name, tags=version_tags)
         self.client.set_registered_model_alias(name, alias, registered.version)
         return self.client.get_model_version(name, registered.version)
 

@@ -102,3 +102,39 @@ def publish_splits(tmp_path, monkeypatch):
         return store.commit(config.store.repo, config.store.main_branch, "data-prep outputs")
 
     return publish
+
+
+LENIENT_GATES = """
+require_approval: false
+approval_timeout_s: 60
+approval_poll_s: 1
+gates:
+  - {metric: pii_leak_rate, direction: lower, threshold: 0.0, max_regression: null, blocking: true}
+  - {metric: perplexity, direction: lower, threshold: null, max_regression: 1000.0, blocking: true}
+  - {metric: rouge_l, direction: higher, threshold: %s, max_regression: null, blocking: true}
+  - {metric: judge_correctness, direction: higher, threshold: 0.5, max_regression: null, blocking: true,
+     judge: true}
+"""
+
+
+@pytest.fixture
+def tiny_overrides(tmp_path, tiny_model_dir) -> dict:
+    """Config overrides that run fine-tune and evaluation on the tiny model in seconds, with gates in
+    tmp_path/gates.yaml that the tiny model passes (LENIENT_GATES % "0.0")."""
+    gates = tmp_path / "gates.yaml"
+    gates.write_text(LENIENT_GATES % "0.0")
+    return {
+        "base_model.name": str(tiny_model_dir),
+        "fine_tune.training.max_steps": 2,
+        "fine_tune.training.save_steps": 2,
+        "fine_tune.training.max_seq_length": 128,
+        "evaluation.gates_file": str(gates),
+        "evaluation.generation.max_new_tokens": 6,
+        "evaluation.serving.max_new_tokens": 3,
+        "evaluation.serving.prompts": 2,
+        "evaluation.max_eval_rows": 4,
+        # The tiny model as judge: deepeval's G-Eval prompt is longer than its context, so every verdict
+        # is refused and must be counted as a failure to judge, never scored.
+        "evaluation.judge.model": str(tiny_model_dir),
+        "evaluation.judge_sample": 1,
+    }

@@ -10,22 +10,11 @@ from mlflow import MlflowClient
 from fineflow.config import load_config
 from tasks.promotion import CHAMPION, PREVIOUS, version_by_alias
 from tasks.registry import tracking_uri
-
-LENIENT_GATES = """
-require_approval: false
-approval_timeout_s: 60
-approval_poll_s: 1
-gates:
-  - {metric: pii_leak_rate, direction: lower, threshold: 0.0, max_regression: null, blocking: true}
-  - {metric: perplexity, direction: lower, threshold: null, max_regression: 1000.0, blocking: true}
-  - {metric: rouge_l, direction: higher, threshold: %s, max_regression: null, blocking: true}
-  - {metric: judge_correctness, direction: higher, threshold: 0.5, max_regression: null, blocking: true,
-     judge: true}
-"""
+from tests.conftest import LENIENT_GATES
 
 
 @pytest.fixture
-def lifecycle_state(tmp_path, publish_splits, tiny_model_dir):
+def lifecycle_state(tmp_path, publish_splits, tiny_overrides):
     rows = [
         {
             "id": str(i),
@@ -38,25 +27,7 @@ def lifecycle_state(tmp_path, publish_splits, tiny_model_dir):
         for i in range(12)
     ]
     publish_splits({"train": rows[:8], "eval": rows[8:]})
-    gates = tmp_path / "gates.yaml"
-    return {
-        "gates": gates,
-        "overrides": {
-            "base_model.name": str(tiny_model_dir),
-            "fine_tune.training.max_steps": 2,
-            "fine_tune.training.save_steps": 2,
-            "fine_tune.training.max_seq_length": 128,
-            "evaluation.gates_file": str(gates),
-            "evaluation.generation.max_new_tokens": 6,
-            "evaluation.serving.max_new_tokens": 3,
-            "evaluation.serving.prompts": 2,
-            "evaluation.max_eval_rows": 4,
-            # The tiny model as judge: deepeval's G-Eval prompt is longer than its context, so every verdict
-            # is refused and must be counted as a failure to judge, never scored.
-            "evaluation.judge.model": str(tiny_model_dir),
-            "evaluation.judge_sample": 1,
-        },
-    }
+    return {"gates": tmp_path / "gates.yaml", "overrides": tiny_overrides}
 
 
 def test_evaluate_promote_block_compare_rollback(prefect_api, lifecycle_state):
@@ -68,7 +39,6 @@ def test_evaluate_promote_block_compare_rollback(prefect_api, lifecycle_state):
     config = load_config(overrides=overrides)
     client = MlflowClient(tracking_uri(config))
     name = config.registry.model_name
-    gates.write_text(LENIENT_GATES % "0.0")
 
     first = fine_tune(overrides=overrides)
     evaluation = evaluate(overrides=overrides)

@@ -1,0 +1,119 @@
+"""The lifecycle flow end to end on a tiny model: data prep on a real sample file, fine-tune, register,
+evaluate, promote; a rerun served from cache; a changed evaluation config reruns only evaluation; a
+failing stage names itself and leaves the champion where it was; a tracking call failing once is retried."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from fineflow.config import DATA_DIR_ENV, load_config
+from tasks.promotion import CHAMPION, version_by_alias
+from tasks.registry import tracking_uri
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
+
+
+@pytest.fixture
+def lifecycle_overrides(tmp_path, monkeypatch, tiny_overrides) -> dict:
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "state"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return {
+        **tiny_overrides,
+        # One real sample file (200 chat rows: PII, duplicates, injections); audit sized to it.
+        "data_prep.inputs": ["sample_data/acme_support/chat.jsonl"],
+        "data_prep.audit.min_rows": 20,
+        "data_prep.audit.min_eval_rows": 2,
+        "data_prep.audit.max_quarantine_share": 0.5,
+        "evaluation.vulnerability_scan": False,
+        "evaluation.judge_sample": 0,
+    }
+
+
+def _cached_tasks(flow_run_id: str) -> list[str]:
+    """Names of the task runs served from cache in the stages (subflows) of a lifecycle run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    with get_client(sync_client=True) as client:
+        stages = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id]))
+        )
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [s.id for s in stages]}))
+    return [task.name for task in tasks if task.state.name == "Cached"]
+
+
+def test_lifecycle_end_to_end_cached_rerun_and_changed_stage(prefect_api, lifecycle_overrides):
+    from flows.lifecycle import lifecycle
+
+    config = load_config(overrides=lifecycle_overrides)
+    client = MlflowClient(tracking_uri(config))
+    name = config.registry.model_name
+
+    first = lifecycle(config=config, reason="test")
+    assert first["trained"] and first["promoted"] and first["gates_pass"]
+    assert version_by_alias(client, name, CHAMPION) == first["version"] == first["champion"]
+    tags = client.get_model_version(name, first["version"]).tags
+    assert tags["dataset_commit"] == first["dataset_commit"] and tags["code_commit"] == first["code_commit"]
+    assert tags["lifecycle.flow_run_id"] == first["flow_run_id"]
+
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as prefect:
+        run_tags = set(prefect.read_flow_run(first["flow_run_id"]).tags)
+    assert {
+        f"code:{first['code_commit'][:12]}",
+        f"dataset:{first['dataset_commit'][:12]}",
+        f"model:{name}/{first['version']}",
+    } <= run_tags
+
+    # Nothing changed: every stage is served from what is already there.
+    again = lifecycle(config=config)
+    assert (again["dataset_commit"], again["version"]) == (first["dataset_commit"], first["version"])
+    assert not again["trained"] and again["evaluation_run"] == first["evaluation_run"]
+    cached = _cached_tasks(again["flow_run_id"])
+    assert len(cached) >= 10, cached  # every data-prep step, from read-inputs to publish
+
+    # An evaluation knob changed: data prep and fine-tune stay cached, evaluation measures again.
+    changed = lifecycle(config=config, overrides={"evaluation.max_eval_rows": 3})
+    assert (changed["dataset_commit"], changed["version"]) == (first["dataset_commit"], first["version"])
+    assert not changed["trained"] and changed["evaluation_run"] != first["evaluation_run"]
+
+
+def test_failing_stage_is_named_and_champion_untouched(prefect_api, lifecycle_overrides):
+    from flows.lifecycle import StageFailedError, lifecycle
+
+    config = load_config(overrides=lifecycle_overrides)
+    client = MlflowClient(tracking_uri(config))
+    champion = lifecycle(config=config)["version"]
+
+    # A LoRA target the model does not have: peft refuses it inside the training process.
+    with pytest.raises(StageFailedError) as failure:
+        lifecycle(config=config, overrides={"fine_tune.lora.target_modules": ["no_such_module"]})
+    assert failure.value.stage == "fine-tune" and "no_such_module" in str(failure.value)
+    assert version_by_alias(client, config.registry.model_name, CHAMPION) == champion
+
+
+def test_tracking_call_failing_once_is_retried(prefect_api, lifecycle_overrides, monkeypatch):
+    """The first alias call (the challenger alias, at registration) fails once, as a dropped connection
+    to a tracking server would; the retried task finds the version it registered, sets the alias, and
+    the run completes with one version, promoted."""
+    from flows.lifecycle import lifecycle
+
+    config = load_config(overrides=lifecycle_overrides)
+    real = MlflowClient.set_registered_model_alias
+    calls = []
+
+    def flaky(self, name, alias, version):
+        calls.append(alias)
+        if len(calls) == 1:
+            raise MlflowException("connection reset by peer (injected by the test)")
+        return real(self, name, alias, version)
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", flaky)
+    summary = lifecycle(config=config)
+    assert summary["promoted"] and calls[:2] == ["challenger", "challenger"]
+    client = MlflowClient(tracking_uri(config))
+    assert version_by_alias(client, config.registry.model_name, CHAMPION) == summary["version"] == "1"
+    assert len(client.search_model_versions(f"name = '{config.registry.model_name}'")) == 1
