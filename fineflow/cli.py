@@ -264,6 +264,40 @@ def rollback_command(config: ConfigOption = DEFAULT_CONFIG, set_: SetOption = No
     )
 
 
+@app.command("up")
+def up_command(config: ConfigOption = DEFAULT_CONFIG, set_: SetOption = None) -> None:
+    """Start a local Prefect server, MLflow server and worker on 127.0.0.1, and deploy prefect.yaml."""
+    loaded = _load(config, set_)
+    from fineflow.stack import StackError, up
+
+    try:
+        stack = up(loaded, Path.cwd(), log=lambda line: console.print(f"[dim]{line}[/dim]"))
+    except StackError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    console.print(
+        f"[bold green]up[/bold green]: deployments {', '.join(stack.deployments)} at {stack.commit[:12]}"
+    )
+    console.print(f"  Prefect UI  {stack.prefect_url}   (deployments: {stack.prefect_url}/deployments)")
+    console.print(f"  MLflow UI   {stack.mlflow_url}")
+    console.print(f"  worker      pool {stack.work_pool}; logs in {loaded.data_dir / 'stack'}")
+    console.print(
+        "fineflow commands now use these servers; other tools: "
+        f"export PREFECT_API_URL={stack.api_url} MLFLOW_TRACKING_URI={stack.mlflow_url}"
+    )
+    console.print("stop everything with: fineflow down")
+
+
+@app.command("down")
+def down_command(config: ConfigOption = DEFAULT_CONFIG, set_: SetOption = None) -> None:
+    """Stop what `fineflow up` started, and nothing else."""
+    loaded = _load(config, set_)
+    from fineflow.stack import down
+
+    stopped = down(loaded, log=lambda line: console.print(f"[dim]{line}[/dim]"))
+    console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
 @data_app.command("log")
 def data_log_command(
     ref: Annotated[str, typer.Argument(help="Branch, tag or commit.")] = "main",

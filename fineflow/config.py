@@ -289,7 +289,6 @@ class StackConfig(Strict):
     host: str = Field(description="address the servers listen on; 127.0.0.1 keeps them off the network")
     prefect_port: int = Field(ge=1, le=65535)
     mlflow_port: int = Field(ge=1, le=65535)
-    work_pool: str = Field(description="the process work pool the deployments in prefect.yaml run on")
     startup_timeout_s: float = Field(
         gt=0, description="how long a server may take to answer its health check"
     )

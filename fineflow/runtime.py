@@ -32,6 +32,18 @@ def prepare_environment(data_dir: Path) -> None:
     prefect_home.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_HOME", str(prefect_home))
     os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(prefect_home / "storage"))
+    _use_running_stack(data_dir)
+
+
+def _use_running_stack(data_dir: Path) -> None:
+    """While `fineflow up` runs, the CLI talks to its servers: one writer per SQLite database, and every
+    run shows in the UIs. Exported PREFECT_API_URL / MLFLOW_TRACKING_URI still win."""
+    from fineflow.stack import running_stack
+
+    if stack := running_stack(data_dir):
+        os.environ.setdefault("PREFECT_API_URL", stack.api_url)
+        os.environ.setdefault("PREFECT_UI_URL", stack.prefect_url)
+        os.environ.setdefault("MLFLOW_TRACKING_URI", stack.mlflow_url)
 
 
 @cache

@@ -138,3 +138,15 @@ def tiny_overrides(tmp_path, tiny_model_dir) -> dict:
         "evaluation.judge.model": str(tiny_model_dir),
         "evaluation.judge_sample": 1,
     }
+
+
+# Data prep on one real sample file (200 chat rows with PII, duplicates and injections), audit sized to it;
+# fast evaluation settings on top of tiny_overrides: a whole lifecycle in well under a minute.
+SMALL_LIFECYCLE = {
+    "data_prep.inputs": ["sample_data/acme_support/chat.jsonl"],
+    "data_prep.audit.min_rows": 20,
+    "data_prep.audit.min_eval_rows": 2,
+    "data_prep.audit.max_quarantine_share": 0.5,
+    "evaluation.vulnerability_scan": False,
+    "evaluation.judge_sample": 0,
+}

@@ -11,6 +11,7 @@ from mlflow.exceptions import MlflowException
 from fineflow.config import DATA_DIR_ENV, load_config
 from tasks.promotion import CHAMPION, version_by_alias
 from tasks.registry import tracking_uri
+from tests.conftest import SMALL_LIFECYCLE
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -19,16 +20,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 def lifecycle_overrides(tmp_path, monkeypatch, tiny_overrides) -> dict:
     monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "state"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return {
-        **tiny_overrides,
-        # One real sample file (200 chat rows: PII, duplicates, injections); audit sized to it.
-        "data_prep.inputs": ["sample_data/acme_support/chat.jsonl"],
-        "data_prep.audit.min_rows": 20,
-        "data_prep.audit.min_eval_rows": 2,
-        "data_prep.audit.max_quarantine_share": 0.5,
-        "evaluation.vulnerability_scan": False,
-        "evaluation.judge_sample": 0,
-    }
+    return {**tiny_overrides, **SMALL_LIFECYCLE}
 
 
 def _cached_tasks(flow_run_id: str) -> list[str]:

@@ -1,0 +1,265 @@
+"""`fineflow up` / `fineflow down`: the local stack on this machine, on loopback.
+
+up: a Prefect server and an MLflow tracking server (both on SQLite under the data directory, so the
+runs made before by the CLI show up in their UIs), the process work pool of prefect.yaml, the deployments
+of prefect.yaml (this checkout's HEAD commit), and a worker for the pool. What it started is written to
+<data_dir>/stack/stack.json; `down` stops exactly those processes (checked by PID and start time, so a
+recycled PID is never signalled) and nothing else. While the stack is up, the CLI talks to its servers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+import yaml
+
+from fineflow.config import DATA_DIR_ENV, FineflowConfig
+from fineflow.runtime import OFFLINE_ENV
+
+PREFECT_YAML = "prefect.yaml"
+GIT_REPOSITORY_ENV = "FINEFLOW_GIT_REPOSITORY"  # read by prefect.yaml's git_clone pull step
+HEALTH_POLL_S = 0.5
+
+
+class StackError(RuntimeError):
+    """The stack cannot start or stop; the message says why and where the logs are."""
+
+
+@dataclass(frozen=True)
+class Process:
+    name: str
+    pid: int
+    started: float  # psutil create_time: tells our process from a later one that reused the PID
+    log: str
+
+
+@dataclass(frozen=True)
+class Stack:
+    prefect_url: str
+    mlflow_url: str
+    work_pool: str
+    deployments: list[str]
+    commit: str
+    processes: list[Process]
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.prefect_url}/api"
+
+
+def state_file(data_dir: Path) -> Path:
+    return data_dir / "stack" / "stack.json"
+
+
+def running_stack(data_dir: Path) -> Stack | None:
+    """The stack recorded for this data directory, if every process of it is still alive."""
+    path = state_file(data_dir)
+    if not path.exists():
+        return None
+    raw = json.loads(path.read_text())
+    stack = Stack(**{**raw, "processes": [Process(**p) for p in raw["processes"]]})
+    return stack if all(_alive(p) for p in stack.processes) else None
+
+
+def up(config: FineflowConfig, repo_root: Path, log=print) -> Stack:
+    if stack := running_stack(config.data_dir):
+        raise StackError(
+            f"already up: Prefect {stack.prefect_url}, MLflow {stack.mlflow_url} (fineflow down)"
+        )
+    if state_file(config.data_dir).exists():
+        down(config, log)  # a stack some of whose processes died: clear what is left first
+    cfg = config.stack
+    for port in (cfg.prefect_port, cfg.mlflow_port):
+        _check_port_free(cfg.host, port)
+    logs = config.data_dir / "stack"
+    logs.mkdir(parents=True, exist_ok=True)
+    prefect_url = f"http://{cfg.host}:{cfg.prefect_port}"
+    mlflow_url = f"http://{cfg.host}:{cfg.mlflow_port}"
+    env = stack_env(config, prefect_url, mlflow_url)
+    bin_dir = Path(sys.executable).parent
+    started: list[Process] = []
+    try:
+        log(f"starting the Prefect server on {prefect_url}")
+        server = [
+            str(bin_dir / "prefect"),
+            "server",
+            "start",
+            "--host",
+            cfg.host,
+            "--port",
+            str(cfg.prefect_port),
+        ]
+        started.append(_start("prefect-server", server, env, logs))
+        _wait_healthy(started[-1], f"{prefect_url}/api/health", cfg.startup_timeout_s)
+        log(f"starting the MLflow server on {mlflow_url}")
+        started.append(_start("mlflow-server", _mlflow_command(config, bin_dir), env, logs))
+        _wait_healthy(started[-1], f"{mlflow_url}/health", cfg.startup_timeout_s)
+
+        pool = work_pool_name(repo_root)
+        _prefect_cli(
+            bin_dir, ["work-pool", "create", pool, "--type", "process", "--overwrite"], env, repo_root
+        )
+        commit = _git_head(repo_root, log)
+        log(f"deploying {PREFECT_YAML} at commit {commit[:12]} to work pool {pool}")
+        deploy_env = {**env, GIT_REPOSITORY_ENV: str(repo_root)}
+        _prefect_cli(bin_dir, ["deploy", "--all", "--no-prompt"], deploy_env, repo_root)
+        worker = [str(bin_dir / "prefect"), "worker", "start", "--pool", pool, "--type", "process"]
+        started.append(_start("worker", worker, env, logs))
+    except BaseException:
+        _stop(started, cfg.stop_timeout_s, log)
+        raise
+    stack = Stack(prefect_url, mlflow_url, pool, deployment_names(repo_root), commit, started)
+    state_file(config.data_dir).write_text(json.dumps(asdict(stack), indent=2))
+    return stack
+
+
+def down(config: FineflowConfig, log=print) -> list[str]:
+    """Stop what `up` started (worker first, servers last); return the names of what was stopped."""
+    path = state_file(config.data_dir)
+    if not path.exists():
+        return []
+    processes = [Process(**p) for p in json.loads(path.read_text())["processes"]]
+    stopped = _stop(processes, config.stack.stop_timeout_s, log)
+    path.unlink()
+    return stopped
+
+
+def stack_env(config: FineflowConfig, prefect_url: str, mlflow_url: str) -> dict[str, str]:
+    """What every process of the stack (and every flow run the worker starts) runs with."""
+    prefect_home = config.data_dir / "prefect"
+    return {
+        **os.environ,
+        **OFFLINE_ENV,
+        "PREFECT_HOME": str(prefect_home),
+        "PREFECT_LOCAL_STORAGE_PATH": str(prefect_home / "storage"),  # cached task results, shared
+        "PREFECT_API_URL": f"{prefect_url}/api",
+        "PREFECT_UI_URL": prefect_url,
+        "MLFLOW_TRACKING_URI": mlflow_url,
+        DATA_DIR_ENV: str(config.data_dir),  # flow runs work in a fresh clone; state stays here
+    }
+
+
+def work_pool_name(repo_root: Path) -> str:
+    pools = {d["work_pool"]["name"] for d in _deployments(repo_root)}
+    if len(pools) != 1:
+        raise StackError(f"{PREFECT_YAML} must name one work pool for the local stack, found {sorted(pools)}")
+    return pools.pop()
+
+
+def deployment_names(repo_root: Path) -> list[str]:
+    return [d["name"] for d in _deployments(repo_root)]
+
+
+def _deployments(repo_root: Path) -> list[dict]:
+    return yaml.safe_load((repo_root / PREFECT_YAML).read_text())["deployments"]
+
+
+def _mlflow_command(config: FineflowConfig, bin_dir: Path) -> list[str]:
+    # The same SQLite database and artifact directory the embedded default uses: nothing is migrated,
+    # and clients write artifacts straight to the directory (same machine), as they do without a server.
+    mlflow_dir = config.data_dir / "mlflow"
+    (mlflow_dir / "artifacts").mkdir(parents=True, exist_ok=True)
+    cfg = config.stack
+    return [
+        str(bin_dir / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{mlflow_dir / 'mlflow.db'}",
+        "--default-artifact-root",
+        str(mlflow_dir / "artifacts"),
+        "--no-serve-artifacts",
+        "--host",
+        cfg.host,
+        "--port",
+        str(cfg.mlflow_port),
+    ]
+
+
+def _start(name: str, command: list[str], env: dict, logs: Path) -> Process:
+    log_path = logs / f"{name}.log"
+    with open(log_path, "ab") as out:
+        # A session of its own: `down` signals the whole group (servers start children of their own).
+        child = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    return Process(name, child.pid, psutil.Process(child.pid).create_time(), str(log_path))
+
+
+def _wait_healthy(process: Process, url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _alive(process):
+            raise StackError(f"{process.name} exited while starting:\n{_tail(process.log)}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(HEALTH_POLL_S)
+    raise StackError(f"{process.name} not healthy at {url} after {timeout_s:.0f} s; log {process.log}")
+
+
+def _prefect_cli(bin_dir: Path, args: list[str], env: dict, cwd: Path) -> None:
+    done = subprocess.run([str(bin_dir / "prefect"), *args], env=env, cwd=cwd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise StackError(f"prefect {' '.join(args)} failed:\n{(done.stdout + done.stderr)[-3000:]}")
+
+
+def _git_head(repo_root: Path, log) -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=repo_root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise StackError(f"{repo_root} is not a git checkout: deployments run a commit of it") from exc
+    if git("status", "--porcelain", "--untracked-files=no"):
+        log(f"note: uncommitted changes are not deployed; runs use commit {commit[:12]}")
+    return commit
+
+
+def _stop(processes: list[Process], timeout_s: float, log) -> list[str]:
+    stopped = []
+    for process in reversed(processes):
+        if not _alive(process):
+            continue
+        log(f"stopping {process.name} (pid {process.pid})")
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            psutil.Process(process.pid).wait(timeout=timeout_s)
+        except psutil.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+        stopped.append(process.name)
+    return stopped
+
+
+def _alive(process: Process) -> bool:
+    try:
+        found = psutil.Process(process.pid)
+        return found.create_time() == process.started and found.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket() as probe:
+        if probe.connect_ex((host, port)) == 0:
+            raise StackError(f"{host}:{port} is already in use; free it or change stack.*_port in the config")
+
+
+def _tail(path: str, lines: int = 30) -> str:
+    return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])

@@ -1,0 +1,141 @@
+"""The deployed lifecycle on a real local stack: `fineflow.stack.up` starts a Prefect server and an MLflow
+server on loopback, deploys prefect.yaml (this checkout's HEAD commit) and starts a process worker.
+Through the Prefect REST API, as the UI does, the tests check the cron schedules produced scheduled
+runs, that a `fineflow.drift.detected` event starts a `lifecycle` run through the automation, and that a
+`lifecycle` run with a parameter override runs on the worker, on tiny models, to completion."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from mlflow import MlflowClient
+
+from fineflow.config import DATA_DIR_ENV, load_config
+from fineflow.stack import down, running_stack, up
+from tests.conftest import SMALL_LIFECYCLE
+
+pytestmark = pytest.mark.slow
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RUN_TIMEOUT_S = 420
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(DATA_DIR_ENV, str(tmp_path_factory.mktemp("stack-state")))
+        env.delenv("MLFLOW_TRACKING_URI", raising=False)
+        config = load_config(
+            overrides={"stack.prefect_port": _free_port(), "stack.mlflow_port": _free_port()}
+        )
+        started = up(config, REPO_ROOT, log=lambda line: None)
+        try:
+            yield started
+        finally:
+            stopped = down(config, log=lambda line: None)
+            assert stopped == ["worker", "mlflow-server", "prefect-server"]
+            assert running_stack(config.data_dir) is None
+
+
+def _api(stack, method: str, path: str, **kwargs):
+    response = httpx.request(method, f"{stack.api_url}{path}", timeout=30, **kwargs)
+    response.raise_for_status()
+    return response.json() if response.content else None
+
+
+def _deployment(stack, name: str) -> dict:
+    return _api(stack, "GET", f"/deployments/name/{name}/{name}")
+
+
+def _runs(stack, deployment_id: str, state: str | None = None) -> list[dict]:
+    body = {"deployments": {"id": {"any_": [deployment_id]}}}
+    if state:
+        body["flow_runs"] = {"state": {"type": {"any_": [state]}}}
+    return _api(stack, "POST", "/flow_runs/filter", json=body)
+
+
+def _head() -> str:
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def test_deployments_are_versioned_by_commit_and_cron_schedules_produce_runs(stack):
+    assert stack.deployments == ["lifecycle", "evaluate", "promote", "rollback"]
+    for name in stack.deployments:
+        assert _deployment(stack, name)["version"] == stack.commit == _head()
+    lifecycle = _deployment(stack, "lifecycle")
+    assert [s["schedule"]["cron"] for s in lifecycle["schedules"]] == ["0 3 * * 1"]
+    scheduled = _runs(stack, lifecycle["id"], "SCHEDULED")
+    assert scheduled, "the scheduler made no runs for the weekly cron"
+    assert all(run["parameters"] == {"reason": "weekly schedule"} for run in scheduled)
+    assert all(run["expected_start_time"].endswith("T03:00:00Z") for run in scheduled)
+
+
+def test_drift_event_starts_a_lifecycle_run(stack):
+    lifecycle = _deployment(stack, "lifecycle")
+    pool = f"/work_pools/{stack.work_pool}"
+    _api(stack, "PATCH", pool, json={"is_paused": True})  # the run is looked at, not executed
+    try:
+        emit = (
+            "from prefect.events import emit_event\n"
+            "emit_event(event='fineflow.drift.detected', resource={"
+            "'prefect.resource.id': 'fineflow.model.acme-support-assistant', "
+            "'model.name': 'acme-support-assistant', 'model.version': '3', "
+            "'traffic.commit': 'c0ffee12', 'drift.reason': 'input drift: MMD p=0.001'})\n"
+        )
+        env = {**os.environ, "PREFECT_API_URL": stack.api_url}
+        subprocess.run([sys.executable, "-c", emit], env=env, check=True, timeout=120)
+        deadline = time.monotonic() + 90
+        started = []
+        while not started and time.monotonic() < deadline:
+            started = [r for r in _runs(stack, lifecycle["id"]) if r["parameters"].get("traffic_commit")]
+            time.sleep(1)
+        assert started, "no lifecycle run followed the drift event"
+        assert started[0]["parameters"] == {
+            "traffic_commit": "c0ffee12",
+            "reason": "drift detected on version 3: input drift: MMD p=0.001",
+        }
+        _api(stack, "DELETE", f"/flow_runs/{started[0]['id']}")
+    finally:
+        _api(stack, "PATCH", pool, json={"is_paused": False})
+
+
+def test_lifecycle_deployment_runs_on_the_worker_with_an_override(stack, tiny_overrides):
+    lifecycle = _deployment(stack, "lifecycle")
+    overrides = {**tiny_overrides, **SMALL_LIFECYCLE, "fine_tune.training.max_steps": 3}
+    run = _api(
+        stack,
+        "POST",
+        f"/deployments/{lifecycle['id']}/create_flow_run",
+        json={"parameters": {"overrides": overrides, "reason": "integration test"}},
+    )
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        run = _api(stack, "GET", f"/flow_runs/{run['id']}")
+        if run["state_type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
+            break
+        time.sleep(2)
+    worker_log = Path(next(p.log for p in stack.processes if p.name == "worker")).read_text()[-4000:]
+    assert run["state_type"] == "COMPLETED", worker_log
+    assert f"code:{stack.commit[:12]}" in run["tags"]  # the worker ran the deployed commit
+
+    client = MlflowClient(stack.mlflow_url)
+    version = next(t.split("/")[-1] for t in run["tags"] if t.startswith("model:"))
+    tags = client.get_model_version("acme-support-assistant", version).tags
+    assert tags["lifecycle.flow_run_id"] == run["id"]
+    assert tags["code_commit"] == stack.commit
+    params = client.get_run(tags["mlflow_run_id"]).data.params
+    assert params["training.max_steps"] == "3"  # the override reached the fine-tune stage
