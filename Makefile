@@ -10,7 +10,7 @@ VENV_STAMP := .venv/.fineflow-synced
 .PHONY: run test lint env clean-state
 
 run: $(VENV_STAMP)
-	.venv/bin/fineflow data prep
+	.venv/bin/fineflow run
 
 test: $(VENV_STAMP)
 	.venv/bin/python -m pytest

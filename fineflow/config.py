@@ -18,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 DEFAULT_CONFIG = Path("configs/default.yaml")
 DATA_DIR_ENV = "FINEFLOW_DATA_DIR"
+# FINEFLOW__STORE__BACKEND=lakefs sets store.backend: where the engines are is the environment's business
+# (a worker on the team stack), so a deployment needs no config change. Explicit overrides still win.
+ENV_PREFIX = "FINEFLOW__"
 
 
 class ConfigError(ValueError):
@@ -323,16 +326,20 @@ def load_config(
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    return _overridden(raw, overrides, path)
+    from_env = _environment_overrides()
+    source = (
+        f"{path} (with {', '.join(name for name, _ in from_env)} from the environment)" if from_env else path
+    )
+    return _overridden(raw, [*(pair for _, pair in from_env), *_as_pairs(overrides)], source)
 
 
 def apply_overrides(config: FineflowConfig, overrides: dict[str, Any] | list[str] | None) -> FineflowConfig:
     """A validated copy of `config` with dotted overrides applied (a flow's `overrides` parameter)."""
-    return _overridden(config.model_dump(mode="json"), overrides, "the config parameter")
+    return _overridden(config.model_dump(mode="json"), _as_pairs(overrides), "the config parameter")
 
 
-def _overridden(raw: dict[str, Any], overrides, source: str | Path) -> FineflowConfig:
-    for dotted, value in _as_pairs(overrides):
+def _overridden(raw: dict[str, Any], pairs: list[tuple[str, Any]], source: str | Path) -> FineflowConfig:
+    for dotted, value in pairs:
         _set_dotted(raw, dotted, value)
     try:
         return FineflowConfig.model_validate(raw)
@@ -355,6 +362,15 @@ def config_hash(config: BaseModel, *extra: str | bytes) -> str:
     for item in extra:
         digest.update(b"\0" + (item if isinstance(item, bytes) else item.encode()))
     return digest.hexdigest()
+
+
+def _environment_overrides() -> list[tuple[str, tuple[str, Any]]]:
+    """(variable name, (dotted key, value)) for every FINEFLOW__ variable."""
+    return [
+        (name, (name[len(ENV_PREFIX) :].lower().replace("__", "."), yaml.safe_load(value)))
+        for name, value in sorted(os.environ.items())
+        if name.startswith(ENV_PREFIX)
+    ]
 
 
 def _as_pairs(overrides: dict[str, Any] | list[str] | None) -> list[tuple[str, Any]]:

@@ -28,6 +28,7 @@ from fineflow.runtime import OFFLINE_ENV
 
 PREFECT_YAML = "prefect.yaml"
 GIT_REPOSITORY_ENV = "FINEFLOW_GIT_REPOSITORY"  # read by prefect.yaml's git_clone pull step
+DEPLOY_ARGS = ["deploy", "--all", "--no-prompt"]  # the command .github/workflows/deploy.yml runs too
 HEALTH_POLL_S = 0.5
 
 
@@ -112,7 +113,7 @@ def up(config: FineflowConfig, repo_root: Path, log=print) -> Stack:
         commit = _git_head(repo_root, log)
         log(f"deploying {PREFECT_YAML} at commit {commit[:12]} to work pool {pool}")
         deploy_env = {**env, GIT_REPOSITORY_ENV: str(repo_root)}
-        _prefect_cli(bin_dir, ["deploy", "--all", "--no-prompt"], deploy_env, repo_root)
+        _prefect_cli(bin_dir, DEPLOY_ARGS, deploy_env, repo_root)
         worker = [str(bin_dir / "prefect"), "worker", "start", "--pool", pool, "--type", "process"]
         started.append(_start("worker", worker, env, logs))
     except BaseException:
