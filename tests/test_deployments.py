@@ -139,3 +139,20 @@ def test_lifecycle_deployment_runs_on_the_worker_with_an_override(stack, tiny_ov
     assert tags["code_commit"] == stack.commit
     params = client.get_run(tags["mlflow_run_id"]).data.params
     assert params["training.max_steps"] == "3"  # the override reached the fine-tune stage
+
+    # The tiny model passes the lenient gates against the base model: promoted, and announced.
+    assert client.get_model_version_by_alias("acme-support-assistant", "champion").version == version
+    assert _promotion_events(stack, version), "no fineflow.model.promoted event for the new champion"
+
+
+def _promotion_events(stack, version: str) -> list[dict]:
+    deadline = time.monotonic() + 30  # the server persists events asynchronously
+    while time.monotonic() < deadline:
+        page = _api(
+            stack, "POST", "/events/filter", json={"filter": {"event": {"name": ["fineflow.model.promoted"]}}}
+        )
+        found = [e for e in page["events"] if e["resource"].get("model.version") == version]
+        if found:
+            return found
+        time.sleep(1)
+    return []
