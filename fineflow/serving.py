@@ -524,6 +524,7 @@ async def _stream(
         while (piece := await run_in_threadpool(next, pieces, None)) is not None:
             if text := trimmer.feed(piece):
                 yield chunk({"content": text})
+        await run_in_threadpool(thread.join)  # the streamer ends just before generate returns its ids
         if "error" in outcome:
             raise outcome["error"]
         if text := trimmer.finish():
