@@ -289,7 +289,8 @@ def serve_command(
         console.print(f"traffic (PII masked) -> {traffic}")
     try:
         # uvicorn turns SIGINT/SIGTERM into a graceful shutdown: the app's lifespan commits the traffic
-        uvicorn.run(app_, host=settings.host, port=settings.port, log_level="info")
+        # log_config=None: uvicorn keeps the logging set up above (fineflow.serve, fineflow.traffic)
+        uvicorn.run(app_, host=settings.host, port=settings.port, log_config=None)
     finally:
         if capture is not None:
             capture.close()  # whatever stopped uvicorn (a port in use...): no captured record left behind
