@@ -256,8 +256,6 @@ def serve_command(
     extra |= {"serve.host": host} if host else {}
     extra |= {"serve.port": port} if port is not None else {}
     loaded = _load(config, set_, extra)
-    import logging
-
     import uvicorn
 
     from fineflow.serving import ServeModelError, create_app, default_model_ref, load_served_model
@@ -265,7 +263,7 @@ def serve_command(
     from fineflow.traffic import SpoolInUseError, TrafficCapture
     from tasks.pii import NerModelMissingError, get_masker
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _log_to_console("fineflow")  # request ids, token counts, latencies and traffic commits; never content
     settings = loaded.serve
     ref = default_model_ref(loaded)
     console.print(f"loading {ref} ...")
@@ -289,11 +287,21 @@ def serve_command(
         console.print(f"traffic (PII masked) -> {traffic}")
     try:
         # uvicorn turns SIGINT/SIGTERM into a graceful shutdown: the app's lifespan commits the traffic
-        # log_config=None: uvicorn keeps the logging set up above (fineflow.serve, fineflow.traffic)
-        uvicorn.run(app_, host=settings.host, port=settings.port, log_config=None)
+        uvicorn.run(app_, host=settings.host, port=settings.port, log_level="info")
     finally:
         if capture is not None:
             capture.close()  # whatever stopped uvicorn (a port in use...): no captured record left behind
+
+
+def _log_to_console(name: str) -> None:
+    import logging
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))  # as uvicorn's lines
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 def _overrides(set_: list[str] | None) -> dict:

@@ -209,7 +209,7 @@ class TrafficCapture:
             path = captured_path(self.settings.prefix, utc_now())
             self.store.write(self.repo, self.settings.branch, path, _jsonl(self._buffer))
             self._written.extend(self._buffer)
-            log.info("traffic: wrote %d record(s) to %s", len(self._buffer), path)
+            log.info("wrote %d record(s) to %s", len(self._buffer), path)
             self._buffer = []
             return path
 
@@ -243,7 +243,7 @@ class TrafficCapture:
             )
         except NothingToCommitError:
             return None
-        log.info("traffic: committed %d record(s) as %s on %s", count, commit[:12], self.settings.branch)
+        log.info("committed %d record(s) as %s on %s", count, commit[:12], self.settings.branch)
         return commit
 
     def _run(self) -> None:
@@ -261,7 +261,7 @@ class TrafficCapture:
                         self.flush()  # a commit takes every record captured so far
                     self.commit()
             except Exception:  # the store may be down for a moment: the spool keeps every record
-                log.exception("traffic: flush or commit failed; records stay in the spool, retrying")
+                log.exception("flush or commit failed; records stay in the spool, retrying")
 
     def _rewrite_spool(self, records: list[dict]) -> None:
         """Replace the spool by `records` (still unwritten), atomically: a crash leaves old or new."""
@@ -282,7 +282,7 @@ class TrafficCapture:
             return None
         spooled, torn = _parse_jsonl(self.spool_path.read_bytes())
         if torn:
-            log.warning("traffic: %d unreadable spool line(s) skipped (a write cut short by a crash)", torn)
+            log.warning("%d unreadable spool line(s) skipped (a write cut short by a crash)", torn)
         if not spooled:
             self._rewrite_spool([])
             return None
