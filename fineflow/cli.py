@@ -323,6 +323,77 @@ def data_log_command(
     console.print(table)
 
 
+@app.command("serve")
+def serve_command(
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="A registered version, name@alias or name/version (default: serve.model, else "
+            "<registry.model_name>@champion). Anything else is served as a BASE MODEL ONLY, without "
+            "adapter: the embedded name (smollm2-135m-instruct), a local model directory or a hub id.",
+        ),
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (default: serve.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: serve.port).")] = None,
+    config: ConfigOption = DEFAULT_CONFIG,
+    set_: SetOption = None,
+) -> None:
+    """Serve a model behind an OpenAI-compatible API (/v1/chat/completions, /v1/models), capturing traffic
+    (PII masked) into the dataset store's traffic branch. Ctrl-C stops it and commits every record."""
+    extra = {"serve.model": model} if model else {}
+    extra |= {"serve.host": host} if host else {}
+    extra |= {"serve.port": port} if port is not None else {}
+    loaded = _load(config, set_, extra)
+    import uvicorn
+
+    from fineflow.serving import ServeModelError, create_app, default_model_ref, load_served_model
+    from fineflow.store import open_store
+    from fineflow.traffic import SpoolInUseError, TrafficCapture
+    from tasks.pii import NerModelMissingError, get_masker
+
+    _log_to_console("fineflow")  # request ids, token counts, latencies and traffic commits; never content
+    settings = loaded.serve
+    ref = default_model_ref(loaded)
+    console.print(f"loading {ref} ...")
+    try:
+        served = load_served_model(loaded, ref)
+        capture = None
+        if settings.traffic.enabled:
+            capture = TrafficCapture(loaded, open_store(loaded), get_masker(loaded.data_prep.pii))
+        app_ = create_app(loaded, served, capture)
+        if capture is not None:
+            capture.start()  # takes the spool and commits what a crash left in it, before serving
+    except (ServeModelError, NerModelMissingError, SpoolInUseError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    url = f"http://{settings.host}:{settings.port}/v1"
+    console.print(f"[bold green]serving[/bold green] {', '.join(served.ids)} at {url}")
+    if capture is not None:
+        traffic = (
+            f"lakefs://{loaded.store.repo}/{settings.traffic.branch}/{settings.traffic.prefix}/captured/"
+        )
+        console.print(f"traffic (PII masked) -> {traffic}")
+    try:
+        # uvicorn turns SIGINT/SIGTERM into a graceful shutdown: the app's lifespan commits the traffic
+        uvicorn.run(app_, host=settings.host, port=settings.port, log_level="info")
+    finally:
+        if capture is not None:
+            capture.close()  # whatever stopped uvicorn (a port in use...): no captured record left behind
+
+
+def _log_to_console(name: str) -> None:
+    import logging
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))  # as uvicorn's lines
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def _overrides(set_: list[str] | None) -> dict:
     """--set pairs as a flow's `overrides` parameter; _load has already rejected malformed ones."""
     import yaml

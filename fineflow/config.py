@@ -298,6 +298,61 @@ class StackConfig(Strict):
     stop_timeout_s: float = Field(gt=0, description="how long `fineflow down` waits before it kills")
 
 
+class TrafficConfig(Strict):
+    """The `serve.traffic` section: where and how often captured requests reach the dataset store."""
+
+    enabled: bool = Field(description="capture every request and response (PII masked) into the store")
+    branch: str = Field(pattern=r"^\w[-\w.]*$", description="store branch, created from main when missing")
+    prefix: str = Field(description="captured records go under <prefix>/captured/<date>/")
+    batch_size: int = Field(ge=1, description="records per file written to the branch")
+    flush_seconds: float = Field(gt=0, description="a partial batch is written after this long")
+    commit_seconds: float = Field(gt=0, description="written batches are committed this often")
+    spool_dir: Path = Field(description="append-only, fsync'd spool (relative to the data directory)")
+
+    @field_validator("prefix")
+    @classmethod
+    def _plain_prefix(cls, value: str) -> str:
+        if not value or value.startswith("/") or ".." in value.split("/"):
+            raise ValueError("must be a relative path inside the repository")
+        return value.strip("/")
+
+    @field_validator("spool_dir")
+    @classmethod
+    def _relative(cls, value: Path) -> Path:
+        if value.is_absolute() or ".." in value.parts:
+            raise ValueError("must be a relative path inside the data directory")
+        return value
+
+
+class NewTokensConfig(Strict):
+    default: int = Field(ge=1, description="completion tokens when a request sets no max_tokens")
+    cap: int = Field(ge=1, description="the most completion tokens a request may ask for")
+
+    @model_validator(mode="after")
+    def _default_within_cap(self) -> NewTokensConfig:
+        if self.default > self.cap:
+            raise ValueError(f"default ({self.default}) exceeds cap ({self.cap})")
+        return self
+
+
+class ServeConfig(Strict):
+    """The `serve` section: `fineflow serve`, an OpenAI-compatible endpoint with traffic capture."""
+
+    model: str | None = Field(
+        description="name@alias, name/version, or a base model (embedded name, local dir, hub id) served "
+        "without adapter; null: <registry.model_name>@champion"
+    )
+    host: str
+    port: int = Field(ge=0, le=65535)
+    api_key_env: str | None = Field(
+        description="environment variable holding the API key clients must send as a Bearer token"
+    )
+    max_request_bytes: int = Field(ge=1, description="larger request bodies are refused with 413")
+    max_prompt_tokens: int = Field(ge=1, description="chat-templated prompt length limit (400 beyond)")
+    max_new_tokens: NewTokensConfig
+    traffic: TrafficConfig
+
+
 class FineflowConfig(Strict):
     project: ProjectConfig
     store: StoreConfig
@@ -307,6 +362,7 @@ class FineflowConfig(Strict):
     registry: RegistryConfig
     evaluation: EvaluationConfig
     stack: StackConfig
+    serve: ServeConfig
 
     @property
     def data_dir(self) -> Path:

@@ -1,0 +1,594 @@
+"""`fineflow serve`: a registered model (base + LoRA adapter) behind an OpenAI-compatible HTTP API.
+
+    GET  /v1/models              the served model under its ids (name@alias and name/version)
+    POST /v1/chat/completions    stream false: a chat.completion with usage; stream true: SSE
+                                 `data: {chat.completion.chunk}` lines, then `data: [DONE]`
+
+Bad requests get a 4xx in OpenAI's error shape {"error": {"message", "type", "param", "code"}}. Every
+completed exchange is handed to `fineflow.traffic.TrafficCapture` (PII-masked there, before any write).
+Logs carry request ids, token counts and latencies, never message content.
+
+`create_app` takes a loaded model and a capture, so tests drive the app with FastAPI's TestClient;
+`load_served_model` resolves `name@alias` / `name/version` in the MLflow registry, or serves a bare base
+model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from fineflow.config import FineflowConfig
+from fineflow.traffic import Exchange, TrafficCapture
+from tasks.generation import Generator
+
+log = logging.getLogger("fineflow.serve")
+
+CHAMPION_ALIAS = "champion"
+OWNER = "fineflow"
+REGISTRY_VERSION = re.compile(r"^[^/@]+/\d+$")
+
+
+class ServeModelError(ValueError):
+    """A --model that names no registered version or loadable base model."""
+
+
+# ------------------------------------------------------------------------------------------ the model
+
+
+@dataclass
+class ServedModel:
+    """A loaded model and the ids clients may call it by; `ids[0]` is the canonical one (name/version)."""
+
+    ids: list[str]
+    generator: Generator
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+def is_registry_ref(ref: str) -> bool:
+    """`name@alias` or `name/<version number>` (and not a local directory of that name)."""
+    return not Path(ref).expanduser().is_dir() and ("@" in ref or bool(REGISTRY_VERSION.match(ref)))
+
+
+def default_model_ref(config: FineflowConfig) -> str:
+    return config.serve.model or f"{config.registry.model_name}@{CHAMPION_ALIAS}"
+
+
+def load_served_model(config: FineflowConfig, ref: str | None = None) -> ServedModel:
+    """The registered version `ref` names (its adapter downloaded from the registry, its base model from the
+    version's `base_model` tag), or, for any other ref, that base model served bare without adapter."""
+    from tasks.generation import load_generator
+
+    ref = ref or default_model_ref(config)
+    model_cache = config.data_dir / "models"
+    if not is_registry_ref(ref):
+        from fineflow.models import ModelNotFoundError, check_base_model
+
+        try:
+            check_base_model(ref)
+            return ServedModel([ref], load_generator(ref, None, model_cache))
+        except (ModelNotFoundError, OSError) as exc:
+            raise ServeModelError(f"cannot serve base model {ref!r}: {exc}") from exc
+    name, version, base_model = registered_version(config, ref)
+    adapter = download_adapter(config, name, version)
+    ids = [f"{name}/{version}", *([ref] if "@" in ref else [])]
+    return ServedModel(ids, load_generator(base_model, str(adapter), model_cache))
+
+
+def registered_version(config: FineflowConfig, ref: str) -> tuple[str, str, str]:
+    """`name@alias` or `name/version` -> (name, version, base model of that version)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from tasks.registry import tracking_uri
+
+    client = MlflowClient(tracking_uri(config))
+    try:
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            found = client.get_model_version_by_alias(name, alias)
+        else:
+            name, _, number = ref.rpartition("/")
+            found = client.get_model_version(name, number)
+    except MlflowException as exc:
+        raise ServeModelError(
+            f"no registered model version {ref!r} in {tracking_uri(config)} (use name@alias or "
+            "name/version; `fineflow finetune` registers one, `fineflow promote` makes it champion; or "
+            "serve a base model, e.g. --model smollm2-135m-instruct)"
+        ) from exc
+    if "base_model" not in found.tags:
+        raise ServeModelError(f"{name} version {found.version} has no base_model tag")
+    return name, str(found.version), found.tags["base_model"]
+
+
+def download_adapter(config: FineflowConfig, name: str, version: str) -> Path:
+    """The version's LoRA adapter (the pyfunc model's `artifacts/adapter`), downloaded once to
+    <data_dir>/serve/models/<name>/<version>: a registered version never changes."""
+    import mlflow
+
+    from tasks.registry import tracking_uri, use_tracking_uri
+
+    target = config.data_dir / "serve" / "models" / name / version
+    adapter = target / "artifacts" / "adapter"
+    if not (adapter / "adapter_config.json").exists():
+        target.mkdir(parents=True, exist_ok=True)
+        with use_tracking_uri(tracking_uri(config)):
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{name}/{version}", dst_path=str(target)
+            )
+    return adapter
+
+
+# ------------------------------------------------------------------------------------------ requests
+
+
+class APIError(Exception):
+    """An error answered in OpenAI's shape."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+    @property
+    def type(self) -> str:
+        if self.status == 401:
+            return "authentication_error"
+        return "invalid_request_error" if self.status < 500 else "server_error"
+
+    def response(self, request_id: str) -> JSONResponse:
+        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return JSONResponse(body, status_code=self.status, headers={"x-request-id": request_id})
+
+
+class _Lenient(BaseModel):
+    # Fields OpenAI clients send that this server does not use (user, seed, ...) are ignored; the fields it
+    # does use are checked strictly ("5" is not a number).
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+class TextPart(_Lenient):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Lenient):
+    role: Literal["system", "user", "assistant"]
+    content: str | list[TextPart]
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class StreamOptions(_Lenient):
+    include_usage: bool = False
+
+
+class ChatRequest(_Lenient):
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)  # OpenAI's newer name for max_tokens
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    n: Literal[1] | None = None  # one choice per request
+
+    def chat(self) -> list[dict[str, str]]:
+        return [{"role": m.role, "content": m.text()} for m in self.messages]
+
+    def stop_strings(self) -> list[str]:
+        stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
+        return [s for s in stops if s]
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes `limit` bytes (declared or streamed)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise APIError(
+            413, f"request body of {declared} bytes exceeds the limit of {limit}", None, "too_large"
+        )
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            raise APIError(413, f"request body exceeds the limit of {limit} bytes", None, "too_large")
+    return bytes(body)
+
+
+def parse_chat_request(body: bytes) -> ChatRequest:
+    try:
+        raw = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise APIError(400, f"request body is not valid JSON: {exc}", None, "invalid_json") from None
+    if not isinstance(raw, dict):
+        raise APIError(400, "request body must be a JSON object", None, "invalid_type")
+    try:
+        return ChatRequest.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or None
+        # the message only: pydantic's `input` would echo request content into the error (and its log)
+        raise APIError(400, f"{where}: {first['msg']}", where, "invalid_value") from None
+
+
+def completion_limit(request: ChatRequest, config: FineflowConfig) -> int:
+    limits = config.serve.max_new_tokens
+    asked = request.max_completion_tokens or request.max_tokens
+    if asked is None:
+        return limits.default
+    if asked > limits.cap:
+        param = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
+        raise APIError(
+            400, f"{param} {asked} exceeds this server's limit of {limits.cap}", param, "invalid_value"
+        )
+    return asked
+
+
+# ------------------------------------------------------------------------------------------ generation
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class StopTrimmer:
+    """Cuts streamed text at the first stop string, holding back a tail that could begin one (a stop
+    string can arrive split over several pieces), as OpenAI leaves stop strings out of the answer."""
+
+    def __init__(self, stops: list[str]):
+        self.stops = stops
+        self.text = ""
+        self.sent = 0
+        self.stopped = False
+
+    def feed(self, piece: str) -> str:
+        if self.stopped:
+            return ""
+        self.text += piece
+        hits = [i for i in (self.text.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.stopped = True
+            return self._emit(min(hits))
+        hold = max((len(s) - 1 for s in self.stops), default=0)
+        return self._emit(max(self.sent, len(self.text) - hold))
+
+    def finish(self) -> str:
+        return "" if self.stopped else self._emit(len(self.text))
+
+    def _emit(self, end: int) -> str:
+        out, self.sent = self.text[self.sent : end], max(self.sent, end)
+        return out
+
+    @property
+    def answer(self) -> str:
+        return self.text[: self.sent]
+
+
+class Engine:
+    """Generation for one loaded model. Generation is serialised with a lock: there is one model, on the
+    CPU here (or one GPU), and concurrent `generate` calls would only fight over the same cores and memory,
+    each slower than alone; requests queue for their turn instead."""
+
+    def __init__(self, served: ServedModel):
+        self.served = served
+        self.generator = served.generator
+        self.lock = threading.Lock()
+        self._tokenizer_lock = threading.Lock()  # a fast tokenizer must not be used by two threads at once
+
+    def prompt_ids(self, messages: list[dict[str, str]]):
+        tokenizer = self.generator.tokenizer
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        with self._tokenizer_lock:
+            return tokenizer(text, return_tensors="pt", add_special_tokens=False)
+
+    def _generate_kwargs(self, request: ChatRequest, max_new_tokens: int, cancel: threading.Event) -> dict:
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        class Cancelled(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                import torch
+
+                return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool)
+
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens,
+            "pad_token_id": self.generator.tokenizer.pad_token_id,
+            "stopping_criteria": StoppingCriteriaList([Cancelled()]),
+        }
+        if request.temperature:  # absent or 0: greedy
+            kwargs |= {"do_sample": True, "temperature": request.temperature, "top_p": request.top_p or 1.0}
+        else:
+            kwargs |= {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        if request.stop_strings():
+            kwargs |= {"stop_strings": request.stop_strings(), "tokenizer": self.generator.tokenizer}
+        return kwargs
+
+    def generate(
+        self, inputs, request: ChatRequest, max_new_tokens: int, cancel: threading.Event, streamer=None
+    ) -> list[int]:
+        """The generated token ids (continuation only), holding the generation lock."""
+        import torch
+
+        with self.lock:
+            if cancel.is_set():  # the client left while waiting for its turn
+                return []
+            with torch.inference_mode():
+                output = self.generator.model.generate(
+                    **inputs.to(self.generator.device),
+                    **self._generate_kwargs(request, max_new_tokens, cancel),
+                    streamer=streamer,
+                )
+        return output[0, inputs["input_ids"].shape[1] :].tolist()
+
+    def finish_reason(self, ids: list[int], max_new_tokens: int, stopped_by_string: bool) -> str:
+        eos = self.generator.model.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, list) else [eos, self.generator.tokenizer.eos_token_id]) - {None}
+        ended = bool(ids) and ids[-1] in eos
+        return "length" if len(ids) >= max_new_tokens and not (ended or stopped_by_string) else "stop"
+
+    def complete(self, inputs, request: ChatRequest, max_new_tokens: int) -> Completion:
+        ids = self.generate(inputs, request, max_new_tokens, threading.Event())
+        text = self.generator.tokenizer.decode(ids, skip_special_tokens=True)
+        trimmer = StopTrimmer(request.stop_strings())
+        trimmer.feed(text)
+        trimmer.finish()
+        reason = self.finish_reason(ids, max_new_tokens, trimmer.stopped)
+        return Completion(trimmer.answer, reason, inputs["input_ids"].shape[1], len(ids))
+
+
+# ------------------------------------------------------------------------------------------ the app
+
+
+def create_app(config: FineflowConfig, served: ServedModel, capture: TrafficCapture | None) -> FastAPI:
+    """The HTTP app. Its lifespan starts the capture (recovering a crash's spool first) and, on a clean
+    shutdown, flushes and commits every captured record."""
+    engine = Engine(served)
+    settings = config.serve
+    api_key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
+    if settings.api_key_env and not api_key:
+        raise ServeModelError(f"serve.api_key_env names {settings.api_key_env!r}, which is not set or empty")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if capture is not None:
+            recovered = await run_in_threadpool(capture.start)
+            if recovered:
+                log.info("traffic: committed records recovered from the spool as %s", recovered[:12])
+        try:
+            yield
+        finally:
+            if capture is not None:
+                commit = await run_in_threadpool(capture.close)
+                log.info("traffic: shutdown commit %s", commit[:12] if commit else "(nothing to commit)")
+
+    app = FastAPI(title="fineflow", lifespan=lifespan)
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        request_id = getattr(request.state, "request_id", _request_id())
+        log.info("request %s refused: %d %s", request_id, exc.status, exc.code or exc.type)
+        return exc.response(request_id)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return APIError(exc.status_code, str(exc.detail), None, None).response(_request_id())
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception) -> JSONResponse:
+        request_id = getattr(request.state, "request_id", _request_id())
+        log.exception("request %s failed", request_id)
+        return APIError(500, "internal server error", None, None).response(request_id)
+
+    def authorize(request: Request) -> None:
+        if api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), api_key.encode()):
+            raise APIError(
+                401, "missing or invalid API key (send Authorization: Bearer <key>)", None, "invalid_api_key"
+            )
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict:
+        authorize(request)
+        return {
+            "object": "list",
+            "data": [
+                {"id": model_id, "object": "model", "created": served.created, "owned_by": OWNER}
+                for model_id in served.ids
+            ],
+        }
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        started = time.perf_counter()
+        request.state.request_id = request_id = _request_id()
+        authorize(request)
+        chat = parse_chat_request(await read_body(request, settings.max_request_bytes))
+        if chat.model not in served.ids:
+            raise APIError(
+                404,
+                f"model {chat.model!r} is not served here; available: {', '.join(served.ids)}",
+                "model",
+                "model_not_found",
+            )
+        max_new_tokens = completion_limit(chat, config)
+        messages = chat.chat()
+        inputs = await run_in_threadpool(engine.prompt_ids, messages)
+        prompt_tokens = inputs["input_ids"].shape[1]
+        if prompt_tokens > settings.max_prompt_tokens:
+            raise APIError(
+                400,
+                f"the prompt has {prompt_tokens} tokens; this server accepts at most "
+                f"{settings.max_prompt_tokens}",
+                "messages",
+                "context_length_exceeded",
+            )
+        if chat.stream:
+            return StreamingResponse(
+                _stream(engine, capture, chat, inputs, max_new_tokens, request_id, started),
+                media_type="text/event-stream",
+                headers={"x-request-id": request_id, "cache-control": "no-cache"},
+            )
+        result = await run_in_threadpool(engine.complete, inputs, chat, max_new_tokens)
+        latency = time.perf_counter() - started
+        await _capture(capture, engine, messages, result, latency)
+        _log_done(request_id, result, latency)
+        body = {
+            "id": request_id,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": served.ids[0],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": result.text},
+                    "finish_reason": result.finish_reason,
+                }
+            ],
+            "usage": _usage(result),
+        }
+        return JSONResponse(body, headers={"x-request-id": request_id})
+
+    return app
+
+
+async def _stream(
+    engine: Engine,
+    capture: TrafficCapture | None,
+    chat: ChatRequest,
+    inputs,
+    max_new_tokens: int,
+    request_id: str,
+    started: float,
+) -> AsyncIterator[str]:
+    """SSE chunks as the model writes them: generation runs in its own thread (holding the generation lock)
+    and feeds a TextIteratorStreamer; a client that disconnects cancels the generation."""
+    from transformers import TextIteratorStreamer
+
+    streamer = TextIteratorStreamer(engine.generator.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    cancel = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["ids"] = engine.generate(inputs, chat, max_new_tokens, cancel, streamer)
+        except BaseException as exc:  # noqa: BLE001 (re-raised in the request below)
+            outcome["error"] = exc
+        finally:
+            streamer.end()  # an already ended streamer only gets a second end marker, which is never read
+
+    def chunk(delta: dict | None, finish_reason: str | None = None, **extra) -> str:
+        choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish_reason}]
+        body = {
+            "id": request_id,
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": engine.served.ids[0],
+            "choices": choices,
+            **extra,
+        }
+        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+    thread = threading.Thread(target=work, name=f"generate-{request_id}", daemon=True)
+    thread.start()
+    trimmer = StopTrimmer(chat.stop_strings())
+    pieces = iter(streamer)
+    completed = False
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        while (piece := await run_in_threadpool(next, pieces, None)) is not None:
+            if text := trimmer.feed(piece):
+                yield chunk({"content": text})
+        await run_in_threadpool(thread.join)  # the streamer ends just before generate returns its ids
+        if "error" in outcome:
+            raise outcome["error"]
+        if text := trimmer.finish():
+            yield chunk({"content": text})
+        ids = outcome.get("ids", [])
+        result = Completion(
+            trimmer.answer,
+            engine.finish_reason(ids, max_new_tokens, trimmer.stopped),
+            inputs["input_ids"].shape[1],
+            len(ids),
+        )
+        yield chunk({}, result.finish_reason)
+        if chat.stream_options and chat.stream_options.include_usage:
+            yield chunk(None, usage=_usage(result))  # OpenAI's usage chunk: no choices
+        latency = time.perf_counter() - started
+        await _capture(capture, engine, chat.chat(), result, latency)
+        _log_done(request_id, result, latency)
+        completed = True
+        yield "data: [DONE]\n\n"
+    finally:
+        if not completed:
+            cancel.set()  # the client went away (or the stream failed): stop generating, free the lock
+            log.info("request %s: stream ended early, generation cancelled", request_id)
+
+
+async def _capture(
+    capture: TrafficCapture | None, engine: Engine, messages: list[dict], result: Completion, latency: float
+) -> None:
+    if capture is None:
+        return
+    exchange = Exchange(
+        engine.served.ids[0],
+        messages,
+        result.text,
+        result.finish_reason,
+        result.prompt_tokens,
+        result.completion_tokens,
+        latency,
+    )
+    try:
+        await run_in_threadpool(capture.record, exchange)
+    except Exception:  # the answer is already made: the client gets it, the failure is logged loudly
+        log.exception("traffic: could not capture an exchange")
+
+
+def _usage(result: Completion) -> dict[str, int]:
+    total = result.prompt_tokens + result.completion_tokens
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": total,
+    }
+
+
+def _log_done(request_id: str, result: Completion, latency: float) -> None:
+    log.info(
+        "request %s: %d prompt + %d completion tokens, %s, %.3f s",
+        request_id,
+        result.prompt_tokens,
+        result.completion_tokens,
+        result.finish_reason,
+        latency,
+    )
+
+
+def _request_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"

@@ -1,0 +1,405 @@
+"""`fineflow serve` on a tiny model: the OpenAI-compatible API through FastAPI's TestClient (plain and
+streaming completions, /v1/models, every refusal in OpenAI's error shape, the API key), traffic captured
+with PII masked and committed on shutdown, a registered champion resolved from MLflow, and the real
+`fineflow serve` command in a subprocess stopped with SIGINT."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from fineflow.config import DATA_DIR_ENV, load_config
+from fineflow.serving import ServedModel, ServeModelError, StopTrimmer, create_app, load_served_model
+from fineflow.store import open_store
+from fineflow.store.embedded import EmbeddedStore
+from fineflow.traffic import TrafficCapture
+from tasks.generation import load_generator
+from tasks.pii import get_masker
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+IDS = ["acme-support-assistant/1", "acme-support-assistant@champion"]
+URL = "/v1/chat/completions"
+LONG = 3600  # seconds: a capture interval that never elapses during a test
+PII = {
+    "jane.doe@example.com": "<EMAIL>",
+    "+1 212 555 0187": "<PHONE>",
+    "4111 1111 1111 1111": "<CREDIT_CARD>",
+}
+
+
+@pytest.fixture(scope="module")
+def seeded_model_dir(tmp_path_factory) -> Path:
+    """conftest's tiny causal LM, built with a fixed seed: its random weights then give the same answers
+    every run (the shared session model may, by chance, say end-of-turn within a few tokens)."""
+    import torch
+
+    from tests.tiny_tokenizer import build_tiny_causal_lm
+
+    torch.manual_seed(1234)
+    return build_tiny_causal_lm(tmp_path_factory.mktemp("seeded-tiny-model"))
+
+
+@pytest.fixture(scope="module")
+def tiny_generator(seeded_model_dir, tmp_path_factory):
+    return load_generator(str(seeded_model_dir), None, tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture
+def make_client(tmp_path, monkeypatch, tiny_generator):
+    """make_client(**overrides) -> (TestClient inside the app's lifespan, config); closed after the test."""
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "state"))
+    opened = []
+
+    def make(**overrides):
+        settings = {"serve.traffic.flush_seconds": LONG, "serve.traffic.commit_seconds": LONG, **overrides}
+        config = load_config(overrides=settings)
+        capture = TrafficCapture(config, open_store(config), get_masker(config.data_prep.pii))
+        client = TestClient(create_app(config, ServedModel(list(IDS), tiny_generator), capture))
+        client.__enter__()
+        opened.append(client)
+        return client, config
+
+    yield make
+    for client in opened:
+        client.__exit__(None, None, None)
+
+
+def chat(content: str = "Where is my order?", **extra) -> dict:
+    return {"model": IDS[1], "messages": [{"role": "user", "content": content}], **extra}
+
+
+def spool_text(config) -> str:
+    return (config.data_dir / config.serve.traffic.spool_dir / "spool.jsonl").read_text()
+
+
+def committed_records(config) -> list[dict]:
+    store, repo = open_store(config), config.store.repo
+    head = store.resolve(repo, config.serve.traffic.branch)
+    lines = []
+    for path in store.list(repo, head, "traffic/captured/"):
+        lines += store.read(repo, head, path).decode().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def sse_events(text: str) -> list:
+    datas = [line.removeprefix("data: ") for line in text.splitlines() if line.startswith("data: ")]
+    assert datas[-1] == "[DONE]"
+    return [json.loads(data) for data in datas[:-1]]
+
+
+def test_models_lists_the_served_ids(make_client):
+    client, _ = make_client()
+    body = client.get("/v1/models").json()
+    assert body["object"] == "list"
+    assert [(m["id"], m["object"], m["owned_by"]) for m in body["data"]] == [
+        (IDS[0], "model", "fineflow"),
+        (IDS[1], "model", "fineflow"),
+    ]
+
+
+def test_a_chat_completion_with_usage_is_answered_and_captured(make_client):
+    client, config = make_client()
+    response = client.post(URL, json=chat(max_tokens=5))
+    assert response.status_code == 200
+    body = response.json()
+    assert body["object"] == "chat.completion" and body["model"] == IDS[0]
+    assert body["id"].startswith("chatcmpl-") and response.headers["x-request-id"] == body["id"]
+    [choice] = body["choices"]
+    assert choice["message"]["role"] == "assistant" and isinstance(choice["message"]["content"], str)
+    assert choice["finish_reason"] == "length", body  # random tiny weights never say end-of-turn in 5 tokens
+    usage = body["usage"]
+    assert usage["completion_tokens"] == 5 and usage["prompt_tokens"] > 0
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+    [record] = [json.loads(line) for line in spool_text(config).splitlines()]
+    assert record["model"] == IDS[0] and record["messages"] == [
+        {"role": "user", "content": "Where is my order?"}
+    ]
+    assert record["response"] == choice["message"]["content"]
+    assert (record["prompt_tokens"], record["completion_tokens"]) == (usage["prompt_tokens"], 5)
+    assert record["finish_reason"] == "length" and record["latency_s"] > 0
+
+
+def test_streaming_sends_chunks_then_done_and_matches_the_plain_answer(make_client):
+    client, config = make_client()
+    plain = client.post(URL, json=chat(max_tokens=8)).json()
+    with client.stream(
+        "POST", URL, json=chat(max_tokens=8, stream=True, stream_options={"include_usage": True})
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = sse_events(response.read().decode())
+
+    assert all(e["object"] == "chat.completion.chunk" and e["model"] == IDS[0] for e in events)
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    text = "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"])
+    assert text == plain["choices"][0]["message"]["content"]  # greedy: the same answer, streamed
+    assert events[-2]["choices"][0] == {"index": 0, "delta": {}, "finish_reason": "length"}
+    assert events[-1]["choices"] == [] and events[-1]["usage"] == plain["usage"]
+    records = [json.loads(line) for line in spool_text(config).splitlines()]
+    assert [r["response"] for r in records] == [text, text]
+
+
+def test_a_stop_string_ends_the_answer_before_it(make_client):
+    client, _ = make_client()
+    answer = client.post(URL, json=chat(max_tokens=12)).json()["choices"][0]["message"]["content"]
+    stop = answer[4:6]
+    expected = answer[: answer.index(stop)]
+    stopped = client.post(URL, json=chat(max_tokens=12, stop=[stop])).json()["choices"][0]
+    assert (stopped["message"]["content"], stopped["finish_reason"]) == (expected, "stop")
+    with client.stream("POST", URL, json=chat(max_tokens=12, stop=stop, stream=True)) as response:
+        events = sse_events(response.read().decode())
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events) == expected
+
+
+def test_stop_trimmer_holds_back_a_stop_string_split_over_pieces():
+    trimmer = StopTrimmer(["END"])
+    assert [trimmer.feed(p) for p in ("abc", "xE", "N", "Dtail")] == ["a", "bc", "x", ""]
+    assert (trimmer.finish(), trimmer.answer, trimmer.stopped) == ("", "abcx", True)
+    plain = StopTrimmer([])
+    assert [plain.feed("ab"), plain.feed("c"), plain.finish(), plain.answer] == ["ab", "c", "", "abc"]
+
+
+BAD_REQUESTS = [
+    # (body, status, param, code, words in the message)
+    (b"{not json", 400, None, "invalid_json", "not valid JSON"),
+    (b"[1, 2]", 400, None, "invalid_type", "JSON object"),
+    ({"model": IDS[1]}, 400, "messages", "invalid_value", "Field required"),
+    ({"model": IDS[1], "messages": []}, 400, "messages", "invalid_value", "at least 1"),
+    (chat() | {"messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages.0.role", None, "'user'"),
+    (chat() | {"messages": "hello"}, 400, "messages", None, "valid list"),
+    (chat(max_tokens="5"), 400, "max_tokens", None, "valid integer"),
+    (chat(stream="yes"), 400, "stream", None, "valid boolean"),
+    (chat(temperature=5), 400, "temperature", None, "less than or equal to 2"),
+    (chat(max_tokens=0), 400, "max_tokens", None, "greater than or equal to 1"),
+    (chat(max_tokens=10_000), 400, "max_tokens", None, "exceeds this server's limit of 64"),
+    (chat(n=3), 400, "n", None, "1"),
+    (chat() | {"model": "gpt-4"}, 404, "model", "model_not_found", "not served here"),
+    (chat("x" * 5000), 413, None, "too_large", "exceeds the limit of 4096"),
+    (chat("long question " * 30), 400, "messages", "context_length_exceeded", "at most 200"),
+]
+
+
+def test_bad_requests_get_a_clear_4xx_and_the_server_keeps_serving(make_client):
+    client, config = make_client(
+        **{
+            "serve.max_request_bytes": 4096,
+            "serve.max_prompt_tokens": 200,
+            "serve.max_new_tokens.cap": 64,
+            "serve.max_new_tokens.default": 8,
+        }
+    )
+    for body, status, param, code, words in BAD_REQUESTS:
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        response = client.post(URL, content=raw, headers={"content-type": "application/json"})
+        assert response.status_code == status, (body, response.text)
+        error = response.json()["error"]
+        assert error["type"] == "invalid_request_error" and error["param"] == param, error
+        assert code is None or error["code"] == code, error
+        assert words in error["message"], error
+        assert client.post(URL, json=chat(max_tokens=2)).status_code == 200  # still serving
+    missing = client.get("/v1/nothing-here")
+    assert missing.status_code == 404 and missing.json()["error"]["message"] == "Not Found"
+    # only the answered requests were captured
+    assert len(spool_text(config).splitlines()) == len(BAD_REQUESTS)
+
+
+def test_a_streamed_oversized_body_without_length_is_refused(make_client):
+    client, _ = make_client(**{"serve.max_request_bytes": 1024})
+
+    def chunks():
+        yield b'{"model": "x", "messages": [{"role": "user", "content": "'
+        yield b"x" * 2048
+        yield b'"}]}'
+
+    response = client.post(URL, content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413 and response.json()["error"]["code"] == "too_large"
+
+
+def test_api_key(make_client, monkeypatch):
+    monkeypatch.setenv("FINEFLOW_TEST_KEY", "s3cret")
+    client, _ = make_client(**{"serve.api_key_env": "FINEFLOW_TEST_KEY"})
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):
+        for response in (
+            client.get("/v1/models", headers=headers),
+            client.post(URL, json=chat(), headers=headers),
+        ):
+            assert response.status_code == 401
+            assert response.json()["error"]["code"] == "invalid_api_key"
+    good = {"Authorization": "Bearer s3cret"}
+    assert client.get("/v1/models", headers=good).status_code == 200
+    assert client.post(URL, json=chat(max_tokens=2), headers=good).status_code == 200
+
+
+def test_an_api_key_variable_that_is_not_set_refuses_to_start(tmp_path, monkeypatch, tiny_generator):
+    monkeypatch.delenv("FINEFLOW_TEST_KEY", raising=False)
+    config = load_config(overrides={"serve.api_key_env": "FINEFLOW_TEST_KEY"})
+    with pytest.raises(ServeModelError, match="FINEFLOW_TEST_KEY"):
+        create_app(config, ServedModel(list(IDS), tiny_generator), None)
+
+
+def test_pii_in_requests_never_reaches_disk_and_shutdown_commits_every_record(make_client):
+    client, config = make_client()
+    question = "I'm jane.doe@example.com, phone +1 212 555 0187, card 4111 1111 1111 1111: refund please"
+    for _ in range(2):
+        assert client.post(URL, json=chat(question, max_tokens=3)).status_code == 200
+    with client.stream("POST", URL, json=chat(question, max_tokens=3, stream=True)) as response:
+        response.read()
+    spooled = spool_text(config)
+    client.__exit__(None, None, None)  # a clean shutdown: the lifespan flushes and commits
+
+    store = open_store(config)
+    [commit] = store.log(config.store.repo, "traffic", limit=1)
+    assert commit.metadata == {"kind": "traffic", "records": "3"}
+    records = committed_records(config)
+    assert len(records) == 3
+    committed = json.dumps(records)
+    for value, placeholder in PII.items():
+        assert value not in spooled and value not in committed
+        assert placeholder in spooled and placeholder in committed
+    assert all(r["pii_masked"] == {"CREDIT_CARD": 1, "EMAIL_ADDRESS": 1, "PHONE_NUMBER": 1} for r in records)
+    objects = config.data_dir / "store"  # and no stored byte anywhere holds the raw values
+    raw = b"".join(p.read_bytes() for p in objects.rglob("*") if p.is_file() and p.suffix != ".lock")
+    assert all(value.encode() not in raw for value in PII)
+
+
+def test_a_spool_left_by_a_crash_is_committed_before_serving(make_client, tmp_path, monkeypatch):
+    client, config = make_client()
+    client.post(URL, json=chat("before the crash", max_tokens=2))
+    spool = config.data_dir / config.serve.traffic.spool_dir / "spool.jsonl"
+    left = spool.read_bytes()
+    client.__exit__(None, None, None)
+    [before] = committed_records(config)
+    # a crash: the record is back in the spool and the store's commit never happened (a fresh data dir)
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "after-crash"))
+    config = load_config(
+        overrides={"serve.traffic.flush_seconds": LONG, "serve.traffic.commit_seconds": LONG}
+    )
+    spool = config.data_dir / config.serve.traffic.spool_dir / "spool.jsonl"
+    spool.parent.mkdir(parents=True)
+    spool.write_bytes(left)
+    client, config = make_client()
+    assert [r["id"] for r in committed_records(config)] == [before["id"]]  # committed at start
+    assert spool.read_bytes() == b""
+
+
+@pytest.fixture
+def registered_champion(tmp_path, monkeypatch, tiny_model_dir):
+    """A real MLflow registry holding version 1 (a tiny LoRA adapter) under the champion alias."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from tasks.registry import FinetuneTracker
+
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "state"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = load_config()
+    adapter = tmp_path / "adapter"
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    get_peft_model(LlamaForCausalLM.from_pretrained(tiny_model_dir), lora).save_pretrained(adapter)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(adapter)
+    tracker = FinetuneTracker(config)
+    tracker.start("serve-test", "serve-test", params={}, tags={})
+    uri = tracker.log_adapter_model(adapter, str(tiny_model_dir), tmp_path / "models", 4)
+    tags = {
+        "dataset_commit": "c0ffee",
+        "base_model": str(tiny_model_dir),
+        "code_commit": "x",
+        "config_hash": "y",
+    }
+    tracker.register(uri, tags, "champion")
+    tracker.finish()
+    return config
+
+
+def test_the_registered_champion_is_served_by_alias_and_version(registered_champion):
+    config = registered_champion
+    served = load_served_model(config)  # default: <registry.model_name>@champion
+    assert served.ids == IDS
+    assert served.generator.adapter_dir.endswith("artifacts/adapter")
+    assert type(served.generator.model).__name__ == "PeftModelForCausalLM"  # the adapter is applied
+    with TestClient(create_app(config, served, None)) as client:
+        assert [m["id"] for m in client.get("/v1/models").json()["data"]] == IDS
+        for model_id in IDS:
+            response = client.post(URL, json=chat(max_tokens=3) | {"model": model_id})
+            assert response.status_code == 200 and response.json()["model"] == IDS[0]
+    assert load_served_model(config, "acme-support-assistant/1").ids == IDS[:1]
+    with pytest.raises(ServeModelError, match="no registered model version 'acme-support-assistant@nope'"):
+        load_served_model(config, "acme-support-assistant@nope")
+    with pytest.raises(ServeModelError, match="cannot serve base model"):
+        load_served_model(config, "./no-such-model-dir")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_the_fineflow_serve_command_serves_and_commits_traffic_on_sigint(tmp_path, seeded_model_dir):
+    tiny_model_dir = seeded_model_dir
+    port = _free_port()
+    env = {**os.environ, DATA_DIR_ENV: str(tmp_path / "state"), "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "fineflow.cli",
+        "serve",
+        "--model",
+        str(tiny_model_dir),
+        "--port",
+        str(port),
+    ]
+    command += ["--set", "serve.max_new_tokens.default=4"]
+    server = subprocess.Popen(
+        command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, server.stdout.read().decode()
+            try:
+                models = httpx.get(f"{base}/models", timeout=2).json()
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "server did not come up"
+                time.sleep(0.5)
+        assert [m["id"] for m in models["data"]] == [str(tiny_model_dir)]
+        request = {
+            "model": str(tiny_model_dir),
+            "messages": [{"role": "user", "content": "Mail me at jane.doe@example.com"}],
+        }
+        answer = httpx.post(f"{base}/chat/completions", json=request, timeout=60).json()
+        assert answer["usage"]["completion_tokens"] == 4
+    finally:
+        server.send_signal(signal.SIGINT)  # Ctrl-C
+        output = server.communicate(timeout=60)[0].decode()
+    assert server.returncode == 0, output
+    assert "jane.doe@example.com" not in output  # no content in the logs
+
+    config = load_config()
+    store = EmbeddedStore(tmp_path / "state" / "store")  # the server's data directory
+    [commit, *_] = store.log(config.store.repo, "traffic")
+    assert commit.metadata == {"kind": "traffic", "records": "1"}
+    [path] = store.list(config.store.repo, commit.id, "traffic/captured/")
+    [record] = [
+        json.loads(line) for line in store.read(config.store.repo, commit.id, path).decode().splitlines()
+    ]
+    assert record["messages"][0]["content"] == "Mail me at <EMAIL>" and record["pii_masked"] == {
+        "EMAIL_ADDRESS": 1
+    }
