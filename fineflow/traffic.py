@@ -39,9 +39,21 @@ log = logging.getLogger("fineflow.traffic")
 
 SPOOL_FILE = "spool.jsonl"
 CAPTURED_DIR = "captured"
+REVIEWED_DIR = "reviewed"  # curated by a person: chat rows whose last answer was approved or corrected
 PENDING_REVIEW = "pending"
 COMMIT_KIND = "traffic"
 FILE_TIME_FORMAT = "%Y%m%dT%H%M%SZ"  # compact UTC timestamp in file names; sorts by time
+
+
+def reviewed_inputs(store: DatasetStore, config: FineflowConfig, ref: str) -> list[str]:
+    """The reviewed-traffic files at a commit of the traffic branch, as commit-pinned data-prep inputs."""
+    repo, commit = config.store.repo, store.resolve(config.store.repo, ref)
+    prefix = f"{config.serve.traffic.prefix}/{REVIEWED_DIR}/"
+    return [
+        f"lakefs://{repo}/{commit}/{path}"
+        for path in store.list(repo, commit, prefix)
+        if path.endswith(".jsonl")
+    ]
 
 
 class SpoolInUseError(RuntimeError):

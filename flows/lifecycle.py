@@ -27,6 +27,8 @@ from prefect.runtime import deployment, flow_run
 
 from fineflow.config import DEFAULT_CONFIG, FineflowConfig, apply_overrides, load_config
 from fineflow.runtime import code_version, io_task
+from fineflow.store import open_store
+from fineflow.traffic import reviewed_inputs
 from flows.data_prep import data_prep
 from flows.evaluate import evaluate
 from flows.fine_tune import fine_tune
@@ -73,7 +75,8 @@ def lifecycle(
     champion_before = _champion(config)
 
     try:
-        dataset_commit = _stage("data prep", data_prep, config_path=config_file, inputs=None)
+        inputs = _with_reviewed_traffic(config, traffic_commit) if traffic_commit else None
+        dataset_commit = _stage("data prep", data_prep, config_path=config_file, inputs=inputs)
         train_uri = (
             f"lakefs://{config.store.repo}/{dataset_commit}/{config.data_prep.output_prefix}/train.jsonl"
         )
@@ -90,6 +93,25 @@ def lifecycle(
     io_task("link-records")(_link_records)(config, summary)
     _summary_artifact(summary)
     return summary
+
+
+def _with_reviewed_traffic(config: FineflowConfig, traffic_commit: str) -> list[str]:
+    """The configured inputs plus the reviewed traffic at that commit. Captured traffic is never trained
+    on as it is: its answers are the model's own; only what a person reviewed joins the data."""
+    try:
+        reviewed = io_task("list-reviewed-traffic")(reviewed_inputs)(
+            open_store(config), config, traffic_commit
+        )
+    except Exception as exc:
+        raise StageFailedError("data prep", exc) from exc
+    if not reviewed:
+        step_logger().warning(
+            "no reviewed traffic at %s (%s/reviewed/ is empty): training data unchanged",
+            traffic_commit,
+            config.serve.traffic.prefix,
+        )
+    step_logger().info("reviewed traffic joining the data: %s", reviewed)
+    return [*config.data_prep.inputs, *reviewed]
 
 
 def _stage(name: str, stage_flow, **params):

@@ -4,11 +4,14 @@ failing stage names itself and leaves the champion where it was; a tracking call
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from fineflow.config import DATA_DIR_ENV, load_config
+from fineflow.store import open_store
 from tasks.promotion import CHAMPION, version_by_alias
 from tasks.registry import tracking_uri
 from tests.conftest import SMALL_LIFECYCLE
@@ -71,6 +74,41 @@ def test_lifecycle_end_to_end_cached_rerun_and_changed_stage(prefect_api, lifecy
     changed = lifecycle(config=config, overrides={"evaluation.max_eval_rows": 3})
     assert (changed["dataset_commit"], changed["version"]) == (first["dataset_commit"], first["version"])
     assert not changed["trained"] and changed["evaluation_run"] != first["evaluation_run"]
+
+    # The drift automation's run: reviewed traffic at a traffic-branch commit joins the training data.
+    traffic_commit = _reviewed_traffic(config, rows=3)
+    retrain = lifecycle(config=config, traffic_commit=traffic_commit, reason="drift detected")
+    assert retrain["dataset_commit"] != first["dataset_commit"] and retrain["trained"]
+    store = open_store(config)
+    report = json.loads(store.read(config.store.repo, retrain["dataset_commit"], "prepared/report.json"))
+    before = json.loads(store.read(config.store.repo, first["dataset_commit"], "prepared/report.json"))
+    assert (
+        f"lakefs://{config.store.repo}/{traffic_commit}/traffic/reviewed/batch-1.jsonl"
+        in report["lineage"]["inputs"]
+    )
+    assert report["counts"]["rows_in"] == before["counts"]["rows_in"] + 3
+
+
+def _reviewed_traffic(config, rows: int) -> str:
+    """A person's reviewed conversations, committed to the traffic branch as the README describes."""
+    store = open_store(config)
+    branch = config.serve.traffic.branch
+    store.create_branch(config.store.repo, branch, config.store.main_branch, exist_ok=True)
+    reviewed = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Can the Nimbus run schedule number {i} on weekends only?"},
+                {
+                    "role": "assistant",
+                    "content": f"Yes: in Schedules, edit schedule {i} and untick Monday to Friday.",
+                },
+            ]
+        }
+        for i in range(rows)
+    ]
+    data = "".join(json.dumps(row) + "\n" for row in reviewed).encode()
+    store.write(config.store.repo, branch, f"{config.serve.traffic.prefix}/reviewed/batch-1.jsonl", data)
+    return store.commit(config.store.repo, branch, "reviewed traffic")
 
 
 def test_failing_stage_is_named_and_champion_untouched(prefect_api, lifecycle_overrides):
