@@ -19,7 +19,6 @@ import yaml
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from tasks.registry import FinetuneTracker, find_version
 
 from fineflow.config import DEFAULT_CONFIG, FineflowConfig, config_hash, load_config
 from fineflow.models import check_base_model
@@ -28,6 +27,7 @@ from fineflow.store import open_store
 from tasks.compute import train_adapter
 from tasks.finetune_data import default_train_uri, resolve_train_split, stage_train_split
 from tasks.records import step_logger
+from tasks.registry import FinetuneTracker, find_version
 from tasks.train import TrainSpec
 
 REPORT_ARTIFACT_KEY = "fine-tune-report"
