@@ -37,7 +37,7 @@ from tasks.drift_report import (
 from tasks.drift_stats import Statistic, input_drift
 from tasks.promotion import CHAMPION
 from tasks.records import step_logger
-from tasks.registry import tracking_uri
+from tasks.registry import _artifact_location, tracking_uri
 from tasks.safety import load_rules
 from tasks.traffic_window import read_traffic_window, training_prompts
 
@@ -171,7 +171,12 @@ def measure_quality(
 
 def _experiment(client: MlflowClient, config: FineflowConfig) -> str:
     existing = client.get_experiment_by_name(config.drift.experiment)
-    return existing.experiment_id if existing else client.create_experiment(config.drift.experiment)
+    if existing:
+        if existing.lifecycle_stage == "deleted":
+            client.restore_experiment(existing.experiment_id)
+        return existing.experiment_id
+    # Artifacts beside the SQLite store (as fine-tune's), not in ./mlruns of whatever directory runs the check.
+    return client.create_experiment(config.drift.experiment, _artifact_location(tracking_uri(config)))
 
 
 def _history(
