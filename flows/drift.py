@@ -175,7 +175,7 @@ def _experiment(client: MlflowClient, config: FineflowConfig) -> str:
         if existing.lifecycle_stage == "deleted":
             client.restore_experiment(existing.experiment_id)
         return existing.experiment_id
-    # Artifacts beside the SQLite store (as fine-tune's), not in ./mlruns of whatever directory runs the check.
+    # Artifacts beside the SQLite store (as fine-tune keeps them), not in ./mlruns of the working directory.
     return client.create_experiment(config.drift.experiment, _artifact_location(tracking_uri(config)))
 
 

@@ -111,6 +111,16 @@ def history_figure(data: ReportData) -> str | None:
         series = [(datetime.fromtimestamp(p.at, UTC), p.metrics[key]) for p in points if key in p.metrics]
         left.plot(*zip(*series, strict=True), marker="o", label=key)
     left.axhline(0.0, color="grey", linestyle="--", label="promotion-time value")
+    if not quality:
+        left.text(
+            0.5,
+            0.5,
+            "no quality check yet\n(no recorded evaluation, or switched off)",
+            ha="center",
+            va="center",
+            transform=left.transAxes,
+            color="grey",
+        )
     left.set_title("golden metrics: change since promotion")
     left.legend(fontsize="small")
     series = [
