@@ -394,6 +394,62 @@ def _log_to_console(name: str) -> None:
     logger.propagate = False
 
 
+@app.command("drift")
+def drift_command(
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="name@alias or name/version; default: the champion.")
+    ] = None,
+    config: ConfigOption = DEFAULT_CONFIG,
+    set_: SetOption = None,
+) -> None:
+    """Compare recent traffic with the champion's training prompts and re-check its golden-set quality.
+
+    Drift is a finding, not an error: the exit code is 0 either way (2 when there is nothing to check)."""
+    _load(config, set_)
+    from flows.drift import drift, report_path
+    from flows.evaluate import ModelRefError
+    from tasks.drift_report import VERDICT_COLOURS, format_number, result_label
+    from tasks.drift_stats import Statistic
+    from tasks.traffic_window import TrafficError
+
+    try:
+        result = drift(model=model, config_path=str(config), overrides=_overrides(set_))
+    except ModelRefError as exc:
+        console.print(f"[red]{exc}[/red]: promote a model to champion first, or name one with --model")
+        raise typer.Exit(2) from None
+    except TrafficError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    colour = VERDICT_COLOURS[result["verdict"]]
+    console.print(
+        f"[bold {colour}]{result['verdict']}[/bold {colour}] for {result['model_name']} version "
+        f"{result['version']}: {result['traffic_records']} traffic records, commit {result['traffic_commit']}"
+    )
+    for reason in result["reasons"]:
+        console.print(f"  - {reason}")
+    for note in result["notes"]:
+        console.print(f"  [dim]{note}[/dim]")
+    if result["statistics"]:
+        table = Table(title="drift statistics")
+        for column in ("statistic", "value", "drift when", "result", "detail"):
+            table.add_column(column, overflow="fold")
+        for stat in result["statistics"]:
+            item = Statistic(**stat)
+            style = "red" if item.drifted else "green"
+            table.add_row(
+                item.name,
+                format_number(item.value),
+                item.rule,
+                f"[{style}]{result_label(item)}[/{style}]",
+                item.detail,
+            )
+        console.print(table)
+    event = f"event {result['event_id']} emitted" if result["event_emitted"] else "no event emitted"
+    console.print(
+        f"report: {report_path(result['report_uri'])}  (MLflow run {result['mlflow_run_id']}; {event})"
+    )
+
+
 def _overrides(set_: list[str] | None) -> dict:
     """--set pairs as a flow's `overrides` parameter; _load has already rejected malformed ones."""
     import yaml

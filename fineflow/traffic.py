@@ -56,6 +56,30 @@ def reviewed_inputs(store: DatasetStore, config: FineflowConfig, ref: str) -> li
     ]
 
 
+def ensure_traffic_branch(store: DatasetStore, config: FineflowConfig) -> None:
+    store.create_repo(config.store.repo, config.store.main_branch)
+    store.create_branch(
+        config.store.repo, config.serve.traffic.branch, config.store.main_branch, exist_ok=True
+    )
+
+
+def write_captured(store: DatasetStore, config: FineflowConfig, records: list[dict], moment: datetime) -> str:
+    """Records as one captured file on the traffic branch (staged, not committed); returns its path."""
+    path = captured_path(config.serve.traffic.prefix, moment)
+    store.write(config.store.repo, config.serve.traffic.branch, path, _jsonl(records))
+    return path
+
+
+def commit_captured(store: DatasetStore, config: FineflowConfig, count: int) -> str:
+    """Commit the written captured files; raises NothingToCommitError when none are staged."""
+    return store.commit(
+        config.store.repo,
+        config.serve.traffic.branch,
+        f"traffic: {count} captured record(s)",
+        {"kind": COMMIT_KIND, "records": str(count)},
+    )
+
+
 class SpoolInUseError(RuntimeError):
     """Another process captures traffic into the same spool."""
 
@@ -134,6 +158,7 @@ class TrafficCapture:
     from worker threads while a background thread flushes and commits on the configured intervals."""
 
     def __init__(self, config: FineflowConfig, store: DatasetStore, masker):
+        self.config = config
         self.settings = config.serve.traffic
         self.repo = config.store.repo
         self.main_branch = config.store.main_branch
@@ -166,8 +191,7 @@ class TrafficCapture:
                 f"another process captures traffic into {self.spool_dir}; stop it or set "
                 "serve.traffic.spool_dir to a directory of its own"
             ) from None
-        self.store.create_repo(self.repo, self.main_branch)
-        self.store.create_branch(self.repo, self.settings.branch, self.main_branch, exist_ok=True)
+        ensure_traffic_branch(self.store, self.config)
         recovered = self._recover()
         self._spool = open(self.spool_path, "ab")  # noqa: SIM115 (held open for the server's lifetime)
         if background:
@@ -218,8 +242,7 @@ class TrafficCapture:
         with self._lock:
             if not self._buffer:
                 return None
-            path = captured_path(self.settings.prefix, utc_now())
-            self.store.write(self.repo, self.settings.branch, path, _jsonl(self._buffer))
+            path = write_captured(self.store, self.config, self._buffer, utc_now())
             self._written.extend(self._buffer)
             log.info("wrote %d record(s) to %s", len(self._buffer), path)
             self._buffer = []
@@ -247,12 +270,7 @@ class TrafficCapture:
 
     def _commit_branch(self, count: int) -> str | None:
         try:
-            commit = self.store.commit(
-                self.repo,
-                self.settings.branch,
-                f"traffic: {count} captured record(s)",
-                {"kind": COMMIT_KIND, "records": str(count)},
-            )
+            commit = commit_captured(self.store, self.config, count)
         except NothingToCommitError:
             return None
         log.info("committed %d record(s) as %s on %s", count, commit[:12], self.settings.branch)

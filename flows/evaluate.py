@@ -29,7 +29,7 @@ from tasks.injection import load_payloads
 from tasks.measure import EvalSets, Subject, measure, read_golden
 from tasks.promotion import CHAMPION, record_decision, version_by_alias
 from tasks.records import step_logger
-from tasks.registry import tracking_uri, use_tracking_uri
+from tasks.registry import ensure_experiment, tracking_uri, use_tracking_uri
 
 SUBJECT_TAG, KEY_TAG = "eval.subject", "eval.key"
 REPORT_ARTIFACT_KEY = "evaluation-report"
@@ -155,7 +155,7 @@ def measured(client: MlflowClient, config: FineflowConfig, subject: Subject, set
 
 @io_task("find-measurement")
 def find_measurement(client: MlflowClient, config: FineflowConfig, subject: Subject, key: str):
-    experiment = _experiment(client, config)
+    experiment = ensure_experiment(config, name=config.evaluation.experiment)
     wanted = f"tags.`{SUBJECT_TAG}` = '{subject.key}' and tags.`{KEY_TAG}` = '{key}'"
     found = client.search_runs(
         [experiment], filter_string=f"{wanted} and attributes.status = 'FINISHED'", max_results=1
@@ -171,7 +171,7 @@ def find_measurement(client: MlflowClient, config: FineflowConfig, subject: Subj
 @io_task("log-measurement")
 def log_measurement(client: MlflowClient, config: FineflowConfig, subject: Subject, key: str, result) -> str:
     run = client.create_run(
-        _experiment(client, config),
+        ensure_experiment(config, name=config.evaluation.experiment),
         run_name=f"eval-{subject.key}",
         tags={SUBJECT_TAG: subject.key, KEY_TAG: key},
     )
@@ -186,13 +186,6 @@ def log_measurement(client: MlflowClient, config: FineflowConfig, subject: Subje
         raise
     client.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id
-
-
-def _experiment(client: MlflowClient, config: FineflowConfig) -> str:
-    existing = client.get_experiment_by_name(config.evaluation.experiment)
-    if existing:
-        return existing.experiment_id
-    return client.create_experiment(config.evaluation.experiment)
 
 
 @io_task("record-decision")

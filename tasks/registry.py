@@ -77,11 +77,13 @@ def _artifact_location(uri: str) -> str | None:
     return (db.parent / "artifacts").as_uri()
 
 
-def ensure_experiment(config: FineflowConfig, uri: str | None = None) -> str:
-    """The id of registry.experiment, created (or restored, if deleted) when needed."""
+def ensure_experiment(config: FineflowConfig, uri: str | None = None, name: str | None = None) -> str:
+    """The id of an experiment (default registry.experiment), created (or restored, if deleted) when
+    needed. With a local SQLite store its artifacts go beside the database, never to ./mlruns of
+    whatever directory the command runs in."""
     uri = uri or tracking_uri(config)
     client = MlflowClient(tracking_uri=uri)
-    name = config.registry.experiment
+    name = name or config.registry.experiment
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:

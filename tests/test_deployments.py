@@ -73,7 +73,7 @@ def _head() -> str:
 
 
 def test_deployments_are_versioned_by_commit_and_cron_schedules_produce_runs(stack):
-    assert stack.deployments == ["lifecycle", "evaluate", "promote", "rollback"]
+    assert stack.deployments == ["lifecycle", "drift", "evaluate", "promote", "rollback"]
     for name in stack.deployments:
         assert _deployment(stack, name)["version"] == stack.commit == _head()
     lifecycle = _deployment(stack, "lifecycle")
@@ -82,6 +82,9 @@ def test_deployments_are_versioned_by_commit_and_cron_schedules_produce_runs(sta
     assert scheduled, "the scheduler made no runs for the weekly cron"
     assert all(run["parameters"] == {"reason": "weekly schedule"} for run in scheduled)
     assert all(run["expected_start_time"].endswith("T03:00:00Z") for run in scheduled)
+    drift = _deployment(stack, "drift")
+    daily = _runs(stack, drift["id"], "SCHEDULED")
+    assert daily and all(run["expected_start_time"].endswith("T04:00:00Z") for run in daily)
 
 
 def test_drift_event_starts_a_lifecycle_run(stack):

@@ -1,0 +1,236 @@
+"""Drift detection on synthetic traffic written to the traffic branch in serving's capture format.
+
+The champion is a registered model version carrying the lineage tags drift reads (dataset commit, base
+model); the flow tests switch the quality check off (it would need an adapter and a recorded evaluation),
+and the quality comparison is tested on its own. The embedding model is the real packaged MiniLM.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from fineflow import traffic
+from fineflow.config import load_config
+from fineflow.store import open_store
+from tasks.drift_quality import compare_quality
+from tasks.drift_stats import mmd_permutation_test
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _synthetic():
+    spec = importlib.util.spec_from_file_location(
+        "synthetic_traffic", ROOT / "sample_data" / "synthetic_traffic.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+synthetic = _synthetic()
+
+
+# ------------------------------------------------------------------------------------------ unit tests
+
+
+def test_mmd_permutation_test_same_vs_shifted_gaussians():
+    rng = np.random.default_rng(0)
+    x, same = rng.normal(size=(60, 8)), rng.normal(size=(80, 8))
+    shifted = rng.normal(loc=0.6, size=(80, 8))
+    mmd_same, p_same, _ = mmd_permutation_test(x, same, permutations=300, seed=1)
+    mmd_shift, p_shift, _ = mmd_permutation_test(x, shifted, permutations=300, seed=1)
+    assert p_same > 0.05
+    assert p_shift < 0.01 and mmd_shift > mmd_same
+    assert p_shift == pytest.approx(1 / 301)  # no permutation reaches the observed statistic
+
+
+def test_quality_comparison_flags_a_drop_beyond_tolerance_only():
+    recorded = {"rouge_l": 0.50, "token_f1": 0.40, "exact_match": 0.1}
+    current = {"rouge_l": 0.41, "token_f1": 0.39, "exact_match": 0.0}
+    stats = {s.name: s for s in compare_quality(current, recorded, {"rouge_l": 0.05, "token_f1": 0.05})}
+    assert set(stats) == {"quality_rouge_l_delta", "quality_token_f1_delta"}  # exact_match has no tolerance
+    assert stats["quality_rouge_l_delta"].drifted and stats["quality_rouge_l_delta"].value == pytest.approx(
+        -0.09
+    )
+    assert not stats["quality_token_f1_delta"].drifted
+    assert compare_quality({"rouge_l": 0.9}, {"rouge_l": 0.5}, {"rouge_l": 0.05})[0].drifted is False
+    assert compare_quality({}, recorded, {"rouge_l": 0.05}) == []  # nothing to compare
+
+
+# ------------------------------------------------------------------------------------------- flow tests
+
+
+def _chat_rows(conversations) -> list[dict]:
+    return [
+        {"id": str(i), "source": f"s:{i}", "messages": [*messages, {"role": "assistant", "content": answer}]}
+        for i, (messages, answer) in enumerate(conversations)
+    ]
+
+
+def write_captured(config, conversations, at: datetime) -> str:
+    """Records exactly as the serving contract captures them, committed to the traffic branch."""
+    store = open_store(config)
+    records = [
+        {
+            "id": uuid.uuid4().hex,
+            "timestamp": (at - timedelta(seconds=index)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "model": f"{config.registry.model_name}/1",
+            "messages": messages,
+            "response": response,
+            "finish_reason": "stop",
+            "prompt_tokens": 20,
+            "completion_tokens": 10,
+            "latency_s": 0.5,
+            "pii_masked": {},
+            "review": "pending",
+        }
+        for index, (messages, response) in enumerate(conversations)
+    ]
+    traffic.ensure_traffic_branch(store, config)
+    traffic.write_captured(store, config, records, at)
+    return traffic.commit_captured(store, config, len(records))
+
+
+@pytest.fixture
+def champion(publish_splits, tiny_model_dir, tmp_path):
+    """A train split of support conversations and a registered champion version trained (per its tags) on
+    it. The version's model files are not needed: the quality check is off in these tests."""
+    commit = publish_splits({"train": _chat_rows(synthetic.support_conversations(300, seed=1))})
+    overrides = {
+        "base_model.name": str(tiny_model_dir),
+        "drift.quality.enabled": False,
+        "drift.min_traffic": 20,
+        "drift.train_sample": 200,
+        "drift.mmd.permutations": 200,
+    }
+    config = load_config(overrides=overrides)
+    from tasks.registry import tracking_uri
+
+    client = MlflowClient(tracking_uri(config))
+    name = config.registry.model_name
+    client.create_registered_model(name)
+    source = tmp_path / "model"
+    source.mkdir()
+    version = client.create_model_version(
+        name,
+        source=str(source),
+        tags={
+            "dataset_commit": commit,
+            "base_model": str(tiny_model_dir),
+            "code_commit": "test",
+            "config_hash": "t",
+        },
+    )
+    client.set_registered_model_alias(name, "champion", version.version)
+    return {"config": config, "overrides": overrides, "client": client, "version": str(version.version)}
+
+
+def _drift_events(since: datetime, wait_s: float) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
+
+    from flows.drift import EVENT
+
+    event_filter = EventFilter(occurred=EventOccurredFilter(since=since), event=EventNameFilter(name=[EVENT]))
+    deadline = time.monotonic() + wait_s
+    with get_client(sync_client=True) as client:
+        while True:
+            events = client.read_events(event_filter, limit=50).events  # the server allows 50 a page
+            if events or time.monotonic() > deadline:
+                return events
+            time.sleep(0.5)
+
+
+def test_same_distribution_then_shifted_then_injection(prefect_api, champion):
+    from flows.drift import drift
+
+    config, overrides = champion["config"], champion["overrides"]
+    now = datetime.now(UTC)
+    started = now - timedelta(minutes=1)  # events of this test only
+
+    write_captured(config, synthetic.support_conversations(60, seed=2), now - timedelta(minutes=30))
+    same = drift(overrides=overrides)
+    by_name = {s["name"]: s for s in same["statistics"]}
+    assert same["verdict"] == "no drift", same["reasons"]
+    assert by_name["mmd_p_value"]["value"] >= config.drift.mmd.alpha
+    assert by_name["injection_share"]["value"] == 0.0
+    assert not same["event_emitted"]
+    run = champion["client"].get_run(same["mlflow_run_id"])
+    assert run.data.tags["traffic.commit"] == same["traffic_commit"]
+    assert run.data.tags["model.version"] == champion["version"]
+    assert {a.path for a in champion["client"].list_artifacts(same["mlflow_run_id"])} == {
+        "report.html",
+        "drift.json",
+    }
+
+    # A new topic replaces the traffic: the newest 60 records of the window are compared.
+    shifted_commit = write_captured(
+        config, synthetic.shifted_conversations(60, seed=3), now - timedelta(minutes=20)
+    )
+    shifted = drift(overrides={**overrides, "drift.max_traffic": 60})
+    by_name = {s["name"]: s for s in shifted["statistics"]}
+    assert shifted["verdict"] == "drift" and shifted["traffic_commit"] == shifted_commit
+    assert by_name["mmd_p_value"]["drifted"] and by_name["domain_classifier_auc"]["value"] > 0.9
+    assert any(reason.startswith("input drift: mmd_p_value") for reason in shifted["reasons"])
+    assert shifted["event_emitted"]
+
+    [event] = _drift_events(started, wait_s=20)
+    assert event.resource["prefect.resource.id"] == f"fineflow.model.{config.registry.model_name}"
+    assert event.resource["model.name"] == config.registry.model_name
+    assert event.resource["model.version"] == champion["version"]
+    assert event.resource["traffic.commit"] == shifted_commit
+    assert "mmd_p_value" in event.resource["drift.reason"]
+    assert event.payload["verdict"] == "drift" and event.payload["mlflow_run_id"] == shifted["mlflow_run_id"]
+    assert {s["name"] for s in event.payload["statistics"]} >= {"mmd_p_value", "injection_share"}
+
+    write_captured(config, synthetic.injection_conversations(60, seed=4), now - timedelta(minutes=10))
+    injected = drift(overrides={**overrides, "drift.max_traffic": 60})
+    by_name = {s["name"]: s for s in injected["statistics"]}
+    assert injected["verdict"] == "drift"
+    assert by_name["injection_share"]["drifted"] and by_name["injection_share"]["value"] >= 0.4
+    assert any("injection_share" in reason for reason in injected["reasons"])
+
+    # The report: verdict first, every figure embedded, the history of this champion's checks.
+    html = Path(injected["report_uri"].removeprefix("file://")).read_text()
+    assert html.index("drift</div>") < html.index("<table>")
+    assert html.count("<img ") == 3 and html.count("data:image/png;base64,") == 3
+
+
+def test_too_few_records_in_the_window_give_no_verdict_and_no_event(prefect_api, champion):
+    from flows.drift import drift
+
+    config, overrides = champion["config"], champion["overrides"]
+    now = datetime.now(UTC)
+    # Plenty of shifted traffic, but all of it older than the window; only 5 recent records.
+    old = now - timedelta(hours=config.drift.window_hours + 1)
+    write_captured(config, synthetic.shifted_conversations(60, seed=5), old)
+    write_captured(config, synthetic.shifted_conversations(5, seed=6), now)
+    result = drift(overrides=overrides)
+    assert result["verdict"] == "not enough traffic" and result["statistics"] == []
+    assert result["traffic_records"] == 5 and not result["event_emitted"]
+    assert "fewer than drift.min_traffic" in result["reasons"][0]
+
+
+def test_no_champion_and_no_traffic_branch_are_clear_errors(prefect_api, publish_splits):
+    from flows.drift import drift
+    from flows.evaluate import ModelRefError
+    from tasks.traffic_window import TrafficError, read_traffic_window
+
+    publish_splits({"train": []})
+    with pytest.raises(ModelRefError, match="champion"):
+        drift.fn(overrides={"drift.quality.enabled": False})
+    config = load_config()
+    with pytest.raises(TrafficError, match="no traffic branch"):
+        read_traffic_window(open_store(config), config, datetime.now(UTC))
