@@ -147,3 +147,36 @@ def test_tracking_call_failing_once_is_retried(prefect_api, lifecycle_overrides,
     client = MlflowClient(tracking_uri(config))
     assert version_by_alias(client, config.registry.model_name, CHAMPION) == summary["version"] == "1"
     assert len(client.search_model_versions(f"name = '{config.registry.model_name}'")) == 1
+
+
+def test_drift_quality_check_re_measures_the_promoted_champion(prefect_api, lifecycle_overrides):
+    """Quality drift on a real champion: the golden set answered again, greedy, by the champion the
+    lifecycle promoted gives the scores its evaluation recorded, so no quality drift."""
+    from datetime import UTC, datetime
+
+    from fineflow import traffic
+    from flows.drift import drift
+    from flows.lifecycle import lifecycle
+
+    config = load_config(overrides=lifecycle_overrides)
+    champion = lifecycle(config=config)["version"]
+    store = open_store(config)
+    records = [
+        {
+            "id": str(i),
+            "timestamp": datetime.now(UTC).isoformat(),
+            "messages": [{"role": "user", "content": q}],
+        }
+        for i, q in enumerate(
+            ["Where is my energy report?", "How do I pair the Nimbus?", "What does E7 mean?"]
+        )
+    ]
+    traffic.ensure_traffic_branch(store, config)
+    traffic.write_captured(store, config, records, datetime.now(UTC))
+    traffic.commit_captured(store, config, len(records))
+
+    result = drift(overrides={**lifecycle_overrides, "drift.min_traffic": 3, "drift.train_sample": 20})
+    assert result["version"] == champion
+    quality = {s["name"]: s for s in result["statistics"] if s["kind"] == "quality"}
+    assert set(quality) == {f"quality_{metric}_delta" for metric in config.drift.quality.max_drop}
+    assert all(abs(s["value"]) < 1e-9 and not s["drifted"] for s in quality.values()), quality
