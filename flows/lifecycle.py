@@ -24,6 +24,7 @@ from mlflow import MlflowClient
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import deployment, flow_run
+from prefect.settings import PREFECT_UI_URL
 
 from fineflow.config import DEFAULT_CONFIG, FineflowConfig, apply_overrides, load_config
 from fineflow.runtime import code_version, io_task
@@ -166,7 +167,7 @@ def _summary(config, reason, dataset_commit: str, model: dict, evaluation: dict,
         "tracking_uri": uri,
         "mlflow_version_url": _mlflow_url(uri, model["model_name"], model["version"]),
         "flow_run_id": str(flow_run.id) if flow_run.id else None,
-        "flow_run_url": flow_run.ui_url,
+        "flow_run_url": flow_run.ui_url if PREFECT_UI_URL.value() else None,  # no UI without a server
         "data_dir": str(config.data_dir),
     }
 
