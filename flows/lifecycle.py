@@ -34,7 +34,8 @@ from flows.data_prep import data_prep
 from flows.evaluate import evaluate
 from flows.fine_tune import fine_tune
 from flows.promote import promote
-from tasks.eval_report import format_value
+from tasks.eval_report import render_markdown
+from tasks.gates import Decision
 from tasks.promotion import CHAMPION, version_by_alias
 from tasks.records import step_logger
 from tasks.registry import tracking_uri
@@ -111,7 +112,8 @@ def _with_reviewed_traffic(config: FineflowConfig, traffic_commit: str) -> list[
             traffic_commit,
             config.serve.traffic.prefix,
         )
-    step_logger().info("reviewed traffic joining the data: %s", reviewed)
+    else:
+        step_logger().info("reviewed traffic joining the data: %s", reviewed)
     return [*config.data_prep.inputs, *reviewed]
 
 
@@ -220,17 +222,8 @@ def _summary_artifact(summary: dict) -> None:
         f"| MLflow evaluation run | `{summary['evaluation_run']}` (report.html, decision.json) |",
         f"| tracking URI | `{summary['tracking_uri']}` |",
         "",
-        f"## Gates vs {summary['baseline']}",
-        "",
-        "| gate | value | threshold | baseline | result |",
-        "|---|---:|---:|---:|---|",
+        render_markdown(Decision.from_json(summary), f"Gates: {summary['model_name']}/{summary['version']}"),
     ]
-    for gate in summary["gates"]:
-        verdict = ("pass" if gate["passed"] else "FAIL") + ("" if gate["blocking"] else " (advisory)")
-        lines.append(
-            f"| {gate['metric']} | {format_value(gate['value'])} | {format_value(gate['threshold'])} | "
-            f"{format_value(gate['champion_value'])} | {verdict} |"
-        )
     create_markdown_artifact(
         key=SUMMARY_ARTIFACT_KEY, markdown="\n".join(lines), description="lifecycle run summary"
     )

@@ -87,6 +87,11 @@ class Decision:
             "gates": [asdict(r) for r in self.results],
         }
 
+    @classmethod
+    def from_json(cls, data: dict) -> Decision:
+        """The decision back from `as_json` (a flow's result), e.g. to render it again."""
+        return cls([GateResult(**gate) for gate in data["gates"]], data["baseline"])
+
 
 def decide(
     config: GateConfig,

@@ -7,7 +7,7 @@ from mlflow import MlflowClient
 
 from fineflow.config import ConfigError
 from tasks.eval_report import render_html, render_markdown
-from tasks.gates import Gate, GateConfig, decide, load_gates
+from tasks.gates import Decision, Gate, GateConfig, decide, load_gates
 from tasks.promotion import (
     CHAMPION,
     PREVIOUS,
@@ -49,6 +49,7 @@ def test_threshold_both_directions():
     assert not failing.promote
     assert [r.metric for r in failing.failed_blocking] == ["rouge_l", "pii_leak_rate"]
     assert "not >= 0.2" in failing.results[0].reason
+    assert Decision.from_json(failing.as_json()) == failing  # a flow's JSON result renders the same table
 
 
 def test_non_regression_against_the_champion():
