@@ -24,6 +24,7 @@ from tests.conftest import SMALL_LIFECYCLE
 pytestmark = pytest.mark.slow
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUN_TIMEOUT_S = 420
+SCHEDULER_TIMEOUT_S = 120
 
 
 def _free_port() -> int:
@@ -78,13 +79,25 @@ def test_deployments_are_versioned_by_commit_and_cron_schedules_produce_runs(sta
         assert _deployment(stack, name)["version"] == stack.commit == _head()
     lifecycle = _deployment(stack, "lifecycle")
     assert [s["schedule"]["cron"] for s in lifecycle["schedules"]] == ["0 3 * * 1"]
-    scheduled = _runs(stack, lifecycle["id"], "SCHEDULED")
+    scheduled = _scheduled_runs(stack, lifecycle["id"])
     assert scheduled, "the scheduler made no runs for the weekly cron"
     assert all(run["parameters"] == {"reason": "weekly schedule"} for run in scheduled)
     assert all(run["expected_start_time"].endswith("T03:00:00Z") for run in scheduled)
     drift = _deployment(stack, "drift")
-    daily = _runs(stack, drift["id"], "SCHEDULED")
+    daily = _scheduled_runs(stack, drift["id"])
     assert daily and all(run["expected_start_time"].endswith("T04:00:00Z") for run in daily)
+
+
+def _scheduled_runs(stack, deployment_id: str) -> list[dict]:
+    # The server's scheduler service picks up new deployments on its own loop, so on a
+    # loaded machine the runs can appear some seconds after `up` returns.
+    deadline = time.monotonic() + SCHEDULER_TIMEOUT_S
+    while time.monotonic() < deadline:
+        scheduled = _runs(stack, deployment_id, "SCHEDULED")
+        if scheduled:
+            return scheduled
+        time.sleep(1)
+    return []
 
 
 def test_drift_event_starts_a_lifecycle_run(stack):
