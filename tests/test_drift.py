@@ -186,7 +186,7 @@ def test_same_distribution_then_shifted_then_injection(prefect_api, champion):
     assert any(reason.startswith("input drift: mmd_p_value") for reason in shifted["reasons"])
     assert shifted["event_emitted"]
 
-    [event] = _drift_events(started, wait_s=20)
+    [event] = _drift_events(started, wait_s=60)
     assert event.resource["prefect.resource.id"] == f"fineflow.model.{config.registry.model_name}"
     assert event.resource["model.name"] == config.registry.model_name
     assert event.resource["model.version"] == champion["version"]
