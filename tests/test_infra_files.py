@@ -103,3 +103,10 @@ def test_compose_references_resolve():
                 assert (compose_dir / source).exists(), f"{name}: bind mount {source} is missing"
             else:
                 assert source in volumes, f"{name}: volume {source} is not declared"
+
+
+def test_compose_images_are_pinned_releases():
+    for name, service in _yaml("infra/compose.yaml")["services"].items():
+        if "image" in service:
+            image, _, tag = service["image"].rpartition(":")
+            assert image and tag and tag != "latest", f"{name}: {service['image']} is not pinned to a release"
