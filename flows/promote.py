@@ -18,7 +18,7 @@ from prefect.input import RunInput
 
 from fineflow.config import DEFAULT_CONFIG, load_config
 from fineflow.runtime import io_task
-from flows.evaluate import resolve_model_ref
+from flows.evaluate import SUBJECT_TAG, resolve_model_ref
 from tasks.eval_report import render_markdown
 from tasks.gates import decide, load_gates
 from tasks.promotion import CHAMPION, record_decision, version_by_alias
@@ -57,7 +57,8 @@ def promote(
             f"{name} version {version} has no recorded evaluation: run `fineflow evaluate` first"
         )
     challenger = client.get_run(tags["gates.eval_run"]).data.metrics
-    baseline = client.get_run(tags["gates.baseline_run"]).data.metrics
+    baseline_run = client.get_run(tags["gates.baseline_run"])
+    baseline = baseline_run.data.metrics
     decision = decide(
         gates, challenger, baseline, config.evaluation.judge_capable, tags.get("gates.baseline", "baseline")
     )
@@ -69,9 +70,14 @@ def promote(
         logger.warning("not promoted: blocking gates failed: %s", failed)
         _artifact(render_markdown(decision, f"{name} version {version}: not promoted"))
         return result | {"reason": f"blocking gates failed: {failed}"}
-    if version_by_alias(client, name, CHAMPION) == version:  # a rerun: nothing to move, nobody to ask
+    champion = version_by_alias(client, name, CHAMPION)
+    if champion == version:  # a rerun: nothing to move, nobody to ask
         logger.info("%s version %s is already the champion", name, version)
         return result | {"promoted": True, "already_champion": True, "reason": "already the champion"}
+    stale = _stale_baseline(champion, baseline_run.data.tags.get(SUBJECT_TAG, ""))
+    if stale:
+        logger.warning("not promoted: %s", stale)
+        return result | {"reason": stale}
     note = "gates passed"
     if gates.require_approval:
         from prefect.exceptions import FlowPauseTimeout
@@ -98,6 +104,19 @@ def promote(
         "previous_champion": move.previous,
         "reason": note,
     }
+
+
+def _stale_baseline(champion: str | None, evaluated_against: str) -> str | None:
+    """Why the recorded decision no longer applies, if the champion moved since the evaluation.
+
+    Two lifecycle runs, or a manual promotion, can overlap: a challenger compared with champion 1 must
+    not replace a champion 2 it was never compared with."""
+    if champion is None or evaluated_against == f"version:{champion}":
+        return None
+    return (
+        f"it was evaluated against {evaluated_against or 'an unknown baseline'}, but the champion is now "
+        f"version {champion}: evaluate it again (fineflow evaluate) before promoting"
+    )
 
 
 PROMOTED_EVENT = "fineflow.model.promoted"

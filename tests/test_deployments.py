@@ -79,6 +79,8 @@ def test_deployments_are_versioned_by_commit_and_cron_schedules_produce_runs(sta
         assert _deployment(stack, name)["version"] == stack.commit == _head()
     lifecycle = _deployment(stack, "lifecycle")
     assert [s["schedule"]["cron"] for s in lifecycle["schedules"]] == ["0 3 * * 1"]
+    assert lifecycle["global_concurrency_limit"]["limit"] == 1  # one lifecycle run at a time, others queue
+    assert lifecycle["concurrency_options"]["collision_strategy"] == "ENQUEUE"
     scheduled = _scheduled_runs(stack, lifecycle["id"])
     assert scheduled, "the scheduler made no runs for the weekly cron"
     assert all(run["parameters"] == {"reason": "weekly schedule"} for run in scheduled)

@@ -90,5 +90,12 @@ def test_evaluate_promote_block_compare_rollback(prefect_api, lifecycle_state):
     assert version_by_alias(client, name, CHAMPION) == second["version"]
     assert version_by_alias(client, name, PREVIOUS) == first["version"]
 
+    # The first version's recorded decision was taken against the base model; the champion has moved
+    # since (as when two lifecycle runs overlap), so that decision no longer promotes it.
+    stale = promote(model=f"{name}/{first['version']}", overrides=overrides)
+    assert not stale["promoted"]
+    assert f"the champion is now version {second['version']}" in stale["reason"]
+    assert version_by_alias(client, name, CHAMPION) == second["version"]
+
     back = rollback(overrides=overrides)
     assert back["champion"] == first["version"] and back["previous_champion"] == second["version"]
