@@ -8,6 +8,7 @@ offending field path with its reason, so a user fixes them all in one go.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 from pathlib import Path
@@ -286,6 +287,16 @@ class EvaluationConfig(Strict):
         return self.judge.capable
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a listen address keeps a server on this machine (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost may resolve anywhere
+        return False
+
+
 class StackConfig(Strict):
     """`fineflow up`: the local stack of servers on this machine (proposed YAML: stack)."""
 
@@ -296,6 +307,19 @@ class StackConfig(Strict):
         gt=0, description="how long a server may take to answer its health check"
     )
     stop_timeout_s: float = Field(gt=0, description="how long `fineflow down` waits before it kills")
+
+    @field_validator("host")
+    @classmethod
+    def _loopback_only(cls, value: str) -> str:
+        # The local stack's Prefect API has no authentication and its worker runs whatever is deployed:
+        # on a network address anyone who can reach it could run code here. Teams share infra/compose.yaml.
+        if not is_loopback(value):
+            raise ValueError(
+                f"{value!r} is not a loopback address: the local stack serves an unauthenticated Prefect "
+                "API whose worker runs deployed code, so it stays on 127.0.0.1; share servers with the team "
+                "stack (infra/compose.yaml) instead"
+            )
+        return value
 
 
 class TrafficConfig(Strict):

@@ -15,7 +15,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -52,6 +54,7 @@ class Stack:
     deployments: list[str]
     commit: str
     processes: list[Process]
+    complete: bool = True  # False while `up` is still starting it
 
     @property
     def api_url(self) -> str:
@@ -63,13 +66,19 @@ def state_file(data_dir: Path) -> Path:
 
 
 def running_stack(data_dir: Path) -> Stack | None:
-    """The stack recorded for this data directory, if every process of it is still alive."""
+    """The stack recorded for this data directory, if it finished starting and every process lives."""
+    stack = _recorded_stack(data_dir)
+    if stack and stack.complete and all(_alive(p) for p in stack.processes):
+        return stack
+    return None
+
+
+def _recorded_stack(data_dir: Path) -> Stack | None:
     path = state_file(data_dir)
     if not path.exists():
         return None
     raw = json.loads(path.read_text())
-    stack = Stack(**{**raw, "processes": [Process(**p) for p in raw["processes"]]})
-    return stack if all(_alive(p) for p in stack.processes) else None
+    return Stack(**{**raw, "processes": [Process(**p) for p in raw["processes"]]})
 
 
 def up(config: FineflowConfig, repo_root: Path, log=print) -> Stack:
@@ -77,51 +86,92 @@ def up(config: FineflowConfig, repo_root: Path, log=print) -> Stack:
         raise StackError(
             f"already up: Prefect {stack.prefect_url}, MLflow {stack.mlflow_url} (fineflow down)"
         )
-    if state_file(config.data_dir).exists():
+    recorded = _recorded_stack(config.data_dir)
+    if recorded and not recorded.complete and any(_alive(p) for p in recorded.processes):
+        raise StackError(
+            "another `fineflow up` is starting, or one was killed while starting: wait for it, or run "
+            "`fineflow down` to stop what it started"
+        )
+    if recorded:
         down(config, log)  # a stack some of whose processes died: clear what is left first
     cfg = config.stack
+    # Everything that can be checked is checked before a server starts: a bad checkout leaves nothing.
+    pool, names = work_pool_name(repo_root), deployment_names(repo_root)
+    commit = _git_head(repo_root, log)
     for port in (cfg.prefect_port, cfg.mlflow_port):
         _check_port_free(cfg.host, port)
     logs = config.data_dir / "stack"
     logs.mkdir(parents=True, exist_ok=True)
-    prefect_url = f"http://{cfg.host}:{cfg.prefect_port}"
-    mlflow_url = f"http://{cfg.host}:{cfg.mlflow_port}"
+    address = f"[{cfg.host}]" if ":" in cfg.host else cfg.host  # an IPv6 loopback (::1) in a URL
+    prefect_url = f"http://{address}:{cfg.prefect_port}"
+    mlflow_url = f"http://{address}:{cfg.mlflow_port}"
     env = stack_env(config, prefect_url, mlflow_url)
     bin_dir = Path(sys.executable).parent
     started: list[Process] = []
-    try:
-        log(f"starting the Prefect server on {prefect_url}")
-        server = [
-            str(bin_dir / "prefect"),
-            "server",
-            "start",
-            "--host",
-            cfg.host,
-            "--port",
-            str(cfg.prefect_port),
-        ]
-        started.append(_start("prefect-server", server, env, logs))
-        _wait_healthy(started[-1], f"{prefect_url}/api/health", cfg.startup_timeout_s)
-        log(f"starting the MLflow server on {mlflow_url}")
-        started.append(_start("mlflow-server", _mlflow_command(config, bin_dir), env, logs))
-        _wait_healthy(started[-1], f"{mlflow_url}/health", cfg.startup_timeout_s)
 
-        pool = work_pool_name(repo_root)
-        _prefect_cli(
-            bin_dir, ["work-pool", "create", pool, "--type", "process", "--overwrite"], env, repo_root
-        )
-        commit = _git_head(repo_root, log)
-        log(f"deploying {PREFECT_YAML} at commit {commit[:12]} to work pool {pool}")
-        deploy_env = {**env, GIT_REPOSITORY_ENV: str(repo_root)}
-        _prefect_cli(bin_dir, DEPLOY_ARGS, deploy_env, repo_root)
-        worker = [str(bin_dir / "prefect"), "worker", "start", "--pool", pool, "--type", "process"]
-        started.append(_start("worker", worker, env, logs))
+    def record(complete: bool) -> Stack:
+        # Written after every start, so `down` finds whatever a start cut short (even by SIGKILL).
+        stack = Stack(prefect_url, mlflow_url, pool, names, commit, list(started), complete)
+        path = state_file(config.data_dir)
+        partial = path.with_suffix(".json.partial")  # readers never see half a file
+        partial.write_text(json.dumps(asdict(stack), indent=2))
+        partial.replace(path)
+        return stack
+
+    try:
+        with _signals_interrupt():
+            log(f"starting the Prefect server on {prefect_url}")
+            server = [
+                str(bin_dir / "prefect"),
+                "server",
+                "start",
+                "--host",
+                cfg.host,
+                "--port",
+                str(cfg.prefect_port),
+            ]
+            started.append(_start("prefect-server", server, env, logs))
+            record(complete=False)
+            _wait_healthy(started[-1], f"{prefect_url}/api/health", cfg.startup_timeout_s)
+            log(f"starting the MLflow server on {mlflow_url}")
+            started.append(_start("mlflow-server", _mlflow_command(config, bin_dir), env, logs))
+            record(complete=False)
+            _wait_healthy(started[-1], f"{mlflow_url}/health", cfg.startup_timeout_s)
+
+            _prefect_cli(
+                bin_dir, ["work-pool", "create", pool, "--type", "process", "--overwrite"], env, repo_root
+            )
+            log(f"deploying {PREFECT_YAML} at commit {commit[:12]} to work pool {pool}")
+            deploy_env = {**env, GIT_REPOSITORY_ENV: str(repo_root)}
+            _prefect_cli(bin_dir, DEPLOY_ARGS, deploy_env, repo_root)
+            worker = [str(bin_dir / "prefect"), "worker", "start", "--pool", pool, "--type", "process"]
+            started.append(_start("worker", worker, env, logs))
+            return record(complete=True)
     except BaseException:
         _stop(started, cfg.stop_timeout_s, log)
+        state_file(config.data_dir).unlink(missing_ok=True)
         raise
-    stack = Stack(prefect_url, mlflow_url, pool, deployment_names(repo_root), commit, started)
-    state_file(config.data_dir).write_text(json.dumps(asdict(stack), indent=2))
-    return stack
+
+
+class _Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (a closed terminal) during `up`: handled like Ctrl-C, so what started stops."""
+
+
+@contextmanager
+def _signals_interrupt():
+    if threading.current_thread() is not threading.main_thread():  # handlers only exist there
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise _Interrupted(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def down(config: FineflowConfig, log=print) -> list[str]:
@@ -162,7 +212,10 @@ def deployment_names(repo_root: Path) -> list[str]:
 
 
 def _deployments(repo_root: Path) -> list[dict]:
-    return yaml.safe_load((repo_root / PREFECT_YAML).read_text())["deployments"]
+    path = repo_root / PREFECT_YAML
+    if not path.is_file():
+        raise StackError(f"no {PREFECT_YAML} in {repo_root}: run `fineflow up` from a fineflow checkout")
+    return yaml.safe_load(path.read_text())["deployments"]
 
 
 def _mlflow_command(config: FineflowConfig, bin_dir: Path) -> list[str]:
