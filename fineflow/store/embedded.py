@@ -59,10 +59,17 @@ def _atomic_write(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())  # durable before it is visible: a commit survives a power loss
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself, so callers (the traffic spool) may forget what they wrote
+    finally:
+        os.close(directory)
 
 
 def _check_name(kind: str, name: str, pattern: re.Pattern[str]) -> None:
