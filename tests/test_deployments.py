@@ -86,6 +86,8 @@ def test_deployments_are_versioned_by_commit_and_cron_schedules_produce_runs(sta
     assert all(run["parameters"] == {"reason": "weekly schedule"} for run in scheduled)
     assert all(run["expected_start_time"].endswith("T03:00:00Z") for run in scheduled)
     drift = _deployment(stack, "drift")
+    assert drift["global_concurrency_limit"]["limit"] == 1
+    assert drift["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
     daily = _scheduled_runs(stack, drift["id"])
     assert daily and all(run["expected_start_time"].endswith("T04:00:00Z") for run in daily)
 
