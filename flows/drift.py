@@ -87,7 +87,8 @@ def drift(
     )
     report.notes.append(
         f"Traffic: {len(window.records)} records since {window.since:%Y-%m-%d %H:%M} UTC at commit "
-        f"{window.commit} of branch {config.serve.traffic.branch}; "
+        f"{window.commit} of branch {config.serve.traffic.branch} ({window.unreadable} unreadable lines "
+        "skipped); "
         f"training prompts: dataset commit {tags['dataset_commit']}."
     )
     promotion_scores: dict[str, float] = {}
@@ -130,6 +131,7 @@ def drift(
         "notes": report.notes,
         "traffic_commit": window.commit,
         "traffic_records": len(window.records),
+        "traffic_unreadable": window.unreadable,
         "mlflow_run_id": run_id,
         "report_uri": report_uri,
         "event_emitted": event_id is not None,

@@ -217,10 +217,54 @@ def test_too_few_records_in_the_window_give_no_verdict_and_no_event(prefect_api,
     old = now - timedelta(hours=config.drift.window_hours + 1)
     write_captured(config, synthetic.shifted_conversations(60, seed=5), old)
     write_captured(config, synthetic.shifted_conversations(5, seed=6), now)
+    path = traffic.captured_path(config.serve.traffic.prefix, now)
+    _commit_traffic_file(config, path, b"\xff not UTF-8\n")  # counted, not fatal
     result = drift(overrides=overrides)
     assert result["verdict"] == "not enough traffic" and result["statistics"] == []
     assert result["traffic_records"] == 5 and not result["event_emitted"]
+    assert result["traffic_unreadable"] == 1 and "1 unreadable lines skipped" in result["notes"][0]
     assert "fewer than drift.min_traffic" in result["reasons"][0]
+
+
+def _commit_traffic_file(config, path: str, data: bytes) -> None:
+    store = open_store(config)
+    traffic.ensure_traffic_branch(store, config)
+    store.write(config.store.repo, config.serve.traffic.branch, path, data)
+    traffic.commit_captured(store, config, 1)
+
+
+def test_the_window_skips_date_directories_before_its_start(publish_splits):
+    """Files are never named earlier than their records: a file in an older date directory is not read,
+    here even though (against the contract) it holds records of the window."""
+    from tasks.traffic_window import read_traffic_window
+
+    publish_splits({"train": []})
+    config = load_config()
+    store, now = open_store(config), datetime.now(UTC)
+    write_captured(config, synthetic.support_conversations(5, seed=2), now)
+    [recent] = store.list(config.store.repo, config.serve.traffic.branch, config.serve.traffic.prefix)
+    data = store.read(config.store.repo, config.serve.traffic.branch, recent)
+    old = now - timedelta(hours=config.drift.window_hours + 48)
+    _commit_traffic_file(config, traffic.captured_path(config.serve.traffic.prefix, old), data)
+    window = read_traffic_window(store, config, now)
+    assert window.files == [recent]
+    assert window.read == 5 and len(window.records) == 5
+
+
+def test_unreadable_lines_are_counted_not_fatal(publish_splits):
+    from tasks.traffic_window import read_traffic_window
+
+    publish_splits({"train": []})
+    config = load_config()
+    store, now = open_store(config), datetime.now(UTC)
+    write_captured(config, synthetic.support_conversations(2, seed=2), now)
+    [path] = store.list(config.store.repo, config.serve.traffic.branch, config.serve.traffic.prefix)
+    good = store.read(config.store.repo, config.serve.traffic.branch, path)
+    bad = b"\xff\xfe not UTF-8\n" + b"not json\n" + b'{"timestamp": "2026-01-01T00:00:00Z"}\n'
+    _commit_traffic_file(config, traffic.captured_path(config.serve.traffic.prefix, now), bad + good)
+    window = read_traffic_window(store, config, now)
+    assert window.unreadable == 3
+    assert window.read == 7 and len(window.records) == 4
 
 
 def test_no_champion_and_no_traffic_branch_are_clear_errors(prefect_api, publish_splits):
