@@ -34,7 +34,7 @@ from tasks.drift_report import (
     render_html,
     render_markdown,
 )
-from tasks.drift_stats import Statistic, input_drift
+from tasks.drift_stats import MIN_POINTS, Statistic, input_drift
 from tasks.promotion import CHAMPION
 from tasks.records import step_logger
 from tasks.registry import ensure_experiment, tracking_uri
@@ -97,8 +97,14 @@ def drift(
             f"{len(window.records)} traffic records in the window, fewer than drift.min_traffic="
             f"{config.drift.min_traffic}: no verdict"
         )
+    elif len(training := training_prompts(store, config, tags["dataset_commit"])) < MIN_POINTS:
+        # A train split this small (or empty) leaves nothing to compare traffic with: no verdict, as with
+        # too little traffic, rather than a statistics error.
+        report.reasons.append(
+            f"{len(training)} training prompts at dataset commit {tags['dataset_commit']}, fewer than "
+            f"{MIN_POINTS}: not enough training prompts, no verdict"
+        )
     else:
-        training = training_prompts(store, config, tags["dataset_commit"])
         measured = measure_input(window.prompts, training, tags["base_model"], rules, config)
         report.statistics += measured.statistics
         report.traffic_nearest, report.heldout_nearest = measured.traffic_nearest, measured.heldout_nearest
