@@ -292,6 +292,19 @@ def test_too_few_training_prompts_give_no_verdict_instead_of_an_error(
     assert "not enough training prompts" in result["reasons"][0] and not result["event_emitted"]
 
 
+def test_a_champion_without_lineage_tags_is_a_clear_error(
+    prefect_api, publish_splits, tiny_model_dir, tmp_path
+):
+    from flows.drift import LineageError, drift
+
+    commit = publish_splits({"train": []})
+    champion = register_champion(tmp_path, tiny_model_dir, {"dataset_commit": commit})
+    with pytest.raises(LineageError) as error:
+        drift.fn(overrides=champion["overrides"])
+    name = champion["config"].registry.model_name
+    assert f"model version {name}/{champion['version']} has no base_model tag" in str(error.value)
+
+
 def test_no_champion_and_no_traffic_branch_are_clear_errors(prefect_api, publish_splits):
     from flows.drift import drift
     from flows.evaluate import ModelRefError
