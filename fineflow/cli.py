@@ -406,7 +406,7 @@ def drift_command(
 
     Drift is a finding, not an error: the exit code is 0 either way (2 when there is nothing to check)."""
     _load(config, set_)
-    from flows.drift import drift, report_path
+    from flows.drift import LineageError, drift, report_path
     from flows.evaluate import ModelRefError
     from tasks.drift_report import VERDICT_COLOURS, format_number, result_label
     from tasks.drift_stats import Statistic
@@ -417,7 +417,7 @@ def drift_command(
     except ModelRefError as exc:
         console.print(f"[red]{exc}[/red]: promote a model to champion first, or name one with --model")
         raise typer.Exit(2) from None
-    except TrafficError as exc:
+    except (TrafficError, LineageError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
     colour = VERDICT_COLOURS[result["verdict"]]

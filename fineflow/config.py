@@ -426,6 +426,16 @@ class DriftConfig(Strict):
     histogram_bins: int = Field(ge=2, description="bins of the report's histograms")
     history_runs: int = Field(ge=1, description="previous drift runs plotted in the report's history")
 
+    @model_validator(mode="after")
+    def _min_traffic_within_max(self) -> DriftConfig:
+        # Only the newest max_traffic records are compared: a larger min_traffic could never be met.
+        if self.min_traffic > self.max_traffic:
+            raise ValueError(
+                f"min_traffic ({self.min_traffic}) exceeds max_traffic ({self.max_traffic}): "
+                "the window could never hold enough records for a verdict"
+            )
+        return self
+
 
 class FineflowConfig(Strict):
     project: ProjectConfig

@@ -34,7 +34,7 @@ from tasks.drift_report import (
     render_html,
     render_markdown,
 )
-from tasks.drift_stats import Statistic, input_drift
+from tasks.drift_stats import MIN_POINTS, Statistic, input_drift
 from tasks.promotion import CHAMPION
 from tasks.records import step_logger
 from tasks.registry import ensure_experiment, tracking_uri
@@ -49,6 +49,24 @@ MODEL_NAME_TAG, MODEL_VERSION_TAG, TRAFFIC_TAG, VERDICT_TAG = (
     "traffic.commit",
     "drift.verdict",
 )
+# The lineage fine-tune records on every version: the training prompts are read at its dataset commit, prompt
+# lengths are counted in its base model's tokens.
+LINEAGE_TAGS = ("dataset_commit", "base_model")
+
+
+class LineageError(ValueError):
+    """A model version without the lineage tags drift reads (registered by hand rather than by fine-tune)."""
+
+
+def lineage_tags(name: str, version: str, tags: dict[str, str]) -> dict[str, str]:
+    """The version's tags, checked to carry every lineage tag."""
+    missing = [tag for tag in LINEAGE_TAGS if tag not in tags]
+    if missing:
+        raise LineageError(
+            f"model version {name}/{version} has no {' or '.join(missing)} tag: drift reads the lineage tags "
+            f"fine-tune sets on the versions it registers ({', '.join(LINEAGE_TAGS)}); set it on the version"
+        )
+    return tags
 
 
 @flow(name="drift", log_prints=True)
@@ -57,14 +75,14 @@ def drift(
 ) -> dict:
     """Check the champion (or `model`, name@alias or name/version) for input and quality drift.
 
-    Raises ModelRefError when there is no such version (no champion yet) and TrafficError when there is no
-    traffic branch to read.
+    Raises ModelRefError when there is no such version (no champion yet), LineageError when the version
+    lacks a lineage tag and TrafficError when there is no traffic branch to read.
     """
     config = load_config(config_path, overrides)
     rules = load_rules(config.data_prep.safety.rules_file)  # inputs checked before any model is loaded
     client = MlflowClient(tracking_uri(config))
     name, version = resolve_model_ref(client, model or f"{config.registry.model_name}@{CHAMPION}")
-    tags = client.get_model_version(name, version).tags
+    tags = lineage_tags(name, version, client.get_model_version(name, version).tags)
     store = open_store(config)
     now = datetime.now(UTC)
     window = read_traffic_window(store, config, now)
@@ -87,7 +105,8 @@ def drift(
     )
     report.notes.append(
         f"Traffic: {len(window.records)} records since {window.since:%Y-%m-%d %H:%M} UTC at commit "
-        f"{window.commit} of branch {config.serve.traffic.branch}; "
+        f"{window.commit} of branch {config.serve.traffic.branch} ({window.unreadable} unreadable lines "
+        "skipped); "
         f"training prompts: dataset commit {tags['dataset_commit']}."
     )
     promotion_scores: dict[str, float] = {}
@@ -96,8 +115,14 @@ def drift(
             f"{len(window.records)} traffic records in the window, fewer than drift.min_traffic="
             f"{config.drift.min_traffic}: no verdict"
         )
+    elif len(training := training_prompts(store, config, tags["dataset_commit"])) < MIN_POINTS:
+        # A train split this small (or empty) leaves nothing to compare traffic with: no verdict, as with
+        # too little traffic, rather than a statistics error.
+        report.reasons.append(
+            f"{len(training)} training prompts at dataset commit {tags['dataset_commit']}, fewer than "
+            f"{MIN_POINTS}: not enough training prompts, no verdict"
+        )
     else:
-        training = training_prompts(store, config, tags["dataset_commit"])
         measured = measure_input(window.prompts, training, tags["base_model"], rules, config)
         report.statistics += measured.statistics
         report.traffic_nearest, report.heldout_nearest = measured.traffic_nearest, measured.heldout_nearest
@@ -130,6 +155,7 @@ def drift(
         "notes": report.notes,
         "traffic_commit": window.commit,
         "traffic_records": len(window.records),
+        "traffic_unreadable": window.unreadable,
         "mlflow_run_id": run_id,
         "report_uri": report_uri,
         "event_emitted": event_id is not None,

@@ -32,6 +32,7 @@ PACKAGED_EMBEDDER = "all-minilm-l6-v2"  # shipped by the PyPI package gt-all-min
 INJECTION_CATEGORIES = ("prompt_injection", "jailbreak")
 HARMFUL_CATEGORIES = ("harmful",)
 _WORD = re.compile(r"[^\W_]+")
+MIN_POINTS = 2  # per side: the unbiased MMD² divides by n(n-1), and the reference/held-out split needs both
 
 
 @dataclass(frozen=True)
@@ -102,8 +103,8 @@ def mmd_permutation_test(
     the pooled sample, all computed at once as matrix products.
     """
     n, m = len(x), len(y)
-    if n < 2 or m < 2:
-        raise ValueError("MMD needs at least two points on each side")
+    if n < MIN_POINTS or m < MIN_POINTS:
+        raise ValueError(f"MMD needs at least {MIN_POINTS} points on each side")
     z = np.vstack([x, y])
     squared = _squared_distances(z)
     off_diagonal = squared[~np.eye(n + m, dtype=bool)]
@@ -184,9 +185,15 @@ class InputDrift:
 
 
 def split_reference(prompts: list[str], heldout_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Indices of (reference, held-out) training prompts, a seeded split."""
+    """Indices of (reference, held-out) training prompts, a seeded split. Each side keeps at least one
+    prompt whatever the fraction: nearest neighbours and the vocabulary need a reference, the OOV baseline a
+    held-out prompt."""
+    if len(prompts) < MIN_POINTS:
+        raise ValueError(
+            f"a reference/held-out split needs at least {MIN_POINTS} prompts, got {len(prompts)}"
+        )
     order = np.random.default_rng(seed).permutation(len(prompts))
-    cut = max(1, int(round(len(prompts) * heldout_fraction)))
+    cut = min(max(1, int(round(len(prompts) * heldout_fraction))), len(prompts) - 1)
     return sorted(order[cut:].tolist()), sorted(order[:cut].tolist())
 
 

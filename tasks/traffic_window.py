@@ -1,10 +1,13 @@
 """The prompts drift is measured on: recent captured traffic, and the champion's training prompts.
 
-Traffic: every `<prefix>/captured/**.jsonl` on the traffic branch, read at one commit (pinned, so the check
-names exactly what it read), one record per line as serving writes it:
+Traffic: the `<prefix>/captured/<date>/*.jsonl` files on the traffic branch, read at one commit (pinned, so
+the check names exactly what it read), one record per line as serving writes it:
     {"id", "timestamp": "2026-11-21T10:00:00.123456Z", "model", "messages": [...], "response", ...}
+A file is never named (UTC date) earlier than the records it holds, so date directories before the window's
+start are not read: the cost of a check follows the window, not the whole captured history.
 A record's prompt is its last user turn: earlier turns of a conversation were already captured with the
 requests that asked them. Records older than the window are left out; of the rest the newest are kept.
+A line that is not UTF-8 JSON with a timestamp and a user turn is counted as unreadable and skipped.
 
 Reference: the user turns of the champion's training split (`<output_prefix>/train.jsonl` at the model
 version's `dataset_commit`, chat format), a seeded sample of them.
@@ -15,7 +18,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from fineflow.config import FineflowConfig
 from fineflow.store import DatasetStore
@@ -30,8 +33,8 @@ class TrafficError(RuntimeError):
 class TrafficWindow:
     commit: str  # the traffic branch commit every record was read from
     records: list[dict]  # in the window, newest last, at most drift.max_traffic
-    read: int  # records found under captured/ at that commit
-    unreadable: int  # lines that were not a record with a timestamp and a user turn
+    read: int  # records found in the files read (date directories from the window's start on)
+    unreadable: int  # lines that were not UTF-8 JSON records with a timestamp and a user turn
     since: datetime
     files: list[str] = field(default_factory=list)
 
@@ -58,11 +61,18 @@ def read_traffic_window(store: DatasetStore, config: FineflowConfig, now: dateti
             "`python sample_data/synthetic_traffic.py`)"
         )
     commit = store.resolve(repo, traffic.branch)
-    files = [p for p in store.list(repo, commit, f"{traffic.prefix}/{CAPTURED_DIR}/") if p.endswith(".jsonl")]
+    root = f"{traffic.prefix}/{CAPTURED_DIR}/"
     since = now - timedelta(hours=drift.window_hours)
+    first_day = since.astimezone(UTC).date()
+    files = [
+        path
+        for path in store.list(repo, commit, root)
+        if path.endswith(".jsonl") and not _before_window(path, root, first_day)
+    ]
     records, read, unreadable = [], 0, 0
     for path in files:
-        for line in store.read(repo, commit, path).decode().splitlines():
+        # Bytes split into lines and decoded one by one: a stray non-UTF-8 byte costs one line, not the check.
+        for line in store.read(repo, commit, path).splitlines():
             if not line.strip():
                 continue
             read += 1
@@ -75,9 +85,19 @@ def read_traffic_window(store: DatasetStore, config: FineflowConfig, now: dateti
     return TrafficWindow(commit, records[-drift.max_traffic :], read, unreadable, since, files)
 
 
-def _record(line: str) -> dict | None:
+def _before_window(path: str, root: str, first_day: date) -> bool:
+    """Whether `path` is `<root><date>/<file>` with a date before `first_day`. A path outside that layout
+    may hold records of any time, so it is never skipped."""
+    directory, slash, _ = path.removeprefix(root).partition("/")
     try:
-        record = json.loads(line)
+        return bool(slash) and date.fromisoformat(directory) < first_day
+    except ValueError:
+        return False
+
+
+def _record(line: bytes) -> dict | None:
+    try:
+        record = json.loads(line.decode("utf-8"))
         record["_at"] = parse_timestamp(record["timestamp"])
         last_user_turn(record["messages"])
     except (ValueError, KeyError, TypeError, StopIteration, AttributeError):

@@ -34,3 +34,9 @@ def test_overrides_on_a_config_object_are_validated():
         apply_overrides(config, {"evaluation.max_eval_rows": 0})
     with pytest.raises(ConfigError, match="no_such_key"):
         apply_overrides(config, {"evaluation.no_such_key": 1})
+
+
+def test_drift_min_traffic_above_max_traffic_is_refused():
+    with pytest.raises(ConfigError, match=r"min_traffic \(61\) exceeds max_traffic \(60\)"):
+        load_config(overrides={"drift.min_traffic": 61, "drift.max_traffic": 60})
+    assert load_config(overrides={"drift.min_traffic": 60, "drift.max_traffic": 60}).drift.min_traffic == 60

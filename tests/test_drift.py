@@ -22,7 +22,7 @@ from fineflow import traffic
 from fineflow.config import load_config
 from fineflow.store import open_store
 from tasks.drift_quality import compare_quality
-from tasks.drift_stats import mmd_permutation_test
+from tasks.drift_stats import mmd_permutation_test, split_reference
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -54,6 +54,15 @@ def test_mmd_permutation_test_same_vs_shifted_gaussians():
     assert p_same > 0.05
     assert p_shift < 0.01 and mmd_shift > mmd_same
     assert p_shift == pytest.approx(1 / 301)  # no permutation reaches the observed statistic
+
+
+def test_the_reference_split_keeps_a_prompt_on_each_side_whatever_the_fraction():
+    for count in range(2, 12):
+        for fraction in (0.01, 0.3, 0.99):
+            reference, heldout = split_reference([f"p{i}" for i in range(count)], fraction, seed=0)
+            assert reference and heldout and sorted(reference + heldout) == list(range(count))
+    with pytest.raises(ValueError, match="at least 2 prompts"):
+        split_reference(["only one"], 0.3, seed=0)
 
 
 def test_quality_comparison_flags_a_drop_beyond_tolerance_only():
@@ -108,6 +117,13 @@ def champion(publish_splits, tiny_model_dir, tmp_path):
     """A train split of support conversations and a registered champion version trained (per its tags) on
     it. The version's model files are not needed: the quality check is off in these tests."""
     commit = publish_splits({"train": _chat_rows(synthetic.support_conversations(300, seed=1))})
+    return register_champion(
+        tmp_path, tiny_model_dir, {"dataset_commit": commit, "base_model": str(tiny_model_dir)}
+    )
+
+
+def register_champion(tmp_path, tiny_model_dir, lineage: dict[str, str]) -> dict:
+    """A registered version with the given lineage tags, aliased champion, and the flow tests' overrides."""
     overrides = {
         "base_model.name": str(tiny_model_dir),
         "drift.quality.enabled": False,
@@ -126,12 +142,7 @@ def champion(publish_splits, tiny_model_dir, tmp_path):
     version = client.create_model_version(
         name,
         source=str(source),
-        tags={
-            "dataset_commit": commit,
-            "base_model": str(tiny_model_dir),
-            "code_commit": "test",
-            "config_hash": "t",
-        },
+        tags={**lineage, "code_commit": "test", "config_hash": "t"},
     )
     client.set_registered_model_alias(name, "champion", version.version)
     return {"config": config, "overrides": overrides, "client": client, "version": str(version.version)}
@@ -217,10 +228,81 @@ def test_too_few_records_in_the_window_give_no_verdict_and_no_event(prefect_api,
     old = now - timedelta(hours=config.drift.window_hours + 1)
     write_captured(config, synthetic.shifted_conversations(60, seed=5), old)
     write_captured(config, synthetic.shifted_conversations(5, seed=6), now)
+    path = traffic.captured_path(config.serve.traffic.prefix, now)
+    _commit_traffic_file(config, path, b"\xff not UTF-8\n")  # counted, not fatal
     result = drift(overrides=overrides)
     assert result["verdict"] == "not enough traffic" and result["statistics"] == []
     assert result["traffic_records"] == 5 and not result["event_emitted"]
+    assert result["traffic_unreadable"] == 1 and "1 unreadable lines skipped" in result["notes"][0]
     assert "fewer than drift.min_traffic" in result["reasons"][0]
+
+
+def _commit_traffic_file(config, path: str, data: bytes) -> None:
+    store = open_store(config)
+    traffic.ensure_traffic_branch(store, config)
+    store.write(config.store.repo, config.serve.traffic.branch, path, data)
+    traffic.commit_captured(store, config, 1)
+
+
+def test_the_window_skips_date_directories_before_its_start(publish_splits):
+    """Files are never named earlier than their records: a file in an older date directory is not read,
+    here even though (against the contract) it holds records of the window."""
+    from tasks.traffic_window import read_traffic_window
+
+    publish_splits({"train": []})
+    config = load_config()
+    store, now = open_store(config), datetime.now(UTC)
+    write_captured(config, synthetic.support_conversations(5, seed=2), now)
+    [recent] = store.list(config.store.repo, config.serve.traffic.branch, config.serve.traffic.prefix)
+    data = store.read(config.store.repo, config.serve.traffic.branch, recent)
+    old = now - timedelta(hours=config.drift.window_hours + 48)
+    _commit_traffic_file(config, traffic.captured_path(config.serve.traffic.prefix, old), data)
+    window = read_traffic_window(store, config, now)
+    assert window.files == [recent]
+    assert window.read == 5 and len(window.records) == 5
+
+
+def test_unreadable_lines_are_counted_not_fatal(publish_splits):
+    from tasks.traffic_window import read_traffic_window
+
+    publish_splits({"train": []})
+    config = load_config()
+    store, now = open_store(config), datetime.now(UTC)
+    write_captured(config, synthetic.support_conversations(2, seed=2), now)
+    [path] = store.list(config.store.repo, config.serve.traffic.branch, config.serve.traffic.prefix)
+    good = store.read(config.store.repo, config.serve.traffic.branch, path)
+    bad = b"\xff\xfe not UTF-8\n" + b"not json\n" + b'{"timestamp": "2026-01-01T00:00:00Z"}\n'
+    _commit_traffic_file(config, traffic.captured_path(config.serve.traffic.prefix, now), bad + good)
+    window = read_traffic_window(store, config, now)
+    assert window.unreadable == 3
+    assert window.read == 7 and len(window.records) == 4
+
+
+def test_too_few_training_prompts_give_no_verdict_instead_of_an_error(
+    prefect_api, publish_splits, tiny_model_dir, tmp_path
+):
+    from flows.drift import drift
+
+    commit = publish_splits({"train": _chat_rows(synthetic.support_conversations(1, seed=1))})
+    lineage = {"dataset_commit": commit, "base_model": str(tiny_model_dir)}
+    champion = register_champion(tmp_path, tiny_model_dir, lineage)
+    write_captured(champion["config"], synthetic.support_conversations(30, seed=2), datetime.now(UTC))
+    result = drift(overrides=champion["overrides"])
+    assert result["verdict"] == "not enough traffic" and result["statistics"] == []
+    assert "not enough training prompts" in result["reasons"][0] and not result["event_emitted"]
+
+
+def test_a_champion_without_lineage_tags_is_a_clear_error(
+    prefect_api, publish_splits, tiny_model_dir, tmp_path
+):
+    from flows.drift import LineageError, drift
+
+    commit = publish_splits({"train": []})
+    champion = register_champion(tmp_path, tiny_model_dir, {"dataset_commit": commit})
+    with pytest.raises(LineageError) as error:
+        drift.fn(overrides=champion["overrides"])
+    name = champion["config"].registry.model_name
+    assert f"model version {name}/{champion['version']} has no base_model tag" in str(error.value)
 
 
 def test_no_champion_and_no_traffic_branch_are_clear_errors(prefect_api, publish_splits):
