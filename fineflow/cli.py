@@ -185,10 +185,11 @@ def evaluate_command(
     """Measure the challenger and its baseline (champion, else the base model) and decide the gates."""
     _load(config, set_)
     from flows.evaluate import ModelRefError, evaluate
+    from tasks.registry import LineageError
 
     try:
         result = evaluate(model=model, config_path=str(config), overrides=_overrides(set_))
-    except ModelRefError as exc:
+    except (ModelRefError, LineageError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
     _print_gates(
@@ -406,10 +407,11 @@ def drift_command(
 
     Drift is a finding, not an error: the exit code is 0 either way (2 when there is nothing to check)."""
     _load(config, set_)
-    from flows.drift import LineageError, drift, report_path
+    from flows.drift import drift, report_path
     from flows.evaluate import ModelRefError
     from tasks.drift_report import VERDICT_COLOURS, format_number, result_label
     from tasks.drift_stats import Statistic
+    from tasks.registry import LineageError
     from tasks.traffic_window import TrafficError
 
     try:

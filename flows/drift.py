@@ -37,7 +37,7 @@ from tasks.drift_report import (
 from tasks.drift_stats import MIN_POINTS, Statistic, input_drift
 from tasks.promotion import CHAMPION
 from tasks.records import step_logger
-from tasks.registry import ensure_experiment, tracking_uri
+from tasks.registry import ensure_experiment, lineage_tags, tracking_uri
 from tasks.safety import load_rules
 from tasks.traffic_window import read_traffic_window, training_prompts
 
@@ -49,24 +49,6 @@ MODEL_NAME_TAG, MODEL_VERSION_TAG, TRAFFIC_TAG, VERDICT_TAG = (
     "traffic.commit",
     "drift.verdict",
 )
-# The lineage fine-tune records on every version: the training prompts are read at its dataset commit, prompt
-# lengths are counted in its base model's tokens.
-LINEAGE_TAGS = ("dataset_commit", "base_model")
-
-
-class LineageError(ValueError):
-    """A model version without the lineage tags drift reads (registered by hand rather than by fine-tune)."""
-
-
-def lineage_tags(name: str, version: str, tags: dict[str, str]) -> dict[str, str]:
-    """The version's tags, checked to carry every lineage tag."""
-    missing = [tag for tag in LINEAGE_TAGS if tag not in tags]
-    if missing:
-        raise LineageError(
-            f"model version {name}/{version} has no {' or '.join(missing)} tag: drift reads the lineage tags "
-            f"fine-tune sets on the versions it registers ({', '.join(LINEAGE_TAGS)}); set it on the version"
-        )
-    return tags
 
 
 @flow(name="drift", log_prints=True)

@@ -29,7 +29,7 @@ from tasks.injection import load_payloads
 from tasks.measure import EvalSets, Subject, measure, read_golden
 from tasks.promotion import CHAMPION, record_decision, version_by_alias
 from tasks.records import step_logger
-from tasks.registry import ensure_experiment, tracking_uri, use_tracking_uri
+from tasks.registry import ensure_experiment, lineage_tags, tracking_uri, use_tracking_uri
 
 SUBJECT_TAG, KEY_TAG = "eval.subject", "eval.key"
 REPORT_ARTIFACT_KEY = "evaluation-report"
@@ -75,7 +75,7 @@ def evaluate(
     name, version = resolve_model_ref(
         client, model or f"{config.registry.model_name}@{config.registry.challenger_alias}"
     )
-    tags = client.get_model_version(name, version).tags
+    tags = lineage_tags(name, version, client.get_model_version(name, version).tags)
     sets = _eval_sets(config, tags["dataset_commit"])
     key = evaluation_key(config, tags["dataset_commit"])
 
@@ -84,7 +84,7 @@ def evaluate(
     )
     champion = version_by_alias(client, name, CHAMPION)
     if champion and champion != version:
-        champion_tags = client.get_model_version(name, champion).tags
+        champion_tags = lineage_tags(name, champion, client.get_model_version(name, champion).tags)
         baseline = Subject(
             f"champion version {champion}",
             f"version:{champion}",

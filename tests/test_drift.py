@@ -295,7 +295,8 @@ def test_too_few_training_prompts_give_no_verdict_instead_of_an_error(
 def test_a_champion_without_lineage_tags_is_a_clear_error(
     prefect_api, publish_splits, tiny_model_dir, tmp_path
 ):
-    from flows.drift import LineageError, drift
+    from flows.drift import drift
+    from tasks.registry import LineageError
 
     commit = publish_splits({"train": []})
     champion = register_champion(tmp_path, tiny_model_dir, {"dataset_commit": commit})
