@@ -565,9 +565,10 @@ async def _capture(
         latency,
     )
     try:
+        # masks and spools only: the store is written in the background, so a down store never lands here
         await run_in_threadpool(capture.record, exchange)
     except Exception:  # the answer is already made: the client gets it, the failure is logged loudly
-        log.exception("traffic: could not capture an exchange")
+        log.exception("traffic: exchange NOT captured (masking or the spool write failed); it is lost")
 
 
 def _usage(result: Completion) -> dict[str, int]:
