@@ -4,7 +4,8 @@
     POST /v1/chat/completions    stream false: a chat.completion with usage; stream true: SSE
                                  `data: {chat.completion.chunk}` lines, then `data: [DONE]`
 
-Bad requests get a 4xx in OpenAI's error shape {"error": {"message", "type", "param", "code"}}. Every
+Bad requests get a 4xx in OpenAI's error shape {"error": {"message", "type", "param", "code"}}; when more
+than `serve.max_queued_requests` wait for the model, a 503 in that shape with a Retry-After header. Every
 completed exchange is handed to `fineflow.traffic.TrafficCapture` (PII-masked there, before any write).
 Logs carry request ids, token counts and latencies, never message content.
 
@@ -15,6 +16,7 @@ model.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -142,9 +144,17 @@ def download_adapter(config: FineflowConfig, name: str, version: str) -> Path:
 class APIError(Exception):
     """An error answered in OpenAI's shape."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = headers or {}
 
     @property
     def type(self) -> str:
@@ -154,7 +164,9 @@ class APIError(Exception):
 
     def response(self, request_id: str) -> JSONResponse:
         body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-        return JSONResponse(body, status_code=self.status, headers={"x-request-id": request_id})
+        return JSONResponse(
+            body, status_code=self.status, headers={"x-request-id": request_id, **self.headers}
+        )
 
 
 class _Lenient(BaseModel):
@@ -291,13 +303,29 @@ class StopTrimmer:
 class Engine:
     """Generation for one loaded model. Generation is serialised with a lock: there is one model, on the
     CPU here (or one GPU), and concurrent `generate` calls would only fight over the same cores and memory,
-    each slower than alone; requests queue for their turn instead."""
+    each slower than alone; requests queue for their turn instead. The queue is bounded: `admit` lets in
+    the one generating plus `max_queued` waiting, so a burst gets a quick 503 instead of a long wait that
+    ends in client timeouts; every admitted request calls `release` once its generation has ended."""
 
-    def __init__(self, served: ServedModel):
+    def __init__(self, served: ServedModel, max_queued: int):
         self.served = served
         self.generator = served.generator
         self.lock = threading.Lock()
         self._tokenizer_lock = threading.Lock()  # a fast tokenizer must not be used by two threads at once
+        self.max_queued = max_queued
+        self.admitted = 0  # generating or waiting to
+        self._admission = threading.Lock()
+
+    def admit(self) -> bool:
+        with self._admission:
+            if self.admitted > self.max_queued:  # one generating and max_queued waiting already
+                return False
+            self.admitted += 1
+            return True
+
+    def release(self) -> None:
+        with self._admission:
+            self.admitted -= 1
 
     def prompt_ids(self, messages: list[dict[str, str]]):
         tokenizer = self.generator.tokenizer
@@ -350,8 +378,10 @@ class Engine:
         ended = bool(ids) and ids[-1] in eos
         return "length" if len(ids) >= max_new_tokens and not (ended or stopped_by_string) else "stop"
 
-    def complete(self, inputs, request: ChatRequest, max_new_tokens: int) -> Completion:
-        ids = self.generate(inputs, request, max_new_tokens, threading.Event())
+    def complete(
+        self, inputs, request: ChatRequest, max_new_tokens: int, cancel: threading.Event
+    ) -> Completion:
+        ids = self.generate(inputs, request, max_new_tokens, cancel)
         text = self.generator.tokenizer.decode(ids, skip_special_tokens=True)
         trimmer = StopTrimmer(request.stop_strings())
         trimmer.feed(text)
@@ -366,8 +396,8 @@ class Engine:
 def create_app(config: FineflowConfig, served: ServedModel, capture: TrafficCapture | None) -> FastAPI:
     """The HTTP app. Its lifespan starts the capture (recovering a crash's spool first) and, on a clean
     shutdown, flushes and commits every captured record."""
-    engine = Engine(served)
     settings = config.serve
+    engine = Engine(served, settings.max_queued_requests)
     api_key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
     if settings.api_key_env and not api_key:
         raise ServeModelError(f"serve.api_key_env names {settings.api_key_env!r}, which is not set or empty")
@@ -386,6 +416,7 @@ def create_app(config: FineflowConfig, served: ServedModel, capture: TrafficCapt
                 log.info("traffic: shutdown commit %s", commit[:12] if commit else "(nothing to commit)")
 
     app = FastAPI(title="fineflow", lifespan=lifespan)
+    app.state.engine = engine  # its lock and admission count, for tests that keep requests waiting
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -448,13 +479,29 @@ def create_app(config: FineflowConfig, served: ServedModel, capture: TrafficCapt
                 "messages",
                 "context_length_exceeded",
             )
-        if chat.stream:
+        if not engine.admit():
+            raise APIError(
+                503,
+                f"the server is busy: {settings.max_queued_requests} request(s) already wait for the "
+                f"model; retry in {settings.retry_after_seconds} s",
+                None,
+                "server_busy",
+                headers={"retry-after": str(settings.retry_after_seconds)},
+            )
+        if chat.stream:  # the generation thread releases the admission when it ends
             return StreamingResponse(
                 _stream(engine, capture, chat, inputs, max_new_tokens, request_id, started),
                 media_type="text/event-stream",
                 headers={"x-request-id": request_id, "cache-control": "no-cache"},
             )
-        result = await run_in_threadpool(engine.complete, inputs, chat, max_new_tokens)
+        try:
+            result = await _complete_while_connected(
+                request, engine, inputs, chat, max_new_tokens, settings.disconnect_poll_seconds
+            )
+        finally:
+            engine.release()
+        if result is None:
+            raise APIError(499, "the client closed the request; generation cancelled", None, "client_closed")
         latency = time.perf_counter() - started
         await _capture(capture, engine, messages, result, latency)
         _log_done(request_id, result, latency)
@@ -477,7 +524,32 @@ def create_app(config: FineflowConfig, served: ServedModel, capture: TrafficCapt
     return app
 
 
-async def _stream(
+async def _complete_while_connected(
+    request: Request,
+    engine: Engine,
+    inputs,
+    chat: ChatRequest,
+    max_new_tokens: int,
+    poll_seconds: float,
+) -> Completion | None:
+    """The completion, generated in a worker thread; None when the client disconnected first. A client
+    that gives up (a timeout) must not keep the model busy for the requests queued behind it: its
+    generation is cancelled (before its turn, or at the next token)."""
+    cancel = threading.Event()
+    work = asyncio.ensure_future(run_in_threadpool(engine.complete, inputs, chat, max_new_tokens, cancel))
+    try:
+        while not work.done():
+            await asyncio.wait({work}, timeout=poll_seconds)
+            if not work.done() and not cancel.is_set() and await request.is_disconnected():
+                cancel.set()  # then wait for the thread to stop: the admission is released after it
+        result = work.result()
+    finally:
+        left = cancel.is_set()
+        cancel.set()  # this request cancelled (server shutdown): stop generating
+    return None if left else result
+
+
+def _stream(
     engine: Engine,
     capture: TrafficCapture | None,
     chat: ChatRequest,
@@ -487,7 +559,9 @@ async def _stream(
     started: float,
 ) -> AsyncIterator[str]:
     """SSE chunks as the model writes them: generation runs in its own thread (holding the generation lock)
-    and feeds a TextIteratorStreamer; a client that disconnects cancels the generation."""
+    and feeds a TextIteratorStreamer; a client that disconnects cancels the generation. The thread starts
+    here, not when the response starts: it releases the request's admission, which must happen even if
+    the response is never sent."""
     from transformers import TextIteratorStreamer
 
     streamer = TextIteratorStreamer(engine.generator.tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -500,6 +574,7 @@ async def _stream(
         except BaseException as exc:  # noqa: BLE001 (re-raised in the request below)
             outcome["error"] = exc
         finally:
+            engine.release()
             streamer.end()  # an already ended streamer only gets a second end marker, which is never read
 
     def chunk(delta: dict | None, finish_reason: str | None = None, **extra) -> str:
@@ -514,40 +589,43 @@ async def _stream(
         }
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
+    async def events() -> AsyncIterator[str]:
+        trimmer = StopTrimmer(chat.stop_strings())
+        pieces = iter(streamer)
+        completed = False
+        try:
+            yield chunk({"role": "assistant", "content": ""})
+            while (piece := await run_in_threadpool(next, pieces, None)) is not None:
+                if text := trimmer.feed(piece):
+                    yield chunk({"content": text})
+            await run_in_threadpool(thread.join)  # the streamer ends just before generate returns its ids
+            if "error" in outcome:
+                raise outcome["error"]
+            if text := trimmer.finish():
+                yield chunk({"content": text})
+            ids = outcome.get("ids", [])
+            result = Completion(
+                trimmer.answer,
+                engine.finish_reason(ids, max_new_tokens, trimmer.stopped),
+                inputs["input_ids"].shape[1],
+                len(ids),
+            )
+            yield chunk({}, result.finish_reason)
+            if chat.stream_options and chat.stream_options.include_usage:
+                yield chunk(None, usage=_usage(result))  # OpenAI's usage chunk: no choices
+            latency = time.perf_counter() - started
+            await _capture(capture, engine, chat.chat(), result, latency)
+            _log_done(request_id, result, latency)
+            completed = True
+            yield "data: [DONE]\n\n"
+        finally:
+            if not completed:
+                cancel.set()  # the client went away (or the stream failed): stop generating, free the lock
+                log.info("request %s: stream ended early, generation cancelled", request_id)
+
     thread = threading.Thread(target=work, name=f"generate-{request_id}", daemon=True)
     thread.start()
-    trimmer = StopTrimmer(chat.stop_strings())
-    pieces = iter(streamer)
-    completed = False
-    try:
-        yield chunk({"role": "assistant", "content": ""})
-        while (piece := await run_in_threadpool(next, pieces, None)) is not None:
-            if text := trimmer.feed(piece):
-                yield chunk({"content": text})
-        await run_in_threadpool(thread.join)  # the streamer ends just before generate returns its ids
-        if "error" in outcome:
-            raise outcome["error"]
-        if text := trimmer.finish():
-            yield chunk({"content": text})
-        ids = outcome.get("ids", [])
-        result = Completion(
-            trimmer.answer,
-            engine.finish_reason(ids, max_new_tokens, trimmer.stopped),
-            inputs["input_ids"].shape[1],
-            len(ids),
-        )
-        yield chunk({}, result.finish_reason)
-        if chat.stream_options and chat.stream_options.include_usage:
-            yield chunk(None, usage=_usage(result))  # OpenAI's usage chunk: no choices
-        latency = time.perf_counter() - started
-        await _capture(capture, engine, chat.chat(), result, latency)
-        _log_done(request_id, result, latency)
-        completed = True
-        yield "data: [DONE]\n\n"
-    finally:
-        if not completed:
-            cancel.set()  # the client went away (or the stream failed): stop generating, free the lock
-            log.info("request %s: stream ended early, generation cancelled", request_id)
+    return events()
 
 
 async def _capture(

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -226,6 +227,86 @@ def test_a_streamed_oversized_body_without_length_is_refused(make_client):
 
     response = client.post(URL, content=chunks(), headers={"content-type": "application/json"})
     assert response.status_code == 413 and response.json()["error"]["code"] == "too_large"
+
+
+def wait_until(condition, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_a_full_queue_is_answered_503_with_retry_after(make_client):
+    client, config = make_client(**{"serve.max_queued_requests": 1, "serve.retry_after_seconds": 7})
+    engine = client.app.state.engine
+    answers = []
+
+    def ask() -> None:
+        answers.append(client.post(URL, json=chat(max_tokens=2)))
+
+    with engine.lock:  # the model is busy: admitted requests wait for their turn
+        waiting = [threading.Thread(target=ask) for _ in range(2)]  # one "generating", one queued
+        for thread in waiting:
+            thread.start()
+        wait_until(lambda: engine.admitted == 2)
+        busy = [
+            client.post(URL, json=chat(max_tokens=2)),
+            client.post(URL, json=chat(max_tokens=2, stream=True)),
+        ]
+    for thread in waiting:
+        thread.join()
+
+    for response in busy:
+        assert response.status_code == 503 and response.headers["retry-after"] == "7"
+        error = response.json()["error"]
+        assert error["type"] == "server_error" and error["code"] == "server_busy", error
+        assert "1 request(s) already wait" in error["message"]
+    assert [answer.status_code for answer in answers] == [200, 200]
+    assert engine.admitted == 0  # every admission released: the server takes requests again
+    assert client.post(URL, json=chat(max_tokens=2)).status_code == 200
+    assert len(spool_text(config).splitlines()) == 3  # the refused requests were not captured
+
+
+def test_a_client_that_disconnects_cancels_its_completion(make_client):
+    client, config = make_client(**{"serve.disconnect_poll_seconds": 0.01})
+    engine = client.app.state.engine
+    body = json.dumps(chat(max_tokens=64)).encode()
+    incoming = [{"type": "http.request", "body": body, "more_body": False}]
+    gone = threading.Event()
+    sent = []
+
+    async def receive() -> dict:  # the request, then the client is gone (as uvicorn reports it)
+        if incoming:
+            return incoming.pop()
+        gone.set()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": URL,
+        "raw_path": URL.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    with engine.lock:  # the request waits for its turn while its client leaves
+        call = threading.Thread(target=client.portal.call, args=(client.app, scope, receive, send))
+        call.start()
+        assert gone.wait(60)
+    call.join(60)
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 499
+    assert json.loads(sent[1]["body"])["error"]["code"] == "client_closed"
+    assert engine.admitted == 0 and spool_text(config) == ""  # nothing answered, nothing captured
+    assert client.post(URL, json=chat(max_tokens=2)).status_code == 200
 
 
 def test_api_key(make_client, monkeypatch):
