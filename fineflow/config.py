@@ -357,6 +357,9 @@ class ServeConfig(Strict):
     disconnect_poll_seconds: float = Field(
         gt=0, description="how often a waiting non-streaming request checks that its client is still there"
     )
+    graceful_shutdown_seconds: int = Field(
+        ge=1, description="on Ctrl-C or SIGTERM, requests in flight get this long before the server stops"
+    )
     traffic: TrafficConfig
 
 

@@ -38,6 +38,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fineflow.config import FineflowConfig
+from fineflow.store import StoreError
 from fineflow.traffic import Exchange, TrafficCapture
 from tasks.generation import Generator
 
@@ -412,8 +413,14 @@ def create_app(config: FineflowConfig, served: ServedModel, capture: TrafficCapt
             yield
         finally:
             if capture is not None:
-                commit = await run_in_threadpool(capture.close)
-                log.info("traffic: shutdown commit %s", commit[:12] if commit else "(nothing to commit)")
+                try:
+                    commit = await run_in_threadpool(capture.close)
+                except (
+                    StoreError
+                ) as exc:  # the store is down: the spool keeps every record for the next start
+                    log.warning("traffic: shutdown commit failed (%s); the next start commits the spool", exc)
+                else:
+                    log.info("traffic: shutdown commit %s", commit[:12] if commit else "(nothing to commit)")
 
     app = FastAPI(title="fineflow", lifespan=lifespan)
     app.state.engine = engine  # its lock and admission count, for tests that keep requests waiting

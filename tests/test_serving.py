@@ -6,6 +6,7 @@ with PII masked and committed on shutdown, a registered champion resolved from M
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -423,6 +424,68 @@ def test_the_registered_champion_is_served_by_alias_and_version(registered_champ
         load_served_model(config, "acme-support-assistant@nope")
     with pytest.raises(ServeModelError, match="cannot serve base model"):
         load_served_model(config, "./no-such-model-dir")
+
+
+LAKEFS_ENV = (
+    "LAKECTL_SERVER_ENDPOINT_URL",
+    "LAKECTL_CREDENTIALS_ACCESS_KEY_ID",
+    "LAKECTL_CREDENTIALS_SECRET_ACCESS_KEY",
+)
+
+
+@pytest.fixture
+def serve_cli(tmp_path, monkeypatch):
+    """serve_cli(*args) -> click's Result of `fineflow serve ...` run in this process; the console logging
+    it sets up on the `fineflow` logger is undone afterwards."""
+    from typer.testing import CliRunner
+
+    from fineflow.cli import app
+
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "state"))
+    logger = logging.getLogger("fineflow")
+    monkeypatch.setattr(logger, "handlers", list(logger.handlers))
+    monkeypatch.setattr(logger, "propagate", logger.propagate)
+    monkeypatch.setattr(logger, "level", logger.level)
+    return lambda *args: CliRunner().invoke(app, ["serve", *args])
+
+
+def test_serve_refuses_a_network_address_without_an_api_key(serve_cli, monkeypatch):
+    monkeypatch.delenv("FINEFLOW_TEST_KEY", raising=False)
+    for args in (
+        ["--host", "0.0.0.0"],
+        ["--set", "serve.host=192.168.1.20", "--set", "serve.api_key_env=FINEFLOW_TEST_KEY"],  # unset
+    ):
+        result = serve_cli("--model", "never-loaded", *args)
+        assert result.exit_code == 2, result.output
+        [line] = result.output.strip().splitlines()
+        assert line.startswith("refusing to serve on ") and "without an API key" in line
+
+
+def test_serve_start_up_failures_are_one_line_and_exit_1(serve_cli, monkeypatch, seeded_model_dir):
+    monkeypatch.setenv("FINEFLOW_TEST_KEY", "s3cret")  # a network address with a key passes the guard
+    keyed = [
+        "--host",
+        "0.0.0.0",
+        "--set",
+        "serve.api_key_env=FINEFLOW_TEST_KEY",
+        "--set",
+        "store.backend=lakefs",
+    ]
+    for name in LAKEFS_ENV:
+        monkeypatch.delenv(name, raising=False)
+    result = serve_cli("--model", "never-loaded", *keyed)  # no lakeFS credentials: before the model loads
+    assert result.exit_code == 1, result.output
+    [line] = result.output.strip().splitlines()
+    assert line.startswith("cannot start serving: lakeFS connection settings missing")
+
+    closed_port = _free_port()
+    for name, value in zip(LAKEFS_ENV, (f"http://127.0.0.1:{closed_port}", "key", "secret"), strict=True):
+        monkeypatch.setenv(name, value)
+    result = serve_cli("--model", str(seeded_model_dir), *keyed)  # the store is down
+    assert result.exit_code == 1, result.output
+    last = result.output.strip().splitlines()[-1]  # after the model's loading progress, on the same line
+    assert "cannot start serving: create repository" in last and "cannot reach lakeFS" in last
+    assert "Traceback" not in result.output
 
 
 def _free_port() -> int:
