@@ -22,6 +22,8 @@ import logging
 import os
 import re
 import secrets
+import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -47,6 +49,7 @@ log = logging.getLogger("fineflow.serve")
 CHAMPION_ALIAS = "champion"
 OWNER = "fineflow"
 REGISTRY_VERSION = re.compile(r"^[^/@]+/\d+$")
+COMPLETE_MARKER = ".complete"  # written last into a downloaded adapter cache: only a whole one has it
 
 
 class ServeModelError(ValueError):
@@ -123,19 +126,35 @@ def registered_version(config: FineflowConfig, ref: str) -> tuple[str, str, str]
 
 def download_adapter(config: FineflowConfig, name: str, version: str) -> Path:
     """The version's LoRA adapter (the pyfunc model's `artifacts/adapter`), downloaded once to
-    <data_dir>/serve/models/<name>/<version>: a registered version never changes."""
+    <data_dir>/serve/models/<name>/<version>: a registered version never changes. The download goes to a
+    temporary sibling directory, which gets a completion marker and is then renamed into place: a download
+    cut short (Ctrl-C, a full disk, a dropped connection) never leaves a cache a later start would trust."""
     import mlflow
 
     from tasks.registry import tracking_uri, use_tracking_uri
 
     target = config.data_dir / "serve" / "models" / name / version
     adapter = target / "artifacts" / "adapter"
-    if not (adapter / "adapter_config.json").exists():
-        target.mkdir(parents=True, exist_ok=True)
+    if (target / COMPLETE_MARKER).exists():
+        return adapter
+    if target.exists():  # a half cache (left by a version of fineflow that wrote in place): start over
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{version}-partial-", dir=target.parent))
+    try:
         with use_tracking_uri(tracking_uri(config)):
             mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{name}/{version}", dst_path=str(target)
+                artifact_uri=f"models:/{name}/{version}", dst_path=str(partial)
             )
+        (partial / COMPLETE_MARKER).touch()
+        try:
+            os.replace(partial, target)
+        except OSError:
+            if not (target / COMPLETE_MARKER).exists():
+                raise
+            # another server finished downloading the same version first: use its copy
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return adapter
 
 

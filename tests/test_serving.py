@@ -21,7 +21,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fineflow.config import DATA_DIR_ENV, load_config
-from fineflow.serving import ServedModel, ServeModelError, StopTrimmer, create_app, load_served_model
+from fineflow.serving import (
+    ServedModel,
+    ServeModelError,
+    StopTrimmer,
+    create_app,
+    download_adapter,
+    load_served_model,
+)
 from fineflow.store import open_store
 from fineflow.store.embedded import EmbeddedStore
 from fineflow.traffic import TrafficCapture
@@ -424,6 +431,26 @@ def test_the_registered_champion_is_served_by_alias_and_version(registered_champ
         load_served_model(config, "acme-support-assistant@nope")
     with pytest.raises(ServeModelError, match="cannot serve base model"):
         load_served_model(config, "./no-such-model-dir")
+
+
+def test_an_adapter_cache_without_its_completion_marker_is_downloaded_again(registered_champion):
+    config, name = registered_champion, "acme-support-assistant"
+    adapter = download_adapter(config, name, "1")
+    target = adapter.parent.parent
+    complete = sorted(path.relative_to(target) for path in target.rglob("*") if path.is_file())
+    assert Path(".complete") in complete and list(target.parent.iterdir()) == [target]  # no partial left
+
+    (target / ".complete").unlink()  # a download cut short: some files there, the marker never written
+    weights = list(adapter.glob("adapter_model*"))
+    assert weights
+    for path in weights:
+        path.unlink()
+    assert download_adapter(config, name, "1") == adapter
+    assert sorted(path.relative_to(target) for path in target.rglob("*") if path.is_file()) == complete
+
+    (target / "kept").write_text("a complete cache is trusted, not downloaded again")
+    download_adapter(config, name, "1")
+    assert (target / "kept").exists()
 
 
 LAKEFS_ENV = (
