@@ -182,10 +182,12 @@ class APIError(Exception):
             return "authentication_error"
         return "invalid_request_error" if self.status < 500 else "server_error"
 
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
     def response(self, request_id: str) -> JSONResponse:
-        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
         return JSONResponse(
-            body, status_code=self.status, headers={"x-request-id": request_id, **self.headers}
+            self.body(), status_code=self.status, headers={"x-request-id": request_id, **self.headers}
         )
 
 
@@ -201,11 +203,16 @@ class TextPart(_Lenient):
 
 
 class ChatMessage(_Lenient):
-    role: Literal["system", "user", "assistant"]
+    # `developer` is what newer OpenAI clients send in place of `system` (for their reasoning models)
+    role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart]
 
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+    def chat_role(self) -> str:
+        """The role the chat template knows: a developer message is the system prompt."""
+        return "system" if self.role == "developer" else self.role
 
 
 class StreamOptions(_Lenient):
@@ -225,7 +232,7 @@ class ChatRequest(_Lenient):
     n: Literal[1] | None = None  # one choice per request
 
     def chat(self) -> list[dict[str, str]]:
-        return [{"role": m.role, "content": m.text()} for m in self.messages]
+        return [{"role": m.chat_role(), "content": m.text()} for m in self.messages]
 
     def stop_strings(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
@@ -252,6 +259,8 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         raw = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise APIError(400, f"request body is not valid JSON: {exc}", None, "invalid_json") from None
+    except RecursionError:  # thousands of nested brackets: the decoder gives up, the request is bad
+        raise APIError(400, "request body is nested too deeply", None, "invalid_json") from None
     if not isinstance(raw, dict):
         raise APIError(400, "request body must be a JSON object", None, "invalid_type")
     try:
@@ -644,6 +653,10 @@ def _stream(
             _log_done(request_id, result, latency)
             completed = True
             yield "data: [DONE]\n\n"
+        except Exception:  # the 200 is sent: the client can only learn of the failure in the stream
+            log.exception("request %s: stream failed", request_id)
+            error = APIError(500, "internal server error: the answer was cut short", None, None)
+            yield f"data: {json.dumps(error.body())}\n\n"
         finally:
             if not completed:
                 cancel.set()  # the client went away (or the stream failed): stop generating, free the lock

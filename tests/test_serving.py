@@ -5,6 +5,7 @@ with PII masked and committed on shutdown, a registered champion resolved from M
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -223,6 +224,66 @@ def test_bad_requests_get_a_clear_4xx_and_the_server_keeps_serving(make_client):
     assert missing.status_code == 404 and missing.json()["error"]["message"] == "Not Found"
     # only the answered requests were captured
     assert len(spool_text(config).splitlines()) == len(BAD_REQUESTS)
+
+
+def test_deeply_nested_bodies_are_a_400_not_a_500(make_client):
+    client, _ = make_client()
+    deep = 20_000  # brackets: json's decoder raises RecursionError
+    nested_value = b'{"model": "%s", "messages": ' % IDS[1].encode() + b"[" * 9000 + b"]" * 9000 + b"}"
+    for body, words in ((b"[" * deep, "nested too deeply"), (nested_value, "messages")):
+        response = client.post(URL, content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 400, response.text
+        assert words in response.json()["error"]["message"]
+    assert client.post(URL, json=chat(max_tokens=2)).status_code == 200
+
+
+def test_a_developer_message_is_the_system_prompt(make_client):
+    client, config = make_client()
+    answers = []
+    for role in ("system", "developer"):  # newer OpenAI clients send `developer`
+        messages = [{"role": role, "content": "Be brief."}, {"role": "user", "content": "Where is my order?"}]
+        response = client.post(URL, json=chat(max_tokens=6) | {"messages": messages})
+        assert response.status_code == 200, response.text
+        answers.append(response.json()["choices"][0]["message"]["content"])
+    assert answers[0] == answers[1]  # greedy: the same prompt, so the same answer
+    records = [json.loads(line) for line in spool_text(config).splitlines()]
+    assert [r["messages"][0]["role"] for r in records] == ["system", "system"]
+
+
+class FailingModel:
+    """The tiny model, except that `generate` fails once it has started, as an out-of-memory error does."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def generate(self, **kwargs):
+        raise RuntimeError("out of memory")
+
+
+def test_a_stream_that_fails_after_the_200_ends_with_an_error_event(tmp_path, monkeypatch, tiny_generator):
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "state"))
+    failing = dataclasses.replace(tiny_generator, model=FailingModel(tiny_generator.model))
+    app = create_app(load_config(), ServedModel(list(IDS), failing), None)
+    with TestClient(app) as client, client.stream("POST", URL, json=chat(stream=True)) as response:
+        assert response.status_code == 200
+        text = response.read().decode()
+    datas = [
+        json.loads(line.removeprefix("data: ")) for line in text.splitlines() if line.startswith("data: ")
+    ]
+    assert datas[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert datas[-1] == {
+        "error": {
+            "message": "internal server error: the answer was cut short",
+            "type": "server_error",
+            "param": None,
+            "code": None,
+        }
+    }
+    assert "[DONE]" not in text and "out of memory" not in text
+    assert app.state.engine.admitted == 0
 
 
 def test_a_streamed_oversized_body_without_length_is_refused(make_client):
