@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -347,28 +349,40 @@ def serve_command(
     extra |= {"serve.host": host} if host else {}
     extra |= {"serve.port": port} if port is not None else {}
     loaded = _load(config, set_, extra)
+    settings = loaded.serve
+    has_key = bool(settings.api_key_env and os.environ.get(settings.api_key_env))
+    if not _is_loopback(settings.host) and not has_key:
+        console.print(
+            f"[red]refusing to serve on {settings.host} without an API key: set serve.api_key_env to an "
+            "environment variable holding one, or serve on 127.0.0.1[/red]"
+        )
+        raise typer.Exit(2)
     import uvicorn
+    from mlflow.exceptions import MlflowException
 
     from fineflow.serving import ServeModelError, create_app, default_model_ref, load_served_model
-    from fineflow.store import open_store
+    from fineflow.store import StoreError, open_store
     from fineflow.traffic import SpoolInUseError, TrafficCapture
     from tasks.pii import NerModelMissingError, get_masker
 
-    _log_to_console("fineflow")  # request ids, token counts, latencies and traffic commits; never content
-    settings = loaded.serve
     ref = default_model_ref(loaded)
-    console.print(f"loading {ref} ...")
+    capture = None
     try:
-        served = load_served_model(loaded, ref)
-        capture = None
-        if settings.traffic.enabled:
+        if settings.traffic.enabled:  # before the model: bad store settings fail at once, not minutes later
             capture = TrafficCapture(loaded, open_store(loaded), get_masker(loaded.data_prep.pii))
+        _log_to_console("fineflow")  # request ids, token counts, latencies and traffic commits; never content
+        console.print(f"loading {ref} ...")
+        served = load_served_model(loaded, ref)
         app_ = create_app(loaded, served, capture)
         if capture is not None:
             capture.start()  # takes the spool and commits what a crash left in it, before serving
     except (ServeModelError, NerModelMissingError, SpoolInUseError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
+    except (ValueError, StoreError, MlflowException, OSError) as exc:
+        # store credentials missing, the store or the tracking server down, a download or load failed
+        console.print(f"[red]cannot start serving: {_one_line(exc)}[/red]")
+        raise typer.Exit(1) from None
     url = f"http://{settings.host}:{settings.port}/v1"
     console.print(f"[bold green]serving[/bold green] {', '.join(served.ids)} at {url}")
     if capture is not None:
@@ -378,10 +392,36 @@ def serve_command(
         console.print(f"traffic (PII masked) -> {traffic}")
     try:
         # uvicorn turns SIGINT/SIGTERM into a graceful shutdown: the app's lifespan commits the traffic
-        uvicorn.run(app_, host=settings.host, port=settings.port, log_level="info")
+        uvicorn.run(
+            app_,
+            host=settings.host,
+            port=settings.port,
+            log_level="info",
+            timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
+        )
     finally:
         if capture is not None:
-            capture.close()  # whatever stopped uvicorn (a port in use...): no captured record left behind
+            try:
+                capture.close()  # whatever stopped uvicorn (a port in use...): no captured record left behind
+            except StoreError as exc:
+                console.print(
+                    f"[red]traffic not committed ({_one_line(exc)}); it stays in the spool and the next "
+                    "`fineflow serve` commits it[/red]"
+                )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name may resolve to any interface
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one line: MLflow's and the SDKs' messages can span many."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _log_to_console(name: str) -> None:

@@ -374,6 +374,16 @@ class ServeConfig(Strict):
     max_request_bytes: int = Field(ge=1, description="larger request bodies are refused with 413")
     max_prompt_tokens: int = Field(ge=1, description="chat-templated prompt length limit (400 beyond)")
     max_new_tokens: NewTokensConfig
+    max_queued_requests: int = Field(
+        ge=0, description="requests waiting for the model behind the one generating; more get 503"
+    )
+    retry_after_seconds: int = Field(ge=1, description="the Retry-After header of a 503 (queue full)")
+    disconnect_poll_seconds: float = Field(
+        gt=0, description="how often a waiting non-streaming request checks that its client is still there"
+    )
+    graceful_shutdown_seconds: int = Field(
+        ge=1, description="on Ctrl-C or SIGTERM, requests in flight get this long before the server stops"
+    )
     traffic: TrafficConfig
 
 

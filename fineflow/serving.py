@@ -4,7 +4,8 @@
     POST /v1/chat/completions    stream false: a chat.completion with usage; stream true: SSE
                                  `data: {chat.completion.chunk}` lines, then `data: [DONE]`
 
-Bad requests get a 4xx in OpenAI's error shape {"error": {"message", "type", "param", "code"}}. Every
+Bad requests get a 4xx in OpenAI's error shape {"error": {"message", "type", "param", "code"}}; when more
+than `serve.max_queued_requests` wait for the model, a 503 in that shape with a Retry-After header. Every
 completed exchange is handed to `fineflow.traffic.TrafficCapture` (PII-masked there, before any write).
 Logs carry request ids, token counts and latencies, never message content.
 
@@ -15,11 +16,14 @@ model.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import re
 import secrets
+import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -36,6 +40,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fineflow.config import FineflowConfig
+from fineflow.store import StoreError
 from fineflow.traffic import Exchange, TrafficCapture
 from tasks.generation import Generator
 
@@ -44,6 +49,7 @@ log = logging.getLogger("fineflow.serve")
 CHAMPION_ALIAS = "champion"
 OWNER = "fineflow"
 REGISTRY_VERSION = re.compile(r"^[^/@]+/\d+$")
+COMPLETE_MARKER = ".complete"  # written last into a downloaded adapter cache: only a whole one has it
 
 
 class ServeModelError(ValueError):
@@ -120,19 +126,35 @@ def registered_version(config: FineflowConfig, ref: str) -> tuple[str, str, str]
 
 def download_adapter(config: FineflowConfig, name: str, version: str) -> Path:
     """The version's LoRA adapter (the pyfunc model's `artifacts/adapter`), downloaded once to
-    <data_dir>/serve/models/<name>/<version>: a registered version never changes."""
+    <data_dir>/serve/models/<name>/<version>: a registered version never changes. The download goes to a
+    temporary sibling directory, which gets a completion marker and is then renamed into place: a download
+    cut short (Ctrl-C, a full disk, a dropped connection) never leaves a cache a later start would trust."""
     import mlflow
 
     from tasks.registry import tracking_uri, use_tracking_uri
 
     target = config.data_dir / "serve" / "models" / name / version
     adapter = target / "artifacts" / "adapter"
-    if not (adapter / "adapter_config.json").exists():
-        target.mkdir(parents=True, exist_ok=True)
+    if (target / COMPLETE_MARKER).exists():
+        return adapter
+    if target.exists():  # a half cache (left by a version of fineflow that wrote in place): start over
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{version}-partial-", dir=target.parent))
+    try:
         with use_tracking_uri(tracking_uri(config)):
             mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{name}/{version}", dst_path=str(target)
+                artifact_uri=f"models:/{name}/{version}", dst_path=str(partial)
             )
+        (partial / COMPLETE_MARKER).touch()
+        try:
+            os.replace(partial, target)
+        except OSError:
+            if not (target / COMPLETE_MARKER).exists():
+                raise
+            # another server finished downloading the same version first: use its copy
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return adapter
 
 
@@ -142,9 +164,17 @@ def download_adapter(config: FineflowConfig, name: str, version: str) -> Path:
 class APIError(Exception):
     """An error answered in OpenAI's shape."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = headers or {}
 
     @property
     def type(self) -> str:
@@ -152,9 +182,13 @@ class APIError(Exception):
             return "authentication_error"
         return "invalid_request_error" if self.status < 500 else "server_error"
 
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
     def response(self, request_id: str) -> JSONResponse:
-        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-        return JSONResponse(body, status_code=self.status, headers={"x-request-id": request_id})
+        return JSONResponse(
+            self.body(), status_code=self.status, headers={"x-request-id": request_id, **self.headers}
+        )
 
 
 class _Lenient(BaseModel):
@@ -169,11 +203,16 @@ class TextPart(_Lenient):
 
 
 class ChatMessage(_Lenient):
-    role: Literal["system", "user", "assistant"]
+    # `developer` is what newer OpenAI clients send in place of `system` (for their reasoning models)
+    role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart]
 
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+    def chat_role(self) -> str:
+        """The role the chat template knows: a developer message is the system prompt."""
+        return "system" if self.role == "developer" else self.role
 
 
 class StreamOptions(_Lenient):
@@ -193,7 +232,7 @@ class ChatRequest(_Lenient):
     n: Literal[1] | None = None  # one choice per request
 
     def chat(self) -> list[dict[str, str]]:
-        return [{"role": m.role, "content": m.text()} for m in self.messages]
+        return [{"role": m.chat_role(), "content": m.text()} for m in self.messages]
 
     def stop_strings(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
@@ -220,6 +259,8 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         raw = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise APIError(400, f"request body is not valid JSON: {exc}", None, "invalid_json") from None
+    except RecursionError:  # thousands of nested brackets: the decoder gives up, the request is bad
+        raise APIError(400, "request body is nested too deeply", None, "invalid_json") from None
     if not isinstance(raw, dict):
         raise APIError(400, "request body must be a JSON object", None, "invalid_type")
     try:
@@ -291,13 +332,29 @@ class StopTrimmer:
 class Engine:
     """Generation for one loaded model. Generation is serialised with a lock: there is one model, on the
     CPU here (or one GPU), and concurrent `generate` calls would only fight over the same cores and memory,
-    each slower than alone; requests queue for their turn instead."""
+    each slower than alone; requests queue for their turn instead. The queue is bounded: `admit` lets in
+    the one generating plus `max_queued` waiting, so a burst gets a quick 503 instead of a long wait that
+    ends in client timeouts; every admitted request calls `release` once its generation has ended."""
 
-    def __init__(self, served: ServedModel):
+    def __init__(self, served: ServedModel, max_queued: int):
         self.served = served
         self.generator = served.generator
         self.lock = threading.Lock()
         self._tokenizer_lock = threading.Lock()  # a fast tokenizer must not be used by two threads at once
+        self.max_queued = max_queued
+        self.admitted = 0  # generating or waiting to
+        self._admission = threading.Lock()
+
+    def admit(self) -> bool:
+        with self._admission:
+            if self.admitted > self.max_queued:  # one generating and max_queued waiting already
+                return False
+            self.admitted += 1
+            return True
+
+    def release(self) -> None:
+        with self._admission:
+            self.admitted -= 1
 
     def prompt_ids(self, messages: list[dict[str, str]]):
         tokenizer = self.generator.tokenizer
@@ -350,8 +407,10 @@ class Engine:
         ended = bool(ids) and ids[-1] in eos
         return "length" if len(ids) >= max_new_tokens and not (ended or stopped_by_string) else "stop"
 
-    def complete(self, inputs, request: ChatRequest, max_new_tokens: int) -> Completion:
-        ids = self.generate(inputs, request, max_new_tokens, threading.Event())
+    def complete(
+        self, inputs, request: ChatRequest, max_new_tokens: int, cancel: threading.Event
+    ) -> Completion:
+        ids = self.generate(inputs, request, max_new_tokens, cancel)
         text = self.generator.tokenizer.decode(ids, skip_special_tokens=True)
         trimmer = StopTrimmer(request.stop_strings())
         trimmer.feed(text)
@@ -366,8 +425,8 @@ class Engine:
 def create_app(config: FineflowConfig, served: ServedModel, capture: TrafficCapture | None) -> FastAPI:
     """The HTTP app. Its lifespan starts the capture (recovering a crash's spool first) and, on a clean
     shutdown, flushes and commits every captured record."""
-    engine = Engine(served)
     settings = config.serve
+    engine = Engine(served, settings.max_queued_requests)
     api_key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
     if settings.api_key_env and not api_key:
         raise ServeModelError(f"serve.api_key_env names {settings.api_key_env!r}, which is not set or empty")
@@ -382,10 +441,17 @@ def create_app(config: FineflowConfig, served: ServedModel, capture: TrafficCapt
             yield
         finally:
             if capture is not None:
-                commit = await run_in_threadpool(capture.close)
-                log.info("traffic: shutdown commit %s", commit[:12] if commit else "(nothing to commit)")
+                try:
+                    commit = await run_in_threadpool(capture.close)
+                except (
+                    StoreError
+                ) as exc:  # the store is down: the spool keeps every record for the next start
+                    log.warning("traffic: shutdown commit failed (%s); the next start commits the spool", exc)
+                else:
+                    log.info("traffic: shutdown commit %s", commit[:12] if commit else "(nothing to commit)")
 
     app = FastAPI(title="fineflow", lifespan=lifespan)
+    app.state.engine = engine  # its lock and admission count, for tests that keep requests waiting
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -448,13 +514,29 @@ def create_app(config: FineflowConfig, served: ServedModel, capture: TrafficCapt
                 "messages",
                 "context_length_exceeded",
             )
-        if chat.stream:
+        if not engine.admit():
+            raise APIError(
+                503,
+                f"the server is busy: {settings.max_queued_requests} request(s) already wait for the "
+                f"model; retry in {settings.retry_after_seconds} s",
+                None,
+                "server_busy",
+                headers={"retry-after": str(settings.retry_after_seconds)},
+            )
+        if chat.stream:  # the generation thread releases the admission when it ends
             return StreamingResponse(
                 _stream(engine, capture, chat, inputs, max_new_tokens, request_id, started),
                 media_type="text/event-stream",
                 headers={"x-request-id": request_id, "cache-control": "no-cache"},
             )
-        result = await run_in_threadpool(engine.complete, inputs, chat, max_new_tokens)
+        try:
+            result = await _complete_while_connected(
+                request, engine, inputs, chat, max_new_tokens, settings.disconnect_poll_seconds
+            )
+        finally:
+            engine.release()
+        if result is None:
+            raise APIError(499, "the client closed the request; generation cancelled", None, "client_closed")
         latency = time.perf_counter() - started
         await _capture(capture, engine, messages, result, latency)
         _log_done(request_id, result, latency)
@@ -477,7 +559,32 @@ def create_app(config: FineflowConfig, served: ServedModel, capture: TrafficCapt
     return app
 
 
-async def _stream(
+async def _complete_while_connected(
+    request: Request,
+    engine: Engine,
+    inputs,
+    chat: ChatRequest,
+    max_new_tokens: int,
+    poll_seconds: float,
+) -> Completion | None:
+    """The completion, generated in a worker thread; None when the client disconnected first. A client
+    that gives up (a timeout) must not keep the model busy for the requests queued behind it: its
+    generation is cancelled (before its turn, or at the next token)."""
+    cancel = threading.Event()
+    work = asyncio.ensure_future(run_in_threadpool(engine.complete, inputs, chat, max_new_tokens, cancel))
+    try:
+        while not work.done():
+            await asyncio.wait({work}, timeout=poll_seconds)
+            if not work.done() and not cancel.is_set() and await request.is_disconnected():
+                cancel.set()  # then wait for the thread to stop: the admission is released after it
+        result = work.result()
+    finally:
+        left = cancel.is_set()
+        cancel.set()  # this request cancelled (server shutdown): stop generating
+    return None if left else result
+
+
+def _stream(
     engine: Engine,
     capture: TrafficCapture | None,
     chat: ChatRequest,
@@ -487,7 +594,9 @@ async def _stream(
     started: float,
 ) -> AsyncIterator[str]:
     """SSE chunks as the model writes them: generation runs in its own thread (holding the generation lock)
-    and feeds a TextIteratorStreamer; a client that disconnects cancels the generation."""
+    and feeds a TextIteratorStreamer; a client that disconnects cancels the generation. The thread starts
+    here, not when the response starts: it releases the request's admission, which must happen even if
+    the response is never sent."""
     from transformers import TextIteratorStreamer
 
     streamer = TextIteratorStreamer(engine.generator.tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -500,6 +609,7 @@ async def _stream(
         except BaseException as exc:  # noqa: BLE001 (re-raised in the request below)
             outcome["error"] = exc
         finally:
+            engine.release()
             streamer.end()  # an already ended streamer only gets a second end marker, which is never read
 
     def chunk(delta: dict | None, finish_reason: str | None = None, **extra) -> str:
@@ -514,40 +624,47 @@ async def _stream(
         }
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
+    async def events() -> AsyncIterator[str]:
+        trimmer = StopTrimmer(chat.stop_strings())
+        pieces = iter(streamer)
+        completed = False
+        try:
+            yield chunk({"role": "assistant", "content": ""})
+            while (piece := await run_in_threadpool(next, pieces, None)) is not None:
+                if text := trimmer.feed(piece):
+                    yield chunk({"content": text})
+            await run_in_threadpool(thread.join)  # the streamer ends just before generate returns its ids
+            if "error" in outcome:
+                raise outcome["error"]
+            if text := trimmer.finish():
+                yield chunk({"content": text})
+            ids = outcome.get("ids", [])
+            result = Completion(
+                trimmer.answer,
+                engine.finish_reason(ids, max_new_tokens, trimmer.stopped),
+                inputs["input_ids"].shape[1],
+                len(ids),
+            )
+            yield chunk({}, result.finish_reason)
+            if chat.stream_options and chat.stream_options.include_usage:
+                yield chunk(None, usage=_usage(result))  # OpenAI's usage chunk: no choices
+            latency = time.perf_counter() - started
+            await _capture(capture, engine, chat.chat(), result, latency)
+            _log_done(request_id, result, latency)
+            completed = True
+            yield "data: [DONE]\n\n"
+        except Exception:  # the 200 is sent: the client can only learn of the failure in the stream
+            log.exception("request %s: stream failed", request_id)
+            error = APIError(500, "internal server error: the answer was cut short", None, None)
+            yield f"data: {json.dumps(error.body())}\n\n"
+        finally:
+            if not completed:
+                cancel.set()  # the client went away (or the stream failed): stop generating, free the lock
+                log.info("request %s: stream ended early, generation cancelled", request_id)
+
     thread = threading.Thread(target=work, name=f"generate-{request_id}", daemon=True)
     thread.start()
-    trimmer = StopTrimmer(chat.stop_strings())
-    pieces = iter(streamer)
-    completed = False
-    try:
-        yield chunk({"role": "assistant", "content": ""})
-        while (piece := await run_in_threadpool(next, pieces, None)) is not None:
-            if text := trimmer.feed(piece):
-                yield chunk({"content": text})
-        await run_in_threadpool(thread.join)  # the streamer ends just before generate returns its ids
-        if "error" in outcome:
-            raise outcome["error"]
-        if text := trimmer.finish():
-            yield chunk({"content": text})
-        ids = outcome.get("ids", [])
-        result = Completion(
-            trimmer.answer,
-            engine.finish_reason(ids, max_new_tokens, trimmer.stopped),
-            inputs["input_ids"].shape[1],
-            len(ids),
-        )
-        yield chunk({}, result.finish_reason)
-        if chat.stream_options and chat.stream_options.include_usage:
-            yield chunk(None, usage=_usage(result))  # OpenAI's usage chunk: no choices
-        latency = time.perf_counter() - started
-        await _capture(capture, engine, chat.chat(), result, latency)
-        _log_done(request_id, result, latency)
-        completed = True
-        yield "data: [DONE]\n\n"
-    finally:
-        if not completed:
-            cancel.set()  # the client went away (or the stream failed): stop generating, free the lock
-            log.info("request %s: stream ended early, generation cancelled", request_id)
+    return events()
 
 
 async def _capture(
@@ -565,9 +682,10 @@ async def _capture(
         latency,
     )
     try:
+        # masks and spools only: the store is written in the background, so a down store never lands here
         await run_in_threadpool(capture.record, exchange)
     except Exception:  # the answer is already made: the client gets it, the failure is logged loudly
-        log.exception("traffic: could not capture an exchange")
+        log.exception("traffic: exchange NOT captured (masking or the spool write failed); it is lost")
 
 
 def _usage(result: Completion) -> dict[str, int]:

@@ -5,10 +5,15 @@ The path of one record:
    (config `data_prep.pii`) before anything is written anywhere;
 2. appends the masked record to an append-only spool file under the data directory and fsyncs it, so a
    crash loses nothing;
-3. every `batch_size` records or `flush_seconds` (`flush`), the buffered records are written as one JSONL
-   file to the traffic branch: `<prefix>/captured/<YYYY-MM-DD>/<UTC timestamp compact>-<8 hex>.jsonl`;
+3. when `batch_size` records are buffered the background flusher is woken, and after `flush_seconds` it
+   writes a partial batch (`flush`): the buffered records go to the traffic branch as JSONL files of at most
+   `batch_size` records, `<prefix>/captured/<YYYY-MM-DD>/<UTC timestamp compact>-<8 hex>.jsonl`;
 4. every `commit_seconds` (`commit`), written files are committed with metadata
    {"kind": "traffic", "records": "<n>"}; only then is the spool emptied of them.
+
+`record` never touches the store: a request thread only masks and appends to the local spool, so a slow or
+unreachable store cannot stall responses. The flusher does the network I/O outside the buffer lock; a failed
+write puts its records back in the buffer (they are in the spool all along) and is retried on the next tick.
 
 `close()` (a clean shutdown) flushes and commits everything. `start()` first recovers a spool left by a
 crash: its records are written and committed, skipping any the store already holds (a crash between a
@@ -43,6 +48,7 @@ REVIEWED_DIR = "reviewed"  # curated by a person: chat rows whose last answer wa
 PENDING_REVIEW = "pending"
 COMMIT_KIND = "traffic"
 FILE_TIME_FORMAT = "%Y%m%dT%H%M%SZ"  # compact UTC timestamp in file names; sorts by time
+FLUSHER_THREAD = "traffic-capture"
 
 
 def reviewed_inputs(store: DatasetStore, config: FineflowConfig, ref: str) -> list[str]:
@@ -155,7 +161,12 @@ def _parse_jsonl(data: bytes) -> tuple[list[dict], int]:
 
 class TrafficCapture:
     """Masks, spools, batches and commits captured traffic. Thread-safe: request handlers call `record`
-    from worker threads while a background thread flushes and commits on the configured intervals."""
+    from worker threads while a background thread writes and commits on the configured intervals.
+
+    Two locks: `_lock` guards the in-memory lists and the spool file and is only ever held for local work;
+    `_store_lock` serialises writes and commits to the store, which may be slow, and is never held by
+    `record`. A record is in exactly one of `_buffer` (spooled), `_writing` (being written by `flush`) or
+    `_written` (staged on the branch, not yet committed) until a commit drops it from all three."""
 
     def __init__(self, config: FineflowConfig, store: DatasetStore, masker):
         self.config = config
@@ -166,12 +177,15 @@ class TrafficCapture:
         self.masker = masker
         self.spool_dir = config.data_dir / self.settings.spool_dir
         self.spool_path = self.spool_dir / SPOOL_FILE
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
+        self._store_lock = threading.Lock()
         self._buffer: list[dict] = []  # spooled, not yet written to the branch
+        self._writing: list[dict] = []  # taken from the buffer by a flush in progress
         self._written: list[dict] = []  # written to the branch, not yet committed
         self._first_buffered = 0.0
         self._last_commit = time.monotonic()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by `record` when a batch is full, and by `close`
         self._worker: threading.Thread | None = None
         self._spool_lock = FileLock(str(self.spool_dir / "spool.lock"))
         self._spool = None
@@ -180,7 +194,8 @@ class TrafficCapture:
 
     def start(self, background: bool = True) -> str | None:
         """Take the spool, recover what a crash left in it (returns that commit id, if any), and start the
-        background flusher. Starting a started capture does nothing."""
+        background flusher. Without it (`background=False`) the caller writes and commits by calling
+        `flush` and `commit`. Starting a started capture does nothing."""
         if self._spool is not None:
             return None
         self.spool_dir.mkdir(parents=True, exist_ok=True)
@@ -191,11 +206,15 @@ class TrafficCapture:
                 f"another process captures traffic into {self.spool_dir}; stop it or set "
                 "serve.traffic.spool_dir to a directory of its own"
             ) from None
-        ensure_traffic_branch(self.store, self.config)
-        recovered = self._recover()
+        try:
+            ensure_traffic_branch(self.store, self.config)
+            recovered = self._recover()
+        except BaseException:
+            self._spool_lock.release()  # a store that is down at start: free the spool for the next try
+            raise
         self._spool = open(self.spool_path, "ab")  # noqa: SIM115 (held open for the server's lifetime)
         if background:
-            self._worker = threading.Thread(target=self._run, name="traffic-capture", daemon=True)
+            self._worker = threading.Thread(target=self._run, name=FLUSHER_THREAD, daemon=True)
             self._worker.start()
         return recovered
 
@@ -205,6 +224,7 @@ class TrafficCapture:
         if self._spool is None:
             return None
         self._stop.set()
+        self._wake.set()
         if self._worker is not None:
             self._worker.join()
             self._worker = None
@@ -212,15 +232,17 @@ class TrafficCapture:
             self.flush()
             return self.commit()
         finally:
-            if self._spool is not None:
-                self._spool.close()
-                self._spool = None
+            with self._lock:
+                if self._spool is not None:
+                    self._spool.close()
+                    self._spool = None
             self._spool_lock.release()
 
     # capture
 
     def record(self, exchange: Exchange) -> dict:
-        """Mask, spool (fsync'd) and buffer one exchange; returns the masked record."""
+        """Mask, spool (fsync'd) and buffer one exchange; returns the masked record. No store I/O here: a
+        full batch wakes the flusher, which writes it."""
         record = masked_record(exchange, self.masker)  # before anything touches a disk
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode()
         with self._lock:
@@ -234,37 +256,57 @@ class TrafficCapture:
             self._buffer.append(record)
             full = len(self._buffer) >= self.settings.batch_size
         if full:
-            self.flush()
+            self._wake.set()
         return record
 
-    def flush(self) -> str | None:
-        """Write buffered records as one file on the traffic branch (staged); returns its path."""
-        with self._lock:
-            if not self._buffer:
-                return None
-            path = write_captured(self.store, self.config, self._buffer, utc_now())
-            self._written.extend(self._buffer)
-            log.info("wrote %d record(s) to %s", len(self._buffer), path)
-            self._buffer = []
+    def flush(self, whole_batches_only: bool = False) -> str | None:
+        """Write buffered records to the traffic branch (staged), at most `batch_size` per file; returns
+        the last file's path. `whole_batches_only` leaves a partial batch for the flush timer. Records a
+        failed write did not take go back to the front of the buffer."""
+        size = self.settings.batch_size
+        with self._store_lock:
+            with self._lock:
+                take = (
+                    len(self._buffer) - len(self._buffer) % size if whole_batches_only else len(self._buffer)
+                )
+                self._writing, self._buffer = self._buffer[:take], self._buffer[take:]
+                first_buffered = self._first_buffered  # kept for the rest too: it is flushed no later
+            path = None
+            try:
+                while self._writing:
+                    batch = self._writing[:size]
+                    path = write_captured(self.store, self.config, batch, utc_now())  # no lock held
+                    log.info("wrote %d record(s) to %s", len(batch), path)
+                    with self._lock:
+                        self._written.extend(batch)
+                        del self._writing[: len(batch)]
+            finally:
+                with self._lock:
+                    if self._writing:  # the store failed: keep them, in order, for the next flush
+                        self._buffer[:0] = self._writing
+                        self._writing = []
+                        self._first_buffered = first_buffered
             return path
 
     def commit(self) -> str | None:
         """Commit written batches; then drop them from the spool. Returns the commit id, None if none."""
-        with self._lock:
-            self._last_commit = time.monotonic()
-            if not self._written:
+        with self._store_lock:  # no flush meanwhile: `_written` is exactly what the commit takes
+            with self._lock:
+                self._last_commit = time.monotonic()
+                count = len(self._written)
+            if not count:
                 return None
-            count = len(self._written)
-            commit = self._commit_branch(count)
-            self._written = []
-            self._rewrite_spool(self._buffer)
+            commit = self._commit_branch(count)  # no buffer lock held: requests keep recording
+            with self._lock:
+                self._written = []
+                self._rewrite_spool(self._buffer)  # what is still unwritten; records appended meanwhile too
             return commit
 
     @property
     def pending(self) -> int:
         """Records not yet committed (buffered or written)."""
         with self._lock:
-            return len(self._buffer) + len(self._written)
+            return len(self._buffer) + len(self._writing) + len(self._written)
 
     # internals
 
@@ -278,20 +320,32 @@ class TrafficCapture:
 
     def _run(self) -> None:
         tick = min(self.settings.flush_seconds, self.settings.commit_seconds)
-        while not self._stop.wait(tick):
+        while not self._stop.is_set():
+            self._wake.wait(tick)
+            self._wake.clear()
+            if self._stop.is_set():
+                return  # `close` writes and commits the rest
             try:
                 now = time.monotonic()
                 with self._lock:
-                    due_flush = self._buffer and now - self._first_buffered >= self.settings.flush_seconds
+                    full = len(self._buffer) >= self.settings.batch_size
+                    aged = bool(self._buffer) and now - self._first_buffered >= self.settings.flush_seconds
                     due_commit = now - self._last_commit >= self.settings.commit_seconds
-                if due_flush:
+                if aged or due_commit:  # a commit takes every record captured so far
                     self.flush()
+                elif full:
+                    self.flush(whole_batches_only=True)
                 if due_commit:
-                    if not due_flush:
-                        self.flush()  # a commit takes every record captured so far
                     self.commit()
-            except Exception:  # the store may be down for a moment: the spool keeps every record
-                log.exception("flush or commit failed; records stay in the spool, retrying")
+            except Exception as exc:  # the store may be down for a while: the spool keeps every record
+                log.warning(
+                    "traffic: store write or commit failed (%s); %d record(s) are safe in the spool, "
+                    "retrying in %s s",
+                    exc,
+                    self.pending,
+                    tick,
+                )
+                self._stop.wait(tick)  # not at every full batch: a down store is not hammered
 
     def _rewrite_spool(self, records: list[dict]) -> None:
         """Replace the spool by `records` (still unwritten), atomically: a crash leaves old or new."""

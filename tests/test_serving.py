@@ -5,12 +5,15 @@ with PII masked and committed on shutdown, a registered champion resolved from M
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,7 +22,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fineflow.config import DATA_DIR_ENV, load_config
-from fineflow.serving import ServedModel, ServeModelError, StopTrimmer, create_app, load_served_model
+from fineflow.serving import (
+    ServedModel,
+    ServeModelError,
+    StopTrimmer,
+    create_app,
+    download_adapter,
+    load_served_model,
+)
 from fineflow.store import open_store
 from fineflow.store.embedded import EmbeddedStore
 from fineflow.traffic import TrafficCapture
@@ -216,6 +226,66 @@ def test_bad_requests_get_a_clear_4xx_and_the_server_keeps_serving(make_client):
     assert len(spool_text(config).splitlines()) == len(BAD_REQUESTS)
 
 
+def test_deeply_nested_bodies_are_a_400_not_a_500(make_client):
+    client, _ = make_client()
+    deep = 20_000  # brackets: json's decoder raises RecursionError
+    nested_value = b'{"model": "%s", "messages": ' % IDS[1].encode() + b"[" * 9000 + b"]" * 9000 + b"}"
+    for body, words in ((b"[" * deep, "nested too deeply"), (nested_value, "messages")):
+        response = client.post(URL, content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 400, response.text
+        assert words in response.json()["error"]["message"]
+    assert client.post(URL, json=chat(max_tokens=2)).status_code == 200
+
+
+def test_a_developer_message_is_the_system_prompt(make_client):
+    client, config = make_client()
+    answers = []
+    for role in ("system", "developer"):  # newer OpenAI clients send `developer`
+        messages = [{"role": role, "content": "Be brief."}, {"role": "user", "content": "Where is my order?"}]
+        response = client.post(URL, json=chat(max_tokens=6) | {"messages": messages})
+        assert response.status_code == 200, response.text
+        answers.append(response.json()["choices"][0]["message"]["content"])
+    assert answers[0] == answers[1]  # greedy: the same prompt, so the same answer
+    records = [json.loads(line) for line in spool_text(config).splitlines()]
+    assert [r["messages"][0]["role"] for r in records] == ["system", "system"]
+
+
+class FailingModel:
+    """The tiny model, except that `generate` fails once it has started, as an out-of-memory error does."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def generate(self, **kwargs):
+        raise RuntimeError("out of memory")
+
+
+def test_a_stream_that_fails_after_the_200_ends_with_an_error_event(tmp_path, monkeypatch, tiny_generator):
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "state"))
+    failing = dataclasses.replace(tiny_generator, model=FailingModel(tiny_generator.model))
+    app = create_app(load_config(), ServedModel(list(IDS), failing), None)
+    with TestClient(app) as client, client.stream("POST", URL, json=chat(stream=True)) as response:
+        assert response.status_code == 200
+        text = response.read().decode()
+    datas = [
+        json.loads(line.removeprefix("data: ")) for line in text.splitlines() if line.startswith("data: ")
+    ]
+    assert datas[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert datas[-1] == {
+        "error": {
+            "message": "internal server error: the answer was cut short",
+            "type": "server_error",
+            "param": None,
+            "code": None,
+        }
+    }
+    assert "[DONE]" not in text and "out of memory" not in text
+    assert app.state.engine.admitted == 0
+
+
 def test_a_streamed_oversized_body_without_length_is_refused(make_client):
     client, _ = make_client(**{"serve.max_request_bytes": 1024})
 
@@ -226,6 +296,86 @@ def test_a_streamed_oversized_body_without_length_is_refused(make_client):
 
     response = client.post(URL, content=chunks(), headers={"content-type": "application/json"})
     assert response.status_code == 413 and response.json()["error"]["code"] == "too_large"
+
+
+def wait_until(condition, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_a_full_queue_is_answered_503_with_retry_after(make_client):
+    client, config = make_client(**{"serve.max_queued_requests": 1, "serve.retry_after_seconds": 7})
+    engine = client.app.state.engine
+    answers = []
+
+    def ask() -> None:
+        answers.append(client.post(URL, json=chat(max_tokens=2)))
+
+    with engine.lock:  # the model is busy: admitted requests wait for their turn
+        waiting = [threading.Thread(target=ask) for _ in range(2)]  # one "generating", one queued
+        for thread in waiting:
+            thread.start()
+        wait_until(lambda: engine.admitted == 2)
+        busy = [
+            client.post(URL, json=chat(max_tokens=2)),
+            client.post(URL, json=chat(max_tokens=2, stream=True)),
+        ]
+    for thread in waiting:
+        thread.join()
+
+    for response in busy:
+        assert response.status_code == 503 and response.headers["retry-after"] == "7"
+        error = response.json()["error"]
+        assert error["type"] == "server_error" and error["code"] == "server_busy", error
+        assert "1 request(s) already wait" in error["message"]
+    assert [answer.status_code for answer in answers] == [200, 200]
+    assert engine.admitted == 0  # every admission released: the server takes requests again
+    assert client.post(URL, json=chat(max_tokens=2)).status_code == 200
+    assert len(spool_text(config).splitlines()) == 3  # the refused requests were not captured
+
+
+def test_a_client_that_disconnects_cancels_its_completion(make_client):
+    client, config = make_client(**{"serve.disconnect_poll_seconds": 0.01})
+    engine = client.app.state.engine
+    body = json.dumps(chat(max_tokens=64)).encode()
+    incoming = [{"type": "http.request", "body": body, "more_body": False}]
+    gone = threading.Event()
+    sent = []
+
+    async def receive() -> dict:  # the request, then the client is gone (as uvicorn reports it)
+        if incoming:
+            return incoming.pop()
+        gone.set()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": URL,
+        "raw_path": URL.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    with engine.lock:  # the request waits for its turn while its client leaves
+        call = threading.Thread(target=client.portal.call, args=(client.app, scope, receive, send))
+        call.start()
+        assert gone.wait(60)
+    call.join(60)
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 499
+    assert json.loads(sent[1]["body"])["error"]["code"] == "client_closed"
+    assert engine.admitted == 0 and spool_text(config) == ""  # nothing answered, nothing captured
+    assert client.post(URL, json=chat(max_tokens=2)).status_code == 200
 
 
 def test_api_key(make_client, monkeypatch):
@@ -342,6 +492,88 @@ def test_the_registered_champion_is_served_by_alias_and_version(registered_champ
         load_served_model(config, "acme-support-assistant@nope")
     with pytest.raises(ServeModelError, match="cannot serve base model"):
         load_served_model(config, "./no-such-model-dir")
+
+
+def test_an_adapter_cache_without_its_completion_marker_is_downloaded_again(registered_champion):
+    config, name = registered_champion, "acme-support-assistant"
+    adapter = download_adapter(config, name, "1")
+    target = adapter.parent.parent
+    complete = sorted(path.relative_to(target) for path in target.rglob("*") if path.is_file())
+    assert Path(".complete") in complete and list(target.parent.iterdir()) == [target]  # no partial left
+
+    (target / ".complete").unlink()  # a download cut short: some files there, the marker never written
+    weights = list(adapter.glob("adapter_model*"))
+    assert weights
+    for path in weights:
+        path.unlink()
+    assert download_adapter(config, name, "1") == adapter
+    assert sorted(path.relative_to(target) for path in target.rglob("*") if path.is_file()) == complete
+
+    (target / "kept").write_text("a complete cache is trusted, not downloaded again")
+    download_adapter(config, name, "1")
+    assert (target / "kept").exists()
+
+
+LAKEFS_ENV = (
+    "LAKECTL_SERVER_ENDPOINT_URL",
+    "LAKECTL_CREDENTIALS_ACCESS_KEY_ID",
+    "LAKECTL_CREDENTIALS_SECRET_ACCESS_KEY",
+)
+
+
+@pytest.fixture
+def serve_cli(tmp_path, monkeypatch):
+    """serve_cli(*args) -> click's Result of `fineflow serve ...` run in this process; the console logging
+    it sets up on the `fineflow` logger is undone afterwards."""
+    from typer.testing import CliRunner
+
+    from fineflow.cli import app
+
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "state"))
+    logger = logging.getLogger("fineflow")
+    monkeypatch.setattr(logger, "handlers", list(logger.handlers))
+    monkeypatch.setattr(logger, "propagate", logger.propagate)
+    monkeypatch.setattr(logger, "level", logger.level)
+    return lambda *args: CliRunner().invoke(app, ["serve", *args])
+
+
+def test_serve_refuses_a_network_address_without_an_api_key(serve_cli, monkeypatch):
+    monkeypatch.delenv("FINEFLOW_TEST_KEY", raising=False)
+    for args in (
+        ["--host", "0.0.0.0"],
+        ["--set", "serve.host=192.168.1.20", "--set", "serve.api_key_env=FINEFLOW_TEST_KEY"],  # unset
+    ):
+        result = serve_cli("--model", "never-loaded", *args)
+        assert result.exit_code == 2, result.output
+        [line] = result.output.strip().splitlines()
+        assert line.startswith("refusing to serve on ") and "without an API key" in line
+
+
+def test_serve_start_up_failures_are_one_line_and_exit_1(serve_cli, monkeypatch, seeded_model_dir):
+    monkeypatch.setenv("FINEFLOW_TEST_KEY", "s3cret")  # a network address with a key passes the guard
+    keyed = [
+        "--host",
+        "0.0.0.0",
+        "--set",
+        "serve.api_key_env=FINEFLOW_TEST_KEY",
+        "--set",
+        "store.backend=lakefs",
+    ]
+    for name in LAKEFS_ENV:
+        monkeypatch.delenv(name, raising=False)
+    result = serve_cli("--model", "never-loaded", *keyed)  # no lakeFS credentials: before the model loads
+    assert result.exit_code == 1, result.output
+    [line] = result.output.strip().splitlines()
+    assert line.startswith("cannot start serving: lakeFS connection settings missing")
+
+    closed_port = _free_port()
+    for name, value in zip(LAKEFS_ENV, (f"http://127.0.0.1:{closed_port}", "key", "secret"), strict=True):
+        monkeypatch.setenv(name, value)
+    result = serve_cli("--model", str(seeded_model_dir), *keyed)  # the store is down
+    assert result.exit_code == 1, result.output
+    last = result.output.strip().splitlines()[-1]  # after the model's loading progress, on the same line
+    assert "cannot start serving: create repository" in last and "cannot reach lakeFS" in last
+    assert "Traceback" not in result.output
 
 
 def _free_port() -> int:

@@ -1,17 +1,20 @@
 """Traffic capture on the embedded store: PII masked before any write (spool, staged file, commit), the
-contract's record format and paths, batching by size and by time, the periodic and the shutdown commit,
-recovery of a crash's spool without losing or duplicating a record, and one capture per spool."""
+contract's record format and paths, batching by size (in the background, never in the request) and by
+time, a slow or down store that never stalls `record` and loses nothing, the periodic and the shutdown
+commit, recovery of a crash's spool without losing or duplicating a record, and one capture per spool."""
 
 from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 
 import pytest
 
 from fineflow.config import DATA_DIR_ENV, load_config
-from fineflow.store import open_store
+from fineflow.store import StoreError, open_store
+from fineflow.store.embedded import EmbeddedStore
 from fineflow.traffic import Exchange, SpoolInUseError, TrafficCapture
 from tasks.pii import get_masker
 
@@ -35,6 +38,7 @@ RECORD_KEYS = {
 }
 CAPTURED_PATH = re.compile(r"^traffic/captured/\d{4}-\d{2}-\d{2}/\d{8}T\d{6}Z-[0-9a-f]{8}\.jsonl$")
 LONG = 3600  # seconds: an interval that never elapses during a test
+HUNG = 20  # seconds a hung store write waits before it fails as a timeout would
 
 
 def make_config(tmp_path, monkeypatch, **traffic):
@@ -121,24 +125,67 @@ def test_records_and_paths_follow_the_contract(tmp_path, monkeypatch):
     assert capture.spool_path.read_bytes() == b""  # committed: nothing left to recover
 
 
-def test_full_batches_are_written_at_once_and_the_rest_on_the_timers(tmp_path, monkeypatch):
-    config = make_config(tmp_path, monkeypatch, batch_size=2, flush_seconds=0.05, commit_seconds=0.2)
-    store = open_store(config)
-    capture = capture_for(config)
+class WatchedStore(EmbeddedStore):
+    """The embedded store, noting which thread wrote how many records; `down` makes writes fail as an
+    unreachable store's do; while `hold` (an Event) is clear, writes hang (a slow store) and fail after
+    HUNG seconds."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.writes: list[tuple[str, int]] = []
+        self.down = False
+        self.hold = threading.Event()
+        self.hold.set()
+        self.waiting = threading.Event()  # set while a write waits for `hold`
+
+    def write(self, repo, ref, path, data):
+        if not self.hold.is_set():
+            self.waiting.set()
+            if not self.hold.wait(HUNG):
+                raise StoreError(f"write {path}: timed out")
+        if self.down:
+            raise StoreError(f"write {path}: cannot reach the store")
+        self.writes.append((threading.current_thread().name, data.count(b"\n")))
+        return super().write(repo, ref, path, data)
+
+
+def watched_capture(config) -> tuple[TrafficCapture, WatchedStore]:
+    store = WatchedStore(config.data_dir / "store")
+    return TrafficCapture(config, store, get_masker(config.data_prep.pii)), store
+
+
+def wait_until(condition, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_a_full_batch_is_written_by_the_flusher_at_once_not_in_the_request(tmp_path, monkeypatch):
+    config = make_config(tmp_path, monkeypatch, batch_size=2)  # the timers never fire
+    capture, store = watched_capture(config)
     capture.start()  # with the background flusher
     for i in range(3):
         capture.record(exchange(f"question {i}"))
-    # The full batch of two is written at once, before the flush timer could have run: it is
-    # staged on the branch, or already committed if the commit timer fired in between (a loaded
-    # machine). Staged is read first, so a commit in between cannot hide the file from both.
-    staged = {c.path for c in store.uncommitted(config.store.repo, "traffic")}
-    head = store.resolve(config.store.repo, "traffic")
-    written = staged | set(store.list(config.store.repo, head, "traffic/captured/"))
-    assert len(written) in (1, 2)  # the flusher may already have written the third record too
-    deadline = time.monotonic() + 10
-    while capture.pending and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert capture.pending == 0  # the partial batch was flushed and everything committed by the timers
+    wait_until(lambda: store.writes)
+    # written by the flusher, woken by the full batch: neither in the request's thread nor on a timer
+    assert store.writes == [("traffic-capture", 2)]
+    assert capture.pending == 3  # two written, one buffered, nothing committed
+    assert capture.close()
+    assert sorted(r["messages"][1]["content"] for r in committed_records(config)) == [
+        "question 0",
+        "question 1",
+        "question 2",
+    ]
+
+
+def test_the_rest_is_written_and_committed_on_the_timers(tmp_path, monkeypatch):
+    config = make_config(tmp_path, monkeypatch, batch_size=32, flush_seconds=0.05, commit_seconds=0.2)
+    capture = capture_for(config)
+    capture.start()
+    for i in range(3):
+        capture.record(exchange(f"question {i}"))
+    wait_until(lambda: capture.pending == 0)  # no batch is full: the timers wrote and committed
     assert sorted(r["messages"][1]["content"] for r in committed_records(config)) == [
         "question 0",
         "question 1",
@@ -147,6 +194,36 @@ def test_full_batches_are_written_at_once_and_the_rest_on_the_timers(tmp_path, m
     assert sum(int(c.metadata["records"]) for c in traffic_commits(config)) == 3
     assert capture.spool_path.read_bytes() == b""
     assert capture.close() is None  # nothing left for the shutdown commit
+
+
+def test_a_slow_or_down_store_never_stalls_record_and_loses_nothing(tmp_path, monkeypatch):
+    config = make_config(tmp_path, monkeypatch, batch_size=2, flush_seconds=0.05, commit_seconds=0.2)
+    capture, store = watched_capture(config)
+    capture.start()
+    store.hold.clear()  # the store hangs on every write
+    capture.record(exchange("question 0"))
+    capture.record(exchange("question 1"))  # a full batch: the flusher starts its write and hangs
+    assert store.waiting.wait(HUNG)
+    for i in range(2, 6):
+        started = time.monotonic()
+        capture.record(exchange(f"question {i}"))
+        assert time.monotonic() - started < 5  # masking and an fsync, never the hung write
+    assert len(capture.spool_path.read_text().splitlines()) == 6
+
+    store.down = True  # the hung write fails: its records go back to the buffer, still in the spool
+    store.hold.set()
+    wait_until(lambda: capture._writing == [] and len(capture._buffer) == 6)
+    assert capture.pending == 6 and store.writes == []
+    assert len(capture.spool_path.read_text().splitlines()) == 6
+
+    store.down = False  # the store is back: the flusher retries and commits every record once
+    wait_until(lambda: capture.pending == 0)
+    records = committed_records(config)
+    assert sorted(r["messages"][1]["content"] for r in records) == [f"question {i}" for i in range(6)]
+    assert len({r["id"] for r in records}) == 6
+    assert all(name == "traffic-capture" for name, _ in store.writes)
+    assert capture.spool_path.read_bytes() == b""
+    capture.close()
 
 
 def test_a_clean_shutdown_commits_every_record(tmp_path, monkeypatch):
