@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 from pathlib import Path
@@ -12,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fineflow.config import DEFAULT_CONFIG, ConfigError, FineflowConfig, load_config
+from fineflow.config import DEFAULT_CONFIG, ConfigError, FineflowConfig, is_loopback, load_config
 from fineflow.runtime import prepare_environment
 
 app = typer.Typer(
@@ -351,7 +350,7 @@ def serve_command(
     loaded = _load(config, set_, extra)
     settings = loaded.serve
     has_key = bool(settings.api_key_env and os.environ.get(settings.api_key_env))
-    if not _is_loopback(settings.host) and not has_key:
+    if not is_loopback(settings.host) and not has_key:
         console.print(
             f"[red]refusing to serve on {settings.host} without an API key: set serve.api_key_env to an "
             "environment variable holding one, or serve on 127.0.0.1[/red]"
@@ -408,15 +407,6 @@ def serve_command(
                     f"[red]traffic not committed ({_one_line(exc)}); it stays in the spool and the next "
                     "`fineflow serve` commits it[/red]"
                 )
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name may resolve to any interface
 
 
 def _one_line(exc: BaseException) -> str:
