@@ -26,6 +26,7 @@ gates:
 @pytest.fixture
 def registry(tmp_path, monkeypatch):
     """A champion (v1) and two evaluated challengers (v2, v3) whose recorded metrics pass the gate."""
+    from flows.evaluate import SUBJECT_TAG
     monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "state"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (tmp_path / "gates.yaml").write_text(GATES)
@@ -35,7 +36,7 @@ def registry(tmp_path, monkeypatch):
     name = config.registry.model_name
     client.create_registered_model(name)
     experiment = client.create_experiment("eval")
-    baseline = client.create_run(experiment).info.run_id
+    baseline = client.create_run(experiment, tags={SUBJECT_TAG: "version:1"}).info.run_id  # the champion
     client.log_metric(baseline, "rouge_l", 0.2)
     for version in ("1", "2", "3"):
         client.create_model_version(name, source=str(tmp_path))
