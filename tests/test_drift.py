@@ -244,20 +244,25 @@ def _commit_traffic_file(config, path: str, data: bytes) -> None:
     traffic.commit_captured(store, config, 1)
 
 
+def _one_captured_file(config, count: int, now: datetime) -> tuple[str, bytes]:
+    """Capture `count` synthetic conversations as one committed file; return its path and bytes."""
+    store = open_store(config)
+    write_captured(config, synthetic.support_conversations(count, seed=2), now)
+    [path] = store.list(config.store.repo, config.serve.traffic.branch, config.serve.traffic.prefix)
+    return path, store.read(config.store.repo, config.serve.traffic.branch, path)
+
+
 def test_the_window_skips_date_directories_before_its_start(publish_splits):
     """Files are never named earlier than their records: a file in an older date directory is not read,
     here even though (against the contract) it holds records of the window."""
     from tasks.traffic_window import read_traffic_window
 
     publish_splits({"train": []})
-    config = load_config()
-    store, now = open_store(config), datetime.now(UTC)
-    write_captured(config, synthetic.support_conversations(5, seed=2), now)
-    [recent] = store.list(config.store.repo, config.serve.traffic.branch, config.serve.traffic.prefix)
-    data = store.read(config.store.repo, config.serve.traffic.branch, recent)
+    config, now = load_config(), datetime.now(UTC)
+    recent, data = _one_captured_file(config, 5, now)
     old = now - timedelta(hours=config.drift.window_hours + 48)
     _commit_traffic_file(config, traffic.captured_path(config.serve.traffic.prefix, old), data)
-    window = read_traffic_window(store, config, now)
+    window = read_traffic_window(open_store(config), config, now)
     assert window.files == [recent]
     assert window.read == 5 and len(window.records) == 5
 
@@ -266,14 +271,11 @@ def test_unreadable_lines_are_counted_not_fatal(publish_splits):
     from tasks.traffic_window import read_traffic_window
 
     publish_splits({"train": []})
-    config = load_config()
-    store, now = open_store(config), datetime.now(UTC)
-    write_captured(config, synthetic.support_conversations(2, seed=2), now)
-    [path] = store.list(config.store.repo, config.serve.traffic.branch, config.serve.traffic.prefix)
-    good = store.read(config.store.repo, config.serve.traffic.branch, path)
+    config, now = load_config(), datetime.now(UTC)
+    _, good = _one_captured_file(config, 2, now)
     bad = b"\xff\xfe not UTF-8\n" + b"not json\n" + b'{"timestamp": "2026-01-01T00:00:00Z"}\n'
     _commit_traffic_file(config, traffic.captured_path(config.serve.traffic.prefix, now), bad + good)
-    window = read_traffic_window(store, config, now)
+    window = read_traffic_window(open_store(config), config, now)
     assert window.unreadable == 3
     assert window.read == 7 and len(window.records) == 4
 
