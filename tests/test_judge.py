@@ -190,7 +190,12 @@ def test_constrained_decoding_makes_a_random_model_emit_valid_json(tiny_model_di
     answer parses into the schema, and every str respects the injected maxLength."""
     judge = EmbeddedJudge(judge_config(model=str(tiny_model_dir)), tmp_path)
     prompts = [f"Describe item number {i} as JSON with a name, a count and tags." for i in range(5)]
-    answers = [judge.complete(prompt, Item) for prompt in prompts]
+    answers = []
+    for prompt in prompts:
+        try:
+            answers.append(judge.complete(prompt, Item))
+        except (JudgeError, JudgeOutputError) as exc:  # say what the model wrote, should this ever fail
+            pytest.fail(f"no valid answer to {prompt!r}: {exc}")
 
     assert all(isinstance(answer, Item) for answer in answers)
     for answer in answers:
