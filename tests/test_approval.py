@@ -27,6 +27,7 @@ gates:
 def registry(tmp_path, monkeypatch):
     """A champion (v1) and two evaluated challengers (v2, v3) whose recorded metrics pass the gate."""
     from flows.evaluate import SUBJECT_TAG
+
     monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "state"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (tmp_path / "gates.yaml").write_text(GATES)
