@@ -443,9 +443,8 @@ def create_app(config: FineflowConfig, served: ServedModel, capture: TrafficCapt
             if capture is not None:
                 try:
                     commit = await run_in_threadpool(capture.close)
-                except (
-                    StoreError
-                ) as exc:  # the store is down: the spool keeps every record for the next start
+                except StoreError as exc:
+                    # the store is down: the spool keeps every record, and the next start commits them
                     log.warning("traffic: shutdown commit failed (%s); the next start commits the spool", exc)
                 else:
                     log.info("traffic: shutdown commit %s", commit[:12] if commit else "(nothing to commit)")
