@@ -60,6 +60,11 @@ class Stack:
     def api_url(self) -> str:
         return f"{self.prefect_url}/api"
 
+    @property
+    def running(self) -> bool:
+        """Finished starting, and every process of it still alive."""
+        return self.complete and all(_alive(p) for p in self.processes)
+
 
 def state_file(data_dir: Path) -> Path:
     return data_dir / "stack" / "stack.json"
@@ -68,9 +73,7 @@ def state_file(data_dir: Path) -> Path:
 def running_stack(data_dir: Path) -> Stack | None:
     """The stack recorded for this data directory, if it finished starting and every process lives."""
     stack = _recorded_stack(data_dir)
-    if stack and stack.complete and all(_alive(p) for p in stack.processes):
-        return stack
-    return None
+    return stack if stack and stack.running else None
 
 
 def _recorded_stack(data_dir: Path) -> Stack | None:
@@ -82,11 +85,11 @@ def _recorded_stack(data_dir: Path) -> Stack | None:
 
 
 def up(config: FineflowConfig, repo_root: Path, log=print) -> Stack:
-    if stack := running_stack(config.data_dir):
-        raise StackError(
-            f"already up: Prefect {stack.prefect_url}, MLflow {stack.mlflow_url} (fineflow down)"
-        )
     recorded = _recorded_stack(config.data_dir)
+    if recorded and recorded.running:
+        raise StackError(
+            f"already up: Prefect {recorded.prefect_url}, MLflow {recorded.mlflow_url} (fineflow down)"
+        )
     if recorded and not recorded.complete and any(_alive(p) for p in recorded.processes):
         raise StackError(
             "another `fineflow up` is starting, or one was killed while starting: wait for it, or run "

@@ -26,7 +26,7 @@ from tasks.classic_metrics import load_eval_prompts
 from tasks.eval_report import render_html, render_markdown
 from tasks.gates import Decision, decide, load_gates
 from tasks.injection import load_payloads
-from tasks.measure import EvalSets, Subject, measure, read_golden
+from tasks.measure import EvalSets, Subject, measure, read_golden, version_key
 from tasks.promotion import CHAMPION, record_decision, version_by_alias
 from tasks.records import step_logger
 from tasks.registry import ensure_experiment, lineage_tags, tracking_uri, use_tracking_uri
@@ -80,14 +80,14 @@ def evaluate(
     key = evaluation_key(config, tags["dataset_commit"])
 
     challenger = Subject(
-        f"version {version}", f"version:{version}", tags["base_model"], f"models:/{name}/{version}"
+        f"version {version}", version_key(version), tags["base_model"], f"models:/{name}/{version}"
     )
     champion = version_by_alias(client, name, CHAMPION)
     if champion and champion != version:
         champion_tags = lineage_tags(name, champion, client.get_model_version(name, champion).tags)
         baseline = Subject(
             f"champion version {champion}",
-            f"version:{champion}",
+            version_key(champion),
             champion_tags["base_model"],
             f"models:/{name}/{champion}",
         )

@@ -21,6 +21,7 @@ from fineflow.runtime import io_task
 from flows.evaluate import SUBJECT_TAG, resolve_model_ref
 from tasks.eval_report import render_markdown
 from tasks.gates import decide, load_gates
+from tasks.measure import version_key
 from tasks.promotion import CHAMPION, record_decision, version_by_alias
 from tasks.promotion import promote as move_aliases
 from tasks.promotion import rollback as move_back
@@ -111,7 +112,7 @@ def _stale_baseline(champion: str | None, evaluated_against: str) -> str | None:
 
     Two lifecycle runs, or a manual promotion, can overlap: a challenger compared with champion 1 must
     not replace a champion 2 it was never compared with."""
-    if champion is None or evaluated_against == f"version:{champion}":
+    if champion is None or evaluated_against == version_key(champion):
         return None
     return (
         f"it was evaluated against {evaluated_against or 'an unknown baseline'}, but the champion is now "

@@ -32,6 +32,12 @@ class Subject:
     model_uri: str | None  # the registered model holding the adapter; None: the bare base model
 
 
+def version_key(version: str) -> str:
+    """The Subject key of a registered model version: evaluation tags its runs with it, and promotion
+    reads it back to tell which champion a decision was measured against."""
+    return f"version:{version}"
+
+
 @dataclass
 class EvalSets:
     golden_questions: list[str]

@@ -27,6 +27,7 @@ gates:
 def registry(tmp_path, monkeypatch):
     """A champion (v1) and two evaluated challengers (v2, v3) whose recorded metrics pass the gate."""
     from flows.evaluate import SUBJECT_TAG
+    from tasks.measure import version_key
 
     monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "state"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -37,7 +38,7 @@ def registry(tmp_path, monkeypatch):
     name = config.registry.model_name
     client.create_registered_model(name)
     experiment = client.create_experiment("eval")
-    baseline = client.create_run(experiment, tags={SUBJECT_TAG: "version:1"}).info.run_id  # the champion
+    baseline = client.create_run(experiment, tags={SUBJECT_TAG: version_key("1")}).info.run_id  # the champion
     client.log_metric(baseline, "rouge_l", 0.2)
     for version in ("1", "2", "3"):
         client.create_model_version(name, source=str(tmp_path))
