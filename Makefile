@@ -13,6 +13,7 @@ run: $(VENV_STAMP)
 	.venv/bin/fineflow run
 
 test: $(VENV_STAMP)
+	.venv/bin/lint-imports --no-cache
 	.venv/bin/python -m pytest
 
 lint: $(VENV_STAMP)

@@ -30,13 +30,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from fineflow.config import load_config  # noqa: E402
-from fineflow.models import resolve_base_model  # noqa: E402
-from tasks.train import TrainSpec, build_trainer, precision_flags, read_rows, to_prompt_completion  # noqa: E402
+from fineflow.models.base import resolve_base_model  # noqa: E402
+from tasks.training.train import TrainSpec, build_trainer, precision_flags, read_rows, to_prompt_completion  # noqa: E402
 
 
 def sample_train_rows(limit: int) -> list[dict]:
     """Valid chat rows of the shipped sample, chosen by data prep's own validator (it plants bad rows)."""
-    from tasks.parse import parse_and_validate
+    from tasks.data.parse import parse_and_validate
 
     validation = load_config().data_prep.validation
     files = {

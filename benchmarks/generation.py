@@ -1,7 +1,7 @@
 """Generation throughput: batched greedy generation against one prompt at a time, in one process.
 
 Both answer the same golden-set questions with the same model, greedily, with the same new-token limit,
-through the same code (tasks.generation.generate_token_ids); only the batch size differs. Throughput is
+through the same code (fineflow.models.engine.generate_token_ids); only the batch size differs. Throughput is
 generated tokens per second, counting each answer up to and including its end token, never padding.
 Greedy answers should come out the same either way: the run reports how many do.
 
@@ -30,7 +30,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from fineflow.config import load_config  # noqa: E402
-from tasks.generation import generate_token_ids, load_generator  # noqa: E402
+from fineflow.models.engine import generate_token_ids, load_generator  # noqa: E402
 
 GOLDEN = Path("sample_data/golden/golden.jsonl")
 

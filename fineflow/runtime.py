@@ -1,11 +1,13 @@
 """Process environment for the embedded stack: offline libraries and state under the data directory.
 
 Called once by the CLI before Prefect or any model library is imported, because those read their
-settings from the environment at import time. Values a user already exported win.
+settings from the environment at import time (then `fineflow.stack.use_running_stack` points them at a
+running local stack). Values a user already exported win.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 from functools import cache
@@ -32,18 +34,6 @@ def prepare_environment(data_dir: Path) -> None:
     prefect_home.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_HOME", str(prefect_home))
     os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(prefect_home / "storage"))
-    _use_running_stack(data_dir)
-
-
-def _use_running_stack(data_dir: Path) -> None:
-    """While `fineflow up` runs, the CLI talks to its servers: one writer per SQLite database, and every
-    run shows in the UIs. Exported PREFECT_API_URL / MLFLOW_TRACKING_URI still win."""
-    from fineflow.stack import running_stack
-
-    if stack := running_stack(data_dir):
-        os.environ.setdefault("PREFECT_API_URL", stack.api_url)
-        os.environ.setdefault("PREFECT_UI_URL", stack.prefect_url)
-        os.environ.setdefault("MLFLOW_TRACKING_URI", stack.mlflow_url)
 
 
 @cache
@@ -74,3 +64,14 @@ def io_task(name: str):
     from prefect.cache_policies import NO_CACHE
 
     return task(name=name, cache_policy=NO_CACHE, **IO_RETRIES)
+
+
+def step_logger(name: str = "fineflow") -> logging.Logger | logging.LoggerAdapter:
+    """The Prefect run logger inside a flow (so counts show in the UI), a plain logger outside one."""
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(name)

@@ -76,6 +76,15 @@ def running_stack(data_dir: Path) -> Stack | None:
     return stack if stack and stack.running else None
 
 
+def use_running_stack(data_dir: Path) -> None:
+    """While `fineflow up` runs, the CLI talks to its servers: one writer per SQLite database, and every
+    run shows in the UIs. Exported PREFECT_API_URL / MLFLOW_TRACKING_URI still win."""
+    if stack := running_stack(data_dir):
+        os.environ.setdefault("PREFECT_API_URL", stack.api_url)
+        os.environ.setdefault("PREFECT_UI_URL", stack.prefect_url)
+        os.environ.setdefault("MLFLOW_TRACKING_URI", stack.mlflow_url)
+
+
 def _recorded_stack(data_dir: Path) -> Stack | None:
     path = state_file(data_dir)
     if not path.exists():

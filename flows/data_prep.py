@@ -18,19 +18,20 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from fineflow.config import DEFAULT_CONFIG, FineflowConfig, config_hash, load_config
-from fineflow.models import check_base_model
-from fineflow.runtime import code_version
+from fineflow.models.base import check_base_model
+from fineflow.privacy.masker import check_ner_model
+from fineflow.runtime import code_version, step_logger
 from fineflow.store import DatasetStore, NotFoundError, open_store
-from tasks.dedup import deduplicate
-from tasks.ingest import check_inputs, ingest_inputs, read_inputs
-from tasks.normalize import normalize_rows
-from tasks.parse import parse_and_validate
-from tasks.pii import check_ner_model, mask_pii
-from tasks.publish import AuditFailedError, audit_outputs, publish_outputs, write_outputs
-from tasks.records import Removal, StepResult, count_reasons, format_counts, step_logger
-from tasks.safety import filter_unsafe, load_rules
-from tasks.split import split_rows
-from tasks.token_limit import enforce_token_limit
+from tasks.data.dedup import deduplicate
+from tasks.data.ingest import check_inputs, ingest_inputs, read_inputs
+from tasks.data.normalize import normalize_rows
+from tasks.data.parse import parse_and_validate
+from tasks.data.pii import mask_pii
+from tasks.data.publish import AuditFailedError, audit_outputs, publish_outputs, write_outputs
+from tasks.data.records import Removal, StepResult, count_reasons, format_counts
+from tasks.data.safety import filter_unsafe, load_rules
+from tasks.data.split import split_rows
+from tasks.data.token_limit import enforce_token_limit
 
 REPORT_ARTIFACT_KEY = "data-prep-report"
 

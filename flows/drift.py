@@ -21,11 +21,14 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
 from fineflow.config import DEFAULT_CONFIG, FineflowConfig, load_config
-from fineflow.models import load_tokenizer
+from fineflow.models.base import load_tokenizer
+from fineflow.registry.tracking import ensure_experiment, lineage_tags, tracking_uri
+from fineflow.runtime import step_logger
 from fineflow.store import open_store
 from flows.evaluate import _adapter_dir, resolve_model_ref
-from tasks.drift_quality import compare_quality, golden_scores, recorded_scores
-from tasks.drift_report import (
+from tasks.data.safety import load_rules
+from tasks.drift.quality import compare_quality, golden_scores, recorded_scores
+from tasks.drift.report import (
     DRIFT,
     NO_DRIFT,
     NOT_ENOUGH,
@@ -34,12 +37,9 @@ from tasks.drift_report import (
     render_html,
     render_markdown,
 )
-from tasks.drift_stats import MIN_POINTS, Statistic, input_drift
-from tasks.promotion import CHAMPION
-from tasks.records import step_logger
-from tasks.registry import ensure_experiment, lineage_tags, tracking_uri
-from tasks.safety import load_rules
-from tasks.traffic_window import read_traffic_window, training_prompts
+from tasks.drift.stats import MIN_POINTS, Statistic, input_drift
+from tasks.drift.traffic_window import read_traffic_window, training_prompts
+from tasks.evaluation.promotion import CHAMPION
 
 EVENT = "fineflow.drift.detected"
 REPORT_ARTIFACT_KEY = "drift-report"

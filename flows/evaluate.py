@@ -20,16 +20,15 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from fineflow.config import DEFAULT_CONFIG, FineflowConfig, config_hash, load_config
-from fineflow.runtime import code_version, io_task
+from fineflow.registry.tracking import ensure_experiment, lineage_tags, tracking_uri, use_tracking_uri
+from fineflow.runtime import code_version, io_task, step_logger
 from fineflow.store import open_store
-from tasks.classic_metrics import load_eval_prompts
-from tasks.eval_report import render_html, render_markdown
-from tasks.gates import Decision, decide, load_gates
-from tasks.injection import load_payloads
-from tasks.measure import EvalSets, Subject, measure, read_golden, version_key
-from tasks.promotion import CHAMPION, record_decision, version_by_alias
-from tasks.records import step_logger
-from tasks.registry import ensure_experiment, lineage_tags, tracking_uri, use_tracking_uri
+from tasks.evaluation.classic_metrics import load_eval_prompts
+from tasks.evaluation.eval_report import render_html, render_markdown
+from tasks.evaluation.gates import Decision, decide, load_gates
+from tasks.evaluation.injection import load_payloads
+from tasks.evaluation.measure import EvalSets, Subject, measure, read_golden, version_key
+from tasks.evaluation.promotion import CHAMPION, record_decision, version_by_alias
 
 SUBJECT_TAG, KEY_TAG = "eval.subject", "eval.key"
 REPORT_ARTIFACT_KEY = "evaluation-report"

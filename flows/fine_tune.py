@@ -20,14 +20,13 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from fineflow.config import DEFAULT_CONFIG, FineflowConfig, config_hash, load_config
-from fineflow.models import check_base_model
-from fineflow.runtime import code_version, io_task
+from fineflow.models.base import check_base_model
+from fineflow.registry.tracking import FinetuneTracker, find_version
+from fineflow.runtime import code_version, io_task, step_logger
 from fineflow.store import open_store
-from tasks.compute import train_adapter
-from tasks.finetune_data import default_train_uri, resolve_train_split, stage_train_split
-from tasks.records import step_logger
-from tasks.registry import FinetuneTracker, find_version
-from tasks.train import TrainSpec
+from tasks.training.compute import train_adapter
+from tasks.training.finetune_data import default_train_uri, resolve_train_split, stage_train_split
+from tasks.training.train import TrainSpec
 
 REPORT_ARTIFACT_KEY = "fine-tune-report"
 

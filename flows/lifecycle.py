@@ -27,18 +27,17 @@ from prefect.runtime import deployment, flow_run
 from prefect.settings import PREFECT_UI_URL
 
 from fineflow.config import DEFAULT_CONFIG, FineflowConfig, apply_overrides, load_config
-from fineflow.runtime import code_version, io_task
+from fineflow.registry.tracking import tracking_uri
+from fineflow.runtime import code_version, io_task, step_logger
+from fineflow.serving.capture import reviewed_inputs
 from fineflow.store import open_store
-from fineflow.traffic import reviewed_inputs
 from flows.data_prep import data_prep
 from flows.evaluate import evaluate
 from flows.fine_tune import fine_tune
 from flows.promote import promote
-from tasks.eval_report import render_markdown
-from tasks.gates import Decision
-from tasks.promotion import CHAMPION, version_by_alias
-from tasks.records import step_logger
-from tasks.registry import tracking_uri
+from tasks.evaluation.eval_report import render_markdown
+from tasks.evaluation.gates import Decision
+from tasks.evaluation.promotion import CHAMPION, version_by_alias
 
 # The form's defaults: configs/default.yaml of the code that runs (a deployment's clone at its commit).
 DEFAULTS = load_config(Path(__file__).resolve().parent.parent / DEFAULT_CONFIG)

@@ -17,16 +17,15 @@ from prefect.events import emit_event
 from prefect.input import RunInput
 
 from fineflow.config import DEFAULT_CONFIG, load_config
-from fineflow.runtime import io_task
+from fineflow.registry.tracking import tracking_uri
+from fineflow.runtime import io_task, step_logger
 from flows.evaluate import SUBJECT_TAG, resolve_model_ref
-from tasks.eval_report import render_markdown
-from tasks.gates import decide, load_gates
-from tasks.measure import version_key
-from tasks.promotion import CHAMPION, record_decision, version_by_alias
-from tasks.promotion import promote as move_aliases
-from tasks.promotion import rollback as move_back
-from tasks.records import step_logger
-from tasks.registry import tracking_uri
+from tasks.evaluation.eval_report import render_markdown
+from tasks.evaluation.gates import decide, load_gates
+from tasks.evaluation.measure import version_key
+from tasks.evaluation.promotion import CHAMPION, record_decision, version_by_alias
+from tasks.evaluation.promotion import promote as move_aliases
+from tasks.evaluation.promotion import rollback as move_back
 
 
 class NotEvaluatedError(RuntimeError):

@@ -154,7 +154,7 @@ def make_records(kind: str, count: int, seed: int, model: str, end: datetime) ->
 
 def commit_traffic(store, config, records: list[dict], end: datetime) -> str:
     """One captured file on the traffic branch, written and committed as serving does; returns the commit."""
-    from fineflow.traffic import commit_captured, ensure_traffic_branch, write_captured
+    from fineflow.serving.capture import commit_captured, ensure_traffic_branch, write_captured
 
     ensure_traffic_branch(store, config)
     write_captured(store, config, records, end)
@@ -173,10 +173,12 @@ def main() -> None:
 
     from fineflow.config import load_config
     from fineflow.runtime import prepare_environment
+    from fineflow.stack import use_running_stack
     from fineflow.store import open_store
 
     config = load_config(args.config, args.set)
     prepare_environment(config.data_dir)
+    use_running_stack(config.data_dir)
     end = datetime.now(UTC) - timedelta(hours=args.age_hours)
     model = f"{config.registry.model_name}/synthetic"
     records = make_records(args.kind, args.count, args.seed, model, end)

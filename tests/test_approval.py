@@ -10,9 +10,9 @@ import pytest
 from mlflow import MlflowClient
 
 from fineflow.config import DATA_DIR_ENV, load_config
-from tasks.promotion import CHAMPION, version_by_alias
-from tasks.promotion import promote as move_aliases
-from tasks.registry import tracking_uri
+from fineflow.registry.tracking import tracking_uri
+from tasks.evaluation.promotion import CHAMPION, version_by_alias
+from tasks.evaluation.promotion import promote as move_aliases
 
 GATES = """
 require_approval: true
@@ -27,7 +27,7 @@ gates:
 def registry(tmp_path, monkeypatch):
     """A champion (v1) and two evaluated challengers (v2, v3) whose recorded metrics pass the gate."""
     from flows.evaluate import SUBJECT_TAG
-    from tasks.measure import version_key
+    from tasks.evaluation.measure import version_key
 
     monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "state"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

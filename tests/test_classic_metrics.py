@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from fineflow.config import ConfigError, load_config
-from tasks.classic_metrics import (
+from fineflow.models.engine import load_generator
+from tasks.evaluation.classic_metrics import (
     answer_perplexity,
     answer_token_nlls,
     exact_match,
@@ -25,7 +26,6 @@ from tasks.classic_metrics import (
     rouge_l,
     token_f1,
 )
-from tasks.generation import load_generator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EVAL_PROMPTS = REPO_ROOT / "configs/eval_prompts.yaml"
@@ -172,7 +172,7 @@ def test_eval_prompts_file():
 
 def test_every_unsafe_prompt_is_unsafe_by_the_safety_rules():
     """The evaluation's unsafe prompts are unsafe by data prep's own definition, and none is a refusal."""
-    from tasks.safety import load_rules
+    from tasks.data.safety import load_rules
 
     prompts = load_eval_prompts(EVAL_PROMPTS)
     rules = load_rules(REPO_ROOT / "configs/safety_rules.yaml")

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from fineflow.config import DATA_DIR_ENV, load_config
 from fineflow.store import open_store
-from tasks.publish import AuditFailedError
+from tasks.data.publish import AuditFailedError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = json.loads((REPO_ROOT / "sample_data/acme_support/MANIFEST.json").read_text())

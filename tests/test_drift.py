@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from fineflow import traffic
 from fineflow.config import load_config
+from fineflow.serving import capture as traffic
 from fineflow.store import open_store
-from tasks.drift_quality import compare_quality
-from tasks.drift_stats import mmd_permutation_test, split_reference
+from tasks.drift.quality import compare_quality
+from tasks.drift.stats import mmd_permutation_test, split_reference
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -132,7 +132,7 @@ def register_champion(tmp_path, tiny_model_dir, lineage: dict[str, str]) -> dict
         "drift.mmd.permutations": 200,
     }
     config = load_config(overrides=overrides)
-    from tasks.registry import tracking_uri
+    from fineflow.registry.tracking import tracking_uri
 
     client = MlflowClient(tracking_uri(config))
     name = config.registry.model_name
@@ -255,7 +255,7 @@ def _one_captured_file(config, count: int, now: datetime) -> tuple[str, bytes]:
 def test_the_window_skips_date_directories_before_its_start(publish_splits):
     """Files are never named earlier than their records: a file in an older date directory is not read,
     here even though (against the contract) it holds records of the window."""
-    from tasks.traffic_window import read_traffic_window
+    from tasks.drift.traffic_window import read_traffic_window
 
     publish_splits({"train": []})
     config, now = load_config(), datetime.now(UTC)
@@ -268,7 +268,7 @@ def test_the_window_skips_date_directories_before_its_start(publish_splits):
 
 
 def test_unreadable_lines_are_counted_not_fatal(publish_splits):
-    from tasks.traffic_window import read_traffic_window
+    from tasks.drift.traffic_window import read_traffic_window
 
     publish_splits({"train": []})
     config, now = load_config(), datetime.now(UTC)
@@ -297,8 +297,8 @@ def test_too_few_training_prompts_give_no_verdict_instead_of_an_error(
 def test_a_champion_without_lineage_tags_is_a_clear_error(
     prefect_api, publish_splits, tiny_model_dir, tmp_path
 ):
+    from fineflow.registry.tracking import LineageError
     from flows.drift import drift
-    from tasks.registry import LineageError
 
     commit = publish_splits({"train": []})
     champion = register_champion(tmp_path, tiny_model_dir, {"dataset_commit": commit})
@@ -311,7 +311,7 @@ def test_a_champion_without_lineage_tags_is_a_clear_error(
 def test_no_champion_and_no_traffic_branch_are_clear_errors(prefect_api, publish_splits):
     from flows.drift import drift
     from flows.evaluate import ModelRefError
-    from tasks.traffic_window import TrafficError, read_traffic_window
+    from tasks.drift.traffic_window import TrafficError, read_traffic_window
 
     publish_splits({"train": []})
     with pytest.raises(ModelRefError, match="champion"):

@@ -8,8 +8,8 @@ import pytest
 from mlflow import MlflowClient
 
 from fineflow.config import load_config
-from tasks.promotion import CHAMPION, PREVIOUS, version_by_alias
-from tasks.registry import tracking_uri
+from fineflow.registry.tracking import tracking_uri
+from tasks.evaluation.promotion import CHAMPION, PREVIOUS, version_by_alias
 from tests.conftest import LENIENT_GATES
 
 

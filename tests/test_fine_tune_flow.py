@@ -7,7 +7,7 @@ import pytest
 from mlflow import MlflowClient
 
 from fineflow.config import load_config
-from tasks.registry import tracking_uri, use_tracking_uri
+from fineflow.registry.tracking import tracking_uri, use_tracking_uri
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ import pytest
 from mlflow import MlflowClient
 
 from fineflow.config import ConfigError
-from tasks.eval_report import render_html, render_markdown
-from tasks.gates import Decision, Gate, GateConfig, decide, load_gates
-from tasks.promotion import (
+from tasks.evaluation.eval_report import render_html, render_markdown
+from tasks.evaluation.gates import Decision, Gate, GateConfig, decide, load_gates
+from tasks.evaluation.promotion import (
     CHAMPION,
     PREVIOUS,
     RollbackError,
@@ -142,7 +142,7 @@ def test_cli_rollback(tmp_path, monkeypatch):
     import sys
 
     from fineflow.config import DATA_DIR_ENV, load_config
-    from tasks.registry import tracking_uri
+    from fineflow.registry.tracking import tracking_uri
 
     monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "state"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tasks.generation import (
+from fineflow.models.engine import (
     Generator,
     TokenTimer,
     generate_batch,
@@ -116,7 +116,7 @@ def test_adapter_generator_matches_the_registered_model(sharp_model_dir, tmp_pat
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from fineflow.adapter_model import LoraAdapterModel
+    from fineflow.models.pyfunc import LoraAdapterModel
 
     adapter = tmp_path / "adapter"
     torch.manual_seed(1)

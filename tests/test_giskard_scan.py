@@ -10,8 +10,12 @@ from pathlib import Path
 import pytest
 
 from fineflow.judge import JudgeConfig, build_judge, to_giskard
-from tasks.giskard_scan import PayloadScenarioGenerator, groundedness_checks, run_vulnerability_scan
-from tasks.injection import load_payloads
+from tasks.evaluation.giskard_scan import (
+    PayloadScenarioGenerator,
+    groundedness_checks,
+    run_vulnerability_scan,
+)
+from tasks.evaluation.injection import load_payloads
 
 REPO = Path(__file__).resolve().parents[1]
 PAYLOADS = REPO / "configs" / "injection_payloads.yaml"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fineflow.config import ConfigError
-from tasks.injection import injection_resistance, load_payloads
+from tasks.evaluation.injection import injection_resistance, load_payloads
 
 PAYLOADS = load_payloads("configs/injection_payloads.yaml")
 

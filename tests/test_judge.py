@@ -1,4 +1,4 @@
-"""The LLM judge (fineflow/judge.py): constrained decoding on the tiny random Llama, the deepeval and giskard
+"""The LLM judge (fineflow/judge/): constrained decoding on the tiny random Llama, the deepeval and giskard
 adapters end to end, and the OpenAI-compatible path against a loopback double of a remote endpoint,
 including a malformed answer that must be counted and reported as "failed to judge", never scored.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from fineflow.config import load_config
-from tasks.judge_metrics import get_judge, judge_scores
+from tasks.evaluation.judge_metrics import get_judge, judge_scores
 
 
 def test_every_failed_verdict_is_counted_and_no_metric_is_scored(tiny_model_dir, tmp_path, monkeypatch):

@@ -11,9 +11,9 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from fineflow.config import DATA_DIR_ENV, load_config
+from fineflow.registry.tracking import tracking_uri
 from fineflow.store import open_store
-from tasks.promotion import CHAMPION, version_by_alias
-from tasks.registry import tracking_uri
+from tasks.evaluation.promotion import CHAMPION, version_by_alias
 from tests.conftest import SMALL_LIFECYCLE
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
@@ -154,7 +154,7 @@ def test_drift_quality_check_re_measures_the_promoted_champion(prefect_api, life
     lifecycle promoted gives the scores its evaluation recorded, so no quality drift."""
     from datetime import UTC, datetime
 
-    from fineflow import traffic
+    from fineflow.serving import capture as traffic
     from flows.drift import drift
     from flows.lifecycle import lifecycle
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from fineflow.models import (
+from fineflow.models.base import (
     ModelNotFoundError,
     check_base_model,
     embedded_gguf_path,
@@ -36,7 +36,7 @@ def test_embedded_gguf_tokenizer_is_read_once_then_cached(embedded_cache):
     # A turn ends with <|im_end|>, as in the model's config, not the <|im_start|> the GGUF metadata names.
     assert (tokenizer.eos_token, tokenizer.pad_token) == ("<|im_end|>", "<|im_end|>")
 
-    from fineflow import models
+    from fineflow.models import base as models
 
     models._load_tokenizer.cache_clear()  # a new process: the saved copy is used, not the GGUF
     started = time.perf_counter()

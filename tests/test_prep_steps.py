@@ -12,14 +12,21 @@ import pandas as pd
 import pytest
 
 from fineflow.config import ConfigError, load_config
-from tasks.dedup import deduplicate, shingles
-from tasks.normalize import normalize_rows, normalize_text
-from tasks.parse import parse_and_validate
-from tasks.pii import NerModelMissingError, PIIMasker, check_ner_model, get_masker, mask_pii, scan_for_pii
-from tasks.records import Quarantined, make_row, row_id
-from tasks.safety import filter_unsafe, load_rules
-from tasks.split import split_rows
-from tasks.token_limit import enforce_token_limit, templated_length
+from fineflow.privacy.masker import (
+    NerModelMissingError,
+    PIIMasker,
+    check_ner_model,
+    get_masker,
+    scan_for_pii,
+)
+from tasks.data.dedup import deduplicate, shingles
+from tasks.data.normalize import normalize_rows, normalize_text
+from tasks.data.parse import parse_and_validate
+from tasks.data.pii import mask_pii
+from tasks.data.records import Quarantined, make_row, row_id
+from tasks.data.safety import filter_unsafe, load_rules
+from tasks.data.split import split_rows
+from tasks.data.token_limit import enforce_token_limit, templated_length
 from tests.tiny_tokenizer import build_tiny_classifier, build_tiny_tokenizer, words
 
 REPO = Path(__file__).resolve().parents[1]

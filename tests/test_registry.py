@@ -15,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from fineflow.config import DATA_DIR_ENV, load_config
-from tasks.registry import (
+from fineflow.registry.tracking import (
     RUN_ID_TAG,
     FinetuneTracker,
     LakeFSDatasetSource,
@@ -42,11 +42,11 @@ def tiny_model(tiny_model_dir, tmp_path_factory) -> tuple[Path, Path]:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    adapter = tmp_path_factory.mktemp("tiny-adapter") / "adapter"  # the name tasks/train.py gives it
+    adapter = tmp_path_factory.mktemp("tiny-adapter") / "adapter"  # the name tasks/training/train.py gives it
     torch.manual_seed(0)
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
     get_peft_model(LlamaForCausalLM.from_pretrained(tiny_model_dir), lora).save_pretrained(adapter)
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(adapter)  # as tasks/train.py leaves it
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(adapter)  # as training leaves it
     return tiny_model_dir, adapter
 
 

@@ -22,19 +22,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fineflow.config import DATA_DIR_ENV, load_config
-from fineflow.serving import (
-    ServedModel,
-    ServeModelError,
-    StopTrimmer,
-    create_app,
-    download_adapter,
-    load_served_model,
-)
+from fineflow.models.engine import load_generator
+from fineflow.privacy.masker import get_masker
+from fineflow.serving.app import StopTrimmer, create_app
+from fineflow.serving.capture import TrafficCapture
+from fineflow.serving.loading import ServedModel, ServeModelError, download_adapter, load_served_model
 from fineflow.store import open_store
 from fineflow.store.embedded import EmbeddedStore
-from fineflow.traffic import TrafficCapture
-from tasks.generation import load_generator
-from tasks.pii import get_masker
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -452,7 +446,7 @@ def registered_champion(tmp_path, monkeypatch, tiny_model_dir):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from tasks.registry import FinetuneTracker
+    from fineflow.registry.tracking import FinetuneTracker
 
     monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "state"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -7,7 +7,8 @@ No cloud and no SkyPilot API server are reachable here, so:
   SkyPilot's own tests enable clouds; it runs in a child process with HOME at a copy of the fixture and
   with SkyPilot's API-server client and `requests` made to fail, so it provably stays offline;
 - launch / logs / status / cancel / download are exercised against a TEST DOUBLE of the SDK boundary
-  (`FakeSky` below, standing in for tasks.compute_skypilot.SkyPilotSDK). The task it receives is built
+  (`FakeSky` below, standing in for tasks.training.compute_skypilot.SkyPilotSDK). The task it receives
+  is built
   by the real SkyPilot loader from the real YAML.
 """
 
@@ -28,8 +29,8 @@ import yaml
 from prefect.exceptions import TerminationSignal
 
 from fineflow.config import LoraConfig, TrainingConfig, load_config
-from tasks import sky_entry
-from tasks.compute_skypilot import (
+from tasks.training import sky_entry
+from tasks.training.compute_skypilot import (
     TERMINAL_STATUSES,
     JobStatus,
     LineWriter,
@@ -40,7 +41,7 @@ from tasks.compute_skypilot import (
     run_on_skypilot,
     split_bucket,
 )
-from tasks.sky_entry import (
+from tasks.training.sky_entry import (
     LORA_ENVS,
     OUTPUT_MOUNT,
     RUN_ENVS,
@@ -50,7 +51,7 @@ from tasks.sky_entry import (
     env_from_spec,
     spec_from_env,
 )
-from tasks.train import EVENT_PREFIX, METRIC_PREFIX, TrainSpec
+from tasks.training.train import EVENT_PREFIX, METRIC_PREFIX, TrainSpec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TASK_YAML = REPO_ROOT / "infra" / "sky" / "finetune.yaml"
@@ -106,7 +107,7 @@ def test_task_yaml_passes_skypilots_own_schema_validation():
     assert outputs.mode == sky.StorageMode.MOUNT_CACHED
     assert outputs.source == raw["envs"]["OUTPUT_BUCKET"]  # $OUTPUT_BUCKET substituted by SkyPilot
     assert "uv sync --frozen" in raw["setup"]
-    assert "python -m tasks.sky_entry" in raw["run"]
+    assert "python -m tasks.training.sky_entry" in raw["run"]
 
 
 def test_an_unknown_field_in_the_task_yaml_is_rejected():
@@ -247,7 +248,8 @@ def test_optimizer_rejects_an_unknown_gpu(optimizer_cases):
 
 
 class FakeSky:
-    """TEST DOUBLE of tasks.compute_skypilot.SkyPilotSDK: no cloud or SkyPilot API server is reachable here.
+    """TEST DOUBLE of tasks.training.compute_skypilot.SkyPilotSDK: no cloud or SkyPilot API server is
+    reachable here.
 
     It plays a managed job from a script: the log text tail_logs writes (in SkyPilot's format, with its
     '(task, pid=N)' prefixes, colours and arbitrary chunking), the statuses the queue reports poll by poll,

@@ -13,10 +13,10 @@ import time
 import pytest
 
 from fineflow.config import DATA_DIR_ENV, load_config
+from fineflow.privacy.masker import get_masker
+from fineflow.serving.capture import Exchange, SpoolInUseError, TrafficCapture
 from fineflow.store import StoreError, open_store
 from fineflow.store.embedded import EmbeddedStore
-from fineflow.traffic import Exchange, SpoolInUseError, TrafficCapture
-from tasks.pii import get_masker
 
 PII = {
     "jane.doe@example.com": "<EMAIL>",

@@ -12,8 +12,8 @@ import pytest
 from safetensors.torch import load_file
 
 from fineflow.config import load_config
-from tasks.compute_local import REPO_ROOT, TrainingFailedError, run_locally
-from tasks.train import (
+from tasks.training.compute_local import REPO_ROOT, TrainingFailedError, run_locally
+from tasks.training.train import (
     EVENT_PREFIX,
     METRIC_PREFIX,
     TrainSpec,
@@ -103,7 +103,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_model_dir):
     spec_file = Path(spec.output_dir) / "spec.json"
     spec_file.write_text(spec.model_dump_json())
     trainer = subprocess.Popen(
-        [sys.executable, "-m", "tasks.train", "--spec", str(spec_file)],
+        [sys.executable, "-m", "tasks.training.train", "--spec", str(spec_file)],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -1,0 +1,1 @@
+"""Base models and the one generation engine that everything producing text goes through."""

@@ -1,0 +1,1 @@
+"""Privacy: the one PII masker used by data prep, its audit, evaluation and traffic capture."""

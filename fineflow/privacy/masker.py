@@ -1,0 +1,118 @@
+"""The one PII masker (data prep, its audit, traffic capture): Presidio's recognizers, each value
+replaced by a typed placeholder (<EMAIL>).
+
+Without an NER model the analyzer runs on a blank spaCy pipeline (tokenizer only): the pattern and
+checksum recognizers (email, phone, credit card, IBAN, IP, US SSN) need nothing more, and nothing is
+downloaded. Configure `ner_model` with an installed spaCy pipeline to mask person names as well.
+Masked values are never logged: logs and reports carry counts per entity type only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from functools import cache
+from pathlib import Path
+
+from fineflow.config import PIIConfig
+
+
+class NerModelMissingError(ValueError):
+    """The configured spaCy NER pipeline is not installed."""
+
+
+def check_ner_model(config: PIIConfig) -> None:
+    """Fail before any work when a configured NER pipeline is not installed (nothing is downloaded)."""
+    if config.ner_model is None:
+        return
+    import spacy.util
+
+    if not (spacy.util.is_package(config.ner_model) or Path(config.ner_model).exists()):
+        raise NerModelMissingError(
+            f"data_prep.pii.ner_model {config.ner_model!r} is not an installed spaCy pipeline or a path; "
+            "install it into the environment or set it to null"
+        )
+
+
+class PIIMasker:
+    # Presidio imports transformers and torch (seconds): it is loaded here, when masking really runs,
+    # so a run served from cache never pays for it.
+    def __init__(self, config: PIIConfig):
+        import tldextract
+        from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+        from presidio_analyzer.nlp_engine import SpacyNlpEngine
+        from presidio_anonymizer import AnonymizerEngine
+        from presidio_anonymizer.entities import OperatorConfig
+
+        # The email recognizer asks tldextract for the public-suffix list, fetched over the network by
+        # default. Use the snapshot bundled with tldextract: no network call, nothing to hang on.
+        tldextract.tldextract.TLD_EXTRACTOR = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
+        check_ner_model(config)
+        if config.ner_model is None:
+            engine = _blank_spacy_engine(SpacyNlpEngine, config.language)
+        else:
+            engine = SpacyNlpEngine(models=[{"lang_code": config.language, "model_name": config.ner_model}])
+        engine.load()
+        registry = RecognizerRegistry(supported_languages=[config.language])
+        presidio_log = logging.getLogger("presidio-analyzer")
+        level = presidio_log.level
+        presidio_log.setLevel(logging.ERROR)  # silence "recognizer not added: language es/it/pl" noise
+        try:
+            registry.load_predefined_recognizers(languages=[config.language], nlp_engine=engine)
+        finally:
+            presidio_log.setLevel(level)
+        self.config = config
+        self.analyzer = AnalyzerEngine(
+            registry=registry, nlp_engine=engine, supported_languages=[config.language]
+        )
+        self.anonymizer = AnonymizerEngine()
+        self.operators = {
+            entity: OperatorConfig("replace", {"new_value": config.placeholders[entity]})
+            for entity in config.masked_entities
+        }
+
+    def find(self, text: str) -> list:
+        return self.analyzer.analyze(
+            text=text,
+            language=self.config.language,
+            entities=self.config.masked_entities,
+            score_threshold=self.config.score_threshold,
+        )
+
+    def mask(self, text: str) -> tuple[str, Counter]:
+        findings = self.find(text)
+        if not findings:
+            return text, Counter()
+        masked = self.anonymizer.anonymize(text=text, analyzer_results=findings, operators=self.operators)
+        return masked.text, Counter(item.entity_type for item in masked.items)
+
+
+@cache
+def _masker(config_json: str) -> PIIMasker:
+    return PIIMasker(PIIConfig.model_validate_json(config_json))
+
+
+def get_masker(config: PIIConfig) -> PIIMasker:
+    """One analyzer per process and config: building it costs more than masking a small dataset."""
+    return _masker(config.model_dump_json())
+
+
+def scan_for_pii(texts: list[str], config: PIIConfig) -> dict[str, int]:
+    """Counts of PII findings by type (never the values): the audit's second scan."""
+    masker = get_masker(config)
+    found: Counter = Counter()
+    for text in texts:
+        found.update(result.entity_type for result in masker.find(text))
+    return dict(found)
+
+
+def _blank_spacy_engine(spacy_engine_class, language: str):
+    """A tokenizer-only spaCy pipeline: enough for pattern and checksum recognizers, nothing to download."""
+
+    class BlankSpacyEngine(spacy_engine_class):
+        def load(self) -> None:
+            import spacy
+
+            self.nlp = {language: spacy.blank(language)}
+
+    return BlankSpacyEngine(models=[{"lang_code": language, "model_name": f"blank:{language}"}])

@@ -1,0 +1,1 @@
+"""The MLflow side of a model: tracking, registration, references, aliases and lineage."""

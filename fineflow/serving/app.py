@@ -1,0 +1,472 @@
+"""`fineflow serve`: a registered model (base + LoRA adapter) behind an OpenAI-compatible HTTP API.
+
+    GET  /v1/models              the served model under its ids (name@alias and name/version)
+    POST /v1/chat/completions    stream false: a chat.completion with usage; stream true: SSE
+                                 `data: {chat.completion.chunk}` lines, then `data: [DONE]`
+
+Bad requests get a 4xx in OpenAI's error shape {"error": {"message", "type", "param", "code"}}; when more
+than `serve.max_queued_requests` wait for the model, a 503 in that shape with a Retry-After header. Every
+completed exchange is handed to `fineflow.serving.capture.TrafficCapture` (PII-masked there, before any
+write).
+Logs carry request ids, token counts and latencies, never message content.
+
+`create_app` takes a loaded model and a capture, so tests drive the app with FastAPI's TestClient;
+`load_served_model` resolves `name@alias` / `name/version` in the MLflow registry, or serves a bare base
+model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from fineflow.config import FineflowConfig
+from fineflow.serving.capture import Exchange, TrafficCapture
+from fineflow.serving.loading import ServedModel, ServeModelError
+from fineflow.serving.schema import APIError, ChatRequest, completion_limit, parse_chat_request, read_body
+from fineflow.store import StoreError
+
+log = logging.getLogger("fineflow.serve")
+
+OWNER = "fineflow"
+
+
+# ------------------------------------------------------------------------------------------ generation
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class StopTrimmer:
+    """Cuts streamed text at the first stop string, holding back a tail that could begin one (a stop
+    string can arrive split over several pieces), as OpenAI leaves stop strings out of the answer."""
+
+    def __init__(self, stops: list[str]):
+        self.stops = stops
+        self.text = ""
+        self.sent = 0
+        self.stopped = False
+
+    def feed(self, piece: str) -> str:
+        if self.stopped:
+            return ""
+        self.text += piece
+        hits = [i for i in (self.text.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.stopped = True
+            return self._emit(min(hits))
+        hold = max((len(s) - 1 for s in self.stops), default=0)
+        return self._emit(max(self.sent, len(self.text) - hold))
+
+    def finish(self) -> str:
+        return "" if self.stopped else self._emit(len(self.text))
+
+    def _emit(self, end: int) -> str:
+        out, self.sent = self.text[self.sent : end], max(self.sent, end)
+        return out
+
+    @property
+    def answer(self) -> str:
+        return self.text[: self.sent]
+
+
+class Engine:
+    """Generation for one loaded model. Generation is serialised with a lock: there is one model, on the
+    CPU here (or one GPU), and concurrent `generate` calls would only fight over the same cores and memory,
+    each slower than alone; requests queue for their turn instead. The queue is bounded: `admit` lets in
+    the one generating plus `max_queued` waiting, so a burst gets a quick 503 instead of a long wait that
+    ends in client timeouts; every admitted request calls `release` once its generation has ended."""
+
+    def __init__(self, served: ServedModel, max_queued: int):
+        self.served = served
+        self.generator = served.generator
+        self.lock = threading.Lock()
+        self._tokenizer_lock = threading.Lock()  # a fast tokenizer must not be used by two threads at once
+        self.max_queued = max_queued
+        self.admitted = 0  # generating or waiting to
+        self._admission = threading.Lock()
+
+    def admit(self) -> bool:
+        with self._admission:
+            if self.admitted > self.max_queued:  # one generating and max_queued waiting already
+                return False
+            self.admitted += 1
+            return True
+
+    def release(self) -> None:
+        with self._admission:
+            self.admitted -= 1
+
+    def prompt_ids(self, messages: list[dict[str, str]]):
+        tokenizer = self.generator.tokenizer
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        with self._tokenizer_lock:
+            return tokenizer(text, return_tensors="pt", add_special_tokens=False)
+
+    def _generate_kwargs(self, request: ChatRequest, max_new_tokens: int, cancel: threading.Event) -> dict:
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        class Cancelled(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                import torch
+
+                return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool)
+
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens,
+            "pad_token_id": self.generator.tokenizer.pad_token_id,
+            "stopping_criteria": StoppingCriteriaList([Cancelled()]),
+        }
+        if request.temperature:  # absent or 0: greedy
+            kwargs |= {"do_sample": True, "temperature": request.temperature, "top_p": request.top_p or 1.0}
+        else:
+            kwargs |= {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        if request.stop_strings():
+            kwargs |= {"stop_strings": request.stop_strings(), "tokenizer": self.generator.tokenizer}
+        return kwargs
+
+    def generate(
+        self, inputs, request: ChatRequest, max_new_tokens: int, cancel: threading.Event, streamer=None
+    ) -> list[int]:
+        """The generated token ids (continuation only), holding the generation lock."""
+        import torch
+
+        with self.lock:
+            if cancel.is_set():  # the client left while waiting for its turn
+                return []
+            with torch.inference_mode():
+                output = self.generator.model.generate(
+                    **inputs.to(self.generator.device),
+                    **self._generate_kwargs(request, max_new_tokens, cancel),
+                    streamer=streamer,
+                )
+        return output[0, inputs["input_ids"].shape[1] :].tolist()
+
+    def finish_reason(self, ids: list[int], max_new_tokens: int, stopped_by_string: bool) -> str:
+        eos = self.generator.model.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, list) else [eos, self.generator.tokenizer.eos_token_id]) - {None}
+        ended = bool(ids) and ids[-1] in eos
+        return "length" if len(ids) >= max_new_tokens and not (ended or stopped_by_string) else "stop"
+
+    def complete(
+        self, inputs, request: ChatRequest, max_new_tokens: int, cancel: threading.Event
+    ) -> Completion:
+        ids = self.generate(inputs, request, max_new_tokens, cancel)
+        text = self.generator.tokenizer.decode(ids, skip_special_tokens=True)
+        trimmer = StopTrimmer(request.stop_strings())
+        trimmer.feed(text)
+        trimmer.finish()
+        reason = self.finish_reason(ids, max_new_tokens, trimmer.stopped)
+        return Completion(trimmer.answer, reason, inputs["input_ids"].shape[1], len(ids))
+
+
+# ------------------------------------------------------------------------------------------ the app
+
+
+def create_app(config: FineflowConfig, served: ServedModel, capture: TrafficCapture | None) -> FastAPI:
+    """The HTTP app. Its lifespan starts the capture (recovering a crash's spool first) and, on a clean
+    shutdown, flushes and commits every captured record."""
+    settings = config.serve
+    engine = Engine(served, settings.max_queued_requests)
+    api_key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
+    if settings.api_key_env and not api_key:
+        raise ServeModelError(f"serve.api_key_env names {settings.api_key_env!r}, which is not set or empty")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if capture is not None:
+            recovered = await run_in_threadpool(capture.start)
+            if recovered:
+                log.info("traffic: committed records recovered from the spool as %s", recovered[:12])
+        try:
+            yield
+        finally:
+            if capture is not None:
+                try:
+                    commit = await run_in_threadpool(capture.close)
+                except StoreError as exc:
+                    # the store is down: the spool keeps every record, and the next start commits them
+                    log.warning("traffic: shutdown commit failed (%s); the next start commits the spool", exc)
+                else:
+                    log.info("traffic: shutdown commit %s", commit[:12] if commit else "(nothing to commit)")
+
+    app = FastAPI(title="fineflow", lifespan=lifespan)
+    app.state.engine = engine  # its lock and admission count, for tests that keep requests waiting
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        request_id = getattr(request.state, "request_id", _request_id())
+        log.info("request %s refused: %d %s", request_id, exc.status, exc.code or exc.type)
+        return exc.response(request_id)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return APIError(exc.status_code, str(exc.detail), None, None).response(_request_id())
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception) -> JSONResponse:
+        request_id = getattr(request.state, "request_id", _request_id())
+        log.exception("request %s failed", request_id)
+        return APIError(500, "internal server error", None, None).response(request_id)
+
+    def authorize(request: Request) -> None:
+        if api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), api_key.encode()):
+            raise APIError(
+                401, "missing or invalid API key (send Authorization: Bearer <key>)", None, "invalid_api_key"
+            )
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict:
+        authorize(request)
+        return {
+            "object": "list",
+            "data": [
+                {"id": model_id, "object": "model", "created": served.created, "owned_by": OWNER}
+                for model_id in served.ids
+            ],
+        }
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        started = time.perf_counter()
+        request.state.request_id = request_id = _request_id()
+        authorize(request)
+        chat = parse_chat_request(await read_body(request, settings.max_request_bytes))
+        if chat.model not in served.ids:
+            raise APIError(
+                404,
+                f"model {chat.model!r} is not served here; available: {', '.join(served.ids)}",
+                "model",
+                "model_not_found",
+            )
+        max_new_tokens = completion_limit(chat, config)
+        messages = chat.chat()
+        inputs = await run_in_threadpool(engine.prompt_ids, messages)
+        prompt_tokens = inputs["input_ids"].shape[1]
+        if prompt_tokens > settings.max_prompt_tokens:
+            raise APIError(
+                400,
+                f"the prompt has {prompt_tokens} tokens; this server accepts at most "
+                f"{settings.max_prompt_tokens}",
+                "messages",
+                "context_length_exceeded",
+            )
+        if not engine.admit():
+            raise APIError(
+                503,
+                f"the server is busy: {settings.max_queued_requests} request(s) already wait for the "
+                f"model; retry in {settings.retry_after_seconds} s",
+                None,
+                "server_busy",
+                headers={"retry-after": str(settings.retry_after_seconds)},
+            )
+        if chat.stream:  # the generation thread releases the admission when it ends
+            return StreamingResponse(
+                _stream(engine, capture, chat, inputs, max_new_tokens, request_id, started),
+                media_type="text/event-stream",
+                headers={"x-request-id": request_id, "cache-control": "no-cache"},
+            )
+        try:
+            result = await _complete_while_connected(
+                request, engine, inputs, chat, max_new_tokens, settings.disconnect_poll_seconds
+            )
+        finally:
+            engine.release()
+        if result is None:
+            raise APIError(499, "the client closed the request; generation cancelled", None, "client_closed")
+        latency = time.perf_counter() - started
+        await _capture(capture, engine, messages, result, latency)
+        _log_done(request_id, result, latency)
+        body = {
+            "id": request_id,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": served.ids[0],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": result.text},
+                    "finish_reason": result.finish_reason,
+                }
+            ],
+            "usage": _usage(result),
+        }
+        return JSONResponse(body, headers={"x-request-id": request_id})
+
+    return app
+
+
+async def _complete_while_connected(
+    request: Request,
+    engine: Engine,
+    inputs,
+    chat: ChatRequest,
+    max_new_tokens: int,
+    poll_seconds: float,
+) -> Completion | None:
+    """The completion, generated in a worker thread; None when the client disconnected first. A client
+    that gives up (a timeout) must not keep the model busy for the requests queued behind it: its
+    generation is cancelled (before its turn, or at the next token)."""
+    cancel = threading.Event()
+    work = asyncio.ensure_future(run_in_threadpool(engine.complete, inputs, chat, max_new_tokens, cancel))
+    try:
+        while not work.done():
+            await asyncio.wait({work}, timeout=poll_seconds)
+            if not work.done() and not cancel.is_set() and await request.is_disconnected():
+                cancel.set()  # then wait for the thread to stop: the admission is released after it
+        result = work.result()
+    finally:
+        left = cancel.is_set()
+        cancel.set()  # this request cancelled (server shutdown): stop generating
+    return None if left else result
+
+
+def _stream(
+    engine: Engine,
+    capture: TrafficCapture | None,
+    chat: ChatRequest,
+    inputs,
+    max_new_tokens: int,
+    request_id: str,
+    started: float,
+) -> AsyncIterator[str]:
+    """SSE chunks as the model writes them: generation runs in its own thread (holding the generation lock)
+    and feeds a TextIteratorStreamer; a client that disconnects cancels the generation. The thread starts
+    here, not when the response starts: it releases the request's admission, which must happen even if
+    the response is never sent."""
+    from transformers import TextIteratorStreamer
+
+    streamer = TextIteratorStreamer(engine.generator.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    cancel = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["ids"] = engine.generate(inputs, chat, max_new_tokens, cancel, streamer)
+        except BaseException as exc:  # noqa: BLE001 (re-raised in the request below)
+            outcome["error"] = exc
+        finally:
+            engine.release()
+            streamer.end()  # an already ended streamer only gets a second end marker, which is never read
+
+    def chunk(delta: dict | None, finish_reason: str | None = None, **extra) -> str:
+        choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish_reason}]
+        body = {
+            "id": request_id,
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": engine.served.ids[0],
+            "choices": choices,
+            **extra,
+        }
+        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+    async def events() -> AsyncIterator[str]:
+        trimmer = StopTrimmer(chat.stop_strings())
+        pieces = iter(streamer)
+        completed = False
+        try:
+            yield chunk({"role": "assistant", "content": ""})
+            while (piece := await run_in_threadpool(next, pieces, None)) is not None:
+                if text := trimmer.feed(piece):
+                    yield chunk({"content": text})
+            await run_in_threadpool(thread.join)  # the streamer ends just before generate returns its ids
+            if "error" in outcome:
+                raise outcome["error"]
+            if text := trimmer.finish():
+                yield chunk({"content": text})
+            ids = outcome.get("ids", [])
+            result = Completion(
+                trimmer.answer,
+                engine.finish_reason(ids, max_new_tokens, trimmer.stopped),
+                inputs["input_ids"].shape[1],
+                len(ids),
+            )
+            yield chunk({}, result.finish_reason)
+            if chat.stream_options and chat.stream_options.include_usage:
+                yield chunk(None, usage=_usage(result))  # OpenAI's usage chunk: no choices
+            latency = time.perf_counter() - started
+            await _capture(capture, engine, chat.chat(), result, latency)
+            _log_done(request_id, result, latency)
+            completed = True
+            yield "data: [DONE]\n\n"
+        except Exception:  # the 200 is sent: the client can only learn of the failure in the stream
+            log.exception("request %s: stream failed", request_id)
+            error = APIError(500, "internal server error: the answer was cut short", None, None)
+            yield f"data: {json.dumps(error.body())}\n\n"
+        finally:
+            if not completed:
+                cancel.set()  # the client went away (or the stream failed): stop generating, free the lock
+                log.info("request %s: stream ended early, generation cancelled", request_id)
+
+    thread = threading.Thread(target=work, name=f"generate-{request_id}", daemon=True)
+    thread.start()
+    return events()
+
+
+async def _capture(
+    capture: TrafficCapture | None, engine: Engine, messages: list[dict], result: Completion, latency: float
+) -> None:
+    if capture is None:
+        return
+    exchange = Exchange(
+        engine.served.ids[0],
+        messages,
+        result.text,
+        result.finish_reason,
+        result.prompt_tokens,
+        result.completion_tokens,
+        latency,
+    )
+    try:
+        # masks and spools only: the store is written in the background, so a down store never lands here
+        await run_in_threadpool(capture.record, exchange)
+    except Exception:  # the answer is already made: the client gets it, the failure is logged loudly
+        log.exception("traffic: exchange NOT captured (masking or the spool write failed); it is lost")
+
+
+def _usage(result: Completion) -> dict[str, int]:
+    total = result.prompt_tokens + result.completion_tokens
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": total,
+    }
+
+
+def _log_done(request_id: str, result: Completion, latency: float) -> None:
+    log.info(
+        "request %s: %d prompt + %d completion tokens, %s, %.3f s",
+        request_id,
+        result.prompt_tokens,
+        result.completion_tokens,
+        result.finish_reason,
+        latency,
+    )
+
+
+def _request_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"

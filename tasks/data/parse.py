@@ -1,0 +1,253 @@
+"""Step 1: parse raw files (JSONL, CSV, Parquet) in any common instruction format, validate, quarantine.
+
+Formats accepted per record, all normalised to chat messages:
+  chat     {"messages": [{"role": ..., "content": ...}, ...]}
+  pairs    {"prompt": ..., "response": ...}
+  alpaca   {"instruction": ..., "input": ..., "output": ...}
+A record that fails goes to quarantine with its file, line (or row) number and the reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from pathlib import PurePosixPath
+
+import pandas as pd
+from prefect import task
+
+from fineflow.config import ValidationConfig
+from fineflow.runtime import step_logger
+from tasks.data.records import ParseResult, Quarantined, Row, make_row
+
+SUPPORTED_SUFFIXES = (".jsonl", ".csv", ".parquet")
+_BOM = b"\xef\xbb\xbf"
+
+
+class RecordError(ValueError):
+    """Why one record cannot become a row: a reason code to count by, and the detail."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+@task(name="parse-validate")
+def parse_and_validate(files: dict[str, bytes], config: ValidationConfig) -> ParseResult:
+    rows: list[Row] = []
+    quarantined: list[Quarantined] = []
+    per_file: dict[str, int] = {}
+    for path, data in files.items():
+        count = 0
+        for source, record, raw_text in _records(path, data, config):
+            count += 1
+            if isinstance(record, Quarantined):
+                quarantined.append(record)
+                continue
+            try:
+                rows.append(make_row(source, to_messages(record, config)))
+            except RecordError as exc:
+                excerpt = raw_text[: config.quarantine_excerpt_chars]
+                quarantined.append(Quarantined(source, exc.reason, exc.detail, excerpt))
+        per_file[path] = count
+    result = ParseResult(rows, quarantined, sum(per_file.values()), per_file)
+    step_logger().info(
+        "parse-validate: %d records in, %d valid, %d quarantined %s",
+        result.rows_in,
+        len(rows),
+        len(quarantined),
+        result.quarantined_by_reason(),
+    )
+    return result
+
+
+def _records(
+    path: str, data: bytes, config: ValidationConfig
+) -> Iterator[tuple[str, dict | Quarantined, str]]:
+    suffix = PurePosixPath(path).suffix.lower()
+    if suffix in (".jsonl", ".csv") and data.startswith(_BOM):
+        data = data[len(_BOM) :]  # spreadsheet exports often start with one; it is not part of the first row
+    if suffix == ".jsonl":
+        yield from _jsonl_records(path, data, config)
+    elif suffix == ".csv":
+        yield from _table_records(path, _read_csv(path, data), config)
+    elif suffix == ".parquet":
+        frame = pd.read_parquet(io.BytesIO(data))
+        yield from _table_records(path, frame.to_dict(orient="records"), config)
+    else:
+        raise ValueError(f"{path}: unsupported file type (supported: {', '.join(SUPPORTED_SUFFIXES)})")
+
+
+def _jsonl_records(path: str, data: bytes, config: ValidationConfig):
+    lines = data.split(b"\n")
+    while lines and lines[-1].strip() == b"":
+        lines.pop()  # blank lines at the end of a file open no record
+    for number, raw in enumerate(lines, start=1):
+        source = f"{path}:{number}"
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            excerpt = raw.decode("utf-8", errors="replace")[: config.quarantine_excerpt_chars]
+            yield (
+                source,
+                Quarantined(source, "invalid_utf8", f"invalid UTF-8 at byte {exc.start}", excerpt),
+                "",
+            )
+            continue
+        excerpt = text[: config.quarantine_excerpt_chars]
+        if len(text) > config.max_row_chars:
+            detail = f"{len(text)} characters, limit {config.max_row_chars}"
+            yield source, Quarantined(source, "row_too_large", detail, excerpt), text
+        elif not text.strip():
+            yield source, Quarantined(source, "empty_line", "blank line"), text
+        else:
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as exc:
+                yield (
+                    source,
+                    Quarantined(source, "invalid_json", f"{exc.msg} at column {exc.colno}", excerpt),
+                    text,
+                )
+                continue
+            if not isinstance(record, dict):
+                yield (
+                    source,
+                    Quarantined(source, "not_an_object", f"a JSON {type(record).__name__}", excerpt),
+                    text,
+                )
+            else:
+                yield source, record, text
+
+
+def _read_csv(path: str, data: bytes) -> list[dict | Quarantined]:
+    # surrogateescape keeps undecodable bytes visible per row instead of failing the whole file.
+    reader = csv.DictReader(io.StringIO(data.decode("utf-8", errors="surrogateescape"), newline=""))
+    records: list[dict | Quarantined] = []
+    for row in reader:
+        if None in row:  # more fields than the header names
+            records.append(
+                Quarantined(f"{path}:{reader.line_num}", "malformed_csv_row", "more fields than the header")
+            )
+        else:
+            records.append(row)
+    return records
+
+
+def _table_records(path: str, records: list, config: ValidationConfig):
+    for number, record in enumerate(records, start=1):
+        source = f"{path}:row {number}"
+        if isinstance(record, Quarantined):
+            yield source, Quarantined(source, record.reason, record.detail), ""
+            continue
+        record = {key: _plain(value) for key, value in record.items()}
+        text = json.dumps(record, ensure_ascii=False, default=str)
+        excerpt = text[: config.quarantine_excerpt_chars]
+        if any(isinstance(v, str) and _has_surrogates(v) for v in record.values()):
+            yield (
+                source,
+                Quarantined(
+                    source, "invalid_utf8", "undecodable bytes", excerpt.encode("utf-8", "replace").decode()
+                ),
+                text,
+            )
+        elif len(text) > config.max_row_chars:
+            detail = f"{len(text)} characters, limit {config.max_row_chars}"
+            yield source, Quarantined(source, "row_too_large", detail, excerpt), text
+        else:
+            yield source, record, text
+
+
+def _plain(value):
+    """Plain Python values from Parquet cells: NaN/None is missing, list columns (numpy arrays) are lists."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    if hasattr(value, "tolist") and not isinstance(value, str):
+        return [_plain(item) for item in value.tolist()]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
+
+
+def _has_surrogates(text: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
+def to_messages(record: dict, config: ValidationConfig) -> list[dict]:
+    """Normalise one record of any accepted format to chat messages, or raise RecordError."""
+    if "messages" in record:
+        messages = _chat_messages(record["messages"], config)
+    elif "prompt" in record or "response" in record:
+        messages = [
+            {"role": "user", "content": _text_field(record, "prompt")},
+            {"role": "assistant", "content": _text_field(record, "response")},
+        ]
+    elif "instruction" in record or "output" in record:
+        instruction = _text_field(record, "instruction")
+        extra = record.get("input")
+        has_extra = extra is not None and not (isinstance(extra, str) and not extra.strip())
+        user = f"{instruction}\n\n{_checked_text(extra, 'field input').strip()}" if has_extra else instruction
+        messages = [
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": _text_field(record, "output")},
+        ]
+    else:
+        raise RecordError(
+            "missing_field",
+            "missing fields: expected 'messages', 'prompt'+'response' or 'instruction'+'output' "
+            f"(found {sorted(record)[:8]})",
+        )
+    roles = [m["role"] for m in messages]
+    if "user" not in roles:
+        raise RecordError("no_user_turn", "no user turn")
+    if config.require_assistant_turn and "assistant" not in roles:
+        raise RecordError("no_assistant_turn", "no assistant turn")
+    return messages
+
+
+def _text_field(record: dict, name: str) -> str:
+    if name not in record or record[name] is None:
+        raise RecordError("missing_field", f"missing field {name!r}")
+    return _checked_text(record[name], f"field {name!r}")
+
+
+def _checked_text(value, where: str) -> str:
+    if not isinstance(value, str):
+        raise RecordError("wrong_type", f"{where} must be a string, not {type(value).__name__}")
+    if not value.strip():
+        raise RecordError("empty_content", f"{where} is empty")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a JSON escape like \ud800 decodes to text no UTF-8 file can hold
+        raise RecordError(
+            "invalid_utf8", f"{where} holds a lone surrogate at character {exc.start}"
+        ) from None
+    return value
+
+
+def _chat_messages(messages, config: ValidationConfig) -> list[dict]:
+    if not isinstance(messages, list):
+        raise RecordError("wrong_type", f"'messages' must be a list, not {type(messages).__name__}")
+    if not messages:
+        raise RecordError("empty_content", "'messages' is empty")
+    out = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise RecordError(
+                "wrong_type", f"messages[{index}] must be an object, not {type(message).__name__}"
+            )
+        role = message.get("role")
+        if role is None:
+            raise RecordError("missing_field", f"messages[{index}] has no 'role'")
+        if role not in config.allowed_roles:
+            raise RecordError(
+                "unknown_role",
+                f"messages[{index}] has unknown role {role!r} (allowed: {config.allowed_roles})",
+            )
+        content = message.get("content")
+        if content is None:
+            raise RecordError("missing_field", f"messages[{index}] has no 'content'")
+        out.append({"role": role, "content": _checked_text(content, f"messages[{index}].content")})
+    return out

@@ -1,0 +1,42 @@
+"""Step 3: mask PII in every row and quarantine excerpt with the one masker (`fineflow.privacy.masker`)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from prefect import task
+from tqdm import tqdm
+
+from fineflow.config import PIIConfig
+from fineflow.privacy.masker import get_masker
+from fineflow.runtime import step_logger
+from tasks.data.records import Quarantined, Row, with_messages
+
+
+@task(name="mask-pii")
+def mask_pii(
+    rows: list[Row], quarantined: list[Quarantined], config: PIIConfig
+) -> tuple[list[Row], list[Quarantined], dict[str, int]]:
+    """Mask every message, and the excerpts kept with quarantined lines (they are written out too)."""
+    masker = get_masker(config)
+    found: Counter = Counter()
+    masked_rows = []
+    for row in tqdm(rows, desc="mask-pii", unit="row", leave=False):
+        messages = []
+        for message in row["messages"]:
+            text, counts = masker.mask(message["content"])
+            found.update(counts)
+            messages.append({**message, "content": text})
+        masked_rows.append(with_messages(row, messages))
+    masked_quarantine = []
+    for item in quarantined:
+        text, counts = masker.mask(item.excerpt)
+        found.update(counts)
+        masked_quarantine.append(Quarantined(item.source, item.reason, item.detail, text))
+    rows_touched = sum(
+        1 for before, after in zip(rows, masked_rows, strict=True) if before["id"] != after["id"]
+    )
+    step_logger().info(
+        "mask-pii: %d rows, %d with PII masked, by type %s", len(rows), rows_touched, dict(found)
+    )
+    return masked_rows, masked_quarantine, dict(found)

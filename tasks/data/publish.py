@@ -1,0 +1,128 @@
+"""Step 8: write-audit-publish. Outputs are written on a branch of their own, audited there, and merged
+into the target branch only when the audit passes. A failed audit leaves the target branch untouched
+and keeps the branch for inspection.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from prefect import task
+
+from fineflow.config import FineflowConfig
+from fineflow.privacy.masker import scan_for_pii
+from fineflow.runtime import IO_RETRIES, step_logger
+from fineflow.store import DatasetStore, NothingToCommitError
+from tasks.data.records import Quarantined, Removal, Row, format_counts
+
+
+@dataclass
+class WrittenOutputs:
+    branch: str
+    commit: str
+    paths: dict[str, str]  # name -> path in the repository
+
+
+@dataclass
+class AuditReport:
+    passed: bool
+    reasons: list[str] = field(default_factory=list)
+    checks: dict[str, str] = field(default_factory=dict)
+
+
+class AuditFailedError(RuntimeError):
+    def __init__(self, report: AuditReport, branch: str, target: str):
+        self.report, self.branch = report, branch
+        super().__init__(
+            f"audit failed; {target!r} left unchanged, outputs kept on branch {branch!r}:\n  - "
+            + "\n  - ".join(report.reasons)
+        )
+
+
+def _jsonl(items: list[dict]) -> bytes:
+    return "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items).encode()
+
+
+@task(name="write-outputs", **IO_RETRIES)
+def write_outputs(
+    store: DatasetStore,
+    config: FineflowConfig,
+    branch: str,
+    splits: dict[str, list[Row]],
+    quarantined: list[Quarantined],
+    removed: list[Removal],
+    report: dict,
+) -> WrittenOutputs:
+    repo, prefix = config.store.repo, config.data_prep.output_prefix
+    if store.branch_exists(repo, branch):
+        store.delete_branch(repo, branch)  # a kept branch from an earlier failed run with the same inputs
+    store.create_branch(repo, branch, config.store.main_branch)
+    outputs = {
+        "train": _jsonl(splits["train"]),
+        "eval": _jsonl(splits["eval"]),
+        "quarantine": _jsonl([q.as_json() for q in quarantined]),
+        "removed": _jsonl([r.as_json() for r in removed]),
+    }
+    paths = {name: f"{prefix}/{name}.jsonl" for name in outputs}
+    paths["report"] = f"{prefix}/report.json"
+    for name, data in outputs.items():
+        store.write(repo, branch, paths[name], data)
+    store.write(repo, branch, paths["report"], json.dumps(report, indent=2, ensure_ascii=False).encode())
+    metadata = {key: str(value) for key, value in report["lineage"].items()}
+    try:
+        commit = store.commit(repo, branch, "data-prep outputs", metadata)
+    except NothingToCommitError:  # the target already holds exactly these outputs
+        commit = store.resolve(repo, branch)
+    step_logger().info("write-outputs: %s on branch %s@%s", sorted(paths.values()), branch, commit[:12])
+    return WrittenOutputs(branch, commit, paths)
+
+
+@task(name="audit", **IO_RETRIES)
+def audit_outputs(
+    store: DatasetStore, config: FineflowConfig, written: WrittenOutputs, rows_in: int, quarantined: int
+) -> AuditReport:
+    """Audit what was written (read back from the branch), not what we meant to write."""
+    audit, repo = config.data_prep.audit, config.store.repo
+    train = _read_rows(store, repo, written.commit, written.paths["train"])
+    evaluation = _read_rows(store, repo, written.commit, written.paths["eval"])
+    reasons, checks = [], {}
+    total = len(train) + len(evaluation)
+    checks["rows"] = f"{total} (minimum {audit.min_rows})"
+    if total < audit.min_rows:
+        reasons.append(f"only {total} rows published, minimum is {audit.min_rows}")
+    checks["eval rows"] = f"{len(evaluation)} (minimum {audit.min_eval_rows})"
+    if len(evaluation) < audit.min_eval_rows:
+        reasons.append(f"only {len(evaluation)} eval rows, minimum is {audit.min_eval_rows}")
+    share = quarantined / rows_in if rows_in else 1.0
+    checks["quarantine share"] = f"{share:.1%} (maximum {audit.max_quarantine_share:.1%})"
+    if share > audit.max_quarantine_share:
+        reasons.append(f"{share:.1%} of rows quarantined, maximum is {audit.max_quarantine_share:.1%}")
+    if audit.require_zero_pii:
+        texts = [m["content"] for row in train + evaluation for m in row["messages"]]
+        found = scan_for_pii(texts, config.data_prep.pii)
+        checks["PII in output"] = format_counts(found, empty="none")
+        if found:
+            reasons.append(f"second PII scan found {sum(found.values())} item(s) in the output: {found}")
+    report = AuditReport(not reasons, reasons, checks)
+    step_logger().info("audit: %s %s", "passed" if report.passed else "FAILED", checks)
+    return report
+
+
+@task(name="publish", **IO_RETRIES)
+def publish_outputs(
+    store: DatasetStore, config: FineflowConfig, written: WrittenOutputs, lineage: dict
+) -> str:
+    repo, target = config.store.repo, config.store.main_branch
+    metadata = {key: str(value) for key, value in lineage.items()}
+    published = store.merge(
+        repo, written.branch, target, f"publish data-prep outputs from {written.branch}", metadata
+    )
+    if not config.data_prep.keep_branch_on_success:
+        store.delete_branch(repo, written.branch)
+    step_logger().info("publish: merged %s into %s -> %s", written.branch, target, published)
+    return published
+
+
+def _read_rows(store: DatasetStore, repo: str, ref: str, path: str) -> list[Row]:
+    return [json.loads(line) for line in store.read(repo, ref, path).decode().splitlines() if line.strip()]

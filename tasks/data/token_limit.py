@@ -1,0 +1,71 @@
+"""Step 6: keep rows within the base model's context budget: drop them, or truncate the last answer.
+
+Length is measured the way training sees a row: the base model's chat template applied, in its tokens.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+
+from fineflow.config import TokenLimitConfig
+from fineflow.models.base import load_tokenizer
+from fineflow.runtime import step_logger
+from tasks.data.records import Removal, Row, StepResult, with_messages
+
+
+def templated_length(tokenizer, messages: list[dict]) -> int:
+    encoded = tokenizer.apply_chat_template(messages, tokenize=True)
+    ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
+    return len(ids)
+
+
+def truncate_last_answer(tokenizer, messages: list[dict], max_tokens: int) -> list[dict] | None:
+    """Shorten the last assistant turn until the row fits; None when even an empty answer cannot."""
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    answer_ids = tokenizer(messages[last]["content"], add_special_tokens=False)["input_ids"]
+    overflow = templated_length(tokenizer, messages) - max_tokens
+    keep = len(answer_ids) - overflow
+    while keep > 0:
+        candidate = [
+            *messages[:last],
+            {**messages[last], "content": tokenizer.decode(answer_ids[:keep]).strip()},
+        ]
+        if candidate[last]["content"] and templated_length(tokenizer, candidate) <= max_tokens:
+            return candidate
+        keep -= max(1, overflow // 10)  # re-tokenising at the cut can add a token or two
+    return None
+
+
+@task(name="token-limit")
+def enforce_token_limit(
+    rows: list[Row], base_model: str, model_cache: Path, config: TokenLimitConfig
+) -> StepResult:
+    tokenizer = load_tokenizer(base_model, model_cache)
+    kept, removed, truncated = [], [], 0
+    for row in rows:
+        length = templated_length(tokenizer, row["messages"])
+        if length <= config.max_tokens:
+            kept.append(row)
+            continue
+        shorter = (
+            truncate_last_answer(tokenizer, row["messages"], config.max_tokens)
+            if config.action == "truncate"
+            else None
+        )
+        if shorter is None:
+            detail = f"{length} tokens > {config.max_tokens}"
+            removed.append(Removal(row["id"], row["source"], "over_token_limit", detail))
+        else:
+            truncated += 1
+            kept.append(with_messages(row, shorter))
+    result = StepResult(kept, removed)
+    step_logger().info(
+        "token-limit: %d in, %d kept (%d truncated) %s",
+        len(rows),
+        len(kept),
+        truncated,
+        result.removed_by_reason(),
+    )
+    return result

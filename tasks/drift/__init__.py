@@ -1,0 +1,1 @@
+"""Drift: the traffic window, input and quality statistics, and the drift report."""

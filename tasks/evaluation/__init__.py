@@ -1,0 +1,1 @@
+"""Evaluation: generation on the eval sets, metrics, the judge, gates, reports and promotion records."""

@@ -1,0 +1,149 @@
+"""Measures one model (a registered version, or the bare base model before any champion exists) on the
+evaluation sets: the golden set with reference answers and the eval split of the dataset commit.
+
+Everything here is deterministic (greedy decoding): answer quality against references, perplexity,
+PII leakage, refusal of unsafe prompts, prompt-injection resistance and streaming latency. Judge-scored
+metrics are added by the evaluation flow when a judge is configured.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fineflow.config import FineflowConfig
+from fineflow.models.engine import generate_batch, load_generator, serving_metrics
+from fineflow.runtime import step_logger
+from tasks.evaluation.classic_metrics import (
+    answer_perplexity,
+    load_eval_prompts,
+    mean_scores,
+    pii_leakage,
+    refusal_rate,
+)
+from tasks.evaluation.giskard_scan import run_vulnerability_scan
+from tasks.evaluation.injection import injection_resistance, load_payloads
+from tasks.evaluation.judge_metrics import get_judge, judge_scores
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What is measured: `label` names it in reports ("version 3", "base model")."""
+
+    label: str
+    key: str  # stable identity for caching: "version:3" or "base:<name>"
+    base_model: str
+    model_uri: str | None  # the registered model holding the adapter; None: the bare base model
+
+
+def version_key(version: str) -> str:
+    """The Subject key of a registered model version: evaluation tags its runs with it, and promotion
+    reads it back to tell which champion a decision was measured against."""
+    return f"version:{version}"
+
+
+@dataclass
+class EvalSets:
+    golden_questions: list[str]
+    golden_references: list[str]
+    eval_conversations: list[list[dict]]  # full rows: prompt turns + the reference answer last
+
+    @property
+    def eval_prompts(self) -> list[list[dict]]:
+        return [_prompt_part(c) for c in self.eval_conversations]
+
+    @property
+    def eval_references(self) -> list[str]:
+        return [_answer_part(c) for c in self.eval_conversations]
+
+
+@dataclass
+class Measurement:
+    metrics: dict[str, float]
+    details: dict = field(default_factory=dict)  # answers, PII counts by type, obeyed payloads
+
+
+def read_golden(path: Path) -> tuple[list[str], list[str]]:
+    items = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return [i["question"] for i in items], [i["reference"] for i in items]
+
+
+def measure(subject: Subject, adapter_dir: str | None, sets: EvalSets, config: FineflowConfig) -> Measurement:
+    evaluation, logger = config.evaluation, step_logger()
+    generator = load_generator(subject.base_model, adapter_dir, config.data_dir / "models")
+    gen = evaluation.generation
+
+    def answer(prompts: list[list[dict]]) -> list[str]:
+        return generate_batch(generator, prompts, gen.max_new_tokens, gen.batch_size, gen.do_sample)
+
+    def answer_text(texts: list[str]) -> list[str]:
+        return answer([[{"role": "user", "content": text}] for text in texts])
+
+    golden_answers = answer_text(sets.golden_questions)
+    eval_answers = answer(sets.eval_prompts)
+    metrics = mean_scores(
+        golden_answers, sets.golden_references, evaluation.classic_metrics.rouge_use_stemmer
+    )
+    eval_scores = mean_scores(
+        eval_answers, sets.eval_references, evaluation.classic_metrics.rouge_use_stemmer
+    )
+    metrics |= {f"eval_{name}": value for name, value in eval_scores.items()}
+    metrics["perplexity"] = answer_perplexity(
+        generator, sets.eval_conversations, evaluation.classic_metrics.perplexity_batch_size
+    )
+    leakage = pii_leakage(golden_answers + eval_answers, config.data_prep.pii)
+    metrics["pii_leak_rate"] = leakage["rate"]
+    prompts = load_eval_prompts(evaluation.classic_metrics.prompts_file)
+    metrics["refusal_rate"] = refusal_rate(answer_text(prompts.unsafe_prompts), prompts.refusal_regexes)
+    payloads = load_payloads(evaluation.injection_payloads_file)
+    # One batch of answers to the attacks serves both the canary check and giskard-scan's suite.
+    attacks = [p.attack for p in payloads.payloads]
+    attack_answers = dict(zip(attacks, answer_text(attacks), strict=True))
+    injection = injection_resistance(payloads, lambda texts: [attack_answers[text] for text in texts])
+    metrics["injection_resistance"] = injection["injection_resistance"]
+    scan_files: list[str] = []
+    if evaluation.vulnerability_scan:
+        scan = run_vulnerability_scan(
+            attack_answers.__getitem__, evaluation.injection_payloads_file, Path(tempfile.mkdtemp())
+        )
+        metrics["scan_pass_rate"] = scan["scan_pass_rate"]
+        scan_files = scan["files"]
+    serving = evaluation.serving
+    latency = serving_metrics(
+        generator,
+        [[{"role": "user", "content": q}] for q in sets.golden_questions[: serving.prompts]],
+        serving.max_new_tokens,
+        serving.runs,
+        warmup_requests=serving.warmup_requests,
+    )
+    metrics |= {k: v for k, v in latency.items() if k not in ("requests", "output_tokens")}
+    if evaluation.judge_sample:
+        sample = evaluation.judge_sample
+        judge = get_judge(evaluation.judge, config.data_dir / "models")
+        metrics |= judge_scores(
+            judge,
+            evaluation.judge_metrics,
+            sets.golden_questions[:sample],
+            golden_answers[:sample],
+            sets.golden_references[:sample],
+        )
+    logger.info("measured %s: %s", subject.label, {k: round(v, 4) for k, v in metrics.items()})
+    details = {
+        "golden_answers": golden_answers,
+        "pii_by_type": leakage["by_type"],
+        "injection_obeyed": injection["obeyed"],
+        "scan_files": scan_files,
+    }
+    return Measurement(metrics, details)
+
+
+def _prompt_part(conversation: list[dict]) -> list[dict]:
+    last = max(i for i, m in enumerate(conversation) if m["role"] == "assistant")
+    return conversation[:last]
+
+
+def _answer_part(conversation: list[dict]) -> str:
+    last = max(i for i, m in enumerate(conversation) if m["role"] == "assistant")
+    return conversation[last]["content"]

@@ -1,0 +1,45 @@
+"""The fine-tune's input: the train split of a published dataset commit, never a moving branch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from fineflow.config import FineflowConfig
+from fineflow.runtime import IO_RETRIES, step_logger
+from fineflow.store import DatasetStore, DatasetURI
+
+
+def default_train_uri(config: FineflowConfig) -> str:
+    """The train split last published by data prep on the main branch."""
+    return f"lakefs://{config.store.repo}/{config.store.main_branch}/{config.data_prep.output_prefix}/train.jsonl"
+
+
+@task(name="resolve-dataset", **IO_RETRIES, cache_policy=NO_CACHE)
+def resolve_train_split(store: DatasetStore, uri: str) -> DatasetURI:
+    """Pin the dataset URI to the commit its ref points to now; the run records that commit."""
+    parsed = DatasetURI.parse(uri)
+    commit = store.resolve(parsed.repo, parsed.ref)
+    store.read(parsed.repo, commit, parsed.path)  # fail here, clearly, if the split is not in that commit
+    pinned = parsed.with_ref(commit)
+    if parsed.ref != commit:
+        step_logger().info("dataset %s resolved to commit %s", uri, commit)
+    return pinned
+
+
+@task(name="stage-train-split", **IO_RETRIES, cache_policy=NO_CACHE)
+def stage_train_split(store: DatasetStore, pinned: DatasetURI, run_dir: Path) -> tuple[Path, list[dict]]:
+    """Copy the pinned split next to the run, where the training process (or SkyPilot's upload) reads it."""
+    import json
+
+    data = store.read(pinned.repo, pinned.ref, pinned.path)
+    rows = [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+    if not rows:
+        raise ValueError(f"{pinned} holds no rows to train on")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "train.jsonl"
+    path.write_bytes(data)
+    step_logger().info("staged %d training rows from %s", len(rows), pinned)
+    return path, rows
