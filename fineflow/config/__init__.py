@@ -101,6 +101,15 @@ class DedupConfig(Strict):
     shingle_words: int = Field(ge=1)
 
 
+class DecontaminationConfig(Strict):
+    """Train rows repeating an evaluation question (golden set, eval split) are removed after the split."""
+
+    near_threshold: float = Field(gt=0.0, le=1.0, description="Jaccard similarity of user-turn shingles")
+    num_perm: int = Field(ge=16)
+    shingle_words: int = Field(ge=1)
+    ngram_words: int = Field(ge=1, description="n-gram size of the reported (never removing) overlap share")
+
+
 class ClassifierConfig(Strict):
     model: str = Field(description="a local text-classification model directory")
     drop_labels: list[str] = Field(min_length=1)
@@ -144,6 +153,7 @@ class DataPrepConfig(Strict):
     safety: SafetyConfig
     token_limit: TokenLimitConfig
     split: SplitConfig
+    decontamination: DecontaminationConfig
     audit: AuditConfig
 
     @field_validator("raw_prefix", "output_prefix")

@@ -1,0 +1,63 @@
+"""Decontamination: train rows repeating an evaluation question are removed and named; paraphrased topics
+with different questions stay."""
+
+from __future__ import annotations
+
+from fineflow.config import load_config
+from tasks.data.decontaminate import (
+    EvalQuestion,
+    eval_questions,
+    find_contamination,
+    ngram_overlap,
+    overlap_report,
+    remove_contaminated,
+)
+from tasks.data.records import make_row
+
+CONFIG = load_config("configs/default.yaml").data_prep.decontamination
+
+
+def chat(source: str, question: str, answer: str = "An answer.") -> dict:
+    return make_row(source, [{"role": "user", "content": question}, {"role": "assistant", "content": answer}])
+
+
+GOLDEN = {"golden-003": "What does one extra Nimbus Room Sensor cost?"}
+
+
+def test_exact_and_near_repeats_of_golden_and_eval_questions_are_removed_and_named():
+    eval_row = chat("eval.jsonl:4", "How long does Auto-Schedule take to learn my routine?")
+    train = [
+        chat("a.jsonl:1", "what does ONE extra Nimbus room sensor cost"),  # the golden question, recased
+        chat("a.jsonl:2", "How long does Auto-Schedule take to learn my routine at home?"),  # eval, near
+        chat("a.jsonl:3", "How do I pair a Room Sensor with my thermostat?"),  # same topic, another ask
+    ]
+    result = remove_contaminated(train, eval_questions(GOLDEN, [eval_row]), CONFIG)
+
+    assert [row["source"] for row in result.rows] == ["a.jsonl:3"]
+    assert [(r.source, r.reason) for r in result.removed] == [
+        ("a.jsonl:1", "contaminated"),
+        ("a.jsonl:2", "contaminated"),
+    ]
+    assert result.removed[0].detail == "exact repeat of golden:golden-003"
+    assert result.removed[1].detail.startswith("near repeat, similarity ")
+    assert result.removed[1].detail.endswith("of eval:eval.jsonl:4")
+
+
+def test_only_user_turns_count_an_answer_quoting_the_question_is_not_contamination():
+    train = [chat("a.jsonl:1", "Tell me about sensors.", "What does one extra Nimbus Room Sensor cost? $39.")]
+    assert find_contamination(train, eval_questions(GOLDEN, []), CONFIG) == []
+
+
+def test_overlap_report_counts_repeats_and_the_ngram_share_without_text():
+    questions = [
+        EvalQuestion("golden:1", "How do I reset the Nimbus thermostat to its factory settings please"),
+        EvalQuestion("golden:2", "Which menu shows the energy history of my home"),
+    ]
+    train = [chat("t:1", "Tell me how do I reset the Nimbus thermostat to its factory settings after a move")]
+    report = overlap_report(train, questions, CONFIG)
+
+    assert report["eval_questions"] == 2
+    assert report["exact_repeats"] == 0
+    assert report["ngram8_overlap"] == 0.5  # the first shares an 8-word run, the second shares nothing
+    assert all(isinstance(value, int | float) for value in report.values())
+    assert ngram_overlap(train, [], 8) == 0.0
