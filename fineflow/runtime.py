@@ -27,9 +27,14 @@ OFFLINE_ENV = {
 }
 
 
-def prepare_environment(data_dir: Path) -> None:
+def prepare_environment(data_dir: Path, server_startup_timeout_s: float) -> None:
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
+    # Without a server, Prefect starts a temporary one per run; on a busy laptop its default 20 s to come
+    # up is not enough, and the run fails before it starts.
+    os.environ.setdefault(
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(int(server_startup_timeout_s))
+    )
     prefect_home = data_dir / "prefect"
     prefect_home.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_HOME", str(prefect_home))

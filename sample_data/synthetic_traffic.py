@@ -177,7 +177,7 @@ def main() -> None:
     from fineflow.store import open_store
 
     config = load_config(args.config, args.set)
-    prepare_environment(config.data_dir)
+    prepare_environment(config.data_dir, config.stack.startup_timeout_s)
     use_running_stack(config.data_dir)
     end = datetime.now(UTC) - timedelta(hours=args.age_hours)
     model = f"{config.registry.model_name}/synthetic"
