@@ -1,7 +1,7 @@
 """Generation throughput: batched greedy generation against one prompt at a time, in one process.
 
 Both answer the same golden-set questions with the same model, greedily, with the same new-token limit,
-through the same code (fineflow.models.engine.generate_token_ids); only the batch size differs. Throughput is
+through the same code (the engine's Generator.generate_token_ids); only the batch size differs. Throughput is
 generated tokens per second, counting each answer up to and including its end token, never padding.
 Greedy answers should come out the same either way: the run reports how many do.
 
@@ -30,7 +30,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from fineflow.config import load_config  # noqa: E402
-from fineflow.models.engine import generate_token_ids, load_generator  # noqa: E402
+from fineflow.models.engine import GenerationOptions, load_generator  # noqa: E402
 
 GOLDEN = Path("sample_data/golden/golden.jsonl")
 
@@ -69,13 +69,14 @@ def main() -> None:
     generator = load_generator(args.model, args.adapter, config.data_dir / "models")
     prompts = golden_prompts(args.prompts)
     limit = args.max_new_tokens
+    greedy = GenerationOptions.greedy(limit)
     # A short discarded run first, so one-time costs (kernel selection, page cache) land on neither side.
-    generate_token_ids(generator, prompts[:2], 4, batch_size=2)
+    generator.generate_token_ids(prompts[:2], GenerationOptions.greedy(4), batch_size=2)
 
     single_ids, single = timed(
-        lambda: [generate_token_ids(generator, [prompt], limit, batch_size=1)[0] for prompt in prompts]
+        lambda: [generator.generate_token_ids([prompt], greedy, batch_size=1)[0] for prompt in prompts]
     )
-    batched_ids, batched = timed(lambda: generate_token_ids(generator, prompts, limit, args.batch_size))
+    batched_ids, batched = timed(lambda: generator.generate_token_ids(prompts, greedy, args.batch_size))
     same = sum(a == b for a, b in zip(single_ids, batched_ids, strict=True))
 
     where = generator.device if generator.device != "cpu" else f"cpu, {torch.get_num_threads()} threads"

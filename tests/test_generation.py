@@ -1,9 +1,10 @@
-"""Generation for evaluation on the tiny Llama: batched greedy answers equal one-at-a-time answers, batches
-are padded on the left, only continuations come back, an adapter loads as the registered model serves it,
-and the streaming latency metrics are sane."""
+"""The generation engine on the tiny Llama: batched greedy answers equal one-at-a-time answers and the
+streamed answer (one code path), batches are padded on the left, only continuations come back, an adapter
+loads as the registered model serves it, and the streaming latency metrics are sane."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,10 +12,9 @@ import pytest
 import torch
 
 from fineflow.models.engine import (
+    GenerationOptions,
     Generator,
-    TokenTimer,
-    generate_batch,
-    generate_token_ids,
+    TokenStream,
     load_generator,
     serving_metrics,
 )
@@ -31,6 +31,7 @@ PROMPTS = [
     )
 ]
 MAX_NEW_TOKENS = 10
+GREEDY = GenerationOptions.greedy(MAX_NEW_TOKENS)
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +61,12 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_batched_greedy_equals_one_at_a_time(generator):
-    batched = generate_token_ids(generator, PROMPTS, MAX_NEW_TOKENS, batch_size=4)
-    single = [generate_token_ids(generator, [prompt], MAX_NEW_TOKENS, batch_size=1)[0] for prompt in PROMPTS]
+    batched = generator.generate_token_ids(PROMPTS, GREEDY, batch_size=4)
+    single = [generator.generate_token_ids([prompt], GREEDY, batch_size=1)[0] for prompt in PROMPTS]
     assert batched == single
     assert len({tuple(ids) for ids in batched}) > 1  # answers depend on the prompt: the check has teeth
     assert all(0 < len(ids) <= MAX_NEW_TOKENS for ids in batched)
-    texts = generate_batch(generator, PROMPTS, MAX_NEW_TOKENS, batch_size=4)
+    texts = generator.generate_batch(PROMPTS, GREEDY, batch_size=4)
     assert texts == [generator.tokenizer.decode(ids, skip_special_tokens=True) for ids in single]
 
 
@@ -78,7 +79,7 @@ def test_batches_are_padded_on_the_left(generator, monkeypatch):
         return real_generate(**kwargs)
 
     monkeypatch.setattr(generator.model, "generate", spy)
-    generate_token_ids(generator, PROMPTS, 2, batch_size=len(PROMPTS))
+    generator.generate_token_ids(PROMPTS, GenerationOptions.greedy(2), batch_size=len(PROMPTS))
     ((input_ids, mask),) = seen
     lengths = mask.sum(dim=1)
     assert lengths.min() < lengths.max()  # prompts of different lengths share the batch
@@ -106,8 +107,8 @@ def test_only_the_continuation_up_to_the_end_token_comes_back(tiny_model_dir):
 
     fake = Generator(FakeModel(), tokenizer, "cpu", "fake", None)
     prompts = PROMPTS[:2]
-    assert generate_token_ids(fake, prompts, MAX_NEW_TOKENS, batch_size=2) == [[*answer, eos]] * 2
-    assert generate_batch(fake, prompts, MAX_NEW_TOKENS, batch_size=2) == ["ok", "ok"]
+    assert fake.generate_token_ids(prompts, GREEDY, batch_size=2) == [[*answer, eos]] * 2
+    assert fake.generate_batch(prompts, GREEDY, batch_size=2) == ["ok", "ok"]
 
 
 def test_adapter_generator_matches_the_registered_model(sharp_model_dir, tmp_path):
@@ -134,8 +135,8 @@ def test_adapter_generator_matches_the_registered_model(sharp_model_dir, tmp_pat
     base = load_generator(str(sharp_model_dir), None, tmp_path / "models")
     assert isinstance(tuned.model, PeftModel) and not isinstance(base.model, PeftModel)
     assert tuned.tokenizer.padding_side == "left"
-    answers = generate_batch(tuned, PROMPTS, MAX_NEW_TOKENS, batch_size=3)
-    assert answers != generate_batch(base, PROMPTS, MAX_NEW_TOKENS, batch_size=3)
+    answers = tuned.generate_batch(PROMPTS, GREEDY, batch_size=3)
+    assert answers != base.generate_batch(PROMPTS, GREEDY, batch_size=3)
 
     served = LoraAdapterModel()
     served.load_context(
@@ -147,8 +148,10 @@ def test_adapter_generator_matches_the_registered_model(sharp_model_dir, tmp_pat
     assert served.predict(None, PROMPTS, params={"max_new_tokens": MAX_NEW_TOKENS}) == answers
 
 
-def test_token_timer_skips_the_prompt():
-    timer = TokenTimer()
+def test_token_stream_skips_the_prompt(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    timer = TokenStream(AutoTokenizer.from_pretrained(tiny_model_dir), (), None)
     timer.put(torch.tensor([[5, 6, 7]]))  # generate hands over the prompt first
     timer.put(torch.tensor([8]))
     timer.put(torch.tensor([9]))
@@ -157,7 +160,7 @@ def test_token_timer_skips_the_prompt():
 
 
 def test_serving_metrics(generator):
-    metrics = serving_metrics(generator, PROMPTS[:3], max_new_tokens=6, runs=2, warmup_requests=1)
+    metrics = serving_metrics(generator, PROMPTS[:3], GenerationOptions.greedy(6), runs=2, warmup_requests=1)
     assert set(metrics) == {
         "ttft_p50_s",
         "ttft_p95_s",
@@ -179,7 +182,40 @@ def test_serving_metrics(generator):
 
 def test_sampling_is_seeded_by_torch(generator):
     torch.manual_seed(3)
-    first = generate_batch(generator, PROMPTS[:2], MAX_NEW_TOKENS, batch_size=2, do_sample=True)
+    sampled = GenerationOptions(MAX_NEW_TOKENS, do_sample=True)
+    first = generator.generate_batch(PROMPTS[:2], sampled, batch_size=2)
     torch.manual_seed(3)
-    again = generate_batch(generator, PROMPTS[:2], MAX_NEW_TOKENS, batch_size=2, do_sample=True)
+    again = generator.generate_batch(PROMPTS[:2], sampled, batch_size=2)
     assert first == again and len(first) == 2
+
+
+def test_streamed_greedy_output_equals_the_batched_output(generator):
+    """One code path: streaming a request gives the batch's token ids and text, piece by piece."""
+    batched_ids = generator.generate_token_ids(PROMPTS, GREEDY, batch_size=len(PROMPTS))
+    batched_texts = generator.generate_batch(PROMPTS, GREEDY, batch_size=len(PROMPTS))
+    for messages, ids, text in zip(PROMPTS, batched_ids, batched_texts, strict=True):
+        pieces: list[str] = []
+        streamed = generator.stream(generator.encode(messages), GREEDY, on_text=pieces.append)
+        assert streamed.token_ids == ids
+        assert streamed.text == "".join(pieces) == text
+        assert len(streamed.arrivals) == len(ids) and streamed.prompt_tokens > 0
+        ended = ids[-1] in generator.end_token_ids
+        assert streamed.finish_reason == ("stop" if ended else "length")
+
+
+def test_a_stream_cancelled_before_its_turn_generates_nothing(generator):
+    cancel = threading.Event()
+    cancel.set()
+    streamed = generator.stream(generator.encode(PROMPTS[0]), GREEDY, cancel=cancel)
+    assert (streamed.token_ids, streamed.text, streamed.finish_reason) == ([], "", "stop")
+
+
+def test_greedy_options_take_no_sampling_settings():
+    with pytest.raises(ValueError, match="greedy"):
+        GenerationOptions(MAX_NEW_TOKENS, do_sample=False, temperature=0.7)
+    assert GenerationOptions.from_temperature(8, 0.0, top_p=0.9, top_k=None) == GenerationOptions.greedy(8)
+    assert GenerationOptions.greedy(8).sampling_kwargs()["do_sample"] is False
+    assert GenerationOptions.from_temperature(8, 0.7, top_p=None, top_k=None).sampling_kwargs() == {
+        "do_sample": True,
+        "temperature": 0.7,
+    }

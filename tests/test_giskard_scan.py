@@ -9,13 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from fineflow.judge import JudgeConfig, build_judge, to_giskard
-from tasks.evaluation.giskard_scan import (
-    PayloadScenarioGenerator,
-    groundedness_checks,
-    run_vulnerability_scan,
-)
+from fineflow.config import JudgeConfig
+from fineflow.judge import build_judge
+from tasks.evaluation.giskard_scan import PayloadScenarioGenerator, run_vulnerability_scan
 from tasks.evaluation.injection import load_payloads
+from tests.giskard_judge import groundedness_checks, to_giskard
 
 REPO = Path(__file__).resolve().parents[1]
 PAYLOADS = REPO / "configs" / "injection_payloads.yaml"

@@ -32,9 +32,9 @@ from typing import Literal  # noqa: E402
 import pytest  # noqa: E402
 from pydantic import BaseModel, Field, ValidationError  # noqa: E402
 
+from fineflow.config import JudgeConfig  # noqa: E402
 from fineflow.judge import (  # noqa: E402
     EmbeddedJudge,
-    JudgeConfig,
     JudgeError,
     JudgeOutputError,
     OpenAICompatibleJudge,
@@ -42,8 +42,8 @@ from fineflow.judge import (  # noqa: E402
     describe,
     measure_deepeval,
     to_deepeval,
-    to_giskard,
 )
+from tests.giskard_judge import to_giskard  # noqa: E402
 
 MAX_TEXT = 24
 
@@ -150,14 +150,14 @@ def test_constraint_closes_the_gaps_lm_format_enforcer_leaves(byte_tokenizer_dir
     (or the schema's bounds) does not accept is masked. Found by running random models."""
     from transformers import AutoTokenizer
 
-    from fineflow.judge import _json_complete, _SchemaConstraint, _TokenVocabulary
+    from fineflow.models.constrained import SchemaConstraint, TokenVocabulary, json_complete
 
     tokenizer = AutoTokenizer.from_pretrained(byte_tokenizer_dir)
-    vocabulary = _TokenVocabulary(tokenizer, len(tokenizer))
+    vocabulary = TokenVocabulary(tokenizer, len(tokenizer))
     schema = bounded_schema(Verdict, max_text_chars=8, max_list_items=2)
 
-    def allowed_after(text: str) -> tuple[set[str], _SchemaConstraint, list[int]]:
-        constraint = _SchemaConstraint(vocabulary, schema)
+    def allowed_after(text: str) -> tuple[set[str], SchemaConstraint, list[int]]:
+        constraint = SchemaConstraint(vocabulary, schema)
         sequence = tokenizer.encode("prompt")
         constraint.allowed(sequence)
         for token in tokenizer.encode(text):
@@ -172,7 +172,7 @@ def test_constraint_closes_the_gaps_lm_format_enforcer_leaves(byte_tokenizer_dir
     at_start, _, _ = allowed_after('{"reason": "')
     assert " " not in at_start and '"' not in at_start  # leading space would not count; minLength 1
     _, constraint, sequence = allowed_after('{"reason": "|')  # '|' is outside the parser's default alphabet
-    assert not _json_complete(constraint._state(sequence).parser)
+    assert not json_complete(constraint.state(sequence).parser)
     full, _, _ = allowed_after('{"reason": "12345678')
     assert full == {'"'}  # maxLength 8
     spaces, _, _ = allowed_after('{"reason": "ok",  ')
@@ -182,7 +182,7 @@ def test_constraint_closes_the_gaps_lm_format_enforcer_leaves(byte_tokenizer_dir
     long_number, _, _ = allowed_after('{"reason": "ok", "score": 123456789012')
     assert not set("0123456789.") & long_number and "}" in long_number
     _, constraint, sequence = allowed_after('{"reason": "ok", "score": 1}')
-    assert _json_complete(constraint._state(sequence).parser)  # generation stops here
+    assert json_complete(constraint.state(sequence).parser)  # generation stops here
 
 
 def test_constrained_decoding_makes_a_random_model_emit_valid_json(tiny_model_dir, tmp_path):

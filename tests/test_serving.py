@@ -22,9 +22,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fineflow.config import DATA_DIR_ENV, load_config
-from fineflow.models.engine import load_generator
+from fineflow.models.engine import StopTrimmer, load_generator
 from fineflow.privacy.masker import get_masker
-from fineflow.serving.app import StopTrimmer, create_app
+from fineflow.serving.app import create_app
 from fineflow.serving.capture import TrafficCapture
 from fineflow.serving.loading import ServedModel, ServeModelError, download_adapter, load_served_model
 from fineflow.store import open_store
@@ -277,7 +277,7 @@ def test_a_stream_that_fails_after_the_200_ends_with_an_error_event(tmp_path, mo
         }
     }
     assert "[DONE]" not in text and "out of memory" not in text
-    assert app.state.engine.admitted == 0
+    assert app.state.queue.admitted == 0
 
 
 def test_a_streamed_oversized_body_without_length_is_refused(make_client):
@@ -301,17 +301,17 @@ def wait_until(condition, seconds: float = 60) -> None:
 
 def test_a_full_queue_is_answered_503_with_retry_after(make_client):
     client, config = make_client(**{"serve.max_queued_requests": 1, "serve.retry_after_seconds": 7})
-    engine = client.app.state.engine
+    queue = client.app.state.queue
     answers = []
 
     def ask() -> None:
         answers.append(client.post(URL, json=chat(max_tokens=2)))
 
-    with engine.lock:  # the model is busy: admitted requests wait for their turn
+    with queue.lock:  # the model is busy: admitted requests wait for their turn
         waiting = [threading.Thread(target=ask) for _ in range(2)]  # one "generating", one queued
         for thread in waiting:
             thread.start()
-        wait_until(lambda: engine.admitted == 2)
+        wait_until(lambda: queue.admitted == 2)
         busy = [
             client.post(URL, json=chat(max_tokens=2)),
             client.post(URL, json=chat(max_tokens=2, stream=True)),
@@ -325,14 +325,14 @@ def test_a_full_queue_is_answered_503_with_retry_after(make_client):
         assert error["type"] == "server_error" and error["code"] == "server_busy", error
         assert "1 request(s) already wait" in error["message"]
     assert [answer.status_code for answer in answers] == [200, 200]
-    assert engine.admitted == 0  # every admission released: the server takes requests again
+    assert queue.admitted == 0  # every admission released: the server takes requests again
     assert client.post(URL, json=chat(max_tokens=2)).status_code == 200
     assert len(spool_text(config).splitlines()) == 3  # the refused requests were not captured
 
 
 def test_a_client_that_disconnects_cancels_its_completion(make_client):
     client, config = make_client(**{"serve.disconnect_poll_seconds": 0.01})
-    engine = client.app.state.engine
+    queue = client.app.state.queue
     body = json.dumps(chat(max_tokens=64)).encode()
     incoming = [{"type": "http.request", "body": body, "more_body": False}]
     gone = threading.Event()
@@ -361,14 +361,14 @@ def test_a_client_that_disconnects_cancels_its_completion(make_client):
         "client": ("127.0.0.1", 50000),
         "server": ("testserver", 80),
     }
-    with engine.lock:  # the request waits for its turn while its client leaves
+    with queue.lock:  # the request waits for its turn while its client leaves
         call = threading.Thread(target=client.portal.call, args=(client.app, scope, receive, send))
         call.start()
         assert gone.wait(60)
     call.join(60)
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 499
     assert json.loads(sent[1]["body"])["error"]["code"] == "client_closed"
-    assert engine.admitted == 0 and spool_text(config) == ""  # nothing answered, nothing captured
+    assert queue.admitted == 0 and spool_text(config) == ""  # nothing answered, nothing captured
     assert client.post(URL, json=chat(max_tokens=2)).status_code == 200
 
 

@@ -1,146 +1,407 @@
-"""Generation for evaluation: load a registered adapter (or the bare base model), answer chat prompts in
-batches, and measure serving latency with per-token timestamps.
+"""The one generation engine. Everything that produces text goes through a `Generator`: evaluation's
+answers and latency figures, drift's answers, the judge, the MLflow pyfunc and the server.
 
     generator = load_generator("smollm2-135m-instruct", adapter_dir, Path(".fineflow/models"))
-    answers = generate_batch(generator, [[{"role": "user", "content": "How do I reset my Nimbus?"}]],
-                             max_new_tokens=64, batch_size=8)
-    latency = serving_metrics(generator, prompts, max_new_tokens=64, runs=2)
+    options = GenerationOptions.greedy(max_new_tokens=64)
+    answers = generator.generate_batch(prompts, options, batch_size=8)
+    generation = generator.stream(generator.encode(messages), options, on_text=send, cancel=event)
+    latency = serving_metrics(generator, prompts, options, runs=2, warmup_requests=1)
 
-Loading reuses the registered model's own loader (`fineflow.models.pyfunc.load_model_and_tokenizer`), so
+Batched and streamed generation share one call of `model.generate` (`Generator._generate`), one end-token
+rule (`Generator.end_token_ids`) and one mapping of greedy and sampling settings
+(`GenerationOptions.sampling_kwargs`). `serving_metrics` times the streaming path the server uses, so the
+latency that gates a promotion is the latency that is served. A JSON schema in the options constrains
+decoding (`fineflow.models.constrained`); the judge uses it.
+
+The registered MLflow model (`fineflow.models.pyfunc`) loads through `load_model_and_tokenizer` here, so
 evaluation sees exactly the model that `mlflow.pyfunc.load_model` serves.
 """
 
 from __future__ import annotations
 
+import functools
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from fineflow.config import GenerationConfig, ServingConfig  # noqa: F401 (re-exported for callers)
-
 Conversation = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """How one generation runs.
+
+    Greedy (`do_sample=False`) takes no sampling settings. When sampling, a setting left None is the
+    model's own (its generation_config). `stop`: strings that end the answer, which leaves them out
+    (OpenAI's rule). `json_schema`: the answer is JSON of this schema and ends as soon as that JSON is
+    complete."""
+
+    max_new_tokens: int
+    do_sample: bool
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    stop: tuple[str, ...] = ()
+    json_schema: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if not self.do_sample and (self.temperature, self.top_p, self.top_k) != (None, None, None):
+            raise ValueError("greedy decoding takes no temperature, top_p or top_k")
+
+    @classmethod
+    def greedy(
+        cls, max_new_tokens: int, *, stop: tuple[str, ...] = (), json_schema: dict | None = None
+    ) -> GenerationOptions:
+        return cls(max_new_tokens, do_sample=False, stop=stop, json_schema=json_schema)
+
+    @classmethod
+    def from_temperature(
+        cls,
+        max_new_tokens: int,
+        temperature: float | None,
+        *,
+        top_p: float | None,
+        top_k: int | None,
+        stop: tuple[str, ...] = (),
+        json_schema: dict | None = None,
+    ) -> GenerationOptions:
+        """OpenAI's convention: temperature 0 (or none) is greedy, and top_p and top_k then do not apply."""
+        if not temperature:
+            return cls.greedy(max_new_tokens, stop=stop, json_schema=json_schema)
+        return cls(max_new_tokens, True, temperature, top_p, top_k, stop, json_schema)
+
+    def sampling_kwargs(self) -> dict[str, Any]:
+        """The `generate` arguments that choose greedy or sampled decoding."""
+        if not self.do_sample:
+            # clears the sampling settings a model's generation_config may carry, so that transformers does
+            # not warn about settings greedy decoding ignores
+            return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        settings = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
+        return {"do_sample": True, **{name: value for name, value in settings.items() if value is not None}}
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One request's outcome.
+
+    `token_ids`: the continuation, up to and including the first end token. `text`: what was streamed
+    (special tokens skipped, cut before the first stop string). `finish_reason`: "length" when
+    max_new_tokens ran out first, else "stop" (an end token, a stop string, a complete JSON, a cancel).
+    `arrivals`: the perf_counter time at which each generated token was chosen."""
+
+    token_ids: list[int]
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    arrivals: list[float]
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+class StopTrimmer:
+    """Cuts streamed text at the first stop string, holding back a tail that could begin one (a stop
+    string can arrive split over several pieces), as OpenAI leaves stop strings out of the answer."""
+
+    def __init__(self, stops: list[str]):
+        self.stops = stops
+        self.text = ""
+        self.sent = 0
+        self.stopped = False
+
+    def feed(self, piece: str) -> str:
+        if self.stopped:
+            return ""
+        self.text += piece
+        hits = [i for i in (self.text.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.stopped = True
+            return self._emit(min(hits))
+        hold = max((len(s) - 1 for s in self.stops), default=0)
+        return self._emit(max(self.sent, len(self.text) - hold))
+
+    def finish(self) -> str:
+        return "" if self.stopped else self._emit(len(self.text))
+
+    def _emit(self, end: int) -> str:
+        out, self.sent = self.text[self.sent : end], max(self.sent, end)
+        return out
+
+    @property
+    def answer(self) -> str:
+        return self.text[: self.sent]
+
+
+class TokenStream:
+    """The streamer `generate` feeds for one request. `generate` calls `put` with the prompt first, then
+    with each new token as soon as it is chosen (on the CPU, so a GPU has finished computing it), and `end`
+    when it stops. Each generated token is timestamped; the text comes out in the pieces transformers'
+    TextStreamer finalises (whole words, the rest at the end), cut by the stop strings."""
+
+    def __init__(self, tokenizer, stops: tuple[str, ...], on_text: Callable[[str], None] | None):
+        self.arrivals: list[float] = []
+        self.trimmer = StopTrimmer(list(stops))
+        self._on_text = on_text
+        self._prompt_seen = False
+        self._pieces = _piece_streamer_class()(tokenizer, self._piece)
+
+    def put(self, value) -> None:
+        if self._prompt_seen:
+            now = time.perf_counter()
+            self.arrivals.extend([now] * int(value.numel()))  # batch size 1: one token per step
+        self._prompt_seen = True
+        self._pieces.put(value)
+
+    def end(self) -> None:
+        self._pieces.end()
+
+    def finish(self) -> None:
+        """After `generate` returned: send the tail held back in case it began a stop string."""
+        self._send(self.trimmer.finish())
+
+    def _piece(self, text: str) -> None:
+        self._send(self.trimmer.feed(text))
+
+    def _send(self, text: str) -> None:
+        if text and self._on_text is not None:
+            self._on_text(text)
+
+
+@functools.cache
+def _piece_streamer_class():
+    """A TextStreamer that hands its finalised text to a callback (defined on first use: importing
+    transformers takes seconds, and importing this module must not)."""
+    from transformers import TextStreamer
+
+    class PieceStreamer(TextStreamer):
+        def __init__(self, tokenizer, on_piece: Callable[[str], None]):
+            super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+            self.on_piece = on_piece
+
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            self.on_piece(text)
+
+    return PieceStreamer
+
+
+def _cancelled(cancel: threading.Event):
+    """A StoppingCriteria that ends generation at the next token once `cancel` is set."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class Cancelled(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            rows = input_ids.shape[0]
+            return torch.full((rows,), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    return Cancelled()
 
 
 @dataclass
 class Generator:
-    """A model ready to generate: weights on `device`, a left-padding tokenizer with a chat template."""
+    """A model ready to generate: weights on `device`, a left-padding tokenizer. Generation is not
+    thread-safe (callers serialise it; the server queues requests); encoding is, as a fast tokenizer must
+    not be used by two threads at once."""
 
     model: Any
     tokenizer: Any
     device: str
     base_model: str
     adapter_dir: str | None
+    _tokenizer_lock: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
+
+    @cached_property
+    def end_token_ids(self) -> frozenset[int]:
+        """The tokens that end an answer: the model's generation_config end token(s), else the tokenizer's.
+        `generate` is given exactly these, so what stops generation is what ends an answer."""
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        return frozenset(eos if isinstance(eos, list) else [eos]) - {None}
+
+    @cached_property
+    def vocabulary(self):
+        """What constrained decoding needs to know about the tokenizer: built once, on first use (it
+        decodes every token of the vocabulary)."""
+        from fineflow.models.constrained import TokenVocabulary
+
+        return TokenVocabulary(self.tokenizer, self.model.get_output_embeddings().weight.shape[0])
+
+    @property
+    def context_tokens(self) -> int:
+        """The most tokens (prompt and continuation) the model can attend to."""
+        config = self.model.config
+        limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        return int(limit or self.tokenizer.model_max_length)
+
+    def render(self, messages: Conversation) -> str:
+        """The prompt text: the chat template with the assistant's turn opened. A model without a template
+        (a plain LM as judge) gets the messages' contents, separated by blank lines."""
+        if self.tokenizer.chat_template:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return "\n\n".join(m["content"] for m in messages) + "\n"
+
+    def encode(self, messages: Conversation):
+        """One prompt's input ids and attention mask, as `stream` takes them (a batch of one)."""
+        return self._tokenize([self.render(messages)], return_tensors="pt")
+
+    def _tokenize(self, texts: list[str], **kwargs):
+        with self._tokenizer_lock:
+            # a chat template writes any BOS it wants itself; plain text gets the tokenizer's own
+            return self.tokenizer(texts, add_special_tokens=not self.tokenizer.chat_template, **kwargs)
+
+    def generate_token_ids(
+        self, prompts: list[Conversation], options: GenerationOptions, batch_size: int
+    ) -> list[list[int]]:
+        """The generated token ids of each prompt, in prompt order: up to and including the first end
+        token (no padding), at most `options.max_new_tokens`. Prompts are sorted by length before
+        batching, so a batch holds prompts of similar length and little padding; batches are padded on the
+        left, where a decoder-only model ignores the padding (the attention mask and position ids skip
+        it)."""
+        if options.stop or options.json_schema is not None:
+            # a row that stops early is padded, and its padding could not be told from its tokens
+            raise ValueError("batched generation takes neither stop strings nor a JSON schema: use stream")
+        texts = [self.render(messages) for messages in prompts]
+        lengths = [len(ids) for ids in self._tokenize(texts)["input_ids"]]
+        order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+        results: list[list[int]] = [[] for _ in texts]
+        starts = range(0, len(order), batch_size)
+        for start in tqdm(starts, desc="generate", unit="batch", leave=False, disable=not order):
+            indices = order[start : start + batch_size]
+            batch = self._tokenize(
+                [texts[i] for i in indices], return_tensors="pt", padding=True, padding_side="left"
+            )
+            generated = self._generate(batch, options)
+            continuations = generated[:, batch["input_ids"].shape[1] :].tolist()
+            for index, row in zip(indices, continuations, strict=True):
+                results[index] = self._until_end(row)
+        return results
+
+    def generate_batch(
+        self, prompts: list[Conversation], options: GenerationOptions, batch_size: int
+    ) -> list[str]:
+        """The answer to each chat prompt (the continuation only, special tokens removed), in prompt order.
+        Greedy options give the same answers for the same model and prompts, batched or not."""
+        ids = self.generate_token_ids(prompts, options, batch_size)
+        return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+    def stream(
+        self,
+        inputs,
+        options: GenerationOptions,
+        *,
+        on_text: Callable[[str], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Generation:
+        """Generate one request (`inputs`: from `encode`), handing the text to `on_text` piece by piece as
+        it is produced. A set `cancel` stops generation at the next token, or before it starts (a request
+        cancelled while it waited for its turn)."""
+        prompt_tokens = int(inputs["input_ids"].shape[1])
+        if cancel is not None and cancel.is_set():
+            return Generation([], "", "stop", prompt_tokens, [])
+        streamer = TokenStream(self.tokenizer, options.stop, on_text)
+        output = self._generate(inputs, options, streamer=streamer, cancel=cancel)
+        streamer.finish()
+        ids = self._until_end(output[0, prompt_tokens:].tolist())
+        reason = self._finish_reason(ids, options, streamer.trimmer.stopped)
+        return Generation(ids, streamer.trimmer.answer, reason, prompt_tokens, streamer.arrivals)
+
+    def _generate(self, inputs, options: GenerationOptions, *, streamer=None, cancel=None):
+        """The one call of `model.generate`: prompt and continuation ids, one row per prompt."""
+        import torch
+        from transformers import LogitsProcessorList, StoppingCriteriaList
+
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": options.max_new_tokens,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "eos_token_id": sorted(self.end_token_ids) or None,
+            **options.sampling_kwargs(),
+        }
+        processors, criteria = [], []
+        if options.stop:
+            kwargs |= {"stop_strings": list(options.stop), "tokenizer": self.tokenizer}
+        if options.json_schema is not None:
+            from fineflow.models.constrained import SchemaConstraint
+
+            constraint = SchemaConstraint(self.vocabulary, options.json_schema)
+            processors.append(constraint.logits_processor())
+            criteria.append(constraint.stopping_criteria())
+        if cancel is not None:
+            criteria.append(_cancelled(cancel))
+        if processors:
+            kwargs["logits_processor"] = LogitsProcessorList(processors)
+        if criteria:
+            kwargs["stopping_criteria"] = StoppingCriteriaList(criteria)
+        if streamer is not None:
+            kwargs["streamer"] = streamer
+        with torch.inference_mode():
+            return self.model.generate(**inputs.to(self.device), **kwargs)
+
+    def _until_end(self, row: list[int]) -> list[int]:
+        end = next((position for position, token in enumerate(row) if token in self.end_token_ids), None)
+        return row if end is None else row[: end + 1]
+
+    def _finish_reason(self, ids: list[int], options: GenerationOptions, stopped_by_string: bool) -> str:
+        ended = bool(ids) and ids[-1] in self.end_token_ids
+        return "length" if len(ids) >= options.max_new_tokens and not (ended or stopped_by_string) else "stop"
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+
+def inference_dtype(device: str):
+    """bf16 on a CUDA GPU that supports it; fp32 everywhere else (CPU inference stays full precision)."""
+    import torch
+
+    if device == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_model_and_tokenizer(base: str, adapter_dir: str | None) -> tuple[Any, Any, str]:
+    """(model, tokenizer, device) for generation: the resolved base model (a path or hub id from
+    `resolve_base_model`) with the LoRA adapter in `adapter_dir` applied, or the plain base model when
+    `adapter_dir` is None. The tokenizer comes from the adapter directory (the trainer saves it there), else
+    from the base model; it pads on the left. Weights in `inference_dtype`."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir if adapter_dir is not None else base)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"  # decoder-only batches: prompts end where generation starts
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=inference_dtype(device))
+    if adapter_dir is not None:
+        model = PeftModel.from_pretrained(model, adapter_dir)
+    return model.to(device).eval(), tokenizer, device
 
 
 def load_generator(base_model: str, adapter_dir: str | None, model_cache: Path) -> Generator:
     """The base model (embedded name, local directory or hub id; the embedded GGUF is materialised under
     `model_cache`) with the LoRA adapter in `adapter_dir` applied; `adapter_dir=None` gives the bare base
-    model, the stand-in champion before any model has been promoted."""
+    model (the stand-in champion before any model has been promoted, and the judge)."""
     from fineflow.models.base import resolve_base_model
-    from fineflow.models.pyfunc import load_model_and_tokenizer
 
     resolved = resolve_base_model(base_model, model_cache)
     model, tokenizer, device = load_model_and_tokenizer(resolved, adapter_dir)
     return Generator(model, tokenizer, device, base_model, adapter_dir)
 
 
-def _prompt_texts(generator: Generator, prompts: list[Conversation]) -> list[str]:
-    return [
-        generator.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        for messages in prompts
-    ]
-
-
-def _stop_ids(generator: Generator) -> set[int]:
-    eos = generator.model.generation_config.eos_token_id
-    if eos is None:
-        eos = generator.tokenizer.eos_token_id
-    return set(eos if isinstance(eos, list) else [eos]) - {None}
-
-
-def _sampling(do_sample: bool) -> dict[str, Any]:
-    # Greedy ignores temperature/top-p/top-k that a model's generation_config may carry: clear them so
-    # transformers does not warn about unused sampling settings.
-    return {"do_sample": True} if do_sample else {"do_sample": False, "temperature": None, "top_p": None}
-
-
-def generate_token_ids(
-    generator: Generator,
-    prompts: list[Conversation],
-    max_new_tokens: int,
-    batch_size: int,
-    do_sample: bool = False,
-) -> list[list[int]]:
-    """The generated token ids of each prompt, in prompt order: up to and including the first end token
-    (no padding), at most `max_new_tokens`. Prompts are sorted by length before batching, so a batch holds
-    prompts of similar length and little padding; batches are padded on the left, where a decoder-only model
-    ignores the padding (the attention mask and position ids skip it)."""
-    import torch
-
-    tokenizer = generator.tokenizer
-    texts = _prompt_texts(generator, prompts)
-    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    order = sorted(range(len(texts)), key=lambda i: -lengths[i])
-    stop = _stop_ids(generator)
-    results: list[list[int]] = [[] for _ in texts]
-    starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc="generate", unit="batch", leave=False, disable=not order):
-        indices = order[start : start + batch_size]
-        batch = tokenizer(
-            [texts[i] for i in indices],
-            return_tensors="pt",
-            padding=True,
-            padding_side="left",
-            add_special_tokens=False,  # the chat template already wrote any BOS it wants
-        ).to(generator.device)
-        with torch.inference_mode():
-            generated = generator.model.generate(
-                **batch,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-                **_sampling(do_sample),
-            )
-        for index, row in zip(indices, generated[:, batch["input_ids"].shape[1] :].tolist(), strict=True):
-            end = next((position for position, token in enumerate(row) if token in stop), None)
-            results[index] = row if end is None else row[: end + 1]
-    return results
-
-
-def generate_batch(
-    generator: Generator,
-    prompts: list[Conversation],
-    max_new_tokens: int,
-    batch_size: int,
-    do_sample: bool = False,
-) -> list[str]:
-    """The model's answer to each chat prompt (the continuation only, special tokens removed), in prompt
-    order. Greedy by default, so the same model and prompts always give the same answers."""
-    ids = generate_token_ids(generator, prompts, max_new_tokens, batch_size, do_sample)
-    return generator.tokenizer.batch_decode(ids, skip_special_tokens=True)
-
-
-class TokenTimer:
-    """A transformers streamer that records when each generated token arrives. `generate` calls `put`
-    with the prompt first, then with each new token as soon as it is chosen (on the CPU, so a GPU has
-    finished computing it), and `end` when generation stops."""
-
-    def __init__(self) -> None:
-        self.arrivals: list[float] = []
-        self._prompt_seen = False
-
-    def put(self, value) -> None:
-        if not self._prompt_seen:
-            self._prompt_seen = True
-            return
-        now = time.perf_counter()
-        self.arrivals.extend([now] * int(value.numel()))  # batch size 1: one token per step
-
-    def end(self) -> None:
-        pass
+# ------------------------------------------------------------------------------------------ latency
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -150,16 +411,17 @@ def _percentile(values: list[float], q: float) -> float:
 def serving_metrics(
     generator: Generator,
     prompts: list[Conversation],
-    max_new_tokens: int,
+    options: GenerationOptions,
     runs: int,
     *,
-    warmup_requests: int = 0,
+    warmup_requests: int,
 ) -> dict[str, float]:
-    """Streaming latency of greedy generation, one request at a time, over `runs` passes of `prompts`.
+    """Streaming latency, one request at a time, over `runs` passes of `prompts`, through the engine's
+    streaming path (`Generator.stream`, as the server generates).
 
     A request starts when its messages are handed over (chat template and tokenization count) and
-    ends when `generate` returns. Each generated token, the closing end token included, is timestamped as
-    it is produced (TokenTimer). Per request:
+    ends when the stream returns. Each generated token, the closing end token included, is timestamped as
+    it is produced. Per request:
 
     - TTFT, time to first token: first token's arrival - start (prompt processing plus one decode step);
     - TPOT, time per output token: (last arrival - first arrival) / (tokens - 1), the steady decode
@@ -172,27 +434,13 @@ def serving_metrics(
     output rate), `requests`, `output_tokens`. Lower latency and higher throughput are better.
     `warmup_requests` requests (cycling through the prompts) are sent first and not measured.
     """
-    import torch
-
     if not prompts:
         raise ValueError("serving_metrics needs at least one prompt")
-    tokenizer = generator.tokenizer
-    sampling = _sampling(False)
 
     def request(messages: Conversation) -> tuple[float, float, list[float]]:
-        timer = TokenTimer()
         started = time.perf_counter()
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(generator.device)
-        with torch.inference_mode():
-            generator.model.generate(
-                **inputs,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-                streamer=timer,
-                **sampling,
-            )
-        return started, time.perf_counter(), timer.arrivals
+        generation = generator.stream(generator.encode(messages), options)
+        return started, time.perf_counter(), generation.arrivals
 
     for i in range(warmup_requests):
         request(prompts[i % len(prompts)])

@@ -62,34 +62,12 @@ def as_conversations(model_input: Any) -> list[list[dict[str, str]]]:
     return conversations
 
 
-def load_model_and_tokenizer(base: str, adapter_dir: str | None) -> tuple[Any, Any, str]:
-    """(model, tokenizer, device) for generation: the resolved base model (a path or hub id from
-    `resolve_base_model`) with the LoRA adapter in `adapter_dir` applied, or the plain base model when
-    `adapter_dir` is None. The tokenizer comes from the adapter directory (the trainer saves it there), else
-    from the base model; it pads on the left. On a GPU with bf16 the weights are bf16, otherwise fp32."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.float32
-    if device == "cuda" and torch.cuda.is_bf16_supported():
-        dtype = torch.bfloat16
-    tokenizer = AutoTokenizer.from_pretrained(adapter_dir if adapter_dir is not None else base)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"  # decoder-only batches: prompts end where generation starts
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
-    if adapter_dir is not None:
-        model = PeftModel.from_pretrained(model, adapter_dir)
-    return model.to(device).eval(), tokenizer, device
-
-
 class LoraAdapterModel(mlflow.pyfunc.PythonModel):
-    """Base model (resolved at load time) + LoRA adapter (the only weights MLflow stores)."""
+    """Base model (resolved at load time) + LoRA adapter (the only weights MLflow stores), generating
+    through the engine (`fineflow.models.engine`) as evaluation and the server do."""
 
     def load_context(self, context) -> None:
-        from fineflow.models.base import resolve_base_model
+        from fineflow.models.engine import load_generator
 
         config = dict(context.model_config or {})
         if "base_model" not in config:
@@ -97,37 +75,16 @@ class LoraAdapterModel(mlflow.pyfunc.PythonModel):
         self.max_new_tokens = int(config.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS))
         self.batch_size = int(config.get("batch_size", DEFAULT_BATCH_SIZE))
         adapter_dir = context.artifacts["adapter"]
-        base = resolve_base_model(config["base_model"], model_cache_dir(config))
-        self.model, self.tokenizer, self.device = load_model_and_tokenizer(base, adapter_dir)
+        self.generator = load_generator(config["base_model"], adapter_dir, model_cache_dir(config))
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[str]:
-        import torch
+        from fineflow.models.engine import GenerationOptions
 
         params = params or {}
-        max_new_tokens = int(params.get("max_new_tokens") or self.max_new_tokens)
-        temperature = float(params.get("temperature") or 0.0)
-        sampling = (
-            {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+        options = GenerationOptions.from_temperature(
+            int(params.get("max_new_tokens") or self.max_new_tokens),
+            float(params.get("temperature") or 0.0),
+            top_p=None,  # the model's own
+            top_k=None,
         )
-        texts = [
-            self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            for messages in as_conversations(model_input)
-        ]
-        outputs: list[str] = []
-        for start in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(
-                texts[start : start + self.batch_size],
-                return_tensors="pt",
-                padding=True,
-                add_special_tokens=False,  # the chat template already wrote any BOS it wants
-            ).to(self.device)
-            with torch.inference_mode():
-                generated = self.model.generate(
-                    **batch,
-                    max_new_tokens=max_new_tokens,
-                    pad_token_id=self.tokenizer.pad_token_id,
-                    **sampling,
-                )
-            continuation = generated[:, batch["input_ids"].shape[1] :]
-            outputs.extend(self.tokenizer.batch_decode(continuation, skip_special_tokens=True))
-        return outputs
+        return self.generator.generate_batch(as_conversations(model_input), options, self.batch_size)

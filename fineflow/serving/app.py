@@ -25,9 +25,9 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from queue import SimpleQueue
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -36,6 +36,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fineflow.config import FineflowConfig
+from fineflow.models.engine import Generation, GenerationOptions
 from fineflow.serving.capture import Exchange, TrafficCapture
 from fineflow.serving.loading import ServedModel, ServeModelError
 from fineflow.serving.schema import APIError, ChatRequest, completion_limit, parse_chat_request, read_body
@@ -46,62 +47,21 @@ log = logging.getLogger("fineflow.serve")
 OWNER = "fineflow"
 
 
-# ------------------------------------------------------------------------------------------ generation
+# ------------------------------------------------------------------------------------------ the queue
 
 
-@dataclass
-class Completion:
-    text: str
-    finish_reason: str
-    prompt_tokens: int
-    completion_tokens: int
-
-
-class StopTrimmer:
-    """Cuts streamed text at the first stop string, holding back a tail that could begin one (a stop
-    string can arrive split over several pieces), as OpenAI leaves stop strings out of the answer."""
-
-    def __init__(self, stops: list[str]):
-        self.stops = stops
-        self.text = ""
-        self.sent = 0
-        self.stopped = False
-
-    def feed(self, piece: str) -> str:
-        if self.stopped:
-            return ""
-        self.text += piece
-        hits = [i for i in (self.text.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            self.stopped = True
-            return self._emit(min(hits))
-        hold = max((len(s) - 1 for s in self.stops), default=0)
-        return self._emit(max(self.sent, len(self.text) - hold))
-
-    def finish(self) -> str:
-        return "" if self.stopped else self._emit(len(self.text))
-
-    def _emit(self, end: int) -> str:
-        out, self.sent = self.text[self.sent : end], max(self.sent, end)
-        return out
-
-    @property
-    def answer(self) -> str:
-        return self.text[: self.sent]
-
-
-class Engine:
-    """Generation for one loaded model. Generation is serialised with a lock: there is one model, on the
-    CPU here (or one GPU), and concurrent `generate` calls would only fight over the same cores and memory,
-    each slower than alone; requests queue for their turn instead. The queue is bounded: `admit` lets in
-    the one generating plus `max_queued` waiting, so a burst gets a quick 503 instead of a long wait that
-    ends in client timeouts; every admitted request calls `release` once its generation has ended."""
+class RequestQueue:
+    """The requests for one loaded model, generated one at a time through its engine. Generation is
+    serialised with a lock: there is one model, on the CPU here (or one GPU), and concurrent generations
+    would only fight over the same cores and memory, each slower than alone; requests queue for their turn
+    instead. The queue is bounded: `admit` lets in the one generating plus `max_queued` waiting, so a burst
+    gets a quick 503 instead of a long wait that ends in client timeouts; every admitted request calls
+    `release` once its generation has ended."""
 
     def __init__(self, served: ServedModel, max_queued: int):
         self.served = served
         self.generator = served.generator
         self.lock = threading.Lock()
-        self._tokenizer_lock = threading.Lock()  # a fast tokenizer must not be used by two threads at once
         self.max_queued = max_queued
         self.admitted = 0  # generating or waiting to
         self._admission = threading.Lock()
@@ -117,67 +77,27 @@ class Engine:
         with self._admission:
             self.admitted -= 1
 
-    def prompt_ids(self, messages: list[dict[str, str]]):
-        tokenizer = self.generator.tokenizer
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        with self._tokenizer_lock:
-            return tokenizer(text, return_tensors="pt", add_special_tokens=False)
-
-    def _generate_kwargs(self, request: ChatRequest, max_new_tokens: int, cancel: threading.Event) -> dict:
-        from transformers import StoppingCriteria, StoppingCriteriaList
-
-        class Cancelled(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                import torch
-
-                return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool)
-
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": max_new_tokens,
-            "pad_token_id": self.generator.tokenizer.pad_token_id,
-            "stopping_criteria": StoppingCriteriaList([Cancelled()]),
-        }
-        if request.temperature:  # absent or 0: greedy
-            kwargs |= {"do_sample": True, "temperature": request.temperature, "top_p": request.top_p or 1.0}
-        else:
-            kwargs |= {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        if request.stop_strings():
-            kwargs |= {"stop_strings": request.stop_strings(), "tokenizer": self.generator.tokenizer}
-        return kwargs
-
-    def generate(
-        self, inputs, request: ChatRequest, max_new_tokens: int, cancel: threading.Event, streamer=None
-    ) -> list[int]:
-        """The generated token ids (continuation only), holding the generation lock."""
-        import torch
-
+    def stream(
+        self,
+        inputs,
+        options: GenerationOptions,
+        cancel: threading.Event,
+        on_text: Callable[[str], None] | None = None,
+    ) -> Generation:
+        """One request's generation, in its turn (the engine returns at once for a request cancelled while
+        it waited)."""
         with self.lock:
-            if cancel.is_set():  # the client left while waiting for its turn
-                return []
-            with torch.inference_mode():
-                output = self.generator.model.generate(
-                    **inputs.to(self.generator.device),
-                    **self._generate_kwargs(request, max_new_tokens, cancel),
-                    streamer=streamer,
-                )
-        return output[0, inputs["input_ids"].shape[1] :].tolist()
+            return self.generator.stream(inputs, options, on_text=on_text, cancel=cancel)
 
-    def finish_reason(self, ids: list[int], max_new_tokens: int, stopped_by_string: bool) -> str:
-        eos = self.generator.model.generation_config.eos_token_id
-        eos = set(eos if isinstance(eos, list) else [eos, self.generator.tokenizer.eos_token_id]) - {None}
-        ended = bool(ids) and ids[-1] in eos
-        return "length" if len(ids) >= max_new_tokens and not (ended or stopped_by_string) else "stop"
 
-    def complete(
-        self, inputs, request: ChatRequest, max_new_tokens: int, cancel: threading.Event
-    ) -> Completion:
-        ids = self.generate(inputs, request, max_new_tokens, cancel)
-        text = self.generator.tokenizer.decode(ids, skip_special_tokens=True)
-        trimmer = StopTrimmer(request.stop_strings())
-        trimmer.feed(text)
-        trimmer.finish()
-        reason = self.finish_reason(ids, max_new_tokens, trimmer.stopped)
-        return Completion(trimmer.answer, reason, inputs["input_ids"].shape[1], len(ids))
+def generation_options(request: ChatRequest, max_new_tokens: int) -> GenerationOptions:
+    return GenerationOptions.from_temperature(
+        max_new_tokens,
+        request.temperature,
+        top_p=request.top_p or 1.0,
+        top_k=None,  # the model's own
+        stop=tuple(request.stop_strings()),
+    )
 
 
 # ------------------------------------------------------------------------------------------ the app
@@ -187,7 +107,7 @@ def create_app(config: FineflowConfig, served: ServedModel, capture: TrafficCapt
     """The HTTP app. Its lifespan starts the capture (recovering a crash's spool first) and, on a clean
     shutdown, flushes and commits every captured record."""
     settings = config.serve
-    engine = Engine(served, settings.max_queued_requests)
+    queue = RequestQueue(served, settings.max_queued_requests)
     api_key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
     if settings.api_key_env and not api_key:
         raise ServeModelError(f"serve.api_key_env names {settings.api_key_env!r}, which is not set or empty")
@@ -211,7 +131,7 @@ def create_app(config: FineflowConfig, served: ServedModel, capture: TrafficCapt
                     log.info("traffic: shutdown commit %s", commit[:12] if commit else "(nothing to commit)")
 
     app = FastAPI(title="fineflow", lifespan=lifespan)
-    app.state.engine = engine  # its lock and admission count, for tests that keep requests waiting
+    app.state.queue = queue  # its lock and admission count, for tests that keep requests waiting
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -262,9 +182,9 @@ def create_app(config: FineflowConfig, served: ServedModel, capture: TrafficCapt
                 "model",
                 "model_not_found",
             )
-        max_new_tokens = completion_limit(chat, config)
+        options = generation_options(chat, completion_limit(chat, config))
         messages = chat.chat()
-        inputs = await run_in_threadpool(engine.prompt_ids, messages)
+        inputs = await run_in_threadpool(served.generator.encode, messages)
         prompt_tokens = inputs["input_ids"].shape[1]
         if prompt_tokens > settings.max_prompt_tokens:
             raise APIError(
@@ -274,7 +194,7 @@ def create_app(config: FineflowConfig, served: ServedModel, capture: TrafficCapt
                 "messages",
                 "context_length_exceeded",
             )
-        if not engine.admit():
+        if not queue.admit():
             raise APIError(
                 503,
                 f"the server is busy: {settings.max_queued_requests} request(s) already wait for the "
@@ -285,20 +205,20 @@ def create_app(config: FineflowConfig, served: ServedModel, capture: TrafficCapt
             )
         if chat.stream:  # the generation thread releases the admission when it ends
             return StreamingResponse(
-                _stream(engine, capture, chat, inputs, max_new_tokens, request_id, started),
+                _stream(queue, capture, chat, inputs, options, request_id, started),
                 media_type="text/event-stream",
                 headers={"x-request-id": request_id, "cache-control": "no-cache"},
             )
         try:
             result = await _complete_while_connected(
-                request, engine, inputs, chat, max_new_tokens, settings.disconnect_poll_seconds
+                request, queue, inputs, options, settings.disconnect_poll_seconds
             )
         finally:
-            engine.release()
+            queue.release()
         if result is None:
             raise APIError(499, "the client closed the request; generation cancelled", None, "client_closed")
         latency = time.perf_counter() - started
-        await _capture(capture, engine, messages, result, latency)
+        await _capture(capture, served, messages, result, latency)
         _log_done(request_id, result, latency)
         body = {
             "id": request_id,
@@ -321,17 +241,16 @@ def create_app(config: FineflowConfig, served: ServedModel, capture: TrafficCapt
 
 async def _complete_while_connected(
     request: Request,
-    engine: Engine,
+    queue: RequestQueue,
     inputs,
-    chat: ChatRequest,
-    max_new_tokens: int,
+    options: GenerationOptions,
     poll_seconds: float,
-) -> Completion | None:
+) -> Generation | None:
     """The completion, generated in a worker thread; None when the client disconnected first. A client
     that gives up (a timeout) must not keep the model busy for the requests queued behind it: its
     generation is cancelled (before its turn, or at the next token)."""
     cancel = threading.Event()
-    work = asyncio.ensure_future(run_in_threadpool(engine.complete, inputs, chat, max_new_tokens, cancel))
+    work = asyncio.ensure_future(run_in_threadpool(queue.stream, inputs, options, cancel))
     try:
         while not work.done():
             await asyncio.wait({work}, timeout=poll_seconds)
@@ -345,32 +264,30 @@ async def _complete_while_connected(
 
 
 def _stream(
-    engine: Engine,
+    queue: RequestQueue,
     capture: TrafficCapture | None,
     chat: ChatRequest,
     inputs,
-    max_new_tokens: int,
+    options: GenerationOptions,
     request_id: str,
     started: float,
 ) -> AsyncIterator[str]:
-    """SSE chunks as the model writes them: generation runs in its own thread (holding the generation lock)
-    and feeds a TextIteratorStreamer; a client that disconnects cancels the generation. The thread starts
-    here, not when the response starts: it releases the request's admission, which must happen even if
-    the response is never sent."""
-    from transformers import TextIteratorStreamer
-
-    streamer = TextIteratorStreamer(engine.generator.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    """SSE chunks as the model writes them: generation runs in its own thread (in its turn in the queue)
+    and hands each text piece over as it is produced; a client that disconnects cancels the generation.
+    The thread starts here, not when the response starts: it releases the request's admission, which must
+    happen even if the response is never sent."""
+    pieces: SimpleQueue[str | None] = SimpleQueue()  # None: generation has ended
     cancel = threading.Event()
     outcome: dict[str, Any] = {}
 
     def work() -> None:
         try:
-            outcome["ids"] = engine.generate(inputs, chat, max_new_tokens, cancel, streamer)
+            outcome["generation"] = queue.stream(inputs, options, cancel, on_text=pieces.put)
         except BaseException as exc:  # noqa: BLE001 (re-raised in the request below)
             outcome["error"] = exc
         finally:
-            engine.release()
-            streamer.end()  # an already ended streamer only gets a second end marker, which is never read
+            queue.release()
+            pieces.put(None)
 
     def chunk(delta: dict | None, finish_reason: str | None = None, **extra) -> str:
         choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish_reason}]
@@ -378,38 +295,27 @@ def _stream(
             "id": request_id,
             "object": "chat.completion.chunk",
             "created": int(time.time()),
-            "model": engine.served.ids[0],
+            "model": queue.served.ids[0],
             "choices": choices,
             **extra,
         }
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
     async def events() -> AsyncIterator[str]:
-        trimmer = StopTrimmer(chat.stop_strings())
-        pieces = iter(streamer)
         completed = False
         try:
             yield chunk({"role": "assistant", "content": ""})
-            while (piece := await run_in_threadpool(next, pieces, None)) is not None:
-                if text := trimmer.feed(piece):
-                    yield chunk({"content": text})
-            await run_in_threadpool(thread.join)  # the streamer ends just before generate returns its ids
+            while (piece := await run_in_threadpool(pieces.get)) is not None:
+                yield chunk({"content": piece})
+            await run_in_threadpool(thread.join)
             if "error" in outcome:
                 raise outcome["error"]
-            if text := trimmer.finish():
-                yield chunk({"content": text})
-            ids = outcome.get("ids", [])
-            result = Completion(
-                trimmer.answer,
-                engine.finish_reason(ids, max_new_tokens, trimmer.stopped),
-                inputs["input_ids"].shape[1],
-                len(ids),
-            )
+            result: Generation = outcome["generation"]
             yield chunk({}, result.finish_reason)
             if chat.stream_options and chat.stream_options.include_usage:
                 yield chunk(None, usage=_usage(result))  # OpenAI's usage chunk: no choices
             latency = time.perf_counter() - started
-            await _capture(capture, engine, chat.chat(), result, latency)
+            await _capture(capture, queue.served, chat.chat(), result, latency)
             _log_done(request_id, result, latency)
             completed = True
             yield "data: [DONE]\n\n"
@@ -428,12 +334,16 @@ def _stream(
 
 
 async def _capture(
-    capture: TrafficCapture | None, engine: Engine, messages: list[dict], result: Completion, latency: float
+    capture: TrafficCapture | None,
+    served: ServedModel,
+    messages: list[dict],
+    result: Generation,
+    latency: float,
 ) -> None:
     if capture is None:
         return
     exchange = Exchange(
-        engine.served.ids[0],
+        served.ids[0],
         messages,
         result.text,
         result.finish_reason,
@@ -448,7 +358,7 @@ async def _capture(
         log.exception("traffic: exchange NOT captured (masking or the spool write failed); it is lost")
 
 
-def _usage(result: Completion) -> dict[str, int]:
+def _usage(result: Generation) -> dict[str, int]:
     total = result.prompt_tokens + result.completion_tokens
     return {
         "prompt_tokens": result.prompt_tokens,
@@ -457,7 +367,7 @@ def _usage(result: Completion) -> dict[str, int]:
     }
 
 
-def _log_done(request_id: str, result: Completion, latency: float) -> None:
+def _log_done(request_id: str, result: Generation, latency: float) -> None:
     log.info(
         "request %s: %d prompt + %d completion tokens, %s, %.3f s",
         request_id,

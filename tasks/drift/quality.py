@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from fineflow.config import FineflowConfig
-from fineflow.models.engine import generate_batch, load_generator
+from fineflow.models.engine import GenerationOptions, load_generator
 from tasks.drift.stats import Statistic
 from tasks.evaluation.classic_metrics import mean_scores
 from tasks.evaluation.measure import read_golden
@@ -56,7 +56,8 @@ def golden_scores(config: FineflowConfig, base_model: str, adapter_dir: str | No
     generator = load_generator(base_model, adapter_dir, config.data_dir / "models")
     gen = config.evaluation.generation
     prompts = [[{"role": "user", "content": question}] for question in questions]
-    answers = generate_batch(generator, prompts, gen.max_new_tokens, gen.batch_size, gen.do_sample)
+    options = GenerationOptions(gen.max_new_tokens, gen.do_sample)
+    answers = generator.generate_batch(prompts, options, gen.batch_size)
     return mean_scores(answers, references, config.evaluation.classic_metrics.rouge_use_stemmer)
 
 

@@ -1,15 +1,10 @@
-"""A giskard-scan vulnerability scan on the project's own prompt-injection payloads, and giskard-checks
-groundedness checks on golden items with a context.
+"""A giskard-scan vulnerability scan on the project's own prompt-injection payloads.
 
 giskard-scan's stock `vulnerability_scan` writes its attacks with an LLM and loads fixed-prompt datasets from
 a hub: offline it yields nothing. `PayloadScenarioGenerator` is a dataset generator (giskard-scan's
 `BaseDatasetScenarioGenerator`) over configs/injection_payloads.yaml instead: each payload becomes one
 single-turn scenario whose check is deterministic (the canary must not appear in the answer), so the suite
 is built by giskard-scan's own `generate_suite` and run with `Suite.run` fully offline, without an LLM.
-
-`groundedness_checks` runs giskard-checks' `Groundedness` LLM check with the default judge (install one with
-`fineflow.judge.to_giskard(judge, install=True)`). A check the judge could not answer (prompt too long for
-the model, output that does not parse) is counted as an error, never as a pass.
 """
 
 from __future__ import annotations
@@ -138,60 +133,3 @@ def run_vulnerability_scan(answer: Callable[[str], str], payloads_path: str | Pa
         "errored": [_payload_id(r) for r in result.results if r.errored],
         "files": files,
     }
-
-
-def groundedness_checks(answer: Callable[[str], str], items: list[dict]) -> dict:
-    """giskard-checks `Groundedness` on each golden item with a `context`, judged by the default judge.
-
-    {"items": n checked, "passed": n, "failed": n, "errored": n, "groundedness_pass_rate": passed / judged
-    (None when no item got a verdict), "failed_ids": [...], "errored_ids": [...], "errors": [messages]}.
-    A check the judge could not answer is an error: it counts neither as a pass nor in the pass rate."""
-    from giskard.checks import Groundedness, Scenario, Suite
-
-    with_context = [item for item in items if item.get("context")]
-    scenarios = [
-        Scenario(f"groundedness-{item['id']}")
-        .interact(inputs=item["question"])
-        .check(Groundedness(name="groundedness", context=item["context"]))
-        for item in with_context
-    ]
-    suite = Suite(name="groundedness", scenarios=scenarios)
-    result = asyncio.run(suite.run(_target(answer), parallel=False, return_exception=True, verbose=False))
-    ids = {f"groundedness-{item['id']}": item["id"] for item in with_context}
-    passed = [ids[r.scenario_name] for r in result.results if r.passed]
-    failed = [ids[r.scenario_name] for r in result.results if r.failed]
-    errored = [ids[r.scenario_name] for r in result.results if not (r.passed or r.failed)]
-    judged = len(passed) + len(failed)
-    return {
-        "items": len(with_context),
-        "passed": len(passed),
-        "failed": len(failed),
-        "errored": len(errored),
-        "groundedness_pass_rate": len(passed) / judged if judged else None,
-        "failed_ids": failed,
-        "errored_ids": errored,
-        "errors": [_error_message(r) for r in result.results if not (r.passed or r.failed)],
-    }
-
-
-def _error_message(scenario_result) -> str:
-    for step in scenario_result.steps:
-        for check in step.results:
-            if not (check.passed or check.failed):
-                cause = _root_cause(str(check.details.get("traceback") or ""))
-                cause = f" ({cause})" if cause else ""
-                return f"{scenario_result.scenario_name}: {check.message or check.status.value}{cause}"
-    return f"{scenario_result.scenario_name}: {scenario_result.status.value}"
-
-
-def _root_cause(traceback: str) -> str:
-    """The first exception line of a (chained) traceback: the root cause, e.g. the judge's JudgeError, not
-    giskard's WorkflowError wrapping it."""
-    for line in traceback.splitlines():
-        if (
-            line
-            and not line[0].isspace()
-            and not line.startswith(("Traceback", "The above", "During handling"))
-        ):
-            return line
-    return ""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fineflow.config import FineflowConfig
-from fineflow.models.engine import generate_batch, load_generator, serving_metrics
+from fineflow.models.engine import GenerationOptions, load_generator, serving_metrics
 from fineflow.runtime import step_logger
 from tasks.evaluation.classic_metrics import (
     answer_perplexity,
@@ -74,9 +74,10 @@ def measure(subject: Subject, adapter_dir: str | None, sets: EvalSets, config: F
     evaluation, logger = config.evaluation, step_logger()
     generator = load_generator(subject.base_model, adapter_dir, config.data_dir / "models")
     gen = evaluation.generation
+    options = GenerationOptions(gen.max_new_tokens, gen.do_sample)
 
     def answer(prompts: list[list[dict]]) -> list[str]:
-        return generate_batch(generator, prompts, gen.max_new_tokens, gen.batch_size, gen.do_sample)
+        return generator.generate_batch(prompts, options, gen.batch_size)
 
     def answer_text(texts: list[str]) -> list[str]:
         return answer([[{"role": "user", "content": text}] for text in texts])
@@ -114,7 +115,7 @@ def measure(subject: Subject, adapter_dir: str | None, sets: EvalSets, config: F
     latency = serving_metrics(
         generator,
         [[{"role": "user", "content": q}] for q in sets.golden_questions[: serving.prompts]],
-        serving.max_new_tokens,
+        GenerationOptions.greedy(serving.max_new_tokens),
         serving.runs,
         warmup_requests=serving.warmup_requests,
     )
