@@ -4,11 +4,15 @@ champion, and rollback moves the champion back."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from mlflow import MlflowClient
 
 from fineflow.config import load_config
 from fineflow.registry.tracking import tracking_uri
+from tasks.evaluation.gates import Scores
 from tasks.evaluation.promotion import CHAMPION, PREVIOUS, version_by_alias
 from tests.conftest import LENIENT_GATES
 
@@ -69,6 +73,15 @@ def test_evaluate_promote_block_compare_rollback(prefect_api, lifecycle_state):
         "vulnerability_scan/scan.html",
     }
     assert 0.0 <= run.data.metrics["scan_pass_rate"] <= 1.0
+    # Per-item scores are kept with the run, so a decision can be taken with statistics from the record.
+    details = json.loads(
+        Path(client.download_artifacts(evaluation["challenger_run"], "details.json")).read_text()
+    )
+    recorded = Scores.recorded(run.data.metrics, details)
+    assert {len(recorded.items[m]) for m in ("rouge_l", "token_f1", "exact_match", "fact_recall")} == {40}
+    assert len(recorded.items["pii_leak_rate"]) == len(recorded.items["placeholder_rate"]) == 40 + 4
+    assert recorded.values["fact_recall"] == pytest.approx(sum(recorded.items["fact_recall"]) / 40)
+    assert {"answer_words", "placeholder_rate", "pii_any_rate"} <= set(run.data.metrics)
     assert client.get_model_version(name, first["version"]).tags["gates.promote"] == "true"
 
     promoted = promote(overrides=overrides)
