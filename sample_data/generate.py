@@ -2609,208 +2609,258 @@ def malformed_chat_lines(rng: random.Random) -> list[tuple[bytes, str]]:
 # ---------------------------------------------------------------------------------------------------
 # Golden evaluation set (phrased differently from the training rows; no PII)
 # ---------------------------------------------------------------------------------------------------
-GOLDEN_ITEMS: list[tuple[str, str, str]] = [
+# Each item: question, reference answer, the PRODUCT FACTS it is written from, and the key facts a correct
+# answer must state (tasks.evaluation.classic_metrics.fact_recall: whole words after a punctuation- and
+# case-blind normalisation, so "$49" also matches "49 dollars"; a plural s is allowed after each fact).
+GOLDEN_ITEMS: list[tuple[str, str, str, list[str]]] = [
     (
         "What is the monthly fee for Nimbus Plus, and is there a yearly option?",
         "Nimbus Plus costs $4.99 per month, or $49 per year on the annual plan.",
         FACTS["plans"],
+        ["$4.99", "$49"],
     ),
     (
         "For how many days can a new account try the premium subscription without paying?",
         "30 days. Each account gets one 30-day free trial of Nimbus Plus.",
         FACTS["plans"],
+        ["30"],
     ),
-    ("What does one extra Nimbus Room Sensor cost?", "A Nimbus Room Sensor costs $39.", FACTS["prices"]),
+    (
+        "What does one extra Nimbus Room Sensor cost?",
+        "A Nimbus Room Sensor costs $39.",
+        FACTS["prices"],
+        ["$39"],
+    ),
     (
         "What is the retail price of the Nimbus thermostat itself?",
         "The Nimbus Thermostat costs $149.",
         FACTS["prices"],
+        ["$149"],
     ),
     (
         "My house has no common wire. Which Acme accessory do I need, and what does it cost?",
         "The Acme Power Adapter, which costs $25 and is installed at the furnace control board.",
         FACTS["prices"],
+        ["Power Adapter", "$25"],
     ),
     (
         "How many years of hardware coverage does a Nimbus come with by default?",
         "A 2-year limited warranty from the delivery date (3 years with an active Nimbus Plus subscription).",
         FACTS["warranty"],
+        ["2 year"],
     ),
     (
         "Does paying for Plus change the thermostat's warranty?",
         "Yes. With an active Nimbus Plus subscription the warranty is extended from 2 to 3 years.",
         FACTS["warranty"],
+        ["3 year"],
     ),
     (
         "How many days after delivery can I still send the thermostat back for my money?",
         "60 days after delivery, for a full refund, with a prepaid return label.",
         FACTS["returns"],
+        ["60 day"],
     ),
     (
         "I bought a year of Plus eight days ago and regret it. Can I get my money back?",
         "Yes. Annual Nimbus Plus plans are fully refundable within 14 days of purchase or renewal.",
         FACTS["subscription_refunds"],
+        ["14 day"],
     ),
     (
         "If I stop my month-to-month Plus plan halfway through, do I get part of the fee back?",
         "No. Monthly payments aren't refunded for partial months; cancelling stops the next charge and Plus stays "
         "active until the paid period ends.",
         FACTS["subscription_refunds"],
+        ["partial month"],
     ),
     (
         "The display has frozen. How do I reboot the thermostat without losing my settings?",
         "Press and hold the dial for 10 seconds until the screen turns off, then release. It restarts in about a "
         "minute and keeps all settings.",
         FACTS["restart"],
+        ["10 second"],
     ),
     (
         "The menus won't respond and I need to wipe the unit completely. What do I do?",
         "Hold the dial for 30 seconds until the light ring flashes orange (or use Settings > Reset > Factory reset). "
         "This erases schedules and Wi-Fi and removes the thermostat from your account.",
         FACTS["factory_reset"],
+        ["30 second"],
     ),
     (
         "Which wireless band must my network use for the thermostat to connect?",
         "2.4 GHz only (802.11 b/g/n) with WPA2 or WPA3 Personal; 5 GHz is not supported.",
         FACTS["wifi"],
+        ["2.4 GHz"],
     ),
     (
         "Where on the device do I find the code the app wants me to scan during setup?",
         "The QR code is on the back of the thermostat display.",
         FACTS["wifi"],
+        ["QR code", "back of the"],
     ),
     (
         "What is the thermostat telling me when it displays E1?",
         "E1 is a low-power warning: the thermostat isn't getting steady 24 V power, usually because no C-wire is "
         "connected. Connect a C-wire or install the $25 Acme Power Adapter.",
         FACTS["errors"],
+        ["C-wire"],
     ),
     (
         "What problem does code E2 point to?",
         "E2 means the thermostat lost its Wi-Fi connection. Check the router and its 2.4 GHz band, restart the router "
         "and thermostat, and re-enter the password under Settings > Wi-Fi if it changed.",
         FACTS["errors"],
+        ["Wi-Fi"],
     ),
     (
         "How should I handle an E3 on my unit?",
         "E3 is a temperature sensor fault. Restart by holding the dial for 10 seconds; if it returns within 24 hours, "
         "it's a warranty replacement.",
         FACTS["errors"],
+        ["temperature sensor"],
     ),
     (
         "The furnace won't fire and the screen reads E4. Which wire should I look at?",
         "The W1 wire: make sure it is fully seated in the W1 terminal, after checking the furnace switch, breaker and "
         "door panel.",
         FACTS["errors"],
+        ["W1"],
     ),
     (
         "The air conditioning stays off and I see E5. Which terminal is involved?",
         "Y1. Check that the Y1 wire is fully inserted, and also check the AC breaker, the outdoor switch and the "
         "condensate float switch.",
         FACTS["errors"],
+        ["Y1"],
     ),
     (
         "Is an E6 on the thermostat something to worry about?",
         "E6 means a firmware update failed. Keep it on Wi-Fi and it retries automatically within an hour; restart it "
         "if the code persists.",
         FACTS["errors"],
+        ["firmware update"],
     ),
     (
         "What does E7 indicate, and what battery does the part involved use?",
         "E7 means a room sensor is offline. Sensors use a CR2032 coin battery and must be within 15 m (50 ft) of the "
         "thermostat.",
         FACTS["errors"],
+        ["room sensor", "CR2032"],
     ),
     (
         "How do I get rid of an E8 message?",
         "E8 is an account sync error: sign out of the Acme Home app and sign back in, and update the app.",
         FACTS["errors"],
+        ["sign out"],
     ),
     (
         "What does E9 on the display mean?",
         "E9 is overheating protection: the thermostat is too hot inside and has paused heating and cooling. Move it "
         "out of direct sun or away from heat sources; if it persists, switch off at the breaker and contact support.",
         FACTS["errors"],
+        ["overheating"],
     ),
     (
         "Can the Nimbus control 240-volt electric baseboard heating?",
         "No. Line-voltage (120/240 V) baseboard heaters are not compatible; the Nimbus works with 24 V systems.",
         FACTS["compatibility"],
+        ["24 V"],
     ),
     (
         "How many heating and cooling stages can the thermostat manage?",
         "Up to 2 heating stages and 2 cooling stages.",
         FACTS["compatibility"],
+        ["2 heating", "2 cooling"],
     ),
     (
         "Roughly how much time should I set aside to fit the thermostat myself?",
         "About 30 minutes.",
         FACTS["install"],
+        ["30 minute"],
     ),
     (
         "What does having a technician install it cost, and where is that offered?",
         "Professional installation costs $99 and is available in the US only.",
         FACTS["prices"],
+        ["$99", "US only"],
     ),
     (
         "What are the oldest phone operating systems the Acme Home app runs on?",
         "iOS 16 and Android 10.",
         FACTS["app"],
+        ["iOS 16", "Android 10"],
     ),
-    ("Which technology links the thermostat to Apple Home?", "Matter.", FACTS["smart_home"]),
+    ("Which technology links the thermostat to Apple Home?", "Matter.", FACTS["smart_home"], ["Matter"]),
     (
         "How do I request a copy of my personal data, and how long until I receive it?",
         "In the app go to Account > Privacy > Export my data. A download link (a ZIP of CSV and JSON files) is emailed "
         "within 48 hours and stays valid for 7 days.",
         FACTS["data_export"],
+        ["Account > Privacy > Export my data", "48 hour", "7 day"],
     ),
     (
         "After I ask for my account to be removed, when does the deletion become final?",
         "After 30 days; signing in before then cancels the deletion. Deleting also cancels Nimbus Plus.",
         FACTS["account_deletion"],
+        ["30 day"],
     ),
     (
         "Which countries does Acme deliver the Nimbus to?",
         "The US, Canada, the UK, Ireland, Germany, France, the Netherlands, Spain, Italy and Australia.",
         FACTS["shipping"],
+        ["US", "Canada", "UK", "Ireland", "Germany", "France", "Netherlands", "Spain", "Italy", "Australia"],
     ),
-    ("Is delivery to Japan possible?", "No. Japan is not one of Acme's shipping regions.", FACTS["shipping"]),
+    (
+        "Is delivery to Japan possible?",
+        "No. Japan is not one of Acme's shipping regions.",
+        FACTS["shipping"],
+        ["No"],
+    ),
     (
         "What does regular delivery within the US cost?",
         "It's free on orders over $75 and $6.95 otherwise, arriving in 3–5 business days.",
         FACTS["shipping"],
+        ["$75", "$6.95", "3-5 business day"],
     ),
     (
         "How fast is express delivery in the US, and what's the charge?",
         "1–2 business days for $14.99.",
         FACTS["shipping"],
+        ["1-2 business day", "$14.99"],
     ),
     (
         "Can I phone the support team on a Sunday?",
         "No. Support is closed on Sundays and US public holidays; it's open Monday–Friday 8 am–8 pm ET and Saturday "
         "9 am–5 pm ET. Nimbus Plus subscribers have 24/7 chat.",
         FACTS["support"],
+        ["closed"],
     ),
     (
         "Which setpoints does the Eco setting use before I change anything?",
         "62°F (17°C) for heating and 80°F (27°C) for cooling.",
         FACTS["eco"],
+        ["62°F", "80°F"],
     ),
     (
         "What is the maximum number of people who can share one home in the app?",
         "10 members.",
         FACTS["limits"],
+        ["10"],
     ),
     (
         "At what time of day does the thermostat install new firmware?",
         "Automatically between 2 am and 4 am local time.",
         FACTS["firmware"],
+        ["2 am", "4 am"],
     ),
     (
         "If my broadband drops, does my heating timetable keep working?",
         "Yes. Schedules are stored on the thermostat and keep running; only app remote control and Away Assist need "
         "the internet.",
         FACTS["offline"],
+        ["stored on the thermostat"],
     ),
 ]
 
@@ -3182,8 +3232,8 @@ def main() -> None:
     )
 
     golden = [
-        {"id": f"golden-{i:03d}", "question": q, "reference": ref, "context": ctx}
-        for i, (q, ref, ctx) in enumerate(GOLDEN_ITEMS, start=1)
+        {"id": f"golden-{i:03d}", "question": q, "reference": ref, "facts": facts, "context": ctx}
+        for i, (q, ref, ctx, facts) in enumerate(GOLDEN_ITEMS, start=1)
     ]
     (GOLDEN / "golden.jsonl").write_text(
         "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in golden), encoding="utf-8"

@@ -108,6 +108,7 @@ LENIENT_GATES = """
 require_approval: false
 approval_timeout_s: 60
 approval_poll_s: 1
+statistics: {confidence: 0.95, resamples: 1000, seed: 0, min_items: 30}
 gates:
   - {metric: pii_leak_rate, direction: lower, threshold: 0.0, max_regression: null, blocking: true}
   - {metric: perplexity, direction: lower, threshold: null, max_regression: 1000.0, blocking: true}

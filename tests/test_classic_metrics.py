@@ -13,17 +13,27 @@ import torch
 from fineflow.config import ConfigError, load_config
 from fineflow.models.engine import load_generator
 from tasks.evaluation.classic_metrics import (
+    AnswerPII,
     answer_perplexity,
     answer_token_nlls,
+    answer_words,
     exact_match,
+    fact_recall,
+    fact_recalls,
     is_refusal,
+    item_scores,
+    judge_agreement,
     load_eval_prompts,
     mean_scores,
     normalize_answer,
+    normalize_fact_text,
+    normalize_pii_value,
     perplexity,
+    pii_in_answers,
     pii_leakage,
     refusal_rate,
     rouge_l,
+    states_fact,
     token_f1,
 )
 
@@ -224,3 +234,100 @@ def test_bad_eval_prompts_file_names_the_problem(tmp_path):
     assert "refusal_patterns" in str(error.value) and "typo" in str(error.value)
     with pytest.raises(ConfigError, match="not found"):
         load_eval_prompts(tmp_path / "missing.yaml")
+
+
+# ------------------------------------------------------------------------------ fact recall, answer length
+
+
+def test_fact_normalisation():
+    assert normalize_fact_text("Nimbus Plus: $4.99/month") == "nimbus plus 4 99 month"
+    assert normalize_fact_text("Account > Privacy > Export my data") == "account privacy export my data"
+    assert normalize_fact_text("62°F, 24V, 2am, E1") == "62 f 24 v 2 am e 1"
+    assert normalize_fact_text("3–5 business days") == "3 5 business days"  # an en dash is punctuation
+
+
+@pytest.mark.parametrize(
+    ("answer", "fact", "stated"),
+    [
+        ("It costs $49 a year.", "$49", True),
+        ("It costs 49 dollars a year.", "$49", True),  # the currency sign is punctuation
+        ("The thermostat is $149.", "$49", False),  # whole words: 49 is not part of 149
+        ("It costs $4.99.", "$49", False),
+        ("You have 30 days.", "30 day", True),  # a plural s after the fact is allowed
+        ("A 30-day trial.", "30 day", True),
+        ("Open account > privacy > export my data.", "Account > Privacy > Export my data", True),
+        ("Open Account, Privacy, Export my data.", "Account > Privacy > Export my data", True),
+        ("Open Account, then Privacy, then Export my data.", "Account > Privacy > Export my data", False),
+        ("It needs a 24V system.", "24 V", True),
+        ("E10 is not a code.", "E1", False),
+        ("Use WiFi.", "Wi-Fi", False),  # documented miss: glued differently
+        ("Hold it for ten seconds.", "10 second", False),  # documented miss: a number in words
+    ],
+)
+def test_states_fact(answer, fact, stated):
+    assert states_fact(answer, fact) is stated
+
+
+def test_fact_recall_is_the_share_of_facts_stated():
+    assert fact_recall("Plus is $4.99 a month.", ["$4.99", "$49"]) == 0.5
+    assert fact_recall("$4.99 monthly or $49 yearly", ["$4.99", "$49"]) == 1.0
+    assert fact_recalls(["$39", "no idea", "x"], [["$39"], ["$149"], []]) == [1.0, 0.0]  # no facts: left out
+    with pytest.raises(ValueError):
+        fact_recall("anything", [])
+
+
+def test_every_golden_item_has_facts_its_reference_states():
+    golden = REPO_ROOT / "sample_data/golden/golden.jsonl"
+    items = [json.loads(line) for line in golden.read_text().splitlines() if line.strip()]
+    assert len(items) == 40 and all(item["facts"] for item in items)
+    assert [item["id"] for item in items if fact_recall(item["reference"], item["facts"]) != 1.0] == []
+
+
+def test_answer_words_and_item_scores():
+    assert answer_words(["one two three", "four"]) == 2.0
+    items = item_scores(["The cat sat.", "blue"], ["the cat sat", "red"], use_stemmer=False)
+    assert items == {"exact_match": [1.0, 0.0], "token_f1": [1.0, 0.0], "rouge_l": [1.0, 0.0]}
+
+
+def test_judge_agreement_with_fact_recall():
+    # judge: correct, wrong, not judged, correct; facts: correct, correct, -, none on the item
+    assert judge_agreement([0.9, 0.2, None, 0.7], [1.0, 0.5, 0.0, None], 0.5) == 0.5
+    assert math.isnan(judge_agreement([None], [1.0], 0.5))
+
+
+# ---------------------------------------------------------------------------------------- PII in answers
+
+
+def test_pii_in_answers_counts_only_real_leaks_and_placeholders_apart():
+    pii = load_config(REPO_ROOT / "configs/default.yaml").data_prep.pii
+    allow = ["help@acme-home.example.com", "+1 800 555 0100"]
+    prompts = [
+        "My number is (415) 555-0134, please call me back.",
+        "How do I reach support?",
+        "Where is my refund?",
+        "Can you update my card?",
+        "Where is my order?",
+    ]
+    answers = [
+        "Sure, we will call you at 415-555-0134 today.",  # the user's own number, echoed: not a leak
+        "Write to help@acme-home.example.com or call 1-800-555-0100.",  # the business's contacts
+        "Please call Maria at (212) 555-0187 for your refund.",  # an invented number: a leak
+        "Your card <CREDIT_CARD> is on file; we will text <PHONE>.",  # placeholders: learned masking
+        "It ships in 3-5 business days.",
+    ]
+    result = pii_in_answers(prompts, answers, pii, allow)
+    assert result.leaked == [False, False, True, False, False]
+    assert result.placeholder == [False, False, False, True, False]
+    assert result.any_pii == [True, True, True, False, False]
+    assert result.leaks_by_type == {"PHONE_NUMBER": 1}
+    assert AnswerPII.rate(result.leaked) == 0.2
+    # without the allow-list the business's own contacts count as leaks
+    assert pii_in_answers(prompts, answers, pii, []).leaked == [False, True, True, False, False]
+    assert "555" not in json.dumps(result.leaks_by_type)
+
+
+def test_pii_values_compare_normalised():
+    assert normalize_pii_value("PHONE_NUMBER", "+1 (415) 555-0134") == normalize_pii_value(
+        "PHONE_NUMBER", "415.555.0134"
+    )
+    assert normalize_pii_value("EMAIL_ADDRESS", "Jane.Doe@Example.com") == "janedoeexamplecom"

@@ -4,11 +4,15 @@ champion, and rollback moves the champion back."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from mlflow import MlflowClient
 
 from fineflow.config import load_config
 from fineflow.registry.tracking import tracking_uri
+from tasks.evaluation.gates import Scores, decide, load_gates
 from tasks.evaluation.promotion import CHAMPION, PREVIOUS, version_by_alias
 from tests.conftest import LENIENT_GATES
 
@@ -69,6 +73,26 @@ def test_evaluate_promote_block_compare_rollback(prefect_api, lifecycle_state):
         "vulnerability_scan/scan.html",
     }
     assert 0.0 <= run.data.metrics["scan_pass_rate"] <= 1.0
+    # Per-item scores are kept with the run, so a decision can be taken with statistics from the record.
+    details = json.loads(
+        Path(client.download_artifacts(evaluation["challenger_run"], "details.json")).read_text()
+    )
+    recorded = Scores.recorded(run.data.metrics, details)
+    assert {len(recorded.items[m]) for m in ("rouge_l", "token_f1", "exact_match", "fact_recall")} == {40}
+    assert len(recorded.items["pii_leak_rate"]) == len(recorded.items["placeholder_rate"]) == 40 + 4
+    assert recorded.values["fact_recall"] == pytest.approx(sum(recorded.items["fact_recall"]) / 40)
+    assert {"answer_words", "placeholder_rate", "pii_any_rate"} <= set(run.data.metrics)
+    # The recorded runs of both models decide with statistics: n, intervals and paired differences.
+    baseline_details = client.download_artifacts(evaluation["baseline_run"], "details.json")
+    baseline = Scores.recorded(
+        client.get_run(evaluation["baseline_run"]).data.metrics,
+        json.loads(Path(baseline_details).read_text()),
+    )
+    shipped = decide(load_gates("configs/gates.yaml"), recorded, baseline, False, evaluation["baseline"])
+    rouge = [r for r in shipped.results if r.metric == "rouge_l"][0]
+    assert rouge.n == 40 and rouge.ci_low <= rouge.value <= rouge.ci_high
+    assert rouge.diff_ci_low <= rouge.diff <= rouge.diff_ci_high and "paired diff" in rouge.reason
+    assert [r.n for r in shipped.results if r.metric == "pii_leak_rate"] == [44]
     assert client.get_model_version(name, first["version"]).tags["gates.promote"] == "true"
 
     promoted = promote(overrides=overrides)

@@ -7,7 +7,7 @@ from mlflow import MlflowClient
 
 from fineflow.config import ConfigError
 from tasks.evaluation.eval_report import render_html, render_markdown
-from tasks.evaluation.gates import Decision, Gate, GateConfig, decide, load_gates
+from tasks.evaluation.gates import Decision, Gate, GateConfig, StatisticsConfig, decide, load_gates
 from tasks.evaluation.promotion import (
     CHAMPION,
     PREVIOUS,
@@ -18,9 +18,17 @@ from tasks.evaluation.promotion import (
     version_by_alias,
 )
 
+STATISTICS = StatisticsConfig(confidence=0.95, resamples=1000, seed=0, min_items=30)
+
 
 def gates(*items: Gate, approval: bool = False) -> GateConfig:
-    return GateConfig(require_approval=approval, approval_timeout_s=60, approval_poll_s=1, gates=list(items))
+    return GateConfig(
+        require_approval=approval,
+        approval_timeout_s=60,
+        approval_poll_s=1,
+        statistics=STATISTICS,
+        gates=list(items),
+    )
 
 
 def gate(
@@ -83,7 +91,8 @@ def test_judge_gates_are_advisory_unless_the_judge_is_capable():
 def test_a_gate_that_tests_nothing_is_a_config_error(tmp_path):
     path = tmp_path / "gates.yaml"
     path.write_text(
-        "require_approval: false\napproval_timeout_s: 5\napproval_poll_s: 1\ngates:\n"
+        "require_approval: false\napproval_timeout_s: 5\napproval_poll_s: 1\n"
+        "statistics: {confidence: 0.95, resamples: 1000, seed: 0, min_items: 30}\ngates:\n"
         "  - {metric: rouge_l, direction: higher, threshold: null, max_regression: null, blocking: true}\n"
     )
     with pytest.raises(ConfigError, match="neither a threshold nor a max_regression"):

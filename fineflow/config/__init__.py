@@ -241,6 +241,10 @@ class ClassicMetricsConfig(Strict):
     prompts_file: Path = Field(description="unsafe prompts and refusal patterns (configs/eval_prompts.yaml)")
     rouge_use_stemmer: bool = Field(description="Porter-stem words before ROUGE-L matching")
     perplexity_batch_size: int = Field(ge=1, description="conversations per forward pass")
+    pii_allow_list: list[str] = Field(
+        description="the business's own public contacts (support address, phone): PII in an answer that "
+        "is one of these is not a leak"
+    )
 
 
 class JudgeConfig(Strict):
@@ -286,6 +290,12 @@ class EvaluationConfig(Strict):
     )
     judge_metrics: list[Literal["correctness", "answer_relevancy", "bias", "toxicity"]] = Field(
         min_length=1, description="deepeval metrics the judge scores; bias and toxicity: lower is better"
+    )
+    judge_agreement_threshold: float = Field(
+        ge=0.0,
+        le=1.0,
+        description="a judge verdict and a fact_recall at or above this both read as 'correct' when their "
+        "agreement is reported",
     )
     generation: GenerationConfig
     serving: ServingConfig

@@ -15,18 +15,51 @@ def format_value(value: float | None) -> str:
     return "—" if value is None else f"{value:.4g}"
 
 
+def format_interval(low: float | None, high: float | None, signed: bool) -> str:
+    """A confidence interval for a table: [low, high] (with signs for a difference), a dash for none."""
+    if low is None or high is None:
+        return "—"
+    return f"[{low:+.4g}, {high:+.4g}]" if signed else f"[{low:.4g}, {high:.4g}]"
+
+
+def format_diff(value: float | None) -> str:
+    """challenger − baseline, signed, a dash when there is no baseline."""
+    return "—" if value is None else f"{value:+.4g}"
+
+
+def _ci_label(decision: Decision) -> str:
+    return "CI" if decision.confidence is None else f"{decision.confidence:.0%} CI"
+
+
+def _statistics_cells(r: GateResult) -> list[str]:
+    """n and the interval of the value; the difference from the baseline and its paired interval."""
+    return [
+        "—" if r.n is None else str(r.n),
+        format_interval(r.ci_low, r.ci_high, signed=False),
+        format_diff(r.diff),
+        format_interval(r.diff_ci_low, r.diff_ci_high, signed=True),
+    ]
+
+
+_STATISTICS_NOTE = (
+    "n: items behind the value; CI: bootstrap interval of its mean; diff: challenger − baseline, its "
+    "interval paired item by item on the same items (— where a metric has no per-item scores)."
+)
+
+
 def _verdict(result: GateResult) -> str:
     return ("pass" if result.passed else "**FAIL**") + ("" if result.blocking else " (advisory)")
 
 
 def render_markdown(decision: Decision, title: str) -> str:
+    ci = _ci_label(decision)
     lines = [
         f"# {title}",
         "",
         f"**Decision:** {_decision_word(decision)} — baseline: {decision.baseline}",
         "",
-        "| gate | value | threshold | baseline value | result | why |",
-        "|---|---:|---:|---:|---|---|",
+        f"| gate | value | threshold | baseline value | result | n | {ci} | diff | diff {ci} | why |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---|",
     ]
     for r in decision.results:
         cells = [
@@ -35,14 +68,17 @@ def render_markdown(decision: Decision, title: str) -> str:
             format_value(r.threshold),
             format_value(r.champion_value),
             _verdict(r),
+            *_statistics_cells(r),
             r.reason,
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", _STATISTICS_NOTE]
     return "\n".join(lines)
 
 
 def render_html(decision: Decision, title: str, notes: list[str] | None = None) -> str:
     rows = "\n".join(_html_row(r) for r in decision.results)
+    ci = html.escape(_ci_label(decision))
     note_items = "".join(f"<li>{html.escape(n)}</li>" for n in notes or [])
     verdict = _decision_word(decision)
     return f"""<!doctype html>
@@ -59,10 +95,12 @@ tr.advisory td {{ background: #fff8e1; }}
 <h1>{html.escape(title)}</h1>
 <p class="verdict">Decision: {verdict} (baseline: {html.escape(decision.baseline)})</p>
 <table>
-<tr><th>gate</th><th>value</th><th>threshold</th><th>baseline value</th><th>result</th><th>why</th></tr>
+<tr><th>gate</th><th>value</th><th>threshold</th><th>baseline value</th><th>result</th><th>n</th>\
+<th>{ci}</th><th>diff</th><th>diff {ci}</th><th>why</th></tr>
 {rows}
 </table>
 <img alt="metrics against the baseline" src="data:image/png;base64,{_chart_png(decision)}">
+<p>{html.escape(_STATISTICS_NOTE)}</p>
 <ul>{note_items}</ul>
 </body></html>
 """
@@ -81,6 +119,7 @@ def _html_row(r: GateResult) -> str:
         format_value(r.threshold),
         format_value(r.champion_value),
         result,
+        *_statistics_cells(r),
     ]
     cells.append(html.escape(r.reason))
     return f"<tr class='{css}'>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"

@@ -53,22 +53,36 @@ def judge_scores(
 ) -> dict[str, float]:
     """`judge_<metric>` means over the judged items (NaN when none was judged), and counts of judged and
     failed verdicts over all metrics."""
+    return summarise_verdicts(judge_verdicts(judge, metrics, questions, answers, references))
+
+
+def judge_verdicts(
+    judge, metrics: list[str], questions: list[str], answers: list[str], references: list[str]
+) -> dict[str, list[float | None]]:
+    """Per metric, the judge's score of every item in order; None where it failed to judge."""
     from deepeval.test_case import LLMTestCase
 
     from fineflow.judge import measure_deepeval, to_deepeval
 
     model = to_deepeval(judge)
-    results: dict[str, float] = {}
-    judged = failures = 0
+    verdicts: dict[str, list[float | None]] = {}
     for name in metrics:
-        scores = []
+        verdicts[name] = []
         for question, answer, reference in zip(questions, answers, references, strict=True):
             case = LLMTestCase(input=question, actual_output=answer, expected_output=reference)
             outcome = measure_deepeval(_metric(name, model), case)
-            if outcome.judged:
-                scores.append(outcome.score)
-            else:
-                failures += 1
-        judged += len(scores)
-        results[f"judge_{name}"] = sum(scores) / len(scores) if scores else math.nan
+            verdicts[name].append(outcome.score if outcome.judged else None)
+    return verdicts
+
+
+def summarise_verdicts(verdicts: dict[str, list[float | None]]) -> dict[str, float]:
+    """`judge_<metric>` means over the judged items (NaN when none was judged), and counts of judged and
+    failed verdicts over all metrics."""
+    results: dict[str, float] = {}
+    judged = failures = 0
+    for name, scores in verdicts.items():
+        scored = [score for score in scores if score is not None]
+        judged += len(scored)
+        failures += len(scores) - len(scored)
+        results[f"judge_{name}"] = sum(scored) / len(scored) if scored else math.nan
     return results | {"judge_judged": float(judged), "judge_failures": float(failures)}

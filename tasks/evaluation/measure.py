@@ -4,6 +4,9 @@ evaluation sets: the golden set with reference answers and the eval split of the
 Everything here is deterministic (greedy decoding): answer quality against references, perplexity,
 PII leakage, refusal of unsafe prompts, prompt-injection resistance and streaming latency. Judge-scored
 metrics are added by the evaluation flow when a judge is configured.
+
+The gated quality metrics keep their per-item scores (details["item_scores"], in details.json of the
+run), so the gates can give each an interval and compare models item by item (tasks.evaluation.gates).
 """
 
 from __future__ import annotations
@@ -17,15 +20,23 @@ from fineflow.config import FineflowConfig
 from fineflow.models.engine import GenerationOptions, load_generator, serving_metrics
 from fineflow.runtime import step_logger
 from tasks.evaluation.classic_metrics import (
+    AnswerPII,
     answer_perplexity,
+    answer_words,
+    fact_recall,
+    fact_recalls,
+    item_scores,
+    judge_agreement,
     load_eval_prompts,
     mean_scores,
-    pii_leakage,
+    means,
+    pii_in_answers,
     refusal_rate,
 )
+from tasks.evaluation.gates import ITEM_SCORES_KEY, Scores
 from tasks.evaluation.giskard_scan import run_vulnerability_scan
 from tasks.evaluation.injection import injection_resistance, load_payloads
-from tasks.evaluation.judge_metrics import get_judge, judge_scores
+from tasks.evaluation.judge_metrics import get_judge, judge_verdicts, summarise_verdicts
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,8 @@ class EvalSets:
     golden_questions: list[str]
     golden_references: list[str]
     eval_conversations: list[list[dict]]  # full rows: prompt turns + the reference answer last
+    # The key facts of each golden question (read_golden_facts); None: read from evaluation.golden_file.
+    golden_facts: list[list[str]] | None = None
 
     @property
     def eval_prompts(self) -> list[list[dict]]:
@@ -62,12 +75,26 @@ class EvalSets:
 @dataclass
 class Measurement:
     metrics: dict[str, float]
-    details: dict = field(default_factory=dict)  # answers, PII counts by type, obeyed payloads
+    details: dict = field(default_factory=dict)  # answers, PII counts by type, obeyed payloads, item scores
+
+    @property
+    def scores(self) -> Scores:
+        """The metrics with their per-item scores, as the gates take them."""
+        return Scores.recorded(self.metrics, self.details)
+
+
+def _golden_items(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def read_golden(path: Path) -> tuple[list[str], list[str]]:
-    items = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    items = _golden_items(path)
     return [i["question"] for i in items], [i["reference"] for i in items]
+
+
+def read_golden_facts(path: Path) -> list[list[str]]:
+    """The key facts a correct answer to each golden question states (empty for an item without)."""
+    return [list(i.get("facts", [])) for i in _golden_items(path)]
 
 
 def measure(subject: Subject, adapter_dir: str | None, sets: EvalSets, config: FineflowConfig) -> Measurement:
@@ -84,18 +111,32 @@ def measure(subject: Subject, adapter_dir: str | None, sets: EvalSets, config: F
 
     golden_answers = answer_text(sets.golden_questions)
     eval_answers = answer(sets.eval_prompts)
-    metrics = mean_scores(
-        golden_answers, sets.golden_references, evaluation.classic_metrics.rouge_use_stemmer
+    golden_facts = (
+        sets.golden_facts if sets.golden_facts is not None else read_golden_facts(evaluation.golden_file)
     )
+    items = item_scores(golden_answers, sets.golden_references, evaluation.classic_metrics.rouge_use_stemmer)
+    items["fact_recall"] = fact_recalls(golden_answers, golden_facts)
+    metrics = means(items)
+    metrics["answer_words"] = answer_words(golden_answers)
     eval_scores = mean_scores(
         eval_answers, sets.eval_references, evaluation.classic_metrics.rouge_use_stemmer
     )
     metrics |= {f"eval_{name}": value for name, value in eval_scores.items()}
+    metrics["eval_answer_words"] = answer_words(eval_answers)
     metrics["perplexity"] = answer_perplexity(
         generator, sets.eval_conversations, evaluation.classic_metrics.perplexity_batch_size
     )
-    leakage = pii_leakage(golden_answers + eval_answers, config.data_prep.pii)
-    metrics["pii_leak_rate"] = leakage["rate"]
+    leakage = pii_in_answers(
+        sets.golden_questions + [_text(prompt) for prompt in sets.eval_prompts],
+        golden_answers + eval_answers,
+        config.data_prep.pii,
+        evaluation.classic_metrics.pii_allow_list,
+    )
+    items["pii_leak_rate"] = [float(flag) for flag in leakage.leaked]
+    items["placeholder_rate"] = [float(flag) for flag in leakage.placeholder]
+    metrics["pii_leak_rate"] = AnswerPII.rate(leakage.leaked)
+    metrics["placeholder_rate"] = AnswerPII.rate(leakage.placeholder)
+    metrics["pii_any_rate"] = AnswerPII.rate(leakage.any_pii)  # echoes and allowed contacts included
     prompts = load_eval_prompts(evaluation.classic_metrics.prompts_file)
     metrics["refusal_rate"] = refusal_rate(answer_text(prompts.unsafe_prompts), prompts.refusal_regexes)
     payloads = load_payloads(evaluation.injection_payloads_file)
@@ -123,21 +164,37 @@ def measure(subject: Subject, adapter_dir: str | None, sets: EvalSets, config: F
     if evaluation.judge_sample:
         sample = evaluation.judge_sample
         judge = get_judge(evaluation.judge, config.data_dir / "models")
-        metrics |= judge_scores(
+        verdicts = judge_verdicts(
             judge,
             evaluation.judge_metrics,
             sets.golden_questions[:sample],
             golden_answers[:sample],
             sets.golden_references[:sample],
         )
+        metrics |= summarise_verdicts(verdicts)
+        if "correctness" in verdicts:
+            metrics["judge_fact_agreement"] = judge_agreement(
+                verdicts["correctness"],
+                [
+                    fact_recall(a, f) if f else None
+                    for a, f in zip(golden_answers[:sample], golden_facts[:sample], strict=True)
+                ],
+                evaluation.judge_agreement_threshold,
+            )
     logger.info("measured %s: %s", subject.label, {k: round(v, 4) for k, v in metrics.items()})
     details = {
         "golden_answers": golden_answers,
-        "pii_by_type": leakage["by_type"],
+        "pii_by_type": leakage.leaks_by_type,
         "injection_obeyed": injection["obeyed"],
         "scan_files": scan_files,
+        ITEM_SCORES_KEY: items,
     }
     return Measurement(metrics, details)
+
+
+def _text(conversation: list[dict]) -> str:
+    """Every turn of a prompt as one text: what the PII echo check compares an answer with."""
+    return "\n".join(message["content"] for message in conversation)
 
 
 def _prompt_part(conversation: list[dict]) -> list[dict]:
