@@ -24,9 +24,10 @@ from fastapi.testclient import TestClient
 from fineflow.config import DATA_DIR_ENV, load_config
 from fineflow.models.engine import load_generator
 from fineflow.privacy.masker import get_masker
+from fineflow.registry.adapters import download_adapter
 from fineflow.serving.app import StopTrimmer, create_app
 from fineflow.serving.capture import TrafficCapture
-from fineflow.serving.loading import ServedModel, ServeModelError, download_adapter, load_served_model
+from fineflow.serving.loading import ServedModel, ServeModelError, load_served_model
 from fineflow.store import open_store
 from fineflow.store.embedded import EmbeddedStore
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -14,6 +14,9 @@ from rich.table import Table
 from fineflow.config import DEFAULT_CONFIG, ConfigError, FineflowConfig, is_loopback, load_config
 from fineflow.runtime import prepare_environment
 from fineflow.stack import use_running_stack
+
+if TYPE_CHECKING:
+    from tasks.evaluation.gates import GateResult
 
 app = typer.Typer(
     help="fineflow: the lifecycle of a fine-tuned LLM as versioned Prefect flows.", no_args_is_help=True
@@ -187,19 +190,18 @@ def evaluate_command(
 ) -> None:
     """Measure the challenger and its baseline (champion, else the base model) and decide the gates."""
     _load(config, set_)
-    from fineflow.registry.tracking import LineageError
-    from flows.evaluate import ModelRefError, evaluate
+    from fineflow.registry.lineage import LineageError
+    from fineflow.registry.refs import ModelRefError
+    from flows.evaluate import evaluate
 
     try:
         result = evaluate(model=model, config_path=str(config), overrides=_overrides(set_))
     except (ModelRefError, LineageError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
-    _print_gates(
-        f"{result['model_name']} version {result['version']} vs {result['baseline']}", result["gates"]
-    )
-    verdict = "[green]gates pass: ready to promote[/green]" if result["promote"] else "[red]gates fail[/red]"
-    console.print(f"{verdict}  (report.html and decision.json in MLflow run {result['challenger_run']})")
+    _print_gates(f"{result.model_name} version {result.version} vs {result.baseline}", result.gates)
+    verdict = "[green]gates pass: ready to promote[/green]" if result.promote else "[red]gates fail[/red]"
+    console.print(f"{verdict}  (report.html and decision.json in MLflow run {result.challenger_run})")
 
 
 @app.command("promote")
@@ -208,28 +210,29 @@ def promote_command(
 ) -> None:
     """Move champion to the challenger if its recorded evaluation passes the gates (and approval if asked)."""
     _load(config, set_)
-    from flows.evaluate import ModelRefError
-    from flows.promote import NotEvaluatedError, promote
+    from fineflow.registry.refs import ModelRefError
+    from flows.promote import promote
+    from tasks.evaluation.promotion import NotEvaluatedError
 
     try:
         result = promote(model=model, config_path=str(config), overrides=_overrides(set_))
     except (ModelRefError, NotEvaluatedError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
-    _print_gates(f"{result['model_name']} version {result['version']}", result["gates"])
-    if result["promoted"] and result["already_champion"]:
-        console.print(f"version {result['version']} is already the champion; nothing moved")
-    elif result["promoted"]:
+    _print_gates(f"{result.model_name} version {result.version}", result.gates)
+    if result.promoted and result.already_champion:
+        console.print(f"version {result.version} is already the champion; nothing moved")
+    elif result.promoted:
         console.print(
-            f"[bold green]promoted[/bold green] version {result['version']} to champion "
-            f"(previous-champion: {result['previous_champion']})"
+            f"[bold green]promoted[/bold green] version {result.version} to champion "
+            f"(previous-champion: {result.previous_champion})"
         )
     else:
-        console.print(f"[bold red]not promoted[/bold red]: {result['reason']}; no alias moved")
+        console.print(f"[bold red]not promoted[/bold red]: {result.reason}; no alias moved")
         raise typer.Exit(1)
 
 
-def _print_gates(title: str, gates: list[dict]) -> None:
+def _print_gates(title: str, gates: list[GateResult]) -> None:
     from tasks.evaluation.eval_report import format_value
 
     table = Table(title=title)
@@ -237,15 +240,15 @@ def _print_gates(title: str, gates: list[dict]) -> None:
         table.add_column(column, overflow="fold")
 
     for gate in gates:
-        verdict = ("pass" if gate["passed"] else "FAIL") + ("" if gate["blocking"] else " (advisory)")
-        colour = "green" if gate["passed"] else ("red" if gate["blocking"] else "yellow")
+        verdict = ("pass" if gate.passed else "FAIL") + ("" if gate.blocking else " (advisory)")
+        colour = "green" if gate.passed else ("red" if gate.blocking else "yellow")
         table.add_row(
-            gate["metric"],
-            format_value(gate["value"]),
-            format_value(gate["threshold"]),
-            format_value(gate["champion_value"]),
+            gate.metric,
+            format_value(gate.value),
+            format_value(gate.threshold),
+            format_value(gate.champion_value),
             f"[{colour}]{verdict}[/{colour}]",
-            gate["reason"],
+            gate.reason,
         )
     console.print(table)
 
@@ -254,8 +257,8 @@ def _print_gates(title: str, gates: list[dict]) -> None:
 def rollback_command(config: ConfigOption = DEFAULT_CONFIG, set_: SetOption = None) -> None:
     """Move the champion alias back to the previous champion."""
     _load(config, set_)
+    from fineflow.registry.aliases import RollbackError
     from flows.promote import rollback
-    from tasks.evaluation.promotion import RollbackError
 
     try:
         result = rollback(config_path=str(config), overrides=_overrides(set_))
@@ -263,8 +266,8 @@ def rollback_command(config: ConfigOption = DEFAULT_CONFIG, set_: SetOption = No
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
     console.print(
-        f"[bold]{result['model_name']}[/bold]: champion is now version {result['champion']}, "
-        f"previous-champion version {result['previous_champion']}"
+        f"[bold]{result.model_name}[/bold]: champion is now version {result.champion}, "
+        f"previous-champion version {result.previous_champion}"
     )
 
 
@@ -440,11 +443,11 @@ def drift_command(
 
     Drift is a finding, not an error: the exit code is 0 either way (2 when there is nothing to check)."""
     _load(config, set_)
-    from fineflow.registry.tracking import LineageError
-    from flows.drift import drift, report_path
-    from flows.evaluate import ModelRefError
+    from fineflow.registry.lineage import LineageError
+    from fineflow.registry.refs import ModelRefError
+    from flows.drift import drift
+    from tasks.drift.record import report_path
     from tasks.drift.report import VERDICT_COLOURS, format_number, result_label
-    from tasks.drift.stats import Statistic
     from tasks.drift.traffic_window import TrafficError
 
     try:
@@ -455,21 +458,20 @@ def drift_command(
     except (TrafficError, LineageError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
-    colour = VERDICT_COLOURS[result["verdict"]]
+    colour = VERDICT_COLOURS[result.verdict]
     console.print(
-        f"[bold {colour}]{result['verdict']}[/bold {colour}] for {result['model_name']} version "
-        f"{result['version']}: {result['traffic_records']} traffic records, commit {result['traffic_commit']}"
+        f"[bold {colour}]{result.verdict}[/bold {colour}] for {result.model_name} version "
+        f"{result.version}: {result.traffic_records} traffic records, commit {result.traffic_commit}"
     )
-    for reason in result["reasons"]:
+    for reason in result.reasons:
         console.print(f"  - {reason}")
-    for note in result["notes"]:
+    for note in result.notes:
         console.print(f"  [dim]{note}[/dim]")
-    if result["statistics"]:
+    if result.statistics:
         table = Table(title="drift statistics")
         for column in ("statistic", "value", "drift when", "result", "detail"):
             table.add_column(column, overflow="fold")
-        for stat in result["statistics"]:
-            item = Statistic(**stat)
+        for item in result.statistics:
             style = "red" if item.drifted else "green"
             table.add_row(
                 item.name,
@@ -479,10 +481,8 @@ def drift_command(
                 item.detail,
             )
         console.print(table)
-    event = f"event {result['event_id']} emitted" if result["event_emitted"] else "no event emitted"
-    console.print(
-        f"report: {report_path(result['report_uri'])}  (MLflow run {result['mlflow_run_id']}; {event})"
-    )
+    event = f"event {result.event_id} emitted" if result.event_emitted else "no event emitted"
+    console.print(f"report: {report_path(result.report_uri)}  (MLflow run {result.mlflow_run_id}; {event})")
 
 
 def _overrides(set_: list[str] | None) -> dict:
