@@ -4,10 +4,14 @@ champion, and rollback moves the champion back."""
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import pytest
 from mlflow import MlflowClient
 
 from fineflow.config import load_config
+from fineflow.registry.adapters import adapter_cache_dir
 from fineflow.registry.aliases import Aliases, version_by_alias
 from fineflow.registry.tracking import tracking_uri
 from tests.conftest import LENIENT_GATES
@@ -42,7 +46,11 @@ def test_evaluate_promote_block_compare_rollback(prefect_api, lifecycle_state):
     CHAMPION, PREVIOUS = Aliases.of(config).champion, Aliases.of(config).previous  # noqa: N806
 
     first = fine_tune(overrides=overrides)
+    temporary = set(Path(tempfile.gettempdir()).glob("fineflow-adapter-*"))
     evaluation = evaluate(overrides=overrides)
+    # The adapter was read from the shared cache, not copied to a temporary directory left behind.
+    assert set(Path(tempfile.gettempdir()).glob("fineflow-adapter-*")) == temporary
+    assert (adapter_cache_dir(config) / name / first["version"] / ".complete").is_file()
     assert evaluation.version == first["version"] and evaluation.baseline.startswith("base model")
     assert evaluation.promote is True
     judge_gate = [g for g in evaluation.gates if g.metric == "judge_correctness"][0]
