@@ -37,7 +37,8 @@ from flows.fine_tune import fine_tune
 from flows.promote import promote
 from tasks.evaluation.eval_report import render_markdown
 from tasks.evaluation.gates import Decision
-from tasks.evaluation.promotion import CHAMPION, version_by_alias
+from tasks.evaluation.promotion import read_champion
+from tasks.evaluation.results import EvaluationResult, PromotionResult
 
 # The form's defaults: configs/default.yaml of the code that runs (a deployment's clone at its commit).
 DEFAULTS = load_config(Path(__file__).resolve().parent.parent / DEFAULT_CONFIG)
@@ -73,7 +74,7 @@ def lifecycle(
     logger = step_logger()
     logger.info("lifecycle run: %s; code %s", reason or "started by hand", _deployed_code())
     config_file = _pin_config(config)
-    champion_before = _champion(config)
+    champion_before = read_champion(config)
 
     try:
         inputs = _with_reviewed_traffic(config, traffic_commit) if traffic_commit else None
@@ -133,12 +134,6 @@ def _pin_config(config: FineflowConfig) -> str:
     return str(path)
 
 
-def _champion(config: FineflowConfig) -> str | None:
-    return io_task("read-champion")(version_by_alias)(
-        MlflowClient(tracking_uri(config)), config.registry.model_name, CHAMPION
-    )
-
-
 def _deployed_code() -> str:
     """The code commit; under a deployment its version must be that commit, anything else is worth a look."""
     commit = code_version()
@@ -147,7 +142,9 @@ def _deployed_code() -> str:
     return commit
 
 
-def _summary(config, reason, dataset_commit: str, model: dict, evaluation: dict, promotion: dict) -> dict:
+def _summary(
+    config, reason, dataset_commit: str, model: dict, evaluation: EvaluationResult, promotion: PromotionResult
+) -> dict:
     uri = tracking_uri(config)
     return {
         "reason": reason,
@@ -158,13 +155,13 @@ def _summary(config, reason, dataset_commit: str, model: dict, evaluation: dict,
         "version": model["version"],
         "trained": not model["cached"],
         "fine_tune_run": model["mlflow_run_id"],
-        "evaluation_run": evaluation["challenger_run"],
-        "baseline": evaluation["baseline"],
-        "gates": evaluation["gates"],
-        "gates_pass": evaluation["promote"],
-        "promoted": promotion["promoted"],
-        "promotion": promotion["reason"],
-        "champion": _champion(config),
+        "evaluation_run": evaluation.challenger_run,
+        "baseline": evaluation.baseline,
+        "gates": evaluation.decision.as_json()["gates"],
+        "gates_pass": evaluation.promote,
+        "promoted": promotion.promoted,
+        "promotion": promotion.reason,
+        "champion": read_champion(config),
         "tracking_uri": uri,
         "mlflow_version_url": _mlflow_url(uri, model["model_name"], model["version"]),
         "flow_run_id": str(flow_run.id) if flow_run.id else None,

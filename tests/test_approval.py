@@ -10,9 +10,9 @@ import pytest
 from mlflow import MlflowClient
 
 from fineflow.config import DATA_DIR_ENV, load_config
+from fineflow.registry.aliases import Aliases, version_by_alias
+from fineflow.registry.aliases import promote as move_aliases
 from fineflow.registry.tracking import tracking_uri
-from tasks.evaluation.promotion import CHAMPION, version_by_alias
-from tasks.evaluation.promotion import promote as move_aliases
 
 GATES = """
 require_approval: true
@@ -27,8 +27,8 @@ gates:
 @pytest.fixture
 def registry(tmp_path, monkeypatch):
     """A champion (v1) and two evaluated challengers (v2, v3) whose recorded metrics pass the gate."""
-    from flows.evaluate import SUBJECT_TAG
     from tasks.evaluation.measure import version_key
+    from tasks.evaluation.measurements import SUBJECT_TAG
 
     monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "state"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -47,8 +47,8 @@ def registry(tmp_path, monkeypatch):
         client.log_metric(run, "rouge_l", 0.3)
         client.set_model_version_tag(name, version, "gates.eval_run", run)
         client.set_model_version_tag(name, version, "gates.baseline_run", baseline)
-    move_aliases(client, name, "1")
-    return client, name, overrides
+    move_aliases(client, name, "1", Aliases.of(config))
+    return client, name, overrides, Aliases.of(config).champion
 
 
 def decide_when_paused(decision: dict, timeout_s: float = 120) -> None:
@@ -72,14 +72,16 @@ def run_promote(model: str, overrides: dict) -> tuple[dict, threading.Thread]:
     from flows.promote import promote
 
     result: dict = {}
-    worker = threading.Thread(target=lambda: result.update(promote(model=model, overrides=overrides)))
+    worker = threading.Thread(
+        target=lambda: result.update(promote(model=model, overrides=overrides).model_dump())
+    )
     worker.start()
     return result, worker
 
 
 @pytest.mark.parametrize("approve", [True, False])
 def test_promotion_waits_for_a_person(prefect_api, registry, approve):
-    client, name, overrides = registry
+    client, name, overrides, CHAMPION = registry  # noqa: N806
     result, worker = run_promote(f"{name}/2", overrides)
     decide_when_paused({"approve": approve, "comment": "checked the report" if approve else "too risky"})
     worker.join(timeout=120)

@@ -152,7 +152,7 @@ def _drift_events(since: datetime, wait_s: float) -> list:
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
 
-    from flows.drift import EVENT
+    from tasks.drift.record import EVENT
 
     event_filter = EventFilter(occurred=EventOccurredFilter(since=since), event=EventNameFilter(name=[EVENT]))
     deadline = time.monotonic() + wait_s
@@ -173,15 +173,15 @@ def test_same_distribution_then_shifted_then_injection(prefect_api, champion):
 
     write_captured(config, synthetic.support_conversations(60, seed=2), now - timedelta(minutes=30))
     same = drift(overrides=overrides)
-    by_name = {s["name"]: s for s in same["statistics"]}
-    assert same["verdict"] == "no drift", same["reasons"]
-    assert by_name["mmd_p_value"]["value"] >= config.drift.mmd.alpha
-    assert by_name["injection_share"]["value"] == 0.0
-    assert not same["event_emitted"]
-    run = champion["client"].get_run(same["mlflow_run_id"])
-    assert run.data.tags["traffic.commit"] == same["traffic_commit"]
+    by_name = {s.name: s for s in same.statistics}
+    assert same.verdict == "no drift", same.reasons
+    assert by_name["mmd_p_value"].value >= config.drift.mmd.alpha
+    assert by_name["injection_share"].value == 0.0
+    assert not same.event_emitted
+    run = champion["client"].get_run(same.mlflow_run_id)
+    assert run.data.tags["traffic.commit"] == same.traffic_commit
     assert run.data.tags["model.version"] == champion["version"]
-    assert {a.path for a in champion["client"].list_artifacts(same["mlflow_run_id"])} == {
+    assert {a.path for a in champion["client"].list_artifacts(same.mlflow_run_id)} == {
         "report.html",
         "drift.json",
     }
@@ -191,11 +191,11 @@ def test_same_distribution_then_shifted_then_injection(prefect_api, champion):
         config, synthetic.shifted_conversations(60, seed=3), now - timedelta(minutes=20)
     )
     shifted = drift(overrides={**overrides, "drift.max_traffic": 60})
-    by_name = {s["name"]: s for s in shifted["statistics"]}
-    assert shifted["verdict"] == "drift" and shifted["traffic_commit"] == shifted_commit
-    assert by_name["mmd_p_value"]["drifted"] and by_name["domain_classifier_auc"]["value"] > 0.9
-    assert any(reason.startswith("input drift: mmd_p_value") for reason in shifted["reasons"])
-    assert shifted["event_emitted"]
+    by_name = {s.name: s for s in shifted.statistics}
+    assert shifted.verdict == "drift" and shifted.traffic_commit == shifted_commit
+    assert by_name["mmd_p_value"].drifted and by_name["domain_classifier_auc"].value > 0.9
+    assert any(reason.startswith("input drift: mmd_p_value") for reason in shifted.reasons)
+    assert shifted.event_emitted
 
     [event] = _drift_events(started, wait_s=60)
     assert event.resource["prefect.resource.id"] == f"fineflow.model.{config.registry.model_name}"
@@ -203,18 +203,18 @@ def test_same_distribution_then_shifted_then_injection(prefect_api, champion):
     assert event.resource["model.version"] == champion["version"]
     assert event.resource["traffic.commit"] == shifted_commit
     assert "mmd_p_value" in event.resource["drift.reason"]
-    assert event.payload["verdict"] == "drift" and event.payload["mlflow_run_id"] == shifted["mlflow_run_id"]
+    assert event.payload["verdict"] == "drift" and event.payload["mlflow_run_id"] == shifted.mlflow_run_id
     assert {s["name"] for s in event.payload["statistics"]} >= {"mmd_p_value", "injection_share"}
 
     write_captured(config, synthetic.injection_conversations(60, seed=4), now - timedelta(minutes=10))
     injected = drift(overrides={**overrides, "drift.max_traffic": 60})
-    by_name = {s["name"]: s for s in injected["statistics"]}
-    assert injected["verdict"] == "drift"
-    assert by_name["injection_share"]["drifted"] and by_name["injection_share"]["value"] >= 0.4
-    assert any("injection_share" in reason for reason in injected["reasons"])
+    by_name = {s.name: s for s in injected.statistics}
+    assert injected.verdict == "drift"
+    assert by_name["injection_share"].drifted and by_name["injection_share"].value >= 0.4
+    assert any("injection_share" in reason for reason in injected.reasons)
 
     # The report: verdict first, every figure embedded, the history of this champion's checks.
-    html = Path(injected["report_uri"].removeprefix("file://")).read_text()
+    html = Path(injected.report_uri.removeprefix("file://")).read_text()
     assert html.index("drift</div>") < html.index("<table>")
     assert html.count("<img ") == 3 and html.count("data:image/png;base64,") == 3
 
@@ -231,10 +231,10 @@ def test_too_few_records_in_the_window_give_no_verdict_and_no_event(prefect_api,
     path = traffic.captured_path(config.serve.traffic.prefix, now)
     _commit_traffic_file(config, path, b"\xff not UTF-8\n")  # counted, not fatal
     result = drift(overrides=overrides)
-    assert result["verdict"] == "not enough traffic" and result["statistics"] == []
-    assert result["traffic_records"] == 5 and not result["event_emitted"]
-    assert result["traffic_unreadable"] == 1 and "1 unreadable lines skipped" in result["notes"][0]
-    assert "fewer than drift.min_traffic" in result["reasons"][0]
+    assert result.verdict == "not enough traffic" and result.statistics == []
+    assert result.traffic_records == 5 and not result.event_emitted
+    assert result.traffic_unreadable == 1 and "1 unreadable lines skipped" in result.notes[0]
+    assert "fewer than drift.min_traffic" in result.reasons[0]
 
 
 def _commit_traffic_file(config, path: str, data: bytes) -> None:
@@ -290,14 +290,14 @@ def test_too_few_training_prompts_give_no_verdict_instead_of_an_error(
     champion = register_champion(tmp_path, tiny_model_dir, lineage)
     write_captured(champion["config"], synthetic.support_conversations(30, seed=2), datetime.now(UTC))
     result = drift(overrides=champion["overrides"])
-    assert result["verdict"] == "not enough traffic" and result["statistics"] == []
-    assert "not enough training prompts" in result["reasons"][0] and not result["event_emitted"]
+    assert result.verdict == "not enough traffic" and result.statistics == []
+    assert "not enough training prompts" in result.reasons[0] and not result.event_emitted
 
 
 def test_a_champion_without_lineage_tags_is_a_clear_error(
     prefect_api, publish_splits, tiny_model_dir, tmp_path
 ):
-    from fineflow.registry.tracking import LineageError
+    from fineflow.registry.lineage import LineageError
     from flows.drift import drift
 
     commit = publish_splits({"train": []})
@@ -309,8 +309,8 @@ def test_a_champion_without_lineage_tags_is_a_clear_error(
 
 
 def test_no_champion_and_no_traffic_branch_are_clear_errors(prefect_api, publish_splits):
+    from fineflow.registry.refs import ModelRefError
     from flows.drift import drift
-    from flows.evaluate import ModelRefError
     from tasks.drift.traffic_window import TrafficError, read_traffic_window
 
     publish_splits({"train": []})

@@ -5,15 +5,17 @@ champion, and rollback moves the champion back."""
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
 from fineflow.config import load_config
+from fineflow.registry.adapters import adapter_cache_dir
+from fineflow.registry.aliases import Aliases, version_by_alias
 from fineflow.registry.tracking import tracking_uri
 from tasks.evaluation.gates import Scores, decide, load_gates
-from tasks.evaluation.promotion import CHAMPION, PREVIOUS, version_by_alias
 from tests.conftest import LENIENT_GATES
 
 
@@ -43,15 +45,20 @@ def test_evaluate_promote_block_compare_rollback(prefect_api, lifecycle_state):
     config = load_config(overrides=overrides)
     client = MlflowClient(tracking_uri(config))
     name = config.registry.model_name
+    CHAMPION, PREVIOUS = Aliases.of(config).champion, Aliases.of(config).previous  # noqa: N806
 
     first = fine_tune(overrides=overrides)
+    temporary = set(Path(tempfile.gettempdir()).glob("fineflow-adapter-*"))
     evaluation = evaluate(overrides=overrides)
-    assert evaluation["version"] == first["version"] and evaluation["baseline"].startswith("base model")
-    assert evaluation["promote"] is True
-    judge_gate = [g for g in evaluation["gates"] if g["metric"] == "judge_correctness"][0]
-    assert not judge_gate["blocking"] and "advisory" in judge_gate["reason"]  # the judge is not capable
-    assert judge_gate["reason"].startswith("not measured")
-    run = client.get_run(evaluation["challenger_run"])
+    # The adapter was read from the shared cache, not copied to a temporary directory left behind.
+    assert set(Path(tempfile.gettempdir()).glob("fineflow-adapter-*")) == temporary
+    assert (adapter_cache_dir(config) / name / first["version"] / ".complete").is_file()
+    assert evaluation.version == first["version"] and evaluation.baseline.startswith("base model")
+    assert evaluation.promote is True
+    judge_gate = [g for g in evaluation.gates if g.metric == "judge_correctness"][0]
+    assert not judge_gate.blocking and "advisory" in judge_gate.reason  # the judge is not capable
+    assert judge_gate.reason.startswith("not measured")
+    run = client.get_run(evaluation.challenger_run)
     assert (run.data.metrics["judge_failures"], run.data.metrics["judge_judged"]) == (1.0, 0.0)
     assert {
         "rouge_l",
@@ -64,9 +71,9 @@ def test_evaluate_promote_block_compare_rollback(prefect_api, lifecycle_state):
         "tpot_p50_s",
         "throughput_tokens_per_s",
     } <= set(run.data.metrics)
-    artifacts = {a.path for a in client.list_artifacts(evaluation["challenger_run"])}
+    artifacts = {a.path for a in client.list_artifacts(evaluation.challenger_run)}
     assert {"decision.json", "report.html", "details.json", "vulnerability_scan"} <= artifacts
-    scan_reports = {a.path for a in client.list_artifacts(evaluation["challenger_run"], "vulnerability_scan")}
+    scan_reports = {a.path for a in client.list_artifacts(evaluation.challenger_run, "vulnerability_scan")}
     assert scan_reports == {
         "vulnerability_scan/scan.json",
         "vulnerability_scan/scan.xml",
@@ -75,7 +82,7 @@ def test_evaluate_promote_block_compare_rollback(prefect_api, lifecycle_state):
     assert 0.0 <= run.data.metrics["scan_pass_rate"] <= 1.0
     # Per-item scores are kept with the run, so a decision can be taken with statistics from the record.
     details = json.loads(
-        Path(client.download_artifacts(evaluation["challenger_run"], "details.json")).read_text()
+        Path(client.download_artifacts(evaluation.challenger_run, "details.json")).read_text()
     )
     recorded = Scores.recorded(run.data.metrics, details)
     assert {len(recorded.items[m]) for m in ("rouge_l", "token_f1", "exact_match", "fact_recall")} == {40}
@@ -83,12 +90,12 @@ def test_evaluate_promote_block_compare_rollback(prefect_api, lifecycle_state):
     assert recorded.values["fact_recall"] == pytest.approx(sum(recorded.items["fact_recall"]) / 40)
     assert {"answer_words", "placeholder_rate", "pii_any_rate"} <= set(run.data.metrics)
     # The recorded runs of both models decide with statistics: n, intervals and paired differences.
-    baseline_details = client.download_artifacts(evaluation["baseline_run"], "details.json")
+    baseline_details = client.download_artifacts(evaluation.baseline_run, "details.json")
     baseline = Scores.recorded(
-        client.get_run(evaluation["baseline_run"]).data.metrics,
+        client.get_run(evaluation.baseline_run).data.metrics,
         json.loads(Path(baseline_details).read_text()),
     )
-    shipped = decide(load_gates("configs/gates.yaml"), recorded, baseline, False, evaluation["baseline"])
+    shipped = decide(load_gates("configs/gates.yaml"), recorded, baseline, False, evaluation.baseline)
     rouge = [r for r in shipped.results if r.metric == "rouge_l"][0]
     assert rouge.n == 40 and rouge.ci_low <= rouge.value <= rouge.ci_high
     assert rouge.diff_ci_low <= rouge.diff <= rouge.diff_ci_high and "paired diff" in rouge.reason
@@ -96,30 +103,30 @@ def test_evaluate_promote_block_compare_rollback(prefect_api, lifecycle_state):
     assert client.get_model_version(name, first["version"]).tags["gates.promote"] == "true"
 
     promoted = promote(overrides=overrides)
-    assert promoted["promoted"] and version_by_alias(client, name, CHAMPION) == first["version"]
+    assert promoted.promoted and version_by_alias(client, name, CHAMPION) == first["version"]
 
     # A second challenger, compared with the champion this time; the base model's scores are reused.
     second = fine_tune(overrides={**overrides, "fine_tune.lora.r": 4})
     evaluation = evaluate(overrides=overrides)
-    assert evaluation["baseline"] == f"champion version {first['version']}"
+    assert evaluation.baseline == f"champion version {first['version']}"
 
     # A threshold raised in the gates file blocks the promotion: no alias moves.
     gates.write_text(LENIENT_GATES % "0.99")
     blocked = promote(overrides=overrides)
-    assert not blocked["promoted"] and "rouge_l" in blocked["reason"]
+    assert not blocked.promoted and "rouge_l" in blocked.reason
     assert version_by_alias(client, name, CHAMPION) == first["version"]
 
     gates.write_text(LENIENT_GATES % "0.0")
-    assert promote(overrides=overrides)["promoted"]
+    assert promote(overrides=overrides).promoted
     assert version_by_alias(client, name, CHAMPION) == second["version"]
     assert version_by_alias(client, name, PREVIOUS) == first["version"]
 
     # The first version's recorded decision was taken against the base model; the champion has moved
     # since (as when two lifecycle runs overlap), so that decision no longer promotes it.
     stale = promote(model=f"{name}/{first['version']}", overrides=overrides)
-    assert not stale["promoted"]
-    assert f"the champion is now version {second['version']}" in stale["reason"]
+    assert not stale.promoted
+    assert f"the champion is now version {second['version']}" in stale.reason
     assert version_by_alias(client, name, CHAMPION) == second["version"]
 
     back = rollback(overrides=overrides)
-    assert back["champion"] == first["version"] and back["previous_champion"] == second["version"]
+    assert back.champion == first["version"] and back.previous_champion == second["version"]

@@ -5,18 +5,24 @@ from __future__ import annotations
 import pytest
 from mlflow import MlflowClient
 
-from fineflow.config import ConfigError
+from fineflow.config import ConfigError, load_config
+from fineflow.registry import aliases
+from fineflow.registry.aliases import RollbackError, version_by_alias
 from tasks.evaluation.eval_report import render_html, render_markdown
 from tasks.evaluation.gates import Decision, Gate, GateConfig, StatisticsConfig, decide, load_gates
-from tasks.evaluation.promotion import (
-    CHAMPION,
-    PREVIOUS,
-    RollbackError,
-    promote,
-    record_decision,
-    rollback,
-    version_by_alias,
-)
+from tasks.evaluation.promotion import record_decision
+
+ALIASES = aliases.Aliases.of(load_config())  # as configs/default.yaml names them
+CHAMPION, PREVIOUS = ALIASES.champion, ALIASES.previous
+
+
+def promote(client, model, version, note=""):
+    return aliases.promote(client, model, version, ALIASES, note)
+
+
+def rollback(client, model):
+    return aliases.rollback(client, model, ALIASES)
+
 
 STATISTICS = StatisticsConfig(confidence=0.95, resamples=1000, seed=0, min_items=30)
 

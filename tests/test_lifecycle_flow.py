@@ -11,9 +11,9 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from fineflow.config import DATA_DIR_ENV, load_config
+from fineflow.registry.aliases import version_by_alias
 from fineflow.registry.tracking import tracking_uri
 from fineflow.store import open_store
-from tasks.evaluation.promotion import CHAMPION, version_by_alias
 from tests.conftest import SMALL_LIFECYCLE
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
@@ -48,7 +48,11 @@ def test_lifecycle_end_to_end_cached_rerun_and_changed_stage(prefect_api, lifecy
 
     first = lifecycle(config=config, reason="test")
     assert first["trained"] and first["promoted"] and first["gates_pass"]
-    assert version_by_alias(client, name, CHAMPION) == first["version"] == first["champion"]
+    assert (
+        version_by_alias(client, name, config.registry.champion_alias)
+        == first["version"]
+        == first["champion"]
+    )
     tags = client.get_model_version(name, first["version"]).tags
     assert tags["dataset_commit"] == first["dataset_commit"] and tags["code_commit"] == first["code_commit"]
     assert tags["lifecycle.flow_run_id"] == first["flow_run_id"]
@@ -122,7 +126,7 @@ def test_failing_stage_is_named_and_champion_untouched(prefect_api, lifecycle_ov
     with pytest.raises(StageFailedError) as failure:
         lifecycle(config=config, overrides={"fine_tune.lora.target_modules": ["no_such_module"]})
     assert failure.value.stage == "fine-tune" and "no_such_module" in str(failure.value)
-    assert version_by_alias(client, config.registry.model_name, CHAMPION) == champion
+    assert version_by_alias(client, config.registry.model_name, config.registry.champion_alias) == champion
 
 
 def test_tracking_call_failing_once_is_retried(prefect_api, lifecycle_overrides, monkeypatch):
@@ -145,7 +149,11 @@ def test_tracking_call_failing_once_is_retried(prefect_api, lifecycle_overrides,
     summary = lifecycle(config=config)
     assert summary["promoted"] and calls[:2] == ["challenger", "challenger"]
     client = MlflowClient(tracking_uri(config))
-    assert version_by_alias(client, config.registry.model_name, CHAMPION) == summary["version"] == "1"
+    assert (
+        version_by_alias(client, config.registry.model_name, config.registry.champion_alias)
+        == summary["version"]
+        == "1"
+    )
     assert len(client.search_model_versions(f"name = '{config.registry.model_name}'")) == 1
 
 
@@ -176,7 +184,7 @@ def test_drift_quality_check_re_measures_the_promoted_champion(prefect_api, life
     traffic.commit_captured(store, config, len(records))
 
     result = drift(overrides={**lifecycle_overrides, "drift.min_traffic": 3, "drift.train_sample": 20})
-    assert result["version"] == champion
-    quality = {s["name"]: s for s in result["statistics"] if s["kind"] == "quality"}
+    assert result.version == champion
+    quality = {s.name: s for s in result.statistics if s.kind == "quality"}
     assert set(quality) == {f"quality_{metric}_delta" for metric in config.drift.quality.max_drop}
-    assert all(abs(s["value"]) < 1e-9 and not s["drifted"] for s in quality.values()), quality
+    assert all(abs(s.value) < 1e-9 and not s.drifted for s in quality.values()), quality

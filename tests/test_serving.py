@@ -24,9 +24,10 @@ from fastapi.testclient import TestClient
 from fineflow.config import DATA_DIR_ENV, load_config
 from fineflow.models.engine import StopTrimmer, load_generator
 from fineflow.privacy.masker import get_masker
+from fineflow.registry.adapters import download_adapter
 from fineflow.serving.app import create_app
 from fineflow.serving.capture import TrafficCapture
-from fineflow.serving.loading import ServedModel, ServeModelError, download_adapter, load_served_model
+from fineflow.serving.loading import ServedModel, ServeModelError, load_served_model
 from fineflow.store import open_store
 from fineflow.store.embedded import EmbeddedStore
 
@@ -506,6 +507,40 @@ def test_an_adapter_cache_without_its_completion_marker_is_downloaded_again(regi
     (target / "kept").write_text("a complete cache is trusted, not downloaded again")
     download_adapter(config, name, "1")
     assert (target / "kept").exists()
+
+
+def test_evaluation_reads_the_adapter_from_the_shared_cache_and_leaves_no_copy(
+    registered_champion, tmp_path, monkeypatch
+):
+    """Evaluation and drift fetch an adapter through the one atomic cache serving uses: nothing is left in
+    the temporary directory, and a second fetch downloads nothing."""
+    import tempfile
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    from fineflow.registry.adapters import adapter_cache_dir
+    from fineflow.registry.refs import resolve
+    from fineflow.registry.tracking import tracking_uri
+    from tasks.evaluation.measurements import challenger_subject, fetch_adapter
+
+    config = registered_champion
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    found = resolve(MlflowClient(tracking_uri(config)), "acme-support-assistant@champion")
+    adapter = fetch_adapter.fn(config, challenger_subject(found))
+    assert (
+        Path(adapter) == adapter_cache_dir(config) / "acme-support-assistant" / "1" / "artifacts" / "adapter"
+    )
+    assert (Path(adapter) / "adapter_config.json").is_file() and list(scratch.iterdir()) == []
+
+    def no_download(**kwargs):
+        raise AssertionError(f"downloaded again: {kwargs}")
+
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", no_download)
+    assert fetch_adapter.fn(config, challenger_subject(found)) == adapter
+    assert download_adapter(config, "acme-support-assistant", "1") == Path(adapter)  # serving's copy
 
 
 LAKEFS_ENV = (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -13,6 +13,9 @@ from rich.table import Table
 from fineflow.config import FineflowConfig, load_config
 from fineflow.runtime import prepare_environment
 from fineflow.stack import use_running_stack
+
+if TYPE_CHECKING:
+    from tasks.evaluation.gates import GateResult
 
 console = Console(soft_wrap=True)  # URIs and commit ids stay whole, for copy and paste
 
@@ -48,7 +51,7 @@ def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def print_gates(title: str, gates: list[dict]) -> None:
+def print_gates(title: str, gates: list[GateResult]) -> None:
     from tasks.evaluation.eval_report import format_value
 
     table = Table(title=title)
@@ -56,14 +59,14 @@ def print_gates(title: str, gates: list[dict]) -> None:
         table.add_column(column, overflow="fold")
 
     for gate in gates:
-        verdict = ("pass" if gate["passed"] else "FAIL") + ("" if gate["blocking"] else " (advisory)")
-        colour = "green" if gate["passed"] else ("red" if gate["blocking"] else "yellow")
+        verdict = ("pass" if gate.passed else "FAIL") + ("" if gate.blocking else " (advisory)")
+        colour = "green" if gate.passed else ("red" if gate.blocking else "yellow")
         table.add_row(
-            gate["metric"],
-            format_value(gate["value"]),
-            format_value(gate["threshold"]),
-            format_value(gate["champion_value"]),
+            gate.metric,
+            format_value(gate.value),
+            format_value(gate.threshold),
+            format_value(gate.champion_value),
             f"[{colour}]{verdict}[/{colour}]",
-            gate["reason"],
+            gate.reason,
         )
     console.print(table)

@@ -22,11 +22,9 @@ def evaluate_command(
     from flows.evaluate import evaluate
 
     result = evaluate(model=model, config_path=str(config), overrides=flow_overrides(set_))
-    print_gates(
-        f"{result['model_name']} version {result['version']} vs {result['baseline']}", result["gates"]
-    )
-    verdict = "[green]gates pass: ready to promote[/green]" if result["promote"] else "[red]gates fail[/red]"
-    console.print(f"{verdict}  (report.html and decision.json in MLflow run {result['challenger_run']})")
+    print_gates(f"{result.model_name} version {result.version} vs {result.baseline}", result.gates)
+    verdict = "[green]gates pass: ready to promote[/green]" if result.promote else "[red]gates fail[/red]"
+    console.print(f"{verdict}  (report.html and decision.json in MLflow run {result.challenger_run})")
 
 
 def promote_command(
@@ -37,16 +35,16 @@ def promote_command(
     from flows.promote import promote
 
     result = promote(model=model, config_path=str(config), overrides=flow_overrides(set_))
-    print_gates(f"{result['model_name']} version {result['version']}", result["gates"])
-    if result["promoted"] and result["already_champion"]:
-        console.print(f"version {result['version']} is already the champion; nothing moved")
-    elif result["promoted"]:
+    print_gates(f"{result.model_name} version {result.version}", result.gates)
+    if result.promoted and result.already_champion:
+        console.print(f"version {result.version} is already the champion; nothing moved")
+    elif result.promoted:
         console.print(
-            f"[bold green]promoted[/bold green] version {result['version']} to champion "
-            f"(previous-champion: {result['previous_champion']})"
+            f"[bold green]promoted[/bold green] version {result.version} to champion "
+            f"(previous-champion: {result.previous_champion})"
         )
     else:
-        console.print(f"[bold red]not promoted[/bold red]: {result['reason']}; no alias moved")
+        console.print(f"[bold red]not promoted[/bold red]: {result.reason}; no alias moved")
         raise typer.Exit(1)
 
 
@@ -57,6 +55,6 @@ def rollback_command(config: ConfigOption = DEFAULT_CONFIG, set_: SetOption = No
 
     result = rollback(config_path=str(config), overrides=flow_overrides(set_))
     console.print(
-        f"[bold]{result['model_name']}[/bold]: champion is now version {result['champion']}, "
-        f"previous-champion version {result['previous_champion']}"
+        f"[bold]{result.model_name}[/bold]: champion is now version {result.champion}, "
+        f"previous-champion version {result.previous_champion}"
     )

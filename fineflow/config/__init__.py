@@ -215,7 +215,11 @@ class RegistryConfig(Strict):
     )
     experiment: str
     model_name: str
-    challenger_alias: str
+    challenger_alias: str = Field(description="set on every version fine-tune registers")
+    champion_alias: str = Field(description="the version served and the baseline of the next evaluation")
+    previous_champion_alias: str = Field(
+        description="the champion before the last promotion: rollback's target"
+    )
 
 
 class GenerationConfig(Strict):

@@ -37,12 +37,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from fineflow.config import FineflowConfig
+from fineflow.registry.lineage import REQUIRED_VERSION_TAGS
 
 log = logging.getLogger(__name__)
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 RUN_ID_TAG = "fineflow.run_id"
-REQUIRED_VERSION_TAGS = ("dataset_commit", "base_model", "code_commit", "config_hash")
 # A run that did not finish (killed: RUNNING; or marked FAILED/KILLED by the flow) is continued by a
 # rerun with the same fineflow run id, as the trainer continues from its last checkpoint.
 RESUMABLE_STATUSES = ("RUNNING", "SCHEDULED", "FAILED", "KILLED")
@@ -427,24 +427,3 @@ def _cell(value: Any) -> Any:
     if isinstance(value, dict | list | tuple):
         return json.dumps(value, ensure_ascii=False, sort_keys=True)
     return value
-
-
-# The lineage fine-tune records on every version it registers: evaluation and drift read the data at its
-# dataset commit and load its base model.
-LINEAGE_TAGS = ("dataset_commit", "base_model")
-
-
-class LineageError(ValueError):
-    """A model version without the lineage tags evaluation and drift read (registered by hand, say)."""
-
-
-def lineage_tags(name: str, version: str, tags: dict[str, str]) -> dict[str, str]:
-    """The version's tags, checked to carry every lineage tag."""
-    missing = [tag for tag in LINEAGE_TAGS if tag not in tags]
-    if missing:
-        raise LineageError(
-            f"model version {name}/{version} has no {' or '.join(missing)} tag: evaluation and drift read "
-            f"the lineage tags fine-tune sets on the versions it registers ({', '.join(LINEAGE_TAGS)}); "
-            "set it on the version"
-        )
-    return tags

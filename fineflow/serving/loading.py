@@ -1,22 +1,17 @@
 """The model `fineflow serve` serves: a registered version (`name@alias`, `name/version`) resolved in the
-MLflow registry with its adapter cached locally, or a bare base model."""
+MLflow registry with its adapter from the shared adapter cache, or a bare base model."""
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fineflow.config import FineflowConfig
 from fineflow.models.engine import Generator
-
-CHAMPION_ALIAS = "champion"
-REGISTRY_VERSION = re.compile(r"^[^/@]+/\d+$")
-COMPLETE_MARKER = ".complete"  # written last into a downloaded adapter cache: only a whole one has it
+from fineflow.registry.adapters import download_adapter
+from fineflow.registry.aliases import champion_ref
+from fineflow.registry.refs import ModelRef, ModelRefError, RegisteredVersion
 
 
 class ServeModelError(ValueError):
@@ -33,17 +28,18 @@ class ServedModel:
 
 
 def is_registry_ref(ref: str) -> bool:
-    """`name@alias` or `name/<version number>` (and not a local directory of that name)."""
-    return not Path(ref).expanduser().is_dir() and ("@" in ref or bool(REGISTRY_VERSION.match(ref)))
+    """A model reference (any `...@...`, or `name/<version number>`), and not a local directory of that
+    name: a malformed alias reference is reported as such rather than tried as a base model."""
+    return not Path(ref).expanduser().is_dir() and ("@" in ref or ModelRef.is_ref(ref))
 
 
 def default_model_ref(config: FineflowConfig) -> str:
-    return config.serve.model or f"{config.registry.model_name}@{CHAMPION_ALIAS}"
+    return config.serve.model or str(champion_ref(config))
 
 
 def load_served_model(config: FineflowConfig, ref: str | None = None) -> ServedModel:
-    """The registered version `ref` names (its adapter downloaded from the registry, its base model from the
-    version's `base_model` tag), or, for any other ref, that base model served bare without adapter."""
+    """The registered version `ref` names (its adapter from the cache, its base model from the version's
+    `base_model` tag), or, for any other ref, that base model served bare without adapter."""
     from fineflow.models.engine import load_generator
 
     ref = ref or default_model_ref(config)
@@ -56,67 +52,26 @@ def load_served_model(config: FineflowConfig, ref: str | None = None) -> ServedM
             return ServedModel([ref], load_generator(ref, None, model_cache))
         except (ModelNotFoundError, OSError) as exc:
             raise ServeModelError(f"cannot serve base model {ref!r}: {exc}") from exc
-    name, version, base_model = registered_version(config, ref)
-    adapter = download_adapter(config, name, version)
-    ids = [f"{name}/{version}", *([ref] if "@" in ref else [])]
-    return ServedModel(ids, load_generator(base_model, str(adapter), model_cache))
+    found = registered_version(config, ref)
+    adapter = download_adapter(config, found.name, found.version)
+    ids = [f"{found.name}/{found.version}", *([ref] if "@" in ref else [])]
+    return ServedModel(ids, load_generator(found.tags["base_model"], str(adapter), model_cache))
 
 
-def registered_version(config: FineflowConfig, ref: str) -> tuple[str, str, str]:
-    """`name@alias` or `name/version` -> (name, version, base model of that version)."""
+def registered_version(config: FineflowConfig, ref: str) -> RegisteredVersion:
+    """The version `ref` names, checked to name its base model."""
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
     from fineflow.registry.tracking import tracking_uri
 
-    client = MlflowClient(tracking_uri(config))
     try:
-        if "@" in ref:
-            name, alias = ref.split("@", 1)
-            found = client.get_model_version_by_alias(name, alias)
-        else:
-            name, _, number = ref.rpartition("/")
-            found = client.get_model_version(name, number)
-    except MlflowException as exc:
+        found = ModelRef.parse(ref).resolve(MlflowClient(tracking_uri(config)))
+    except ModelRefError as exc:
         raise ServeModelError(
             f"no registered model version {ref!r} in {tracking_uri(config)} (use name@alias or "
             "name/version; `fineflow finetune` registers one, `fineflow promote` makes it champion; or "
             "serve a base model, e.g. --model smollm2-135m-instruct)"
         ) from exc
     if "base_model" not in found.tags:
-        raise ServeModelError(f"{name} version {found.version} has no base_model tag")
-    return name, str(found.version), found.tags["base_model"]
-
-
-def download_adapter(config: FineflowConfig, name: str, version: str) -> Path:
-    """The version's LoRA adapter (the pyfunc model's `artifacts/adapter`), downloaded once to
-    <data_dir>/serve/models/<name>/<version>: a registered version never changes. The download goes to a
-    temporary sibling directory, which gets a completion marker and is then renamed into place: a download
-    cut short (Ctrl-C, a full disk, a dropped connection) never leaves a cache a later start would trust."""
-    import mlflow
-
-    from fineflow.registry.tracking import tracking_uri, use_tracking_uri
-
-    target = config.data_dir / "serve" / "models" / name / version
-    adapter = target / "artifacts" / "adapter"
-    if (target / COMPLETE_MARKER).exists():
-        return adapter
-    if target.exists():  # a half cache (left by a version of fineflow that wrote in place): start over
-        shutil.rmtree(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{version}-partial-", dir=target.parent))
-    try:
-        with use_tracking_uri(tracking_uri(config)):
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{name}/{version}", dst_path=str(partial)
-            )
-        (partial / COMPLETE_MARKER).touch()
-        try:
-            os.replace(partial, target)
-        except OSError:
-            if not (target / COMPLETE_MARKER).exists():
-                raise
-            # another server finished downloading the same version first: use its copy
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-    return adapter
+        raise ServeModelError(f"{found.name} version {found.version} has no base_model tag")
+    return found

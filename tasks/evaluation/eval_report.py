@@ -76,6 +76,25 @@ def render_markdown(decision: Decision, title: str) -> str:
     return "\n".join(lines)
 
 
+def evaluation_title(name: str, version: str, decision: Decision) -> str:
+    return f"{name} version {version} vs {decision.baseline}"
+
+
+def report_notes(judge_capable: bool) -> list[str]:
+    """What a reader must know to weigh the table."""
+    if judge_capable:
+        return []
+    return [
+        "Judge-scored metrics are advisory: the judge is not marked capable, so they cannot block a gate."
+    ]
+
+
+def evaluation_markdown(decision: Decision, title: str, notes: list[str], run_id: str) -> str:
+    """The Prefect artifact of an evaluation: the gate table, its notes, and where the full report is."""
+    markdown = render_markdown(decision, title) + "".join(f"\n\n_{note}_" for note in notes)
+    return markdown + f"\n\nMLflow run `{run_id}`: decision.json and report.html"
+
+
 def render_html(decision: Decision, title: str, notes: list[str] | None = None) -> str:
     rows = "\n".join(_html_row(r) for r in decision.results)
     ci = html.escape(_ci_label(decision))

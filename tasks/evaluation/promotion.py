@@ -1,40 +1,47 @@
-"""Moving the aliases: the challenger becomes champion only on a passing decision, the old champion is
-kept as previous-champion, and rollback moves champion back. A failed gate moves nothing.
+"""The promotion stage's tasks: the gate decision recorded on the version, the recorded evaluation read
+back, the staleness check, and the alias moves (fineflow.registry.aliases) as retried tasks.
 
-Every move is recorded on the model versions as tags, so the registry itself tells who was champion
-when, and why.
+Every record lives on the model versions as tags, so the registry itself tells who was champion when,
+and why.
 """
 
 from __future__ import annotations
 
-import time
+import json
 from dataclasses import dataclass
 
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
-from tasks.evaluation.gates import Decision
+from fineflow.config import FineflowConfig
+from fineflow.registry import aliases
+from fineflow.registry.aliases import Aliases, AliasMove, RollbackError, version_by_alias
+from fineflow.registry.refs import RegisteredVersion
+from fineflow.registry.tracking import tracking_uri
+from fineflow.runtime import IO_RETRIES
+from tasks.evaluation.eval_report import render_html
+from tasks.evaluation.gates import Decision, Scores
+from tasks.evaluation.measure import version_key
+from tasks.evaluation.measurements import SUBJECT_TAG, recorded_scores
 
-CHAMPION = "champion"
-PREVIOUS = "previous-champion"
+EVAL_RUN_TAG, BASELINE_RUN_TAG, BASELINE_TAG = "gates.eval_run", "gates.baseline_run", "gates.baseline"
+PROMOTED_EVENT = "fineflow.model.promoted"
 
 
-class RollbackError(RuntimeError):
-    """There is no previous champion to go back to."""
+class NotEvaluatedError(RuntimeError):
+    """The challenger has no recorded evaluation to decide on."""
 
 
 @dataclass(frozen=True)
-class AliasMove:
-    model: str
-    champion: str  # version now champion
-    previous: str | None  # version now previous-champion
+class RecordedEvaluation:
+    """What `evaluate` recorded for a version: both sides' scores (with their per-item values, so the
+    gates decide with the same statistics as at evaluation) and what the baseline was."""
 
-
-def version_by_alias(client: MlflowClient, model: str, alias: str) -> str | None:
-    try:
-        return str(client.get_model_version_by_alias(model, alias).version)
-    except MlflowException:
-        return None  # the alias is not set (no champion yet)
+    challenger_scores: Scores
+    baseline_scores: Scores
+    baseline_label: str  # "champion version N" / "base model X", as the gate table names it
+    evaluated_against: str  # the baseline's subject key, e.g. "version:1"
 
 
 def record_decision(client: MlflowClient, model: str, version: str, decision: Decision) -> None:
@@ -46,37 +53,104 @@ def record_decision(client: MlflowClient, model: str, version: str, decision: De
             model, version, f"gate.{result.metric}", f"{verdict} ({kind}): {result.reason}"
         )
     client.set_model_version_tag(model, version, "gates.promote", str(decision.promote).lower())
-    client.set_model_version_tag(model, version, "gates.baseline", decision.baseline)
+    client.set_model_version_tag(model, version, BASELINE_TAG, decision.baseline)
 
 
-def promote(client: MlflowClient, model: str, challenger: str, note: str = "") -> AliasMove:
-    old = version_by_alias(client, model, CHAMPION)
-    if old == str(challenger):
-        return AliasMove(model, str(challenger), version_by_alias(client, model, PREVIOUS))
-    if old is not None:
-        client.set_registered_model_alias(model, PREVIOUS, old)
-        client.set_model_version_tag(model, old, "demoted_at", _now())
-    client.set_registered_model_alias(model, CHAMPION, str(challenger))
-    client.set_model_version_tag(model, str(challenger), "promoted_at", _now())
-    if note:
-        client.set_model_version_tag(model, str(challenger), "promotion_note", note)
-    return AliasMove(model, str(challenger), old)
+@task(name="record-decision", cache_policy=NO_CACHE, **IO_RETRIES)
+def save_decision(client: MlflowClient, found: RegisteredVersion, decision: Decision) -> None:
+    record_decision(client, found.name, found.version, decision)
 
 
-def rollback(client: MlflowClient, model: str) -> AliasMove:
-    """champion <- previous-champion; the rolled-back version becomes previous-champion (so a second
-    rollback undoes the first)."""
-    previous = version_by_alias(client, model, PREVIOUS)
-    if previous is None:
-        raise RollbackError(f"{model} has no {PREVIOUS!r} alias: nothing to roll back to")
-    current = version_by_alias(client, model, CHAMPION)
-    client.set_registered_model_alias(model, CHAMPION, previous)
-    client.set_model_version_tag(model, previous, "rolled_back_to_at", _now())
-    if current is not None:
-        client.set_registered_model_alias(model, PREVIOUS, current)
-        client.set_model_version_tag(model, current, "rolled_back_from_at", _now())
-    return AliasMove(model, previous, current)
+@task(name="record-evaluation", cache_policy=NO_CACHE, **IO_RETRIES)
+def record_evaluation(
+    client: MlflowClient,
+    found: RegisteredVersion,
+    decision: Decision,
+    runs: tuple[str, str],
+    title: str,
+    notes: list[str],
+) -> None:
+    """decision.json and report.html in the challenger's run; the decision and both runs on the version."""
+    challenger_run, baseline_run = runs
+    client.log_text(challenger_run, json.dumps(decision.as_json(), indent=2), "decision.json")
+    client.log_text(challenger_run, render_html(decision, title, notes), "report.html")
+    record_decision(client, found.name, found.version, decision)
+    client.set_model_version_tag(found.name, found.version, EVAL_RUN_TAG, challenger_run)
+    client.set_model_version_tag(found.name, found.version, BASELINE_RUN_TAG, baseline_run)
 
 
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+def recorded_evaluation(client: MlflowClient, found: RegisteredVersion) -> RecordedEvaluation:
+    """The metrics `evaluate` recorded for the version and its baseline; NotEvaluatedError without."""
+    if EVAL_RUN_TAG not in found.tags:
+        raise NotEvaluatedError(
+            f"{found.name} version {found.version} has no recorded evaluation: run `fineflow evaluate` first"
+        )
+    baseline = client.get_run(found.tags[BASELINE_RUN_TAG])
+    return RecordedEvaluation(
+        challenger_scores=recorded_scores(client, found.tags[EVAL_RUN_TAG]),
+        baseline_scores=recorded_scores(client, baseline.info.run_id),
+        baseline_label=found.tags.get(BASELINE_TAG, "baseline"),
+        evaluated_against=baseline.data.tags.get(SUBJECT_TAG, ""),
+    )
+
+
+def stale_baseline(champion: str | None, evaluated_against: str) -> str | None:
+    """Why the recorded decision no longer applies, if the champion moved since the evaluation.
+
+    Two lifecycle runs, or a manual promotion, can overlap: a challenger compared with champion 1 must
+    not replace a champion 2 it was never compared with."""
+    if champion is None or evaluated_against == version_key(champion):
+        return None
+    return (
+        f"it was evaluated against {evaluated_against or 'an unknown baseline'}, but the champion is now "
+        f"version {champion}: evaluate it again (fineflow evaluate) before promoting"
+    )
+
+
+@task(name="record-rejection", cache_policy=NO_CACHE, **IO_RETRIES)
+def record_rejection(client: MlflowClient, found: RegisteredVersion, comment: str) -> None:
+    """A person's "no" on the version, with why."""
+    client.set_model_version_tag(found.name, found.version, "promotion_rejected", comment or "rejected")
+
+
+@task(name="read-champion", cache_policy=NO_CACHE, **IO_RETRIES)
+def read_champion(config: FineflowConfig) -> str | None:
+    """The version the champion alias names now, None when there is none."""
+    client = MlflowClient(tracking_uri(config))
+    return version_by_alias(client, config.registry.model_name, config.registry.champion_alias)
+
+
+@task(name="move-aliases", cache_policy=NO_CACHE, **IO_RETRIES)
+def move_aliases(client: MlflowClient, found: RegisteredVersion, names: Aliases, note: str) -> AliasMove:
+    return aliases.promote(client, found.name, found.version, names, note)
+
+
+def _transient(task, task_run, state) -> bool:
+    """Retry a failed tracking call, but not a rollback with nothing to go back to: that stays so."""
+    try:
+        state.result()
+    except RollbackError:
+        return False
+    except Exception:
+        return True
+    return True
+
+
+@task(name="move-aliases-back", cache_policy=NO_CACHE, retry_condition_fn=_transient, **IO_RETRIES)
+def move_aliases_back(client: MlflowClient, model: str, names: Aliases) -> AliasMove:
+    return aliases.rollback(client, model, names)
+
+
+def promoted_event(name: str, version: str, previous: str | None, note: str) -> dict:
+    """emit_event's arguments for a promotion: others react to it (an automation, a serving fleet
+    reloading the champion)."""
+    return {
+        "event": PROMOTED_EVENT,
+        "resource": {
+            "prefect.resource.id": f"fineflow.model.{name}",
+            "model.name": name,
+            "model.version": str(version),
+            "model.previous_version": str(previous or ""),
+        },
+        "payload": {"note": note},
+    }

@@ -1,0 +1,114 @@
+"""The drift checks of one champion: whether there is enough data to judge, input drift against its
+training prompts, quality drift against its recorded evaluation, and the verdict they give."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mlflow import MlflowClient
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from fineflow.config import FineflowConfig
+from fineflow.models.base import load_tokenizer
+from fineflow.registry.adapters import download_adapter
+from fineflow.registry.refs import RegisteredVersion
+from tasks.drift.quality import compare_quality, golden_scores, recorded_scores
+from tasks.drift.report import DRIFT, NO_DRIFT, NOT_ENOUGH, ReportData
+from tasks.drift.stats import MIN_POINTS, InputDrift, Statistic, input_drift
+from tasks.drift.traffic_window import TrafficWindow
+
+
+@dataclass
+class QualityCheck:
+    statistics: list[Statistic] = field(default_factory=list)
+    note: str | None = None  # for the report
+    promotion_scores: dict[str, float] = field(default_factory=dict)  # golden scores at promotion
+
+
+def new_report(config: FineflowConfig, found: RegisteredVersion, window: TrafficWindow) -> ReportData:
+    """A report with no verdict yet, noting what was compared."""
+    report = ReportData(
+        title=f"Drift check of {found.name} version {found.version}",
+        verdict=NOT_ENOUGH,
+        reasons=[],
+        statistics=[],
+        bins=config.drift.histogram_bins,
+    )
+    report.notes.append(
+        f"Traffic: {len(window.records)} records since {window.since:%Y-%m-%d %H:%M} UTC at commit "
+        f"{window.commit} of branch {config.serve.traffic.branch} ({window.unreadable} unreadable lines "
+        "skipped); "
+        f"training prompts: dataset commit {found.tags['dataset_commit']}."
+    )
+    return report
+
+
+def too_little_traffic(config: FineflowConfig, window: TrafficWindow) -> str | None:
+    if len(window.records) >= config.drift.min_traffic:
+        return None
+    return (
+        f"{len(window.records)} traffic records in the window, fewer than drift.min_traffic="
+        f"{config.drift.min_traffic}: no verdict"
+    )
+
+
+def too_few_training_prompts(training: list[str], dataset_commit: str) -> str | None:
+    """A train split this small (or empty) leaves nothing to compare traffic with: no verdict, as with
+    too little traffic, rather than a statistics error."""
+    if len(training) >= MIN_POINTS:
+        return None
+    return (
+        f"{len(training)} training prompts at dataset commit {dataset_commit}, fewer than "
+        f"{MIN_POINTS}: not enough training prompts, no verdict"
+    )
+
+
+@task(name="input-drift", cache_policy=NO_CACHE)
+def measure_input(
+    traffic: list[str], training: list[str], base_model: str, rules, config: FineflowConfig
+) -> InputDrift:
+    tokenizer = load_tokenizer(base_model, config.data_dir / "models")
+    return input_drift(traffic, training, tokenizer, rules, config.drift)
+
+
+@task(name="quality-drift", cache_policy=NO_CACHE)
+def measure_quality(client: MlflowClient, config: FineflowConfig, found: RegisteredVersion) -> QualityCheck:
+    """The golden set answered again, compared with the scores recorded when the version was evaluated."""
+    recorded = recorded_scores(client, found.tags, list(config.drift.quality.max_drop))
+    if recorded is None:
+        skipped = f"version {found.version} has no recorded evaluation (no gates.eval_run)"
+        return QualityCheck(note=f"Quality drift skipped: {skipped}.")
+    adapter = download_adapter(config, found.name, found.version)
+    current = golden_scores(config, found.tags["base_model"], str(adapter))
+    return QualityCheck(
+        statistics=compare_quality(current, recorded.metrics, config.drift.quality.max_drop),
+        note=f"Quality compared with evaluation run {recorded.run_id} (the scores recorded for promotion).",
+        promotion_scores=recorded.metrics,
+    )
+
+
+def add_input(report: ReportData, measured: InputDrift) -> None:
+    report.statistics += measured.statistics
+    report.traffic_nearest, report.heldout_nearest = measured.traffic_nearest, measured.heldout_nearest
+    report.lengths = measured.lengths
+
+
+def add_quality(report: ReportData, quality: QualityCheck) -> None:
+    report.statistics += quality.statistics
+    if quality.note:
+        report.notes.append(quality.note)
+    report.promotion_scores = quality.promotion_scores
+
+
+def conclude(report: ReportData) -> None:
+    """The verdict: drift when any deciding statistic drifted (advisory ones are only reported)."""
+    drifted = [s for s in report.statistics if s.decides and s.drifted]
+    report.verdict = DRIFT if drifted else NO_DRIFT
+    report.reasons = [reason(s) for s in drifted] or ["every deciding statistic is within its threshold"]
+
+
+def reason(stat: Statistic) -> str:
+    if stat.kind == "quality":
+        return f"quality: {stat.name} {stat.value:+.3f} ({stat.rule})"
+    return f"input drift: {stat.name}={stat.value:.3g} ({stat.rule})"

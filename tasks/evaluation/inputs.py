@@ -1,0 +1,45 @@
+"""What an evaluation reads: its files (checked before any model is loaded), the evaluation sets at the
+version's dataset commit, and the evaluation key that names them for reuse."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from fineflow.config import FineflowConfig, config_hash
+from fineflow.runtime import IO_RETRIES, code_version
+from fineflow.store import open_store
+from tasks.evaluation.classic_metrics import load_eval_prompts
+from tasks.evaluation.gates import GateConfig, load_gates
+from tasks.evaluation.injection import load_payloads
+from tasks.evaluation.measure import EvalSets, read_golden
+
+
+def check_inputs(config: FineflowConfig) -> GateConfig:
+    """The gates, after every evaluation input file is read once: a typo fails in seconds, not after
+    minutes of model time."""
+    gates = load_gates(config.evaluation.gates_file)
+    load_eval_prompts(config.evaluation.classic_metrics.prompts_file)
+    load_payloads(config.evaluation.injection_payloads_file)
+    return gates
+
+
+def evaluation_key(config: FineflowConfig, dataset_commit: str) -> str:
+    """Names what a score depends on (eval split commit, golden set, evaluation config, code): a model
+    measured on the same key is not measured again."""
+    golden = Path(config.evaluation.golden_file).read_bytes()
+    return config_hash(config.evaluation, dataset_commit, golden, code_version())[:24]
+
+
+@task(name="read-eval-sets", cache_policy=NO_CACHE, **IO_RETRIES)
+def read_eval_sets(config: FineflowConfig, dataset_commit: str) -> EvalSets:
+    """The golden set and the first evaluation.max_eval_rows rows of the eval split at the commit."""
+    store = open_store(config)
+    data = store.read(config.store.repo, dataset_commit, f"{config.data_prep.output_prefix}/eval.jsonl")
+    rows = [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+    questions, references = read_golden(config.evaluation.golden_file)
+    limit = config.evaluation.max_eval_rows
+    return EvalSets(questions, references, [row["messages"] for row in rows[:limit]])

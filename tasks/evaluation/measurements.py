@@ -1,0 +1,114 @@
+"""Measurements kept as MLflow runs in the evaluation experiment, one per model and evaluation key, so the
+champion is not measured again for every challenger.
+
+Three tasks: the lookup and the logging talk to the tracking server and are retried on a transient
+failure; the measurement itself (minutes of model time) is not repeated because a log call failed.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from mlflow import MlflowClient
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from fineflow.config import FineflowConfig
+from fineflow.registry.adapters import download_adapter
+from fineflow.registry.aliases import version_by_alias
+from fineflow.registry.lineage import lineage_tags
+from fineflow.registry.refs import ModelRef, RegisteredVersion
+from fineflow.registry.runs import recorded_run
+from fineflow.registry.tracking import ensure_experiment
+from fineflow.runtime import IO_RETRIES, step_logger
+from tasks.evaluation.gates import Scores
+from tasks.evaluation.measure import EvalSets, Measurement, Subject, measure, version_key
+
+SUBJECT_TAG, KEY_TAG = "eval.subject", "eval.key"
+DETAILS_FILE = "details.json"  # answers, counts and the per-item scores the gates test
+
+
+def challenger_subject(found: RegisteredVersion) -> Subject:
+    return Subject(
+        f"version {found.version}", version_key(found.version), found.tags["base_model"], found.uri
+    )
+
+
+def baseline_subject(client: MlflowClient, config: FineflowConfig, challenger: RegisteredVersion) -> Subject:
+    """The champion, or the bare base model when there is no champion yet (or the challenger is it)."""
+    name, base_model = challenger.name, challenger.tags["base_model"]
+    champion = version_by_alias(client, name, config.registry.champion_alias)
+    if champion is None or champion == challenger.version:
+        return Subject(f"base model {base_model}", f"base:{base_model}", base_model, None)
+    tags = lineage_tags(name, champion, client.get_model_version(name, champion).tags)
+    found = RegisteredVersion(name, champion, tags)
+    return Subject(f"champion version {champion}", version_key(champion), tags["base_model"], found.uri)
+
+
+def measured(
+    client: MlflowClient, config: FineflowConfig, subject: Subject, sets: EvalSets, key: str
+) -> tuple[str, Scores]:
+    """(MLflow run id, scores with their per-item values) for a subject on this evaluation key: reused
+    when already measured."""
+    found = find_measurement(client, config, subject, key)
+    if found:
+        return found
+    # Fetched only now: a model already measured on this key needs no weights at all.
+    adapter = fetch_adapter(config, subject)
+    result = measure_subject(subject, adapter, sets, config)
+    return log_measurement(client, config, subject, key, result), result.scores
+
+
+@task(name="find-measurement", cache_policy=NO_CACHE, **IO_RETRIES)
+def find_measurement(
+    client: MlflowClient, config: FineflowConfig, subject: Subject, key: str
+) -> tuple[str, Scores] | None:
+    experiment = ensure_experiment(config, name=config.evaluation.experiment)
+    wanted = f"tags.`{SUBJECT_TAG}` = '{subject.key}' and tags.`{KEY_TAG}` = '{key}'"
+    found = client.search_runs(
+        [experiment], filter_string=f"{wanted} and attributes.status = 'FINISHED'", max_results=1
+    )
+    if not found:
+        return None
+    step_logger().info(
+        "%s already measured on this evaluation key (run %s)", subject.label, found[0].info.run_id
+    )
+    return found[0].info.run_id, recorded_scores(client, found[0].info.run_id)
+
+
+def recorded_scores(client: MlflowClient, run_id: str) -> Scores:
+    """A measurement as its run keeps it: the metrics and the per-item scores in details.json."""
+    with tempfile.TemporaryDirectory(prefix="fineflow-details-") as folder:
+        details = json.loads(Path(client.download_artifacts(run_id, DETAILS_FILE, folder)).read_text())
+    return Scores.recorded(client.get_run(run_id).data.metrics, details)
+
+
+@task(name="fetch-adapter", cache_policy=NO_CACHE, **IO_RETRIES)
+def fetch_adapter(config: FineflowConfig, subject: Subject) -> str | None:
+    """The subject's adapter directory in the shared cache; None for the bare base model."""
+    if subject.model_uri is None:
+        return None
+    ref = ModelRef.from_uri(subject.model_uri)
+    return str(download_adapter(config, ref.name, ref.version))
+
+
+@task(name="measure", task_run_name="measure-{subject.key}", cache_policy=NO_CACHE)
+def measure_subject(subject: Subject, adapter_dir: str | None, sets: EvalSets, config: FineflowConfig):
+    return measure(subject, adapter_dir, sets, config)
+
+
+@task(name="log-measurement", cache_policy=NO_CACHE, **IO_RETRIES)
+def log_measurement(
+    client: MlflowClient, config: FineflowConfig, subject: Subject, key: str, result: Measurement
+) -> str:
+    experiment = ensure_experiment(config, name=config.evaluation.experiment)
+    tags = {SUBJECT_TAG: subject.key, KEY_TAG: key}
+    with recorded_run(client, experiment, f"eval-{subject.key}", tags) as run_id:
+        for metric, value in result.metrics.items():
+            client.log_metric(run_id, metric, value)
+        for path in result.details.get("scan_files", []):
+            client.log_artifact(run_id, path, "vulnerability_scan")
+        client.log_text(run_id, json.dumps(result.details, indent=2), DETAILS_FILE)
+    return run_id
