@@ -14,6 +14,8 @@ from fineflow.config import FineflowConfig
 from fineflow.privacy.masker import scan_for_pii
 from fineflow.runtime import IO_RETRIES, step_logger
 from fineflow.store import DatasetStore, NothingToCommitError
+from fineflow.store.jsonl import parse_jsonl, to_jsonl
+from fineflow.store.layout import dataset_layout
 from tasks.data.records import Quarantined, Removal, Row, format_counts
 
 
@@ -40,10 +42,6 @@ class AuditFailedError(RuntimeError):
         )
 
 
-def _jsonl(items: list[dict]) -> bytes:
-    return "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items).encode()
-
-
 @task(name="write-outputs", **IO_RETRIES)
 def write_outputs(
     store: DatasetStore,
@@ -54,18 +52,17 @@ def write_outputs(
     removed: list[Removal],
     report: dict,
 ) -> WrittenOutputs:
-    repo, prefix = config.store.repo, config.data_prep.output_prefix
+    repo, layout = config.store.repo, dataset_layout(config)
     if store.branch_exists(repo, branch):
         store.delete_branch(repo, branch)  # a kept branch from an earlier failed run with the same inputs
     store.create_branch(repo, branch, config.store.main_branch)
     outputs = {
-        "train": _jsonl(splits["train"]),
-        "eval": _jsonl(splits["eval"]),
-        "quarantine": _jsonl([q.as_json() for q in quarantined]),
-        "removed": _jsonl([r.as_json() for r in removed]),
+        "train": to_jsonl(splits["train"]),
+        "eval": to_jsonl(splits["eval"]),
+        "quarantine": to_jsonl([q.as_json() for q in quarantined]),
+        "removed": to_jsonl([r.as_json() for r in removed]),
     }
-    paths = {name: f"{prefix}/{name}.jsonl" for name in outputs}
-    paths["report"] = f"{prefix}/report.json"
+    paths = {name: layout.path(name) for name in outputs} | {"report": layout.report}
     for name, data in outputs.items():
         store.write(repo, branch, paths[name], data)
     store.write(repo, branch, paths["report"], json.dumps(report, indent=2, ensure_ascii=False).encode())
@@ -125,4 +122,4 @@ def publish_outputs(
 
 
 def _read_rows(store: DatasetStore, repo: str, ref: str, path: str) -> list[Row]:
-    return [json.loads(line) for line in store.read(repo, ref, path).decode().splitlines() if line.strip()]
+    return parse_jsonl(store.read(repo, ref, path))

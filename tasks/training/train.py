@@ -23,6 +23,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from fineflow.config import LoraConfig, TrainingConfig
+from fineflow.store.jsonl import parse_jsonl
 
 METRIC_PREFIX = "FINEFLOW_METRIC "
 EVENT_PREFIX = "FINEFLOW_EVENT "
@@ -58,7 +59,7 @@ def to_prompt_completion(rows: list[dict]) -> list[dict]:
 
 
 def read_rows(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return parse_jsonl(Path(path).read_bytes())
 
 
 def build_trainer(spec: TrainSpec, callbacks: list | None = None):
