@@ -5,18 +5,24 @@ and keeps the branch for inspection.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from fineflow.config import FineflowConfig
 from fineflow.privacy.masker import scan_for_pii
 from fineflow.runtime import IO_RETRIES, step_logger
-from fineflow.store import DatasetStore, NothingToCommitError
+from fineflow.store import DatasetStore, NotFoundError, NothingToCommitError
 from fineflow.store.jsonl import parse_jsonl, to_jsonl
 from fineflow.store.layout import dataset_layout
-from tasks.data.records import Quarantined, Removal, Row, format_counts
+from tasks.data.cache import PREP_STEP_CACHE
+from tasks.data.records import Row, format_counts
+from tasks.data.results import PrepLineage
+
+if TYPE_CHECKING:
+    from tasks.data.report import PreparedOutputs
 
 
 @dataclass
@@ -42,31 +48,25 @@ class AuditFailedError(RuntimeError):
         )
 
 
-@task(name="write-outputs", **IO_RETRIES)
+@task(name="write-outputs", cache_policy=PREP_STEP_CACHE, persist_result=True, **IO_RETRIES)
 def write_outputs(
-    store: DatasetStore,
-    config: FineflowConfig,
-    branch: str,
-    splits: dict[str, list[Row]],
-    quarantined: list[Quarantined],
-    removed: list[Removal],
-    report: dict,
+    store: DatasetStore, config: FineflowConfig, branch: str, prepared: PreparedOutputs
 ) -> WrittenOutputs:
     repo, layout = config.store.repo, dataset_layout(config)
     if store.branch_exists(repo, branch):
         store.delete_branch(repo, branch)  # a kept branch from an earlier failed run with the same inputs
     store.create_branch(repo, branch, config.store.main_branch)
     outputs = {
-        "train": to_jsonl(splits["train"]),
-        "eval": to_jsonl(splits["eval"]),
-        "quarantine": to_jsonl([q.as_json() for q in quarantined]),
-        "removed": to_jsonl([r.as_json() for r in removed]),
+        "train": to_jsonl(prepared.splits["train"]),
+        "eval": to_jsonl(prepared.splits["eval"]),
+        "quarantine": to_jsonl([q.as_json() for q in prepared.quarantined]),
+        "removed": to_jsonl([r.as_json() for r in prepared.removed]),
     }
     paths = {name: layout.path(name) for name in outputs} | {"report": layout.report}
     for name, data in outputs.items():
         store.write(repo, branch, paths[name], data)
-    store.write(repo, branch, paths["report"], json.dumps(report, indent=2, ensure_ascii=False).encode())
-    metadata = {key: str(value) for key, value in report["lineage"].items()}
+    store.write(repo, branch, paths["report"], prepared.report.to_json())
+    metadata = prepared.report.lineage.model_dump()
     try:
         commit = store.commit(repo, branch, "data-prep outputs", metadata)
     except NothingToCommitError:  # the target already holds exactly these outputs
@@ -75,7 +75,7 @@ def write_outputs(
     return WrittenOutputs(branch, commit, paths)
 
 
-@task(name="audit", **IO_RETRIES)
+@task(name="audit", cache_policy=PREP_STEP_CACHE, persist_result=True, **IO_RETRIES)
 def audit_outputs(
     store: DatasetStore, config: FineflowConfig, written: WrittenOutputs, rows_in: int, quarantined: int
 ) -> AuditReport:
@@ -106,12 +106,12 @@ def audit_outputs(
     return report
 
 
-@task(name="publish", **IO_RETRIES)
+@task(name="publish", cache_policy=PREP_STEP_CACHE, persist_result=True, **IO_RETRIES)
 def publish_outputs(
-    store: DatasetStore, config: FineflowConfig, written: WrittenOutputs, lineage: dict
+    store: DatasetStore, config: FineflowConfig, written: WrittenOutputs, lineage: PrepLineage
 ) -> str:
     repo, target = config.store.repo, config.store.main_branch
-    metadata = {key: str(value) for key, value in lineage.items()}
+    metadata = lineage.model_dump()
     published = store.merge(
         repo, written.branch, target, f"publish data-prep outputs from {written.branch}", metadata
     )
@@ -119,6 +119,17 @@ def publish_outputs(
         store.delete_branch(repo, written.branch)
     step_logger().info("publish: merged %s into %s -> %s", written.branch, target, published)
     return published
+
+
+@task(name="check-published", cache_policy=NO_CACHE, **IO_RETRIES)  # must see the store as it is now
+def is_published(store: DatasetStore, config: FineflowConfig, commit: str) -> bool:
+    """Whether the commit is in the store: a cached run can remember one a reset store no longer has."""
+    try:
+        store.get_commit(config.store.repo, commit)
+    except NotFoundError:
+        step_logger().warning("published commit %s is not in the store", commit[:12])
+        return False
+    return True
 
 
 def _read_rows(store: DatasetStore, repo: str, ref: str, path: str) -> list[Row]:

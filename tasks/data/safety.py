@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fineflow.config import ClassifierConfig, SafetyConfig, load_yaml_model
 from fineflow.runtime import step_logger
+from tasks.data.cache import PREP_STEP_CACHE
 from tasks.data.records import Removal, Row, StepResult
 
 
@@ -72,7 +73,7 @@ def load_rules(path: Path) -> RuleSet:
     return load_yaml_model(path, RuleSet, "safety rules file")
 
 
-@task(name="safety-filter")
+@task(name="safety-filter", cache_policy=PREP_STEP_CACHE, persist_result=True)
 def filter_unsafe(rows: list[Row], config: SafetyConfig) -> StepResult:
     rules = load_rules(config.rules_file)
     kept, removed = [], []
