@@ -38,6 +38,7 @@ from flows.promote import promote
 from tasks.evaluation.eval_report import render_markdown
 from tasks.evaluation.gates import Decision
 from tasks.evaluation.promotion import CHAMPION, version_by_alias
+from tasks.training.results import FineTuneResult
 
 # The form's defaults: configs/default.yaml of the code that runs (a deployment's clone at its commit).
 DEFAULTS = load_config(Path(__file__).resolve().parent.parent / DEFAULT_CONFIG)
@@ -77,12 +78,9 @@ def lifecycle(
 
     try:
         inputs = _with_reviewed_traffic(config, traffic_commit) if traffic_commit else None
-        dataset_commit = _stage("data prep", data_prep, config_path=config_file, inputs=inputs)
-        train_uri = (
-            f"lakefs://{config.store.repo}/{dataset_commit}/{config.data_prep.output_prefix}/train.jsonl"
-        )
-        model = _stage("fine-tune", fine_tune, config_path=config_file, dataset=train_uri)
-        ref = f"{model['model_name']}/{model['version']}"
+        prepared = _stage("data prep", data_prep, config_path=config_file, inputs=inputs)
+        model = _stage("fine-tune", fine_tune, config_path=config_file, dataset=prepared.train_uri)
+        ref = f"{model.model_name}/{model.version}"
         evaluation = _stage("evaluate", evaluate, model=ref, config_path=config_file)
         promotion = _stage("promote", promote, model=ref, config_path=config_file)
     except StageFailedError as failure:
@@ -90,7 +88,7 @@ def lifecycle(
         _failure_artifact(failure, champion_before)
         raise
 
-    summary = _summary(config, reason, dataset_commit, model, evaluation, promotion)
+    summary = _summary(config, reason, prepared.commit, model, evaluation, promotion)
     io_task("link-records")(_link_records)(config, summary)
     _summary_artifact(summary)
     return summary
@@ -147,17 +145,19 @@ def _deployed_code() -> str:
     return commit
 
 
-def _summary(config, reason, dataset_commit: str, model: dict, evaluation: dict, promotion: dict) -> dict:
+def _summary(
+    config, reason, dataset_commit: str, model: FineTuneResult, evaluation: dict, promotion: dict
+) -> dict:
     uri = tracking_uri(config)
     return {
         "reason": reason,
         "code_commit": code_version(),
         "dataset_commit": dataset_commit,
-        "dataset_uri": model["dataset_uri"],
-        "model_name": model["model_name"],
-        "version": model["version"],
-        "trained": not model["cached"],
-        "fine_tune_run": model["mlflow_run_id"],
+        "dataset_uri": model.lineage.dataset_uri,
+        "model_name": model.model_name,
+        "version": model.version,
+        "trained": not model.cached,
+        "fine_tune_run": model.mlflow_run_id,
         "evaluation_run": evaluation["challenger_run"],
         "baseline": evaluation["baseline"],
         "gates": evaluation["gates"],
@@ -166,7 +166,7 @@ def _summary(config, reason, dataset_commit: str, model: dict, evaluation: dict,
         "promotion": promotion["reason"],
         "champion": _champion(config),
         "tracking_uri": uri,
-        "mlflow_version_url": _mlflow_url(uri, model["model_name"], model["version"]),
+        "mlflow_version_url": _mlflow_url(uri, model.model_name, model.version),
         "flow_run_id": str(flow_run.id) if flow_run.id else None,
         "flow_run_url": flow_run.ui_url if PREFECT_UI_URL.value() else None,  # no UI without a server
         "data_dir": str(config.data_dir),

@@ -42,7 +42,7 @@ def test_evaluate_promote_block_compare_rollback(prefect_api, lifecycle_state):
 
     first = fine_tune(overrides=overrides)
     evaluation = evaluate(overrides=overrides)
-    assert evaluation["version"] == first["version"] and evaluation["baseline"].startswith("base model")
+    assert evaluation["version"] == first.version and evaluation["baseline"].startswith("base model")
     assert evaluation["promote"] is True
     judge_gate = [g for g in evaluation["gates"] if g["metric"] == "judge_correctness"][0]
     assert not judge_gate["blocking"] and "advisory" in judge_gate["reason"]  # the judge is not capable
@@ -69,33 +69,33 @@ def test_evaluate_promote_block_compare_rollback(prefect_api, lifecycle_state):
         "vulnerability_scan/scan.html",
     }
     assert 0.0 <= run.data.metrics["scan_pass_rate"] <= 1.0
-    assert client.get_model_version(name, first["version"]).tags["gates.promote"] == "true"
+    assert client.get_model_version(name, first.version).tags["gates.promote"] == "true"
 
     promoted = promote(overrides=overrides)
-    assert promoted["promoted"] and version_by_alias(client, name, CHAMPION) == first["version"]
+    assert promoted["promoted"] and version_by_alias(client, name, CHAMPION) == first.version
 
     # A second challenger, compared with the champion this time; the base model's scores are reused.
     second = fine_tune(overrides={**overrides, "fine_tune.lora.r": 4})
     evaluation = evaluate(overrides=overrides)
-    assert evaluation["baseline"] == f"champion version {first['version']}"
+    assert evaluation["baseline"] == f"champion version {first.version}"
 
     # A threshold raised in the gates file blocks the promotion: no alias moves.
     gates.write_text(LENIENT_GATES % "0.99")
     blocked = promote(overrides=overrides)
     assert not blocked["promoted"] and "rouge_l" in blocked["reason"]
-    assert version_by_alias(client, name, CHAMPION) == first["version"]
+    assert version_by_alias(client, name, CHAMPION) == first.version
 
     gates.write_text(LENIENT_GATES % "0.0")
     assert promote(overrides=overrides)["promoted"]
-    assert version_by_alias(client, name, CHAMPION) == second["version"]
-    assert version_by_alias(client, name, PREVIOUS) == first["version"]
+    assert version_by_alias(client, name, CHAMPION) == second.version
+    assert version_by_alias(client, name, PREVIOUS) == first.version
 
     # The first version's recorded decision was taken against the base model; the champion has moved
     # since (as when two lifecycle runs overlap), so that decision no longer promotes it.
-    stale = promote(model=f"{name}/{first['version']}", overrides=overrides)
+    stale = promote(model=f"{name}/{first.version}", overrides=overrides)
     assert not stale["promoted"]
-    assert f"the champion is now version {second['version']}" in stale["reason"]
-    assert version_by_alias(client, name, CHAMPION) == second["version"]
+    assert f"the champion is now version {second.version}" in stale["reason"]
+    assert version_by_alias(client, name, CHAMPION) == second.version
 
     back = rollback(overrides=overrides)
-    assert back["champion"] == first["version"] and back["previous_champion"] == second["version"]
+    assert back["champion"] == first.version and back["previous_champion"] == second.version

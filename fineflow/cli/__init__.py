@@ -123,17 +123,20 @@ def data_prep_command(
         raise typer.Exit(2) from None
 
     try:
-        commit = data_prep(
+        result = data_prep(
             config_path=str(config), inputs=input, overrides=_overrides(set_), refresh_cache=refresh_cache
         )
     except (InputError, ConfigError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
     except AuditFailedError as exc:
-        _print_prep_summary(loaded, exc.branch, published=False)
+        from fineflow.store import open_store
+        from tasks.data.results import read_report
+
+        _print_prep_summary(loaded, read_report(open_store(loaded), loaded, exc.branch), exc.branch)
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
-    _print_prep_summary(loaded, commit)
+    _print_prep_summary(loaded, result.report, result.commit, result)
 
 
 @app.command("finetune")
@@ -155,23 +158,22 @@ def finetune_command(
 
     overrides = _overrides(set_)
     result = fine_tune(config_path=str(config), dataset=dataset, compute=compute, overrides=overrides)
-    verb = "already registered (nothing trained)" if result["cached"] else "registered"
+    verb = "already registered (nothing trained)" if result.cached else "registered"
     console.print(
-        f"[bold green]{verb}[/bold green] {result['model_name']} version {result['version']} "
-        f"as @{result['alias']}"
+        f"[bold green]{verb}[/bold green] {result.model_name} version {result.version} as @{result.alias}"
     )
     table = Table(title="lineage")
     table.add_column("tag")
     table.add_column("value", overflow="fold")
-    for key in ("dataset_uri", "dataset_commit", "base_model", "code_commit", "config_hash", "mlflow_run_id"):
-        table.add_row(key, str(result[key]))
+    for key, value in [*result.lineage.model_dump().items(), ("mlflow_run_id", result.mlflow_run_id)]:
+        table.add_row(key, str(value))
     console.print(table)
-    if result["training"]:
-        run = result["training"]
-        rate = run["tokens_per_second"]
-        console.print(f"trained {run['global_step']} steps, loss {run['train_loss']:.4f}, {rate:.0f} tok/s")
+    if result.training:
+        run = result.training
+        rate = run.tokens_per_second
+        console.print(f"trained {run.global_step} steps, loss {run.train_loss:.4f}, {rate:.0f} tok/s")
     console.print(
-        f"load it: mlflow.pyfunc.load_model('models:/{result['model_name']}@{result['alias']}')"
+        f"load it: mlflow.pyfunc.load_model('models:/{result.model_name}@{result.alias}')"
         f"  (tracking URI {tracking_uri(loaded)})"
     )
 
@@ -493,35 +495,30 @@ def _overrides(set_: list[str] | None) -> dict:
     return {key.strip(): yaml.safe_load(value) for key, value in pairs}
 
 
-def _print_prep_summary(config: FineflowConfig, ref: str, published: bool = True) -> None:
-    from fineflow.store import open_store
+def _print_prep_summary(config: FineflowConfig, report, ref: str, published=None) -> None:
+    """The step table and counts of a report; `published` (a DataPrepResult) when the audit passed."""
+    from fineflow.store.layout import dataset_layout
     from tasks.data.records import format_counts
 
-    prefix = config.data_prep.output_prefix
-    store = open_store(config)
-    report = json.loads(store.read(config.store.repo, ref, f"{prefix}/report.json"))
     table = Table(title="data prep: stage counts")
     for column in ("step", "rows in", "rows out", "dropped, by reason"):
         table.add_column(column, justify="right" if column.startswith("rows") else "left")
-    for step in report["steps"]:
-        dropped = format_counts(step["dropped"])
-        table.add_row(step["step"], str(step["in"]), str(step["out"]), dropped)
+    for step in report.steps:
+        table.add_row(step.step, str(step.rows_in), str(step.rows_out), format_counts(step.dropped))
     console.print(table)
-    counts = report["counts"]
+    counts = report.counts
     console.print(
-        f"{counts['rows_in']} rows in = {counts['train']} train + {counts['eval']} eval + "
-        f"{counts['quarantined']} quarantined + {counts['removed']} removed"
+        f"{counts.rows_in} rows in = {counts.train} train + {counts.eval} eval + "
+        f"{counts.quarantined} quarantined + {counts.removed} removed"
     )
-    pii = format_counts(report["pii_masked_by_type"], empty="none")
-    console.print(f"PII masked: {pii}")
-    quarantined = report["quarantined_by_reason"]
-    if quarantined:
-        console.print("quarantined: " + format_counts(quarantined))
-    if not published:
+    console.print(f"PII masked: {format_counts(report.pii_masked_by_type, empty='none')}")
+    if report.quarantined_by_reason:
+        console.print("quarantined: " + format_counts(report.quarantined_by_reason))
+    if published is None:
+        prefix = dataset_layout(config).prefix
         console.print(f"outputs kept for inspection: lakefs://{config.store.repo}/{ref}/{prefix}/")
         return
-    commit = ref
-    console.print(f"[bold green]published commit[/bold green] {commit}")
-    console.print(f"  train: lakefs://{config.store.repo}/{commit}/{prefix}/train.jsonl")
-    console.print(f"  eval:  lakefs://{config.store.repo}/{commit}/{prefix}/eval.jsonl")
+    console.print(f"[bold green]published commit[/bold green] {published.commit}")
+    console.print(f"  train: {published.train_uri}")
+    console.print(f"  eval:  {published.eval_uri}")
     console.print(f"  quarantine, removed rows and report.json beside them; state under {config.data_dir}")
