@@ -48,6 +48,9 @@ class AuditFailedError(RuntimeError):
         )
 
 
+# Write, audit and publish call the store yet are cached like the other steps: a rerun of the same run
+# key names the commit it already published instead of writing it again. The flow checks that commit
+# is still in the store (is_published) and recomputes when it is not.
 @task(name="write-outputs", cache_policy=PREP_STEP_CACHE, persist_result=True, **IO_RETRIES)
 def write_outputs(
     store: DatasetStore, config: FineflowConfig, branch: str, prepared: PreparedOutputs
