@@ -62,15 +62,6 @@ def code_version() -> str:
 IO_RETRIES = {"retries": 3, "retry_delay_seconds": [1, 5, 15], "retry_jitter_factor": 0.5}
 
 
-def io_task(name: str):
-    """A Prefect task around one call to the dataset store or tracking server: never cached (it must see
-    the current state), retried on a transient failure."""
-    from prefect import task  # lazily: this module is imported before the environment is prepared
-    from prefect.cache_policies import NO_CACHE
-
-    return task(name=name, cache_policy=NO_CACHE, **IO_RETRIES)
-
-
 def step_logger(name: str = "fineflow") -> logging.Logger | logging.LoggerAdapter:
     """The Prefect run logger inside a flow (so counts show in the UI), a plain logger outside one."""
     from prefect import get_run_logger

@@ -15,34 +15,33 @@ champion only moves in the last stage, so a failure anywhere leaves it where it 
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
-import yaml
-from mlflow import MlflowClient
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
-from prefect.runtime import deployment, flow_run
+from prefect.runtime import flow_run
 from prefect.settings import PREFECT_UI_URL
 
 from fineflow.config import DEFAULT_CONFIG, FineflowConfig, apply_overrides, load_config
 from fineflow.registry.tracking import tracking_uri
-from fineflow.runtime import code_version, io_task, step_logger
-from fineflow.serving.capture import reviewed_inputs
-from fineflow.store import open_store
+from fineflow.runtime import code_version, step_logger
 from flows.data_prep import data_prep
 from flows.evaluate import evaluate
 from flows.fine_tune import fine_tune
 from flows.promote import promote
-from tasks.evaluation.eval_report import render_markdown
-from tasks.evaluation.gates import Decision
 from tasks.evaluation.promotion import read_champion
-from tasks.evaluation.results import EvaluationResult, PromotionResult
+from tasks.lifecycle.records import deployed_code, link_records, pin_config, with_reviewed_traffic
+from tasks.lifecycle.summary import (
+    SUMMARY_ARTIFACT_KEY,
+    LifecycleSummary,
+    failure_markdown,
+    mlflow_version_url,
+    summary_markdown,
+)
 
 # The form's defaults: configs/default.yaml of the code that runs (a deployment's clone at its commit).
 DEFAULTS = load_config(Path(__file__).resolve().parent.parent / DEFAULT_CONFIG)
-SUMMARY_ARTIFACT_KEY = "lifecycle-summary"
 
 
 class StageFailedError(RuntimeError):
@@ -60,7 +59,7 @@ def lifecycle(
     overrides: dict[str, Any] | None = None,
     traffic_commit: str | None = None,
     reason: str | None = None,
-) -> dict:
+) -> LifecycleSummary:
     """Prepare data, fine-tune, register, evaluate and promote when the gates pass.
 
     Args:
@@ -72,163 +71,53 @@ def lifecycle(
     """
     config = apply_overrides(config, overrides)
     logger = step_logger()
-    logger.info("lifecycle run: %s; code %s", reason or "started by hand", _deployed_code())
-    config_file = _pin_config(config)
+    logger.info("lifecycle run: %s; code %s", reason or "started by hand", deployed_code())
+    config_file = pin_config(config)
     champion_before = read_champion(config)
 
     try:
-        inputs = _with_reviewed_traffic(config, traffic_commit) if traffic_commit else None
-        dataset_commit = _stage("data prep", data_prep, config_path=config_file, inputs=inputs)
-        train_uri = (
-            f"lakefs://{config.store.repo}/{dataset_commit}/{config.data_prep.output_prefix}/train.jsonl"
+        inputs = (
+            _stage("data prep", with_reviewed_traffic, config, traffic_commit) if traffic_commit else None
         )
-        model = _stage("fine-tune", fine_tune, config_path=config_file, dataset=train_uri)
-        ref = f"{model['model_name']}/{model['version']}"
+        prepared = _stage("data prep", data_prep, config_path=config_file, inputs=inputs)
+        model = _stage("fine-tune", fine_tune, config_path=config_file, dataset=prepared.train_uri)
+        ref = f"{model.model_name}/{model.version}"
         evaluation = _stage("evaluate", evaluate, model=ref, config_path=config_file)
         promotion = _stage("promote", promote, model=ref, config_path=config_file)
     except StageFailedError as failure:
         logger.error("%s; champion left at version %s", failure, champion_before)
-        _failure_artifact(failure, champion_before)
+        create_markdown_artifact(
+            key=SUMMARY_ARTIFACT_KEY,
+            markdown=failure_markdown(failure.stage, failure.cause, champion_before),
+            description=f"lifecycle failed at {failure.stage}",
+        )
         raise
 
-    summary = _summary(config, reason, dataset_commit, model, evaluation, promotion)
-    io_task("link-records")(_link_records)(config, summary)
-    _summary_artifact(summary)
+    uri = tracking_uri(config)
+    summary = LifecycleSummary.of(
+        model,
+        evaluation,
+        promotion,
+        reason=reason,
+        code_commit=code_version(),
+        dataset_commit=prepared.commit,
+        champion=read_champion(config),
+        tracking_uri=uri,
+        mlflow_version_url=mlflow_version_url(uri, model.model_name, model.version),
+        flow_run_id=str(flow_run.id) if flow_run.id else None,
+        flow_run_url=flow_run.ui_url if PREFECT_UI_URL.value() else None,  # no UI without a server
+        data_dir=str(config.data_dir),
+    )
+    link_records(config, summary)
+    create_markdown_artifact(
+        key=SUMMARY_ARTIFACT_KEY, markdown=summary_markdown(summary), description="lifecycle run summary"
+    )
     return summary
 
 
-def _with_reviewed_traffic(config: FineflowConfig, traffic_commit: str) -> list[str]:
-    """The configured inputs plus the reviewed traffic at that commit. Captured traffic is never trained
-    on as it is: its answers are the model's own; only what a person reviewed joins the data."""
-    try:
-        reviewed = io_task("list-reviewed-traffic")(reviewed_inputs)(
-            open_store(config), config, traffic_commit
-        )
-    except Exception as exc:
-        raise StageFailedError("data prep", exc) from exc
-    if not reviewed:
-        step_logger().warning(
-            "no reviewed traffic at %s (%s/reviewed/ is empty): training data unchanged",
-            traffic_commit,
-            config.serve.traffic.prefix,
-        )
-    else:
-        step_logger().info("reviewed traffic joining the data: %s", reviewed)
-    return [*config.data_prep.inputs, *reviewed]
-
-
-def _stage(name: str, stage_flow, **params):
+def _stage(name: str, work, *args, **params):
     step_logger().info("stage %s: starting", name)
     try:
-        return stage_flow(**params)
+        return work(*args, **params)
     except Exception as exc:
         raise StageFailedError(name, exc) from exc
-
-
-def _pin_config(config: FineflowConfig) -> str:
-    """The run's resolved config as a file named by its content: every stage reads exactly this."""
-    text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
-    path = config.data_dir / "configs" / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return str(path)
-
-
-def _deployed_code() -> str:
-    """The code commit; under a deployment its version must be that commit, anything else is worth a look."""
-    commit = code_version()
-    if deployment.version and deployment.version != commit:
-        step_logger().warning("deployment version %s is not the running code %s", deployment.version, commit)
-    return commit
-
-
-def _summary(
-    config, reason, dataset_commit: str, model: dict, evaluation: EvaluationResult, promotion: PromotionResult
-) -> dict:
-    uri = tracking_uri(config)
-    return {
-        "reason": reason,
-        "code_commit": code_version(),
-        "dataset_commit": dataset_commit,
-        "dataset_uri": model["dataset_uri"],
-        "model_name": model["model_name"],
-        "version": model["version"],
-        "trained": not model["cached"],
-        "fine_tune_run": model["mlflow_run_id"],
-        "evaluation_run": evaluation.challenger_run,
-        "baseline": evaluation.baseline,
-        "gates": evaluation.decision.as_json()["gates"],
-        "gates_pass": evaluation.promote,
-        "promoted": promotion.promoted,
-        "promotion": promotion.reason,
-        "champion": read_champion(config),
-        "tracking_uri": uri,
-        "mlflow_version_url": _mlflow_url(uri, model["model_name"], model["version"]),
-        "flow_run_id": str(flow_run.id) if flow_run.id else None,
-        "flow_run_url": flow_run.ui_url if PREFECT_UI_URL.value() else None,  # no UI without a server
-        "data_dir": str(config.data_dir),
-    }
-
-
-def _mlflow_url(uri: str, name: str, version: str) -> str | None:
-    return f"{uri.rstrip('/')}/#/models/{name}/versions/{version}" if uri.startswith("http") else None
-
-
-def _link_records(config: FineflowConfig, summary: dict) -> None:
-    """Code commit, dataset commit and model version lead to each other: Prefect run tags name all three,
-    the model version names this run (it already names the dataset and code commits)."""
-    from prefect.client.orchestration import get_client
-
-    client = MlflowClient(tracking_uri(config))
-    name, version = summary["model_name"], summary["version"]
-    if summary["flow_run_id"]:
-        client.set_model_version_tag(name, version, "lifecycle.flow_run_id", summary["flow_run_id"])
-        with get_client(sync_client=True) as prefect:
-            run = prefect.read_flow_run(flow_run.id)
-            tags = {
-                f"code:{summary['code_commit'][:12]}",
-                f"dataset:{summary['dataset_commit'][:12]}",
-                f"model:{name}/{version}",
-            }
-            prefect.update_flow_run(flow_run.id, tags=sorted({*run.tags, *tags}))
-    if summary["flow_run_url"]:
-        client.set_model_version_tag(name, version, "lifecycle.flow_run_url", summary["flow_run_url"])
-
-
-def _summary_artifact(summary: dict) -> None:
-    outcome = (
-        f"**promoted**: version {summary['version']} is champion"
-        if summary["promoted"]
-        else f"**not promoted**: {summary['promotion']} (champion stays {summary['champion']})"
-    )
-    lines = [
-        "# Lifecycle run",
-        "",
-        outcome,
-        "",
-        "| record | value |",
-        "|---|---|",
-        f"| reason | {summary['reason'] or 'started by hand'} |",
-        f"| code commit | `{summary['code_commit']}` |",
-        f"| dataset commit | `{summary['dataset_commit']}` |",
-        f"| model version | `{summary['model_name']}/{summary['version']}`"
-        + (" (trained in this run)" if summary["trained"] else " (already registered for this lineage)")
-        + " |",
-        f"| MLflow fine-tune run | `{summary['fine_tune_run']}` |",
-        f"| MLflow evaluation run | `{summary['evaluation_run']}` (report.html, decision.json) |",
-        f"| tracking URI | `{summary['tracking_uri']}` |",
-        "",
-        render_markdown(Decision.from_json(summary), f"Gates: {summary['model_name']}/{summary['version']}"),
-    ]
-    create_markdown_artifact(
-        key=SUMMARY_ARTIFACT_KEY, markdown="\n".join(lines), description="lifecycle run summary"
-    )
-
-
-def _failure_artifact(failure: StageFailedError, champion: str | None) -> None:
-    create_markdown_artifact(
-        key=SUMMARY_ARTIFACT_KEY,
-        markdown=f"# Lifecycle run failed\n\n**Stage:** {failure.stage}\n\n**Why:** `{failure.cause}`\n\n"
-        f"The champion was not touched (version {champion or 'none'}).",
-        description=f"lifecycle failed at {failure.stage}",
-    )

@@ -69,14 +69,18 @@ def test_sample_dataset_end_to_end_then_cached(prefect_api, data_dir, overrides)
     from flows.data_prep import data_prep
 
     state = data_prep(overrides=overrides, return_state=True)
-    commit = state.result()
+    result = state.result()
+    commit = result.commit
     config = load_config(overrides=overrides)
     store = open_store(config)
     assert store.resolve(config.store.repo, config.store.main_branch) == commit
+    assert result.train_uri == f"lakefs://{config.store.repo}/{commit}/prepared/train.jsonl"
+    assert result.eval_uri == f"lakefs://{config.store.repo}/{commit}/prepared/eval.jsonl"
 
     outputs = _outputs(config, commit)
     report = json.loads(outputs["report.json"])
     counts = report["counts"]
+    assert result.report.model_dump(by_alias=True) == report  # the result carries what was published
     # Nothing silently dropped: every row in is kept, quarantined or removed with a reason.
     assert counts["rows_in"] == MANIFEST["totals"]["rows"] == 450
     assert counts["rows_in"] == counts["train"] + counts["eval"] + counts["quarantined"] + counts["removed"]
@@ -106,14 +110,14 @@ def test_sample_dataset_end_to_end_then_cached(prefect_api, data_dir, overrides)
 
     # The same inputs and config again: every step is served from Prefect's cache, same commit.
     rerun = data_prep(overrides=overrides, return_state=True)
-    assert rerun.result() == commit
+    assert rerun.result().commit == commit
     states = _task_states(rerun.state_details.flow_run_id)
     assert {name: states[name] for name in STEP_TASKS} == dict.fromkeys(STEP_TASKS, "Cached")
     assert states["ingest"] == "Completed"  # ingest always looks at the inputs: new bytes, new commit
 
     # A changed knob is a new config hash: steps recompute and a new dataset commit is published.
     changed = data_prep(overrides={**overrides, "data_prep.split.seed": 7}, return_state=True)
-    assert changed.result() != commit
+    assert changed.result().commit != commit
     assert _task_states(changed.state_details.flow_run_id)["split"] == "Completed"
 
 
@@ -143,7 +147,9 @@ def test_unseen_file_quarantines_masks_and_failed_audit_keeps_target(
     small = {**overrides, "data_prep.audit.min_rows": 5, "data_prep.audit.min_eval_rows": 0}
 
     # First with a tolerant audit: published, every malformed row quarantined with its reason.
-    commit = data_prep(inputs=[str(raw)], overrides={**small, "data_prep.audit.max_quarantine_share": 0.5})
+    commit = data_prep(
+        inputs=[str(raw)], overrides={**small, "data_prep.audit.max_quarantine_share": 0.5}
+    ).commit
     outputs = _outputs(config, commit)
     quarantine = [json.loads(line) for line in outputs["quarantine.jsonl"].splitlines()]
     assert {(q["source"], q["reason"]) for q in quarantine} == {
@@ -191,7 +197,7 @@ def test_lakefs_backend_runs_the_same_flow(prefect_api, data_dir, overrides, tmp
                 "data_prep.audit.min_rows": 50,
                 "data_prep.audit.max_quarantine_share": 0.05,
             },
-        )
+        ).commit
         config = load_config(overrides=lakefs_overrides)
         report = json.loads(open_store(config).read(config.store.repo, commit, "prepared/report.json"))
         assert report["counts"]["rows_in"] == 130

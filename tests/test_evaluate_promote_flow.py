@@ -52,8 +52,8 @@ def test_evaluate_promote_block_compare_rollback(prefect_api, lifecycle_state):
     evaluation = evaluate(overrides=overrides)
     # The adapter was read from the shared cache, not copied to a temporary directory left behind.
     assert set(Path(tempfile.gettempdir()).glob("fineflow-adapter-*")) == temporary
-    assert (adapter_cache_dir(config) / name / first["version"] / ".complete").is_file()
-    assert evaluation.version == first["version"] and evaluation.baseline.startswith("base model")
+    assert (adapter_cache_dir(config) / name / first.version / ".complete").is_file()
+    assert evaluation.version == first.version and evaluation.baseline.startswith("base model")
     assert evaluation.promote is True
     judge_gate = [g for g in evaluation.gates if g.metric == "judge_correctness"][0]
     assert not judge_gate.blocking and "advisory" in judge_gate.reason  # the judge is not capable
@@ -100,33 +100,33 @@ def test_evaluate_promote_block_compare_rollback(prefect_api, lifecycle_state):
     assert rouge.n == 40 and rouge.ci_low <= rouge.value <= rouge.ci_high
     assert rouge.diff_ci_low <= rouge.diff <= rouge.diff_ci_high and "paired diff" in rouge.reason
     assert [r.n for r in shipped.results if r.metric == "pii_leak_rate"] == [44]
-    assert client.get_model_version(name, first["version"]).tags["gates.promote"] == "true"
+    assert client.get_model_version(name, first.version).tags["gates.promote"] == "true"
 
     promoted = promote(overrides=overrides)
-    assert promoted.promoted and version_by_alias(client, name, CHAMPION) == first["version"]
+    assert promoted.promoted and version_by_alias(client, name, CHAMPION) == first.version
 
     # A second challenger, compared with the champion this time; the base model's scores are reused.
     second = fine_tune(overrides={**overrides, "fine_tune.lora.r": 4})
     evaluation = evaluate(overrides=overrides)
-    assert evaluation.baseline == f"champion version {first['version']}"
+    assert evaluation.baseline == f"champion version {first.version}"
 
     # A threshold raised in the gates file blocks the promotion: no alias moves.
     gates.write_text(LENIENT_GATES % "0.99")
     blocked = promote(overrides=overrides)
     assert not blocked.promoted and "rouge_l" in blocked.reason
-    assert version_by_alias(client, name, CHAMPION) == first["version"]
+    assert version_by_alias(client, name, CHAMPION) == first.version
 
     gates.write_text(LENIENT_GATES % "0.0")
     assert promote(overrides=overrides).promoted
-    assert version_by_alias(client, name, CHAMPION) == second["version"]
-    assert version_by_alias(client, name, PREVIOUS) == first["version"]
+    assert version_by_alias(client, name, CHAMPION) == second.version
+    assert version_by_alias(client, name, PREVIOUS) == first.version
 
     # The first version's recorded decision was taken against the base model; the champion has moved
     # since (as when two lifecycle runs overlap), so that decision no longer promotes it.
-    stale = promote(model=f"{name}/{first['version']}", overrides=overrides)
+    stale = promote(model=f"{name}/{first.version}", overrides=overrides)
     assert not stale.promoted
-    assert f"the champion is now version {second['version']}" in stale.reason
-    assert version_by_alias(client, name, CHAMPION) == second["version"]
+    assert f"the champion is now version {second.version}" in stale.reason
+    assert version_by_alias(client, name, CHAMPION) == second.version
 
     back = rollback(overrides=overrides)
-    assert back.champion == first["version"] and back.previous_champion == second["version"]
+    assert back.champion == first.version and back.previous_champion == second.version

@@ -46,11 +46,11 @@ def test_fine_tune_registers_challenger_with_lineage_then_serves_from_cache(
 
     # Registered under the challenger alias, with lineage pinned to the commit the branch pointed to.
     version = client.get_model_version_by_alias(config.registry.model_name, "challenger")
-    assert (version.version, result["cached"]) == (int(result["version"]), False)
+    assert (version.version, result.cached) == (int(result.version), False)
     assert version.tags["dataset_commit"] == commit
     assert version.tags["dataset_uri"] == f"lakefs://fineflow-data/{commit}/prepared/train.jsonl"
     assert version.tags["base_model"] == str(tiny_model_dir)
-    assert version.tags["code_commit"] and version.tags["config_hash"] == result["config_hash"]
+    assert version.tags["code_commit"] and version.tags["config_hash"] == result.lineage.config_hash
 
     # The MLflow run: parameters, per-step metrics, the dataset input, the config file, system facts.
     run = client.get_run(version.run_id)
@@ -70,12 +70,12 @@ def test_fine_tune_registers_challenger_with_lineage_then_serves_from_cache(
 
     # Same dataset commit, config and code: nothing new is registered, the existing version is named.
     again = fine_tune(dataset=f"lakefs://fineflow-data/{commit}/prepared/train.jsonl", overrides=overrides)
-    assert (again["cached"], again["version"]) == (True, result["version"])
+    assert (again.cached, again.version) == (True, result.version)
     assert len(client.search_model_versions(f"name='{config.registry.model_name}'")) == 1
 
     # A changed knob is a new lineage: a new version becomes the challenger.
     changed = fine_tune(overrides={**overrides, "fine_tune.lora.r": 4})
-    assert changed["version"] != result["version"] and not changed["cached"]
+    assert changed.version != result.version and not changed.cached
     assert client.get_model_version_by_alias(config.registry.model_name, "challenger").version == int(
-        changed["version"]
+        changed.version
     )

@@ -36,3 +36,13 @@ def test_a_bad_payload_file_is_a_config_error(tmp_path):
     path.write_text("version: 1\npayloads:\n  - {id: x, canary: ab, attack: ''}\n")
     with pytest.raises(ConfigError, match="payloads.0.canary"):
         load_payloads(path)
+
+
+def test_a_payload_file_with_a_yaml_syntax_error_is_a_config_error(tmp_path):
+    path = tmp_path / "payloads.yaml"
+    path.write_text("version: 1\npayloads: [unclosed\n")
+    with pytest.raises(ConfigError, match="injection payloads file .* is not valid YAML") as error:
+        load_payloads(path)
+    assert str(path) in str(error.value)
+    with pytest.raises(ConfigError, match="injection payloads file not found"):
+        load_payloads(tmp_path / "missing.yaml")

@@ -47,45 +47,41 @@ def test_lifecycle_end_to_end_cached_rerun_and_changed_stage(prefect_api, lifecy
     name = config.registry.model_name
 
     first = lifecycle(config=config, reason="test")
-    assert first["trained"] and first["promoted"] and first["gates_pass"]
-    assert (
-        version_by_alias(client, name, config.registry.champion_alias)
-        == first["version"]
-        == first["champion"]
-    )
-    tags = client.get_model_version(name, first["version"]).tags
-    assert tags["dataset_commit"] == first["dataset_commit"] and tags["code_commit"] == first["code_commit"]
-    assert tags["lifecycle.flow_run_id"] == first["flow_run_id"]
+    assert first.trained and first.promoted and first.gates_pass
+    assert version_by_alias(client, name, config.registry.champion_alias) == first.version == first.champion
+    tags = client.get_model_version(name, first.version).tags
+    assert tags["dataset_commit"] == first.dataset_commit and tags["code_commit"] == first.code_commit
+    assert tags["lifecycle.flow_run_id"] == first.flow_run_id
 
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as prefect:
-        run_tags = set(prefect.read_flow_run(first["flow_run_id"]).tags)
+        run_tags = set(prefect.read_flow_run(first.flow_run_id).tags)
     assert {
-        f"code:{first['code_commit'][:12]}",
-        f"dataset:{first['dataset_commit'][:12]}",
-        f"model:{name}/{first['version']}",
+        f"code:{first.code_commit[:12]}",
+        f"dataset:{first.dataset_commit[:12]}",
+        f"model:{name}/{first.version}",
     } <= run_tags
 
     # Nothing changed: every stage is served from what is already there.
     again = lifecycle(config=config)
-    assert (again["dataset_commit"], again["version"]) == (first["dataset_commit"], first["version"])
-    assert not again["trained"] and again["evaluation_run"] == first["evaluation_run"]
-    cached = _cached_tasks(again["flow_run_id"])
+    assert (again.dataset_commit, again.version) == (first.dataset_commit, first.version)
+    assert not again.trained and again.evaluation_run == first.evaluation_run
+    cached = _cached_tasks(again.flow_run_id)
     assert len(cached) >= 10, cached  # every data-prep step, from read-inputs to publish
 
     # An evaluation knob changed: data prep and fine-tune stay cached, evaluation measures again.
     changed = lifecycle(config=config, overrides={"evaluation.max_eval_rows": 3})
-    assert (changed["dataset_commit"], changed["version"]) == (first["dataset_commit"], first["version"])
-    assert not changed["trained"] and changed["evaluation_run"] != first["evaluation_run"]
+    assert (changed.dataset_commit, changed.version) == (first.dataset_commit, first.version)
+    assert not changed.trained and changed.evaluation_run != first.evaluation_run
 
     # The drift automation's run: reviewed traffic at a traffic-branch commit joins the training data.
     traffic_commit = _reviewed_traffic(config, rows=3)
     retrain = lifecycle(config=config, traffic_commit=traffic_commit, reason="drift detected")
-    assert retrain["dataset_commit"] != first["dataset_commit"] and retrain["trained"]
+    assert retrain.dataset_commit != first.dataset_commit and retrain.trained
     store = open_store(config)
-    report = json.loads(store.read(config.store.repo, retrain["dataset_commit"], "prepared/report.json"))
-    before = json.loads(store.read(config.store.repo, first["dataset_commit"], "prepared/report.json"))
+    report = json.loads(store.read(config.store.repo, retrain.dataset_commit, "prepared/report.json"))
+    before = json.loads(store.read(config.store.repo, first.dataset_commit, "prepared/report.json"))
     assert (
         f"lakefs://{config.store.repo}/{traffic_commit}/traffic/reviewed/batch-1.jsonl"
         in report["lineage"]["inputs"]
@@ -120,7 +116,7 @@ def test_failing_stage_is_named_and_champion_untouched(prefect_api, lifecycle_ov
 
     config = load_config(overrides=lifecycle_overrides)
     client = MlflowClient(tracking_uri(config))
-    champion = lifecycle(config=config)["version"]
+    champion = lifecycle(config=config).version
 
     # A LoRA target the model does not have: peft refuses it inside the training process.
     with pytest.raises(StageFailedError) as failure:
@@ -147,11 +143,11 @@ def test_tracking_call_failing_once_is_retried(prefect_api, lifecycle_overrides,
 
     monkeypatch.setattr(MlflowClient, "set_registered_model_alias", flaky)
     summary = lifecycle(config=config)
-    assert summary["promoted"] and calls[:2] == ["challenger", "challenger"]
+    assert summary.promoted and calls[:2] == ["challenger", "challenger"]
     client = MlflowClient(tracking_uri(config))
     assert (
         version_by_alias(client, config.registry.model_name, config.registry.champion_alias)
-        == summary["version"]
+        == summary.version
         == "1"
     )
     assert len(client.search_model_versions(f"name = '{config.registry.model_name}'")) == 1
@@ -167,7 +163,7 @@ def test_drift_quality_check_re_measures_the_promoted_champion(prefect_api, life
     from flows.lifecycle import lifecycle
 
     config = load_config(overrides=lifecycle_overrides)
-    champion = lifecycle(config=config)["version"]
+    champion = lifecycle(config=config).version
     store = open_store(config)
     records = [
         {

@@ -1,4 +1,4 @@
-"""SkyPilot compute: the task YAML, the job's entry point, and following a managed job to the end.
+"""SkyPilot compute: the task YAML, the spec file the job trains on, and following a managed job to the end.
 
 No cloud and no SkyPilot API server are reachable here, so:
 - the YAML is checked by SkyPilot's own loader and schemas (offline, real code);
@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -27,11 +28,15 @@ from pathlib import Path
 import pytest
 import yaml
 from prefect.exceptions import TerminationSignal
+from pydantic import Field, create_model
 
-from fineflow.config import LoraConfig, TrainingConfig, load_config
-from tasks.training import sky_entry
+from fineflow.config import ConfigError, LoraConfig, TrainingConfig, load_config
+from tasks.training import train as train_module
 from tasks.training.compute_skypilot import (
+    OUTPUT_MOUNT,
+    SPEC_FILE_ON_VM,
     TERMINAL_STATUSES,
+    TRAIN_FILE_ON_VM,
     JobStatus,
     LineWriter,
     SkyPilotError,
@@ -41,17 +46,7 @@ from tasks.training.compute_skypilot import (
     run_on_skypilot,
     split_bucket,
 )
-from tasks.training.sky_entry import (
-    LORA_ENVS,
-    OUTPUT_MOUNT,
-    RUN_ENVS,
-    TRAIN_FILE_ON_VM,
-    TRAINING_ENVS,
-    SkyEnvError,
-    env_from_spec,
-    spec_from_env,
-)
-from tasks.training.train import EVENT_PREFIX, METRIC_PREFIX, TrainSpec
+from tasks.training.train import EVENT_PREFIX, METRIC_PREFIX, TrainSpec, read_spec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TASK_YAML = REPO_ROOT / "infra" / "sky" / "finetune.yaml"
@@ -76,6 +71,11 @@ def make_spec(tmp_path: Path, run_id: str = "run42", **training) -> TrainSpec:
         lora=config.fine_tune.lora,
         training=config.fine_tune.training,
     )
+
+
+def uploaded_spec(task) -> TrainSpec:
+    """The spec the job trains on, read from the file SkyPilot uploads, the way the VM reads it."""
+    return read_spec(task.file_mounts[SPEC_FILE_ON_VM])
 
 
 def sky_config(bucket: str | None = BUCKET + "/team/fineflow", poll: float = 0.01):
@@ -103,11 +103,14 @@ def test_task_yaml_passes_skypilots_own_schema_validation():
     assert all(r.use_spot for r in task.resources)
     assert raw["workdir"] == "."
     assert TRAIN_FILE_ON_VM in task.file_mounts  # the local train split, uploaded by SkyPilot
+    assert SPEC_FILE_ON_VM in task.file_mounts  # the run's TrainSpec JSON, uploaded beside it
+    assert Path(SPEC_FILE_ON_VM).parent == Path(TRAIN_FILE_ON_VM).parent
     outputs = task.storage_mounts[OUTPUT_MOUNT]
     assert outputs.mode == sky.StorageMode.MOUNT_CACHED
     assert outputs.source == raw["envs"]["OUTPUT_BUCKET"]  # $OUTPUT_BUCKET substituted by SkyPilot
     assert "uv sync --frozen" in raw["setup"]
-    assert "python -m tasks.training.sky_entry" in raw["run"]
+    # The same entry point as local compute (tasks/training/compute_local.py), on the uploaded spec.
+    assert f"python -m tasks.training.train --spec {SPEC_FILE_ON_VM}" in raw["run"]
 
 
 def test_an_unknown_field_in_the_task_yaml_is_rejected():
@@ -118,33 +121,52 @@ def test_an_unknown_field_in_the_task_yaml_is_rejected():
         common_utils.validate_schema(raw, schemas.get_task_schema(), "Invalid task YAML: ")
 
 
-def test_every_trainspec_knob_has_an_env_in_the_yaml():
-    assert set(LORA_ENVS) == set(LoraConfig.model_fields)
-    assert set(TRAINING_ENVS) == set(TrainingConfig.model_fields)
-    # The rest of TrainSpec: run envs, plus the two paths the YAML's file_mounts fix on the VM.
-    assert set(TrainSpec.model_fields) == set(RUN_ENVS) | {"train_file", "output_dir", "lora", "training"}
-    declared = set(raw_yaml()["envs"])
-    wanted = {*RUN_ENVS.values(), *LORA_ENVS.values(), *TRAINING_ENVS.values(), sky_entry.OUTPUT_PREFIX_ENV}
-    assert wanted | {"TRAIN_SPLIT", "OUTPUT_BUCKET"} == declared
+def test_the_yaml_names_no_training_knob():
+    # Only the files to upload and the bucket: every knob of the run travels in the spec file.
+    assert set(raw_yaml()["envs"]) == {"TRAIN_SPLIT", "TRAIN_SPEC", "OUTPUT_BUCKET"}
+    text = TASK_YAML.read_text()
+    for model in (LoraConfig, TrainingConfig):
+        for field in model.model_fields:
+            # as a key, an env name (LORA_R, MAX_STEPS) or a word: `(lora_)?<field>`, any case
+            assert not re.search(rf"\b(lora_)?{field}\b", text, re.IGNORECASE), field
 
 
-def test_yaml_defaults_are_the_embedded_config_defaults():
+def test_the_spec_file_carries_the_config_defaults(tmp_path):
     config = load_config()
-    spec = spec_from_env(raw_yaml()["envs"])
+    spec = uploaded_spec(build_task(make_spec(tmp_path), sky_config()))
     assert spec.lora == config.fine_tune.lora
     assert spec.training == config.fine_tune.training
     assert spec.base_model == config.base_model.name
 
 
-def test_build_task_overrides_envs_and_points_the_mounts(tmp_path):
+def test_build_task_writes_the_spec_and_points_the_mounts(tmp_path):
     spec = make_spec(tmp_path, max_steps=7)
     task = build_task(spec, sky_config())
 
-    assert task.envs["RUN_ID"] == "run42" and task.envs["MAX_STEPS"] == "7"
-    assert task.envs["OUTPUT_PREFIX"] == "team/fineflow"
+    on_vm = uploaded_spec(task)
+    assert on_vm.run_id == "run42" and on_vm.training.max_steps == 7
+    assert on_vm.output_dir == "/outputs/team/fineflow/run42"  # the bucket prefix, inside the mount
+    assert on_vm.train_file == TRAIN_FILE_ON_VM
+    assert Path(task.file_mounts[SPEC_FILE_ON_VM]).parent == Path(spec.output_dir).resolve()
     assert task.file_mounts[TRAIN_FILE_ON_VM] == str(Path(spec.train_file).resolve())
     assert task.storage_mounts[OUTPUT_MOUNT].source == BUCKET  # the bucket root: MOUNT takes no sub-path
     assert task.workdir == str(REPO_ROOT)
+
+
+def test_a_yaml_out_of_step_with_the_code_is_refused_before_launch(tmp_path):
+    broken = raw_yaml()
+    broken["run"] = broken["run"].replace("tasks.training.train", "tasks.training.other")
+    task_file = tmp_path / "finetune.yaml"
+    task_file.write_text(yaml.safe_dump(broken))
+    config = load_config(
+        overrides={"fine_tune.skypilot.bucket": BUCKET, "fine_tune.skypilot.task_file": str(task_file)}
+    )
+    with pytest.raises(SkyPilotError, match="run must call `python -m tasks.training.train --spec"):
+        build_task(make_spec(tmp_path), config)
+    del broken["file_mounts"][SPEC_FILE_ON_VM]
+    task_file.write_text(yaml.safe_dump(broken))
+    with pytest.raises(SkyPilotError, match=f"file_mounts must map {SPEC_FILE_ON_VM} to \\$TRAIN_SPEC"):
+        build_task(make_spec(tmp_path), config)
 
 
 def test_bucket_urls_split_into_root_and_prefix():
@@ -338,7 +360,7 @@ def test_success_streams_lines_in_order_and_downloads_the_adapter(tmp_path):
     output = run_on_skypilot(spec, sky_config(), lines.append, sdk=sky)
 
     assert sky.calls[0] == ("launch", "fineflow-finetune-run42")
-    assert sky.launched_task.envs["RUN_ID"] == "run42"  # a real sky.Task, from the real YAML
+    assert uploaded_spec(sky.launched_task).run_id == "run42"  # a real sky.Task, from the real YAML
     trainer_lines = lines[lines.index("fineflow: managed job 7 (fineflow-finetune-run42) launched") + 1 :]
     assert trainer_lines == [
         "Installed 212 packages",
@@ -466,47 +488,96 @@ def test_line_writer_reassembles_chunks():
     assert lines == ["ab", "c", "", "d"]
 
 
-# --- d. the job's entry point: env -> TrainSpec -----------------------------------------------------------
+# --- d. the job's entry point: the uploaded spec file -> TrainSpec ----------------------------------------
 
 
-def test_env_round_trips_to_the_same_spec(tmp_path):
+def test_the_spec_file_round_trips_to_the_same_spec(tmp_path):
     spec = make_spec(tmp_path, learning_rate=3e-5, packing=False, max_steps=-1, num_epochs=2.5)
-    env = env_from_spec(spec, "team/fineflow") | {"MODEL_CACHE": "~/cache"}
-    assert all(isinstance(v, str) for v in env.values())  # env vars are strings
 
-    back = spec_from_env(env)
+    back = uploaded_spec(build_task(spec, sky_config()))
 
     assert back.model_dump(exclude={"train_file", "output_dir", "model_cache"}) == spec.model_dump(
         exclude={"train_file", "output_dir", "model_cache"}
     )
     assert back.train_file == TRAIN_FILE_ON_VM
     assert back.output_dir == "/outputs/team/fineflow/run42"
-    assert back.model_cache == str(Path("~/cache").expanduser())
-    assert spec_from_env(env | {"OUTPUT_PREFIX": ""}).output_dir == "/outputs/run42"
+    assert back.model_cache == str(Path("~/.cache/fineflow/models").expanduser())  # the VM's home
+    assert uploaded_spec(build_task(spec, sky_config(bucket=BUCKET))).output_dir == "/outputs/run42"
 
 
-def test_a_missing_variable_is_named(tmp_path):
-    env = env_from_spec(make_spec(tmp_path)) | {"MODEL_CACHE": "/c"}
-    del env["LORA_ALPHA"]
-    env["SAVE_STEPS"] = " "
-    with pytest.raises(SkyEnvError) as error:
-        spec_from_env(env)
-    assert "LORA_ALPHA: missing" in str(error.value)
-    assert "SAVE_STEPS: missing" in str(error.value)
+def non_default(value):
+    """A valid value other than `value`, of the same type (every knob must visibly travel)."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 3
+    if isinstance(value, float):
+        return round(value * 0.5, 6) if value else 0.25
+    if isinstance(value, list):
+        return [*value, "o_proj"]
+    return {"cosine": "linear", "auto": "fp32"}.get(value, "constant")
 
 
-def test_an_invalid_variable_is_named_with_its_field(tmp_path):
-    env = env_from_spec(make_spec(tmp_path)) | {"MODEL_CACHE": "/c", "LORA_R": "eight", "PRECISION": "fp8"}
-    with pytest.raises(SkyEnvError) as error:
-        spec_from_env(env)
+def test_every_lora_and_training_field_reaches_the_vm_through_the_spec_file(tmp_path):
+    config = load_config()
+    sections = {"lora": config.fine_tune.lora, "training": config.fine_tune.training}
+    changed = {
+        name: section.model_copy(update={f: non_default(v) for f, v in section.model_dump().items()})
+        for name, section in sections.items()
+    }
+    for name, section in changed.items():  # every field really differs from the default, and validates
+        type(section).model_validate(section.model_dump())
+        assert all(section.model_dump()[f] != v for f, v in sections[name].model_dump().items())
+    spec = make_spec(tmp_path).model_copy(update=changed)
+
+    on_vm = uploaded_spec(build_task(spec, sky_config()))
+
+    assert on_vm.lora.model_dump() == changed["lora"].model_dump()
+    assert on_vm.training.model_dump() == changed["training"].model_dump()
+
+
+def test_a_new_knob_reaches_the_vm_without_being_named_anywhere_else(tmp_path, monkeypatch):
+    # A knob added to the config's model only: no mapping, env or YAML line names it, and it arrives.
+    grown = create_model("TrainingConfig", __base__=TrainingConfig, brand_new_knob=(int, Field(ge=0)))
+    spec_type = create_model("TrainSpec", __base__=TrainSpec, training=(grown, ...))
+    monkeypatch.setattr(train_module, "TrainSpec", spec_type)  # the reader the VM runs
+    base = make_spec(tmp_path)
+    training = grown(**base.training.model_dump(), brand_new_knob=11)
+    spec = spec_type(**(base.model_dump() | {"training": training.model_dump()}))
+
+    on_vm = uploaded_spec(build_task(spec, sky_config()))
+
+    assert on_vm.training.brand_new_knob == 11
+    assert "brand_new_knob" not in TASK_YAML.read_text()
+
+
+def test_a_missing_field_is_named(tmp_path):
+    path = build_task(make_spec(tmp_path), sky_config()).file_mounts[SPEC_FILE_ON_VM]
+    raw = json.loads(Path(path).read_text())
+    del raw["lora"]["alpha"]
+    del raw["training"]["save_steps"]
+    Path(path).write_text(json.dumps(raw))
+    with pytest.raises(ConfigError) as error:
+        read_spec(path)
+    assert "lora.alpha: Field required" in str(error.value)
+    assert "training.save_steps: Field required" in str(error.value)
+
+
+def test_an_invalid_field_is_named_with_its_value(tmp_path):
+    path = build_task(make_spec(tmp_path), sky_config()).file_mounts[SPEC_FILE_ON_VM]
+    raw = json.loads(Path(path).read_text())
+    raw["lora"]["r"], raw["training"]["precision"] = "eight", "fp8"
+    Path(path).write_text(json.dumps(raw))
+    with pytest.raises(ConfigError) as error:
+        read_spec(path)
     message = str(error.value)
-    assert "LORA_R='eight' (fine_tune.lora.r)" in message
-    assert "PRECISION='fp8' (fine_tune.training.precision)" in message
+    assert "lora.r:" in message and "(got 'eight')" in message
+    assert "training.precision:" in message and "(got 'fp8')" in message
 
 
-def test_entry_point_exits_with_the_problem_and_never_trains(monkeypatch, capsys):
-    for name in [*RUN_ENVS.values(), *LORA_ENVS.values(), *TRAINING_ENVS.values()]:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("RUN_ID", "x")
-    assert sky_entry.main() == 2
-    assert "BASE_MODEL: missing" in capsys.readouterr().err
+def test_entry_point_exits_with_the_problem_and_never_trains(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps({"run_id": "x"}))
+    monkeypatch.setattr(train_module, "train", lambda spec: pytest.fail("trained on a bad spec"))
+    assert train_module.main(["--spec", str(path)]) == 2
+    assert "base_model: Field required" in capsys.readouterr().err

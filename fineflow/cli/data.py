@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from fineflow.cli.common import ConfigOption, SetOption, console, flow_overrides, load
 from fineflow.config import DEFAULT_CONFIG, FineflowConfig
+
+if TYPE_CHECKING:
+    from tasks.data.results import DataPrepResult, PrepReport
 
 
 def prep_command(
@@ -33,13 +35,16 @@ def prep_command(
 
     check_inputs(loaded.data_prep.inputs)  # before a Prefect run even starts
     try:
-        commit = data_prep(
+        result = data_prep(
             config_path=str(config), inputs=input, overrides=flow_overrides(set_), refresh_cache=refresh_cache
         )
     except AuditFailedError as exc:
-        print_prep_summary(loaded, exc.branch, published=False)
+        from fineflow.store import open_store
+        from tasks.data.results import read_report
+
+        print_prep_summary(loaded, read_report(open_store(loaded), loaded, exc.branch), exc.branch)
         raise
-    print_prep_summary(loaded, commit)
+    print_prep_summary(loaded, result.report, result.commit, result)
 
 
 def log_command(
@@ -62,35 +67,32 @@ def log_command(
     console.print(table)
 
 
-def print_prep_summary(config: FineflowConfig, ref: str, published: bool = True) -> None:
-    from fineflow.store import open_store
+def print_prep_summary(
+    config: FineflowConfig, report: PrepReport, ref: str, published: DataPrepResult | None = None
+) -> None:
+    """The step table and counts of a report; `published` (a DataPrepResult) when the audit passed."""
+    from fineflow.store.layout import dataset_layout
     from tasks.data.records import format_counts
 
-    prefix = config.data_prep.output_prefix
-    store = open_store(config)
-    report = json.loads(store.read(config.store.repo, ref, f"{prefix}/report.json"))
     table = Table(title="data prep: stage counts")
     for column in ("step", "rows in", "rows out", "dropped, by reason"):
         table.add_column(column, justify="right" if column.startswith("rows") else "left")
-    for step in report["steps"]:
-        dropped = format_counts(step["dropped"])
-        table.add_row(step["step"], str(step["in"]), str(step["out"]), dropped)
+    for step in report.steps:
+        table.add_row(step.step, str(step.rows_in), str(step.rows_out), format_counts(step.dropped))
     console.print(table)
-    counts = report["counts"]
+    counts = report.counts
     console.print(
-        f"{counts['rows_in']} rows in = {counts['train']} train + {counts['eval']} eval + "
-        f"{counts['quarantined']} quarantined + {counts['removed']} removed"
+        f"{counts.rows_in} rows in = {counts.train} train + {counts.eval} eval + "
+        f"{counts.quarantined} quarantined + {counts.removed} removed"
     )
-    pii = format_counts(report["pii_masked_by_type"], empty="none")
-    console.print(f"PII masked: {pii}")
-    quarantined = report["quarantined_by_reason"]
-    if quarantined:
-        console.print("quarantined: " + format_counts(quarantined))
-    if not published:
+    console.print(f"PII masked: {format_counts(report.pii_masked_by_type, empty='none')}")
+    if report.quarantined_by_reason:
+        console.print("quarantined: " + format_counts(report.quarantined_by_reason))
+    if published is None:
+        prefix = dataset_layout(config).prefix
         console.print(f"outputs kept for inspection: lakefs://{config.store.repo}/{ref}/{prefix}/")
         return
-    commit = ref
-    console.print(f"[bold green]published commit[/bold green] {commit}")
-    console.print(f"  train: lakefs://{config.store.repo}/{commit}/{prefix}/train.jsonl")
-    console.print(f"  eval:  lakefs://{config.store.repo}/{commit}/{prefix}/eval.jsonl")
+    console.print(f"[bold green]published commit[/bold green] {published.commit}")
+    console.print(f"  train: {published.train_uri}")
+    console.print(f"  eval:  {published.eval_uri}")
     console.print(f"  quarantine, removed rows and report.json beside them; state under {config.data_dir}")

@@ -29,22 +29,21 @@ def finetune_command(
 
     overrides = flow_overrides(set_)
     result = fine_tune(config_path=str(config), dataset=dataset, compute=compute, overrides=overrides)
-    verb = "already registered (nothing trained)" if result["cached"] else "registered"
+    verb = "already registered (nothing trained)" if result.cached else "registered"
     console.print(
-        f"[bold green]{verb}[/bold green] {result['model_name']} version {result['version']} "
-        f"as @{result['alias']}"
+        f"[bold green]{verb}[/bold green] {result.model_name} version {result.version} as @{result.alias}"
     )
     table = Table(title="lineage")
     table.add_column("tag")
     table.add_column("value", overflow="fold")
-    for key in ("dataset_uri", "dataset_commit", "base_model", "code_commit", "config_hash", "mlflow_run_id"):
-        table.add_row(key, str(result[key]))
+    for key, value in [*result.lineage.model_dump().items(), ("mlflow_run_id", result.mlflow_run_id)]:
+        table.add_row(key, str(value))
     console.print(table)
-    if result["training"]:
-        run = result["training"]
-        rate = run["tokens_per_second"]
-        console.print(f"trained {run['global_step']} steps, loss {run['train_loss']:.4f}, {rate:.0f} tok/s")
+    if result.training:
+        run = result.training
+        rate = run.tokens_per_second
+        console.print(f"trained {run.global_step} steps, loss {run.train_loss:.4f}, {rate:.0f} tok/s")
     console.print(
-        f"load it: mlflow.pyfunc.load_model('models:/{result['model_name']}@{result['alias']}')"
+        f"load it: mlflow.pyfunc.load_model('models:/{result.model_name}@{result.alias}')"
         f"  (tracking URI {tracking_uri(loaded)})"
     )

@@ -493,12 +493,7 @@ def load_config(
 ) -> FineflowConfig:
     """Read, override and validate a config. Raises ConfigError naming every bad field."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError as exc:
-        raise ConfigError(f"config file not found: {path}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    raw = read_yaml(path, "config file") or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     from_env = _environment_overrides()
@@ -520,6 +515,26 @@ def _overridden(raw: dict[str, Any], pairs: list[tuple[str, Any]], source: str |
         return FineflowConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def read_yaml(path: str | Path, what: str) -> Any:
+    """The parsed YAML of a file; a missing file or a syntax error is a ConfigError naming `what`."""
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{what} not found: {path}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None
+
+
+def load_yaml_model[M: BaseModel](path: str | Path, model_cls: type[M], what: str) -> M:
+    """A YAML file validated as `model_cls`: the one loader of fineflow's YAML files besides the config.
+    Raises ConfigError for a missing file, a YAML syntax error, or every invalid field at once."""
+    raw = read_yaml(path, what)
+    try:
+        return model_cls.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, path)) from None
 
 
 def format_validation_error(exc: ValidationError, source: str | Path) -> str:

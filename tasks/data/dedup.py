@@ -14,6 +14,7 @@ from prefect import task
 
 from fineflow.config import DedupConfig
 from fineflow.runtime import step_logger
+from tasks.data.cache import PREP_STEP_CACHE
 from tasks.data.records import Removal, Row, StepResult, row_text
 
 _WORD = re.compile(r"\w+")
@@ -32,7 +33,7 @@ def minhash(text: str, config: DedupConfig) -> MinHash:
     return signature
 
 
-@task(name="deduplicate")
+@task(name="deduplicate", cache_policy=PREP_STEP_CACHE, persist_result=True)
 def deduplicate(rows: list[Row], config: DedupConfig) -> StepResult:
     lsh = MinHashLSH(threshold=config.near_threshold, num_perm=config.num_perm)
     first_source: dict[str, str] = {}  # row id -> source of its first occurrence

@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from fineflow.config import FineflowConfig
 from fineflow.runtime import IO_RETRIES, step_logger
 from fineflow.store import DatasetStore, DatasetURI, NothingToCommitError
+from tasks.data.cache import PREP_STEP_CACHE
 from tasks.data.parse import SUPPORTED_SUFFIXES
 
 
@@ -82,7 +83,7 @@ def ingest_inputs(store: DatasetStore, config: FineflowConfig, inputs: list[str]
     return pinned
 
 
-@task(name="read-inputs", **IO_RETRIES)
+@task(name="read-inputs", cache_policy=PREP_STEP_CACHE, persist_result=True, **IO_RETRIES)
 def read_inputs(store: DatasetStore, pinned: list[str]) -> dict[str, bytes]:
     files: dict[str, bytes] = {}
     for item in pinned:

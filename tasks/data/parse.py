@@ -20,6 +20,7 @@ from prefect import task
 
 from fineflow.config import ValidationConfig
 from fineflow.runtime import step_logger
+from tasks.data.cache import PREP_STEP_CACHE
 from tasks.data.records import ParseResult, Quarantined, Row, make_row
 
 SUPPORTED_SUFFIXES = (".jsonl", ".csv", ".parquet")
@@ -34,7 +35,7 @@ class RecordError(ValueError):
         self.reason, self.detail = reason, detail
 
 
-@task(name="parse-validate")
+@task(name="parse-validate", cache_policy=PREP_STEP_CACHE, persist_result=True)
 def parse_and_validate(files: dict[str, bytes], config: ValidationConfig) -> ParseResult:
     rows: list[Row] = []
     quarantined: list[Quarantined] = []

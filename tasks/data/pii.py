@@ -10,10 +10,11 @@ from tqdm import tqdm
 from fineflow.config import PIIConfig
 from fineflow.privacy.masker import get_masker
 from fineflow.runtime import step_logger
+from tasks.data.cache import PREP_STEP_CACHE
 from tasks.data.records import Quarantined, Row, with_messages
 
 
-@task(name="mask-pii")
+@task(name="mask-pii", cache_policy=PREP_STEP_CACHE, persist_result=True)
 def mask_pii(
     rows: list[Row], quarantined: list[Quarantined], config: PIIConfig
 ) -> tuple[list[Row], list[Quarantined], dict[str, int]]:

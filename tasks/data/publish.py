@@ -5,16 +5,24 @@ and keeps the branch for inspection.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from fineflow.config import FineflowConfig
 from fineflow.privacy.masker import scan_for_pii
 from fineflow.runtime import IO_RETRIES, step_logger
-from fineflow.store import DatasetStore, NothingToCommitError
-from tasks.data.records import Quarantined, Removal, Row, format_counts
+from fineflow.store import DatasetStore, NotFoundError, NothingToCommitError
+from fineflow.store.jsonl import parse_jsonl, to_jsonl
+from fineflow.store.layout import dataset_layout
+from tasks.data.cache import PREP_STEP_CACHE
+from tasks.data.records import Row, format_counts
+from tasks.data.results import PrepLineage
+
+if TYPE_CHECKING:
+    from tasks.data.report import PreparedOutputs
 
 
 @dataclass
@@ -40,36 +48,28 @@ class AuditFailedError(RuntimeError):
         )
 
 
-def _jsonl(items: list[dict]) -> bytes:
-    return "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items).encode()
-
-
-@task(name="write-outputs", **IO_RETRIES)
+# Write, audit and publish call the store yet are cached like the other steps: a rerun of the same run
+# key names the commit it already published instead of writing it again. The flow checks that commit
+# is still in the store (is_published) and recomputes when it is not.
+@task(name="write-outputs", cache_policy=PREP_STEP_CACHE, persist_result=True, **IO_RETRIES)
 def write_outputs(
-    store: DatasetStore,
-    config: FineflowConfig,
-    branch: str,
-    splits: dict[str, list[Row]],
-    quarantined: list[Quarantined],
-    removed: list[Removal],
-    report: dict,
+    store: DatasetStore, config: FineflowConfig, branch: str, prepared: PreparedOutputs
 ) -> WrittenOutputs:
-    repo, prefix = config.store.repo, config.data_prep.output_prefix
+    repo, layout = config.store.repo, dataset_layout(config)
     if store.branch_exists(repo, branch):
         store.delete_branch(repo, branch)  # a kept branch from an earlier failed run with the same inputs
     store.create_branch(repo, branch, config.store.main_branch)
     outputs = {
-        "train": _jsonl(splits["train"]),
-        "eval": _jsonl(splits["eval"]),
-        "quarantine": _jsonl([q.as_json() for q in quarantined]),
-        "removed": _jsonl([r.as_json() for r in removed]),
+        "train": to_jsonl(prepared.splits["train"]),
+        "eval": to_jsonl(prepared.splits["eval"]),
+        "quarantine": to_jsonl([q.as_json() for q in prepared.quarantined]),
+        "removed": to_jsonl([r.as_json() for r in prepared.removed]),
     }
-    paths = {name: f"{prefix}/{name}.jsonl" for name in outputs}
-    paths["report"] = f"{prefix}/report.json"
+    paths = {name: layout.path(name) for name in outputs} | {"report": layout.report}
     for name, data in outputs.items():
         store.write(repo, branch, paths[name], data)
-    store.write(repo, branch, paths["report"], json.dumps(report, indent=2, ensure_ascii=False).encode())
-    metadata = {key: str(value) for key, value in report["lineage"].items()}
+    store.write(repo, branch, paths["report"], prepared.report.to_json())
+    metadata = prepared.report.lineage.model_dump()
     try:
         commit = store.commit(repo, branch, "data-prep outputs", metadata)
     except NothingToCommitError:  # the target already holds exactly these outputs
@@ -78,7 +78,7 @@ def write_outputs(
     return WrittenOutputs(branch, commit, paths)
 
 
-@task(name="audit", **IO_RETRIES)
+@task(name="audit", cache_policy=PREP_STEP_CACHE, persist_result=True, **IO_RETRIES)
 def audit_outputs(
     store: DatasetStore, config: FineflowConfig, written: WrittenOutputs, rows_in: int, quarantined: int
 ) -> AuditReport:
@@ -109,12 +109,12 @@ def audit_outputs(
     return report
 
 
-@task(name="publish", **IO_RETRIES)
+@task(name="publish", cache_policy=PREP_STEP_CACHE, persist_result=True, **IO_RETRIES)
 def publish_outputs(
-    store: DatasetStore, config: FineflowConfig, written: WrittenOutputs, lineage: dict
+    store: DatasetStore, config: FineflowConfig, written: WrittenOutputs, lineage: PrepLineage
 ) -> str:
     repo, target = config.store.repo, config.store.main_branch
-    metadata = {key: str(value) for key, value in lineage.items()}
+    metadata = lineage.model_dump()
     published = store.merge(
         repo, written.branch, target, f"publish data-prep outputs from {written.branch}", metadata
     )
@@ -124,5 +124,16 @@ def publish_outputs(
     return published
 
 
+@task(name="check-published", cache_policy=NO_CACHE, **IO_RETRIES)  # must see the store as it is now
+def is_published(store: DatasetStore, config: FineflowConfig, commit: str) -> bool:
+    """Whether the commit is in the store: a cached run can remember one a reset store no longer has."""
+    try:
+        store.get_commit(config.store.repo, commit)
+    except NotFoundError:
+        step_logger().warning("published commit %s is not in the store", commit[:12])
+        return False
+    return True
+
+
 def _read_rows(store: DatasetStore, repo: str, ref: str, path: str) -> list[Row]:
-    return [json.loads(line) for line in store.read(repo, ref, path).decode().splitlines() if line.strip()]
+    return parse_jsonl(store.read(repo, ref, path))

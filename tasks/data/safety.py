@@ -12,12 +12,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from prefect import task
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from fineflow.config import ClassifierConfig, ConfigError, SafetyConfig, format_validation_error
+from fineflow.config import ClassifierConfig, SafetyConfig, load_yaml_model
 from fineflow.runtime import step_logger
+from tasks.data.cache import PREP_STEP_CACHE
 from tasks.data.records import Removal, Row, StepResult
 
 
@@ -70,19 +70,10 @@ class RuleSet(BaseModel):
 
 
 def load_rules(path: Path) -> RuleSet:
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError as exc:
-        raise ConfigError(f"safety rules file not found: {path}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"safety rules file {path} is not valid YAML: {exc}") from None
-    try:
-        return RuleSet.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, path)) from None
+    return load_yaml_model(path, RuleSet, "safety rules file")
 
 
-@task(name="safety-filter")
+@task(name="safety-filter", cache_policy=PREP_STEP_CACHE, persist_result=True)
 def filter_unsafe(rows: list[Row], config: SafetyConfig) -> StepResult:
     rules = load_rules(config.rules_file)
     kept, removed = [], []

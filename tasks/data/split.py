@@ -12,6 +12,7 @@ from prefect import task
 
 from fineflow.config import SplitConfig
 from fineflow.runtime import step_logger
+from tasks.data.cache import PREP_STEP_CACHE
 from tasks.data.records import Row
 
 _SCALE = float(2**64)
@@ -22,7 +23,7 @@ def eval_bucket(row_id: str, seed: int) -> float:
     return int.from_bytes(digest[:8], "big") / _SCALE
 
 
-@task(name="split")
+@task(name="split", cache_policy=PREP_STEP_CACHE, persist_result=True)
 def split_rows(rows: list[Row], config: SplitConfig) -> dict[str, list[Row]]:
     splits: dict[str, list[Row]] = {"train": [], "eval": []}
     for row in rows:

@@ -12,6 +12,7 @@ from prefect import task
 from fineflow.config import TokenLimitConfig
 from fineflow.models.base import load_tokenizer
 from fineflow.runtime import step_logger
+from tasks.data.cache import PREP_STEP_CACHE
 from tasks.data.records import Removal, Row, StepResult, with_messages
 
 
@@ -38,7 +39,7 @@ def truncate_last_answer(tokenizer, messages: list[dict], max_tokens: int) -> li
     return None
 
 
-@task(name="token-limit")
+@task(name="token-limit", cache_policy=PREP_STEP_CACHE, persist_result=True)
 def enforce_token_limit(
     rows: list[Row], base_model: str, model_cache: Path, config: TokenLimitConfig
 ) -> StepResult:

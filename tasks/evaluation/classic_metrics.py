@@ -24,10 +24,9 @@ from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from fineflow.config import ClassicMetricsConfig, ConfigError, PIIConfig, format_validation_error  # noqa: F401
+from fineflow.config import ClassicMetricsConfig, ConfigError, PIIConfig, load_yaml_model  # noqa: F401
 
 Conversation = list[dict[str, str]]
 
@@ -352,16 +351,7 @@ class EvalPrompts(BaseModel):
 
 def load_eval_prompts(path: str | Path) -> EvalPrompts:
     """Read and validate an eval prompts file; raises ConfigError naming every bad field."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError as exc:
-        raise ConfigError(f"eval prompts file not found: {path}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"eval prompts file {path} is not valid YAML: {exc}") from None
-    try:
-        return EvalPrompts.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, path)) from None
+    return load_yaml_model(path, EvalPrompts, "eval prompts file")
 
 
 def is_refusal(text: str, patterns: Sequence[re.Pattern[str]]) -> bool:

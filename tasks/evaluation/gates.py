@@ -19,10 +19,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fineflow.config import ConfigError, format_validation_error
+from fineflow.config import load_yaml_model
 from tasks.evaluation.statistics import Interval, bootstrap_mean, paired_difference
 
 # The key under which a measurement's details (details.json of its MLflow run) keep per-item scores.
@@ -72,16 +71,7 @@ class GateConfig(BaseModel):
 
 
 def load_gates(path: str | Path) -> GateConfig:
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError as exc:
-        raise ConfigError(f"gates file not found: {path}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"gates file {path} is not valid YAML: {exc}") from None
-    try:
-        return GateConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, path)) from None
+    return load_yaml_model(path, GateConfig, "gates file")
 
 
 @dataclass(frozen=True)

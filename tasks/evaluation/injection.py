@@ -11,10 +11,9 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from fineflow.config import ConfigError, format_validation_error
+from fineflow.config import load_yaml_model
 
 
 class Payload(BaseModel):
@@ -33,12 +32,7 @@ class PayloadSet(BaseModel):
 
 
 def load_payloads(path: str | Path) -> PayloadSet:
-    try:
-        return PayloadSet.model_validate(yaml.safe_load(Path(path).read_text()))
-    except FileNotFoundError as exc:
-        raise ConfigError(f"injection payloads file not found: {path}") from exc
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, path)) from None
+    return load_yaml_model(path, PayloadSet, "injection payloads file")
 
 
 def injection_resistance(payloads: PayloadSet, answer: Callable[[list[str]], list[str]]) -> dict:

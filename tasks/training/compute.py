@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,12 +11,28 @@ from prefect.cache_policies import NO_CACHE
 
 from fineflow.config import FineflowConfig
 from fineflow.runtime import step_logger
+from tasks.training.results import TrainingSummary
 from tasks.training.train import TrainSpec
 from tasks.training.training_monitor import TrainingMonitor
 
 
+def train_spec(config: FineflowConfig, run_id: str, train_file: Path, run_dir: Path) -> TrainSpec:
+    """The resolved spec of one run: what the entry point trains on, on any compute."""
+    return TrainSpec(
+        run_id=run_id,
+        base_model=config.base_model.name,
+        model_cache=str(config.data_dir / "models"),
+        train_file=str(train_file),
+        output_dir=str(run_dir / "output"),
+        lora=config.fine_tune.lora,
+        training=config.fine_tune.training,
+    )
+
+
 @task(name="train-adapter", cache_policy=NO_CACHE)  # resumes from checkpoints instead
-def train_adapter(spec: TrainSpec, config: FineflowConfig, on_metrics: Callable[[dict, int], None]) -> dict:
+def train_adapter(
+    spec: TrainSpec, config: FineflowConfig, on_metrics: Callable[[dict, int], None]
+) -> TrainingSummary:
     """Train (or resume) the LoRA adapter; return the trainer's summary (steps, loss, tokens/s, resume)."""
     monitor = TrainingMonitor(step_logger(), on_metrics, total_steps=spec.training.max_steps)
     try:
@@ -29,8 +46,5 @@ def train_adapter(spec: TrainSpec, config: FineflowConfig, on_metrics: Callable[
             output = run_locally(spec, monitor)
     finally:
         monitor.close()
-    import json
-
     summary = json.loads((Path(output) / "train_result.json").read_text())
-    summary["resumed_from_step"] = monitor.resumed_from_step
-    return summary
+    return TrainingSummary.model_validate(summary | {"resumed_from_step": monitor.resumed_from_step})

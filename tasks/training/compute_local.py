@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from tasks.training.train import TrainSpec
+from tasks.training.train import ENTRY_MODULE, TrainSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TAIL_LINES = 30  # trainer output kept for the error message when training fails
@@ -30,7 +30,7 @@ def run_locally(spec: TrainSpec, on_line: Callable[[str], None]) -> Path:
     output.mkdir(parents=True, exist_ok=True)
     spec_file = output / "spec.json"
     spec_file.write_text(spec.model_dump_json(indent=2))
-    command = [sys.executable, "-m", "tasks.training.train", "--spec", str(spec_file)]
+    command = [sys.executable, "-m", ENTRY_MODULE, "--spec", str(spec_file)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     process = subprocess.Popen(

@@ -2,9 +2,11 @@
 
     run_on_skypilot(spec, config, on_line) -> Path(spec.output_dir)
 
-launch a managed job from infra/sky/finetune.yaml with the run's knobs as envs -> stream its logs into
-on_line, line by line, in the same FINEFLOW_METRIC / FINEFLOW_EVENT protocol as local compute -> poll its
-status until it ends -> copy `adapter/` and `train_result.json` from the bucket into spec.output_dir.
+launch a managed job from infra/sky/finetune.yaml that runs the same entry point as local compute,
+`python -m tasks.training.train --spec <file>`, on the spec uploaded beside the train split -> stream its
+logs into on_line, line by line, in the same FINEFLOW_METRIC / FINEFLOW_EVENT protocol as local compute
+-> poll its status until it ends -> copy `adapter/` and `train_result.json` from the bucket into
+spec.output_dir.
 
 Checkpoints live in the bucket (<bucket>/<run id>/checkpoint-N), so a spot preemption, or a rerun of the
 same run id, resumes from the last one. Interrupting the caller (Ctrl-C, a Prefect cancellation) cancels
@@ -29,19 +31,26 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import yaml
 
 from fineflow.config import FineflowConfig
-from tasks.training.sky_entry import OUTPUT_MOUNT, TRAIN_FILE_ON_VM, env_from_spec
-from tasks.training.train import TrainSpec
+from tasks.training.train import ENTRY_MODULE, TrainSpec
 
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# The job's contract with infra/sky/finetune.yaml (build_task checks the YAML against it): the run's
+# TrainSpec travels as a file, so a new training knob needs no change here or in the YAML.
+TRAIN_FILE_ON_VM = "/fineflow/data/train.jsonl"  # file_mounts destination of $TRAIN_SPLIT
+SPEC_FILE_ON_VM = "/fineflow/data/spec.json"  # file_mounts destination of $TRAIN_SPEC, beside the split
+OUTPUT_MOUNT = "/outputs"  # file_mounts destination of the output bucket (MOUNT_CACHED)
+MODEL_CACHE_ON_VM = "~/.cache/fineflow/models"  # expanded on the VM by tasks.training.train.read_spec
+ENTRY_POINT = f"python -m {ENTRY_MODULE} --spec {SPEC_FILE_ON_VM}"  # what local compute runs too
+SPEC_FILE = "sky-spec.json"  # the VM's spec, written locally into spec.output_dir before the launch
 BUCKET_SCHEMES = ("s3", "gs", "r2")  # what fine_tune.skypilot.bucket documents, and cloud_stores syncs down
 # sky.jobs.ManagedJobStatus values that end a job (a test checks this against SkyPilot's own list).
 TERMINAL_STATUSES = frozenset(
@@ -188,11 +197,12 @@ def run_on_skypilot(
 
 
 def build_task(spec: TrainSpec, config: FineflowConfig):
-    """The task YAML with this run's envs, as `sky jobs launch <yaml> --env K=V ...` would build it.
+    """The task YAML for this run, as `sky jobs launch <yaml> --env K=V ...` would build it, with the
+    run's spec (VM paths) written to spec.output_dir/SPEC_FILE for SkyPilot to upload.
 
     The envs go in before the Task is built (SkyPilot's `env_overrides`), because file_mounts refer to
-    them ($TRAIN_SPLIT, $OUTPUT_BUCKET) and SkyPilot substitutes them once, while loading; a later
-    Task.update_envs() would not move the mounts."""
+    them and SkyPilot substitutes them once, while loading; a later Task.update_envs() would not move
+    the mounts."""
     import sky
 
     sky_config = config.fine_tune.skypilot
@@ -200,16 +210,38 @@ def build_task(spec: TrainSpec, config: FineflowConfig):
     task_file = _resolve(sky_config.task_file)
     raw = yaml.safe_load(task_file.read_text())
     raw["workdir"] = str(REPO_ROOT)  # the repository, wherever the flow was started from
-    train_split = str(Path(spec.train_file).resolve())
-    envs = env_from_spec(spec, prefix) | {"TRAIN_SPLIT": train_split, "OUTPUT_BUCKET": bucket_root}
+    uploads = {"TRAIN_SPLIT": Path(spec.train_file).resolve(), "TRAIN_SPEC": write_vm_spec(spec, prefix)}
+    envs = {name: str(path) for name, path in uploads.items()} | {"OUTPUT_BUCKET": bucket_root}
     task = sky.Task.from_yaml_config(raw, env_overrides=list(envs.items()))
-    mounted = (task.file_mounts or {}).get(TRAIN_FILE_ON_VM)
-    if mounted is None or Path(mounted).resolve() != Path(train_split):
-        raise SkyPilotError(f"{task_file}: file_mounts must map {TRAIN_FILE_ON_VM} to $TRAIN_SPLIT")
+    _check_contract(task, task_file, uploads, bucket_root)
+    return task
+
+
+def spec_on_vm(spec: TrainSpec, prefix: str) -> TrainSpec:
+    """The spec as the job sees it: the same knobs, with the paths the YAML's file_mounts fix."""
+    output_dir = PurePosixPath(OUTPUT_MOUNT, *[p for p in prefix.split("/") if p], spec.run_id)
+    paths = {"train_file": TRAIN_FILE_ON_VM, "output_dir": str(output_dir), "model_cache": MODEL_CACHE_ON_VM}
+    return spec.model_copy(update=paths)
+
+
+def write_vm_spec(spec: TrainSpec, prefix: str) -> Path:
+    path = Path(spec.output_dir).resolve() / SPEC_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(spec_on_vm(spec, prefix).model_dump_json(indent=2))
+    return path
+
+
+def _check_contract(task, task_file: Path, uploads: dict[str, Path], bucket_root: str) -> None:
+    """A YAML edited out of step with the code fails here, before anything is launched."""
+    for (name, local), destination in zip(uploads.items(), (TRAIN_FILE_ON_VM, SPEC_FILE_ON_VM), strict=True):
+        mounted = (task.file_mounts or {}).get(destination)
+        if mounted is None or Path(mounted).resolve() != local:
+            raise SkyPilotError(f"{task_file}: file_mounts must map {destination} to ${name}")
     storage = (task.storage_mounts or {}).get(OUTPUT_MOUNT)
     if storage is None or storage.source != bucket_root:
         raise SkyPilotError(f"{task_file}: file_mounts must mount source $OUTPUT_BUCKET at {OUTPUT_MOUNT}")
-    return task
+    if ENTRY_POINT not in (task.run or ""):
+        raise SkyPilotError(f"{task_file}: run must call `{ENTRY_POINT}`, the entry point local compute runs")
 
 
 def split_bucket(bucket: str | None) -> tuple[str, str]:

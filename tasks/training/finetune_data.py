@@ -10,11 +10,13 @@ from prefect.cache_policies import NO_CACHE
 from fineflow.config import FineflowConfig
 from fineflow.runtime import IO_RETRIES, step_logger
 from fineflow.store import DatasetStore, DatasetURI
+from fineflow.store.jsonl import parse_jsonl
+from fineflow.store.layout import dataset_layout
 
 
 def default_train_uri(config: FineflowConfig) -> str:
     """The train split last published by data prep on the main branch."""
-    return f"lakefs://{config.store.repo}/{config.store.main_branch}/{config.data_prep.output_prefix}/train.jsonl"
+    return dataset_layout(config).uri(config.store.repo, config.store.main_branch, "train")
 
 
 @task(name="resolve-dataset", **IO_RETRIES, cache_policy=NO_CACHE)
@@ -32,10 +34,8 @@ def resolve_train_split(store: DatasetStore, uri: str) -> DatasetURI:
 @task(name="stage-train-split", **IO_RETRIES, cache_policy=NO_CACHE)
 def stage_train_split(store: DatasetStore, pinned: DatasetURI, run_dir: Path) -> tuple[Path, list[dict]]:
     """Copy the pinned split next to the run, where the training process (or SkyPilot's upload) reads it."""
-    import json
-
     data = store.read(pinned.repo, pinned.ref, pinned.path)
-    rows = [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+    rows = parse_jsonl(data)
     if not rows:
         raise ValueError(f"{pinned} holds no rows to train on")
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from fineflow.config import LoraConfig, TrainingConfig
+from fineflow.config import ConfigError, LoraConfig, TrainingConfig, format_validation_error
+from fineflow.store.jsonl import parse_jsonl
 
+ENTRY_MODULE = "tasks.training.train"  # `python -m <this> --spec <file>` on every compute
 METRIC_PREFIX = "FINEFLOW_METRIC "
 EVENT_PREFIX = "FINEFLOW_EVENT "
 
@@ -58,7 +61,7 @@ def to_prompt_completion(rows: list[dict]) -> list[dict]:
 
 
 def read_rows(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return parse_jsonl(Path(path).read_bytes())
 
 
 def build_trainer(spec: TrainSpec, callbacks: list | None = None):
@@ -212,11 +215,29 @@ def _logged_tokens(trainer) -> float:
     return float(tokens[-1]) if tokens else 0.0
 
 
+def read_spec(path: str | Path) -> TrainSpec:
+    """The spec file, with `~` in its paths expanded here: a spec written for a cloud VM names the VM's
+    home, which only the VM can expand. Raises ConfigError naming every bad field."""
+    raw = json.loads(Path(path).read_text())
+    for field in ("model_cache", "train_file", "output_dir"):
+        if isinstance(raw.get(field), str):
+            raw[field] = os.path.expanduser(raw[field])
+    try:
+        return TrainSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, path)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", required=True, help="path to a TrainSpec JSON file")
     args = parser.parse_args(argv)
-    spec = TrainSpec.model_validate_json(Path(args.spec).read_text())
+    try:
+        spec = read_spec(args.spec)
+    except ConfigError as exc:  # a bad spec never starts training; exit 2 like any usage error
+        print(f"{ENTRY_MODULE}: {exc}", file=sys.stderr, flush=True)
+        return 2
+    print(f"{ENTRY_MODULE}: run {spec.run_id} -> {spec.output_dir}", flush=True)
     train(spec)
     return 0
 

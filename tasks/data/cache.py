@@ -1,0 +1,78 @@
+"""The data-prep cache: every step of a run is cached under `data-prep-<step>-<run key>`.
+
+The run key hashes everything that decides the outputs: the store's location, the inputs pinned to
+commits and the config hash (the stage's config, where it publishes, the tokenizer, the safety rules'
+text, the code version). Rerunning on unchanged inputs with an unchanged config is then served from
+Prefect's cache, step by step. The steps carry `PREP_STEP_CACHE` on their definitions; the flow names
+the run (and whether to refresh) for the steps it calls with `PrepRun.cached_steps`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import tags, task
+from prefect.cache_policies import NO_CACHE, CachePolicy
+from prefect.settings import PREFECT_TASKS_REFRESH_CACHE, temporary_settings
+
+from fineflow.config import FineflowConfig, config_hash
+from fineflow.runtime import code_version, step_logger
+from fineflow.store import DatasetStore
+
+# A tag on every step run of one prep run: it carries the run key to the cache policy (a step's own
+# parameters are rows and config sections, which should not have to know about runs) and groups the
+# run's steps in the UI.
+RUN_KEY_TAG = "data-prep-run:"
+
+
+def prep_config_hash(config: FineflowConfig) -> str:
+    """Everything that decides the outputs: the stage's config, where it publishes, the tokenizer,
+    the safety rules' text and the code version."""
+    rules = Path(config.data_prep.safety.rules_file).read_bytes()
+    scope = f"{config.store.repo}:{config.store.main_branch}:{config.base_model.name}"
+    return config_hash(config.data_prep, scope, rules, code_version())
+
+
+@dataclass(frozen=True)
+class PrepRun:
+    key: str
+    config_hash: str
+    pinned: tuple[str, ...]  # every input as a commit-pinned lakefs:// URI
+
+    @property
+    def branch(self) -> str:
+        """Where this run writes and audits its outputs before publishing."""
+        return f"prep-{self.key[:12]}"
+
+    @contextmanager
+    def cached_steps(self, refresh: bool) -> Iterator[None]:
+        """Steps called inside are cached under this run's key; refresh recomputes and overwrites them."""
+        with tags(RUN_KEY_TAG + self.key), temporary_settings(updates={PREFECT_TASKS_REFRESH_CACHE: refresh}):
+            yield
+
+
+@task(name="prep-run-key", cache_policy=NO_CACHE)  # cheap, and must see the current config
+def start_prep_run(store: DatasetStore, config: FineflowConfig, pinned: list[str]) -> PrepRun:
+    cfg_hash = prep_config_hash(config)
+    key = hashlib.sha256("\n".join([store.location, *pinned, cfg_hash]).encode()).hexdigest()
+    step_logger().info("inputs %s, config hash %s, run key %s", pinned, cfg_hash[:12], key[:12])
+    return PrepRun(key, cfg_hash, tuple(pinned))
+
+
+@dataclass
+class PrepStepCache(CachePolicy):
+    """`data-prep-<task name>-<run key>` inside a prep run; no caching outside one."""
+
+    def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs):
+        keys = [
+            tag.removeprefix(RUN_KEY_TAG) for tag in task_ctx.task_run.tags if tag.startswith(RUN_KEY_TAG)
+        ]
+        return f"data-prep-{task_ctx.task.name}-{keys[0]}" if keys else None
+
+
+PREP_STEP_CACHE = PrepStepCache()
