@@ -79,10 +79,14 @@ def find_measurement(
 
 
 def recorded_scores(client: MlflowClient, run_id: str) -> Scores:
-    """A measurement as its run keeps it: the metrics and the per-item scores in details.json."""
+    """A measurement as its run keeps it: the metrics and the per-item scores in details.json. A run
+    recorded without that file (by older code) gives point values only, and its gates say so."""
+    metrics = client.get_run(run_id).data.metrics
+    if DETAILS_FILE not in {artifact.path for artifact in client.list_artifacts(run_id)}:
+        return Scores.recorded(metrics, {})
     with tempfile.TemporaryDirectory(prefix="fineflow-details-") as folder:
         details = json.loads(Path(client.download_artifacts(run_id, DETAILS_FILE, folder)).read_text())
-    return Scores.recorded(client.get_run(run_id).data.metrics, details)
+    return Scores.recorded(metrics, details)
 
 
 @task(name="fetch-adapter", cache_policy=NO_CACHE, **IO_RETRIES)
