@@ -62,6 +62,22 @@ def code_version() -> str:
 IO_RETRIES = {"retries": 3, "retry_delay_seconds": [1, 5, 15], "retry_jitter_factor": 0.5}
 
 
+def retry_unless(*permanent: type[BaseException]):
+    """A Prefect retry condition: retry a failure, except one of `permanent`, an answer that does not
+    change on a retry (nothing to roll back to, a contaminated dataset)."""
+
+    def should_retry(task, task_run, state) -> bool:
+        try:
+            state.result()
+        except permanent:
+            return False
+        except Exception:
+            return True
+        return True
+
+    return should_retry
+
+
 def step_logger(name: str = "fineflow") -> logging.Logger | logging.LoggerAdapter:
     """The Prefect run logger inside a flow (so counts show in the UI), a plain logger outside one."""
     from prefect import get_run_logger

@@ -1,7 +1,7 @@
 """Lifecycle stage 1, data prep: raw files in the dataset store -> a published, audited dataset commit.
 
 ingest -> parse/validate -> normalise -> mask PII -> deduplicate -> safety filter -> token limit
--> split -> write on a branch -> audit -> merge (publish)
+-> split -> decontaminate -> write on a branch -> audit -> merge (publish)
 
 Each step is a Prefect task that logs its counts. Steps are cached on (commit-pinned inputs, config
 hash): rerunning on unchanged inputs with an unchanged config is served from Prefect's cache. Every
@@ -19,6 +19,7 @@ from fineflow.config import DEFAULT_CONFIG, load_config
 from fineflow.store import open_store
 from tasks.data.cache import start_prep_run
 from tasks.data.checks import check_setup
+from tasks.data.decontaminate import decontaminate_splits
 from tasks.data.dedup import deduplicate
 from tasks.data.ingest import ingest_inputs, read_inputs
 from tasks.data.normalize import normalize_rows
@@ -65,14 +66,15 @@ def data_prep(
             limited = enforce_token_limit(
                 safe.rows, config.base_model.name, config.data_dir / "models", prep.token_limit
             )
-            splits = split_rows(limited.rows, prep.split)
+            splits, contaminated, overlap = decontaminate_splits(split_rows(limited.rows, prep.split), config)
             filters = {
                 "normalize": normalized,
                 "deduplicate": deduped,
                 "safety-filter": safe,
                 "token-limit": limited,
             }
-            prepared = assemble_outputs(run, config, parsed, masked, filters, splits)
+            decontamination = (contaminated, overlap)
+            prepared = assemble_outputs(run, config, parsed, masked, filters, splits, decontamination)
             written = write_outputs(store, config, run.branch, prepared)
             counts = prepared.report.counts
             audit = audit_outputs(store, config, written, counts.rows_in, counts.quarantined)

@@ -94,6 +94,12 @@ def test_sample_dataset_end_to_end_then_cached(prefect_api, data_dir, overrides)
     assert removed["near_duplicate"] == planted["near_duplicate"]
     assert removed.get("prompt_injection", 0) + removed.get("jailbreak", 0) == planted["injection"]
     assert removed["harmful"] == planted["harmful"]
+    # Train rows repeating an eval question are removed after the split, so none is left in what trains.
+    decontaminated = [step for step in report["steps"] if step["step"] == "decontaminate"]
+    assert decontaminated[0]["dropped"] == (
+        {"contaminated": removed["contaminated"]} if "contaminated" in removed else {}
+    )
+    assert report["eval_overlap"]["exact_repeats"] == report["eval_overlap"]["near_repeats"] == 0
     assert len(outputs["train.jsonl"].splitlines()) == counts["train"]
     assert len(outputs["quarantine.jsonl"].splitlines()) == counts["quarantined"]
 

@@ -3,9 +3,15 @@ with different questions stay."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from fineflow.config import load_config
 from tasks.data.decontaminate import (
+    ContaminationError,
     EvalQuestion,
+    check_uncontaminated,
     eval_questions,
     find_contamination,
     ngram_overlap,
@@ -61,3 +67,18 @@ def test_overlap_report_counts_repeats_and_the_ngram_share_without_text():
     assert report["ngram8_overlap"] == 0.5  # the first shares an 8-word run, the second shares nothing
     assert all(isinstance(value, int | float) for value in report.values())
     assert ngram_overlap(train, [], 8) == 0.0
+
+
+def test_evaluation_refuses_a_dataset_whose_train_split_repeats_a_golden_question():
+    config = load_config("configs/default.yaml")
+    golden = {"golden-003": "What does one extra Nimbus Room Sensor cost?"}
+    golden_file = config.evaluation.golden_file
+    assert golden["golden-003"] in Path(golden_file).read_text()  # the shipped golden set asks it
+    train = [chat("old.jsonl:9", "What does one extra Nimbus Room Sensor cost?"), chat("ok:1", "Hi there")]
+
+    with pytest.raises(
+        ContaminationError,
+        match=r"1 train row\(s\) repeat .*old\.jsonl:9 \(exact repeat of golden:golden-003\)",
+    ):
+        check_uncontaminated(train, [], config)
+    check_uncontaminated(train[1:], [], config)  # a clean split passes

@@ -86,6 +86,7 @@ def print_prep_summary(
         f"{counts.quarantined} quarantined + {counts.removed} removed"
     )
     console.print(f"PII masked: {format_counts(report.pii_masked_by_type, empty='none')}")
+    console.print(f"train vs evaluation sets: {format_counts(report.eval_overlap)}")
     if report.quarantined_by_reason:
         console.print("quarantined: " + format_counts(report.quarantined_by_reason))
     if published is None:

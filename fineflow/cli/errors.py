@@ -22,6 +22,7 @@ from fineflow.cli.common import console
 EXIT_CODES: dict[str, int] = {
     "fineflow.config:ConfigError": 2,
     "tasks.data.ingest:InputError": 2,
+    "tasks.data.decontaminate:ContaminationError": 2,
     "fineflow.registry.refs:ModelRefError": 2,
     "fineflow.registry.lineage:LineageError": 2,
     "tasks.evaluation.promotion:NotEvaluatedError": 2,

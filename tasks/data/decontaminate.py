@@ -16,10 +16,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from datasketch import MinHash, MinHashLSH
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
-from fineflow.config import DecontaminationConfig
+from fineflow.config import DecontaminationConfig, FineflowConfig
+from fineflow.runtime import step_logger
+from fineflow.store.jsonl import parse_jsonl
 from tasks.data.records import Removal, Row, StepResult
 
 _WORD = re.compile(r"\w+")
@@ -138,3 +143,46 @@ def eval_questions(golden_questions: dict[str, str], eval_rows: list[Row]) -> li
     questions = [EvalQuestion(f"golden:{gid}", text) for gid, text in golden_questions.items()]
     questions += [EvalQuestion(f"eval:{row['source']}", user_text(row["messages"])) for row in eval_rows]
     return questions
+
+
+class ContaminationError(ValueError):
+    """Train rows of a dataset commit repeat questions of the evaluation sets; the message names them."""
+
+
+def golden_questions(config: FineflowConfig) -> dict[str, str]:
+    """The golden set's questions by id (evaluation.golden_file, a file of this checkout)."""
+    items = parse_jsonl(Path(config.evaluation.golden_file).read_bytes())
+    return {item["id"]: item["question"] for item in items}
+
+
+# Not cached with the prep steps: the golden file is not part of the prep cache key, and this is cheap.
+@task(name="decontaminate", cache_policy=NO_CACHE)
+def decontaminate_splits(
+    splits: dict[str, list[Row]], config: FineflowConfig
+) -> tuple[dict[str, list[Row]], StepResult, dict[str, float | int]]:
+    """(splits with the contaminated train rows removed, the removals, the overlap the report states:
+    measured after removal, so it shows what training will see)."""
+    settings = config.data_prep.decontamination
+    questions = eval_questions(golden_questions(config), splits["eval"])
+    result = remove_contaminated(splits["train"], questions, settings)
+    overlap = overlap_report(result.rows, questions, settings)
+    step_logger().info(
+        "decontaminate: %d train rows repeat an evaluation question and are removed; overlap %s",
+        len(result.removed),
+        overlap,
+    )
+    return {**splits, "train": result.rows}, result, overlap
+
+
+def check_uncontaminated(train: list[Row], eval_rows: list[Row], config: FineflowConfig) -> None:
+    """Refuse evaluation sets that training saw: a ContaminationError naming each train row and the
+    question it repeats (first ten)."""
+    questions = eval_questions(golden_questions(config), eval_rows)
+    found = find_contamination(train, questions, config.data_prep.decontamination)
+    if found:
+        named = "; ".join(f"{m.train_source} ({m.detail})" for m in found[:10])
+        raise ContaminationError(
+            f"{len(found)} train row(s) repeat evaluation questions, so their scores would measure recall "
+            f"of training data: {named}. Publish the dataset again with this code's data prep "
+            "(it removes them), or fix the evaluation sets."
+        )

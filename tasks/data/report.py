@@ -47,10 +47,14 @@ def assemble_outputs(
     masked: tuple[list[Row], list[Quarantined], dict[str, int]],
     filters: dict[str, StepResult],
     splits: dict[str, list[Row]],
+    decontamination: tuple[StepResult, dict[str, float | int]],
 ) -> PreparedOutputs:
-    """`filters`: the row-removing steps by name, in order (normalize first; masking follows it)."""
+    """`filters`: the row-removing steps by name, in order (normalize first; masking follows it);
+    `decontamination`: the train rows removed after the split, and the eval-vs-train overlap."""
     masked_rows, quarantined, pii_counts = masked
+    contaminated, overlap = decontamination
     removed = [removal for result in filters.values() for removal in result.removed]
+    removed += contaminated.removed
     lineage = PrepLineage(
         inputs=" ".join(run.pinned),
         config_hash=run.config_hash,
@@ -64,7 +68,8 @@ def assemble_outputs(
         quarantined_by_reason=parsed.quarantined_by_reason(),
         removed_by_reason=count_reasons(removed),
         pii_masked_by_type=pii_counts,
-        steps=step_table(parsed, filters, len(masked_rows)),
+        steps=step_table(parsed, filters, len(masked_rows), contaminated),
+        eval_overlap=overlap,
     )
     return PreparedOutputs(splits, quarantined, removed, report)
 
@@ -83,7 +88,9 @@ def check_counts(rows_in: int, quarantined: int, removed: list[Removal], splits:
     return counts
 
 
-def step_table(parsed: ParseResult, filters: dict[str, StepResult], masked: int) -> list[StepCounts]:
+def step_table(
+    parsed: ParseResult, filters: dict[str, StepResult], masked: int, contaminated: StepResult
+) -> list[StepCounts]:
     table = [
         StepCounts(
             step="parse-validate",
@@ -103,6 +110,9 @@ def step_table(parsed: ParseResult, filters: dict[str, StepResult], masked: int)
         if name == "normalize":
             table.append(StepCounts(step="mask-pii", rows_in=rows_before, rows_out=masked, dropped={}))
     table.append(StepCounts(step="split", rows_in=rows_before, rows_out=rows_before, dropped={}))
+    dropped = contaminated.removed_by_reason()
+    rows_out = rows_before - len(contaminated.removed)
+    table.append(StepCounts(step="decontaminate", rows_in=rows_before, rows_out=rows_out, dropped=dropped))
     return table
 
 
@@ -126,6 +136,8 @@ def report_markdown(report: PrepReport, audit: AuditReport, published: str | Non
         f"{counts.quarantined} quarantined + {counts.removed} removed",
         "",
         "**PII masked (counts by type):** " + format_counts(report.pii_masked_by_type, empty="none"),
+        "",
+        "**Train vs the evaluation sets, after decontamination:** " + format_counts(report.eval_overlap),
         "",
         "| audit check | value |",
         "|---|---|",

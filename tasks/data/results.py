@@ -50,6 +50,8 @@ class PrepReport(_Frozen):
     removed_by_reason: dict[str, int]
     pii_masked_by_type: dict[str, int]
     steps: list[StepCounts]
+    # train vs the evaluation sets after decontamination: repeats left (0) and the n-gram overlap share
+    eval_overlap: dict[str, float | int]
 
     def to_json(self) -> bytes:
         return self.model_dump_json(indent=2, by_alias=True).encode()

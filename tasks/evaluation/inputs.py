@@ -3,15 +3,17 @@ version's dataset commit, and the evaluation key that names them for reuse."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from fineflow.config import FineflowConfig, config_hash
-from fineflow.runtime import IO_RETRIES, code_version
+from fineflow.runtime import IO_RETRIES, code_version, retry_unless
 from fineflow.store import open_store
+from fineflow.store.jsonl import parse_jsonl
+from fineflow.store.layout import dataset_layout
+from tasks.data.decontaminate import ContaminationError, check_uncontaminated
 from tasks.evaluation.classic_metrics import load_eval_prompts
 from tasks.evaluation.gates import GateConfig, load_gates
 from tasks.evaluation.injection import load_payloads
@@ -34,12 +36,19 @@ def evaluation_key(config: FineflowConfig, dataset_commit: str) -> str:
     return config_hash(config.evaluation, dataset_commit, golden, code_version())[:24]
 
 
-@task(name="read-eval-sets", cache_policy=NO_CACHE, **IO_RETRIES)
+@task(
+    name="read-eval-sets",
+    cache_policy=NO_CACHE,
+    retry_condition_fn=retry_unless(ContaminationError),
+    **IO_RETRIES,
+)
 def read_eval_sets(config: FineflowConfig, dataset_commit: str) -> EvalSets:
-    """The golden set and the first evaluation.max_eval_rows rows of the eval split at the commit."""
-    store = open_store(config)
-    data = store.read(config.store.repo, dataset_commit, f"{config.data_prep.output_prefix}/eval.jsonl")
-    rows = [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+    """The golden set and the first evaluation.max_eval_rows rows of the eval split at the commit; a
+    ContaminationError when the commit's train split repeats any of their questions."""
+    store, layout = open_store(config), dataset_layout(config)
+    rows = parse_jsonl(store.read(config.store.repo, dataset_commit, layout.path("eval")))
+    train = parse_jsonl(store.read(config.store.repo, dataset_commit, layout.path("train")))
+    check_uncontaminated(train, rows, config)
     questions, references = read_golden(config.evaluation.golden_file)
     limit = config.evaluation.max_eval_rows
     return EvalSets(questions, references, [row["messages"] for row in rows[:limit]])

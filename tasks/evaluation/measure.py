@@ -11,7 +11,6 @@ run), so the gates can give each an interval and compare models item by item (ta
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 from fineflow.config import FineflowConfig
 from fineflow.models.engine import GenerationOptions, load_generator, serving_metrics
 from fineflow.runtime import step_logger
+from fineflow.store.jsonl import parse_jsonl
 from tasks.evaluation.classic_metrics import (
     AnswerPII,
     answer_perplexity,
@@ -83,18 +83,19 @@ class Measurement:
         return Scores.recorded(self.metrics, self.details)
 
 
-def _golden_items(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+def golden_items(path: Path) -> list[dict]:
+    """The golden set's items: id, question, reference, context and the key facts."""
+    return parse_jsonl(Path(path).read_bytes())
 
 
 def read_golden(path: Path) -> tuple[list[str], list[str]]:
-    items = _golden_items(path)
+    items = golden_items(path)
     return [i["question"] for i in items], [i["reference"] for i in items]
 
 
 def read_golden_facts(path: Path) -> list[list[str]]:
     """The key facts a correct answer to each golden question states (empty for an item without)."""
-    return [list(i.get("facts", [])) for i in _golden_items(path)]
+    return [list(i.get("facts", [])) for i in golden_items(path)]
 
 
 def measure(subject: Subject, adapter_dir: str | None, sets: EvalSets, config: FineflowConfig) -> Measurement:

@@ -19,7 +19,7 @@ from fineflow.registry import aliases
 from fineflow.registry.aliases import Aliases, AliasMove, RollbackError, version_by_alias
 from fineflow.registry.refs import RegisteredVersion
 from fineflow.registry.tracking import tracking_uri
-from fineflow.runtime import IO_RETRIES
+from fineflow.runtime import IO_RETRIES, retry_unless
 from tasks.evaluation.eval_report import render_html
 from tasks.evaluation.gates import Decision, Scores
 from tasks.evaluation.measure import version_key
@@ -125,18 +125,12 @@ def move_aliases(client: MlflowClient, found: RegisteredVersion, names: Aliases,
     return aliases.promote(client, found.name, found.version, names, note)
 
 
-def _transient(task, task_run, state) -> bool:
-    """Retry a failed tracking call, but not a rollback with nothing to go back to: that stays so."""
-    try:
-        state.result()
-    except RollbackError:
-        return False
-    except Exception:
-        return True
-    return True
-
-
-@task(name="move-aliases-back", cache_policy=NO_CACHE, retry_condition_fn=_transient, **IO_RETRIES)
+@task(
+    name="move-aliases-back",
+    cache_policy=NO_CACHE,
+    retry_condition_fn=retry_unless(RollbackError),
+    **IO_RETRIES,
+)
 def move_aliases_back(client: MlflowClient, model: str, names: Aliases) -> AliasMove:
     return aliases.rollback(client, model, names)
 
