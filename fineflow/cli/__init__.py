@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -14,6 +14,9 @@ from rich.table import Table
 from fineflow.config import DEFAULT_CONFIG, ConfigError, FineflowConfig, is_loopback, load_config
 from fineflow.runtime import prepare_environment
 from fineflow.stack import use_running_stack
+
+if TYPE_CHECKING:  # imported lazily at run time, after prepare_environment
+    from tasks.data.results import DataPrepResult, PrepReport
 
 app = typer.Typer(
     help="fineflow: the lifecycle of a fine-tuned LLM as versioned Prefect flows.", no_args_is_help=True
@@ -495,7 +498,9 @@ def _overrides(set_: list[str] | None) -> dict:
     return {key.strip(): yaml.safe_load(value) for key, value in pairs}
 
 
-def _print_prep_summary(config: FineflowConfig, report, ref: str, published=None) -> None:
+def _print_prep_summary(
+    config: FineflowConfig, report: PrepReport, ref: str, published: DataPrepResult | None = None
+) -> None:
     """The step table and counts of a report; `published` (a DataPrepResult) when the audit passed."""
     from fineflow.store.layout import dataset_layout
     from tasks.data.records import format_counts
