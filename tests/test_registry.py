@@ -102,7 +102,7 @@ def test_fine_tune_logging_registration_and_lookup(config, tiny_model, tmp_path)
     tracker.log_config_file(config_file)
     with ThreadPoolExecutor(1) as pool:
         model_uri = pool.submit(
-            tracker.log_adapter_model, adapter, str(base), tmp_path / "models", 4
+            tracker.log_adapter_model, adapter, str(base), tmp_path / "models", 4, 8
         ).result()
     version = tracker.register(
         model_uri, {**LINEAGE, "mlflow_run_id": run_id}, config.registry.challenger_alias
@@ -122,6 +122,7 @@ def test_fine_tune_logging_registration_and_lookup(config, tiny_model, tmp_path)
         "base_model": str(base),
         "model_cache": str(tmp_path / "models"),
         "max_new_tokens": "4",
+        "batch_size": "8",
     }
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")] == [(1, 2.5), (2, 2.0)]
     assert "note" not in run.data.metrics

@@ -459,7 +459,7 @@ def registered_champion(tmp_path, monkeypatch, tiny_model_dir):
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(adapter)
     tracker = FinetuneTracker(config)
     tracker.start("serve-test", "serve-test", params={}, tags={})
-    uri = tracker.log_adapter_model(adapter, str(tiny_model_dir), tmp_path / "models", 4)
+    uri = tracker.log_adapter_model(adapter, str(tiny_model_dir), tmp_path / "models", 4, 8)
     tags = {
         "dataset_commit": "c0ffee",
         "base_model": str(tiny_model_dir),

@@ -1,7 +1,8 @@
 """An MLflow pyfunc model that holds a LoRA adapter only and names its base model.
 
 Logged with artifact "adapter" (the directory the trainer writes: adapter_config.json,
-adapter_model.safetensors and the tokenizer) and model_config {"base_model": ..., "max_new_tokens": ...}.
+adapter_model.safetensors and the tokenizer) and model_config {"base_model", "max_new_tokens",
+"batch_size"} (each required).
 The base model is never copied into MLflow: `load_context` resolves it (the embedded GGUF's cached copy,
 a local directory or a hub id) and applies the adapter with peft.
 
@@ -20,8 +21,7 @@ from typing import Any
 
 import mlflow.pyfunc
 
-DEFAULT_MAX_NEW_TOKENS = 256
-DEFAULT_BATCH_SIZE = 8
+REQUIRED_MODEL_CONFIG = ("base_model", "max_new_tokens", "batch_size")  # written by registration
 
 
 def model_cache_dir(model_config: dict[str, Any] | None) -> Path:
@@ -70,10 +70,10 @@ class LoraAdapterModel(mlflow.pyfunc.PythonModel):
         from fineflow.models.engine import load_generator
 
         config = dict(context.model_config or {})
-        if "base_model" not in config:
-            raise ValueError("model_config must name the base model: {'base_model': ...}")
-        self.max_new_tokens = int(config.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS))
-        self.batch_size = int(config.get("batch_size", DEFAULT_BATCH_SIZE))
+        if missing := [key for key in REQUIRED_MODEL_CONFIG if key not in config]:
+            raise ValueError(f"model_config lacks {missing}: a model registered by fineflow names them all")
+        self.max_new_tokens = int(config["max_new_tokens"])
+        self.batch_size = int(config["batch_size"])
         adapter_dir = context.artifacts["adapter"]
         self.generator = load_generator(config["base_model"], adapter_dir, model_cache_dir(config))
 

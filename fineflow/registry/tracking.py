@@ -300,7 +300,7 @@ class FinetuneTracker:
         self.client.log_artifact(self._require_run(), str(path), artifact_path="config")
 
     def log_adapter_model(
-        self, adapter_dir: Path, base_model: str, model_cache: Path, max_new_tokens: int = 256
+        self, adapter_dir: Path, base_model: str, model_cache: Path, max_new_tokens: int, batch_size: int
     ) -> str:
         """Log the adapter (never the base model) as a pyfunc model. Returns its model URI."""
         from mlflow.models import ModelSignature
@@ -333,6 +333,7 @@ class FinetuneTracker:
                     "base_model": base_model,
                     "model_cache": str(model_cache),
                     "max_new_tokens": int(max_new_tokens),
+                    "batch_size": int(batch_size),
                 },
                 code_paths=[str(package_dir)],  # loads where fineflow is not installed
                 # MLflow 3.17 copies uv.lock/pyproject.toml from the working directory when it finds them:

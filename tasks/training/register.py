@@ -85,8 +85,13 @@ def log_final_metrics(tracker: FinetuneTracker, summary: TrainingSummary) -> Non
 @task(name="log-adapter-model", cache_policy=NO_CACHE, **IO_RETRIES)
 def log_adapter_model(tracker: FinetuneTracker, config: FineflowConfig, summary: TrainingSummary) -> str:
     """Log the adapter as a pyfunc model on the run; returns its model URI."""
+    # predict() answers as the server does by default, in evaluation's batches
     return tracker.log_adapter_model(
-        Path(summary.adapter_dir), config.base_model.name, config.data_dir / "models"
+        Path(summary.adapter_dir),
+        config.base_model.name,
+        config.data_dir / "models",
+        config.serve.max_new_tokens.default,
+        config.evaluation.generation.batch_size,
     )
 
 
