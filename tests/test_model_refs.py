@@ -15,6 +15,7 @@ GATES = """
 require_approval: false
 approval_timeout_s: 60
 approval_poll_s: 1
+statistics: {confidence: 0.95, resamples: 1000, seed: 0, min_items: 30}
 gates:
   - {metric: rouge_l, direction: higher, threshold: 0.1, max_regression: null, blocking: true}
 """

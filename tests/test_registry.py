@@ -165,7 +165,8 @@ def test_fine_tune_logging_registration_and_lookup(config, tiny_model, tmp_path)
     assert len(loaded.predict(batch, params={"max_new_tokens": 2})) == 2
     assert len(loaded.predict(pd.DataFrame({"prompt": ["x", "y", "z"]}))) == 3
     python_model = loaded.unwrap_python_model()
-    assert python_model.tokenizer.padding_side == "left" and python_model.max_new_tokens == 4
+    assert python_model.generator.tokenizer.padding_side == "left" and python_model.max_new_tokens == 4
+    assert python_model.batch_size == 8
 
     # lineage lookup: the same tags find the version, one changed tag finds nothing
     assert str(find_version(config, LINEAGE).version) == "1"
