@@ -304,3 +304,19 @@ def test_bf16_trained_adapter_lowers_the_loss_and_generates_in_fp32(tmp_path, ti
     with torch.no_grad():
         output = model.generate(**prompt, max_new_tokens=4, do_sample=False)
     assert output.shape[1] > prompt["input_ids"].shape[1]
+
+
+def test_bf16_precision_runs_the_matmuls_in_bf16_on_this_cpu_path(tmp_path, tiny_model_dir):
+    import torch
+
+    spec = make_spec(tmp_path, tiny_model_dir, "autocast", precision="bf16")
+    trainer = build_trainer(spec, hardware=OLD_X86)
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    seen = []
+    layer = trainer.model.get_base_model().model.layers[0].mlp.down_proj
+    layer.register_forward_hook(lambda module, args, output: seen.append(output.dtype))
+    trainer.compute_loss(trainer.model, dict(batch)).backward()
+    assert seen == [torch.bfloat16]
+    assert layer.weight.dtype == torch.bfloat16  # frozen: cast once, not at every forward
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters() if p.requires_grad)
+    assert trainer.model.get_input_embeddings().weight.dtype == torch.float32

@@ -81,7 +81,7 @@ def build_trainer(spec: TrainSpec, callbacks: list | None = None, hardware: Hard
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(base, **model_load_kwargs(spec, hardware, torch))
     dataset = Dataset.from_list(to_prompt_completion(read_rows(spec.train_file)))
-    return _trainer_class()(
+    trainer = _trainer_class()(
         model=model,
         args=SFTConfig(**training_arguments(spec, hardware)),
         train_dataset=dataset,
@@ -89,6 +89,33 @@ def build_trainer(spec: TrainSpec, callbacks: list | None = None, hardware: Hard
         peft_config=peft_config(spec.lora),
         callbacks=callbacks or [],
     )
+    autocast_dtype = AUTOCAST_DTYPES.get(resolve_precision(training.precision, hardware))
+    if autocast_dtype is not None and spec.lora.base_quantization == "none":
+        store_frozen_weights_as(trainer.model, getattr(torch, autocast_dtype))
+    return trainer
+
+
+AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
+
+
+def store_frozen_weights_as(model, dtype) -> int:
+    """Cast the frozen matmul weights to the autocast dtype once. Autocast casts a weight that needs no
+    gradient again at every forward (it caches only trainable ones): for SmolLM2-135M that is half a GB
+    read and a quarter written per step, into fresh allocations too large for malloc to reuse, so the
+    kernel zeroes new pages every step. The values the matmuls see are the same. The embedding (and a LM
+    head tied to it) stays fp32: the lookup feeds the fp32 residual stream. Returns how many were cast."""
+    import torch
+
+    embedding = {id(parameter) for parameter in model.get_input_embeddings().parameters()}
+    cast = 0
+    for module in model.modules():
+        if not isinstance(module, torch.nn.Linear) or id(module.weight) in embedding:
+            continue
+        for parameter in (module.weight, module.bias):
+            if parameter is not None and not parameter.requires_grad and parameter.dtype != dtype:
+                parameter.data = parameter.data.to(dtype)
+                cast += 1
+    return cast
 
 
 def training_arguments(spec: TrainSpec, hardware: Hardware) -> dict:
@@ -231,6 +258,7 @@ def _trainer_class():
     positions, under autocast, once: the same loss, and the same logged metrics, for a fraction of the
     work. On CUDA/XPU trl's own path (Triton, compact, no logits in memory) is kept."""
     import torch
+    import torch.nn.functional as F
     from trl import SFTTrainer
     from trl.kernels.chunked_logprob import _use_triton
 
@@ -241,8 +269,13 @@ def _trainer_class():
             labels = inputs["labels"][:, 1:]
             mask = labels != -100
             backbone = {k: v for k, v in inputs.items() if k != "labels"}
-            hidden = model.get_base_model().base_model(**backbone, use_cache=False).last_hidden_state
-            logits = model.get_output_embeddings()(hidden[:, :-1][mask]).float()
+            # accelerate applies mixed precision by wrapping the model's own forward in autocast; the backbone
+            # called directly needs it said here
+            with self.accelerator.autocast():
+                hidden = model.get_base_model().base_model(**backbone, use_cache=False).last_hidden_state
+                head = model.get_output_embeddings()
+                weight = self._head_weight(head, hidden.device.type)
+                logits = F.linear(hidden[:, :-1][mask], weight, head.bias).float()
             log_probs = logits.log_softmax(-1)
             targets = labels[mask]
             token_log_probs = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
@@ -252,6 +285,17 @@ def _trainer_class():
                 loss = loss * self.accelerator.num_processes
             self._record_metrics(inputs, log_probs.detach(), targets)
             return loss
+
+        def _head_weight(self, head, device_type: str):
+            """The LM head's weight in the autocast dtype, cast once: it is tied to the fp32 embedding, so
+            `store_frozen_weights_as` leaves it, and autocast would cast all 49k x 576 of it every step."""
+            if head.weight.requires_grad or not torch.is_autocast_enabled(device_type):
+                return head.weight
+            dtype = torch.get_autocast_dtype(device_type)
+            cached = getattr(self, "_cast_head_weight", None)
+            if cached is None or cached.dtype != dtype:
+                cached = self._cast_head_weight = head.weight.detach().to(dtype)
+            return cached
 
         def _record_metrics(self, inputs, log_probs, targets):
             """trl's per-step metrics (entropy, mean_token_accuracy, num_tokens), over the same tokens."""
