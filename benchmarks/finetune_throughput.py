@@ -18,9 +18,11 @@ What fineflow does differently, by default (tasks/training/train.py says why for
   ops there that score every position in fp32 vocabulary tiles and recompute them in the backward pass;
 - batches of rows of similar length (`group_by_length`), so little compute goes to padding.
 
-It also prints the achieved GFLOP/s, with FLOPs per token = 4 x N + 2 x N_lora (N: every matmul weight,
-LoRA and LM head included, embeddings excluded; 2N forward, 2N backward to the activations, 2N_lora for the
-LoRA weight gradients; attention's own matmuls ignored), against a bf16 matmul measured in the same run.
+It also prints the achieved GFLOP/s, with FLOPs per token = 4 x N + 2 x N_lora, N being every matmul weight
+of the transformer layers, LoRA included: 2N forward, 2N backward to the activations, 2N_lora for the LoRA
+weights' gradients. A lower bound: attention's own matmuls are left out, and so is the LM head (fineflow
+projects only the completion tokens there; counting it at every token would credit work not done). The
+peak it is compared with is a bf16 matmul measured in the same run.
 """
 
 from __future__ import annotations
@@ -120,15 +122,16 @@ def _timed(trainer) -> dict:
 
 
 def flops_per_token(model) -> int:
-    """4 x N + 2 x N_lora: forward (2N) and backward to the activations (2N) through every matmul weight,
-    and the LoRA weights' own gradients (2N_lora). Embedding lookups are not matmuls; a tied LM head is."""
+    """4 x N + 2 x N_lora over the transformer layers' matmul weights (see the module docstring): the
+    embedding and the LM head (tied to it or not) are left out."""
     import torch
 
+    head = model.get_output_embeddings()
+    skipped = {id(model.get_input_embeddings().weight), id(head.weight)}
     matmul = trainable = 0
-    seen = set()
     for module in model.modules():
-        if isinstance(module, torch.nn.Linear) and id(module.weight) not in seen:
-            seen.add(id(module.weight))
+        if isinstance(module, torch.nn.Linear) and id(module.weight) not in skipped:
+            skipped.add(id(module.weight))
             matmul += module.weight.numel()
             trainable += module.weight.numel() if module.weight.requires_grad else 0
     return 4 * matmul + 2 * trainable
@@ -203,7 +206,7 @@ def main() -> None:
         )
     ours = best["fineflow"]
     gflops = ours["tokens_per_second"] * ours["flops_per_token"] / 1e9
-    print(f"FLOPs per token: 4 x N + 2 x N_lora = {ours['flops_per_token'] / 1e6:.0f} MFLOP")
+    print(f"FLOPs per token, 4 x N + 2 x N_lora over the layers: {ours['flops_per_token'] / 1e6:.0f} MFLOP")
     print(f"bf16 matmul (768x576 @ 576x1536), same run: {peak:.1f} GFLOP/s")
     print(f"share of bf16 matmul peak: {100 * gflops / peak:.0f}%")
     ratio = ours["tokens_per_second"] / best["plain SFTTrainer"]["tokens_per_second"]
