@@ -16,11 +16,26 @@ from tasks.training.compute_local import REPO_ROOT, TrainingFailedError, run_loc
 from tasks.training.train import (
     EVENT_PREFIX,
     METRIC_PREFIX,
+    Hardware,
     TrainSpec,
+    build_trainer,
+    cpu_flags,
     last_complete_checkpoint,
+    model_load_kwargs,
+    precision_flags,
+    resolve_precision,
     to_prompt_completion,
     train,
+    training_arguments,
 )
+
+# The machines precision and QLoRA are decided for, as `detect_hardware` would read them.
+EPYC_AVX512_BF16 = Hardware(
+    cuda=False, cuda_bf16=False, cpu_flags=frozenset({"avx2", "avx512f", "avx512_bf16"})
+)
+OLD_X86 = Hardware(cuda=False, cuda_bf16=False, cpu_flags=frozenset({"avx2", "avx512f"}))
+A100 = Hardware(cuda=True, cuda_bf16=True, cpu_flags=frozenset({"avx2"}))
+T4 = Hardware(cuda=True, cuda_bf16=False, cpu_flags=frozenset({"avx2", "avx512_bf16"}))
 
 
 def rows(count: int) -> list[dict]:
@@ -156,3 +171,152 @@ def test_failed_training_raises_with_the_trainers_last_lines(tmp_path, tiny_mode
         run_locally(spec, lambda _: None)
     assert "exited with code 1" in str(failure.value)
     assert "missing.jsonl" in str(failure.value)
+
+
+def test_cpu_flags_are_read_from_x86_and_arm_cpuinfo():
+    x86 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\nbugs\t\t: spectre\nprocessor\t: 1\n"
+    arm = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\nCPU part\t: 0xd40\n"
+    assert cpu_flags(x86) == {"fpu", "avx2", "avx512f", "avx512_bf16"}
+    assert {"bf16", "sve"} <= cpu_flags(arm) and "spectre" not in cpu_flags(x86)
+    assert cpu_flags("") == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("hardware", "expected"),
+    [
+        (EPYC_AVX512_BF16, "bf16"),
+        (Hardware(cuda=False, cuda_bf16=False, cpu_flags=frozenset({"amx_bf16"})), "bf16"),  # Sapphire Rapids
+        (Hardware(cuda=False, cuda_bf16=False, cpu_flags=frozenset({"asimd", "bf16"})), "bf16"),  # Graviton3
+        (OLD_X86, "fp32"),  # bf16 would be emulated there: slower than fp32
+        (A100, "bf16"),
+        (T4, "fp32"),  # the GPU decides, not the host's CPU flags
+    ],
+)
+def test_auto_precision_is_bf16_only_where_the_hardware_computes_it(hardware, expected):
+    assert resolve_precision("auto", hardware) == expected
+
+
+@pytest.mark.parametrize("choice", ["fp32", "bf16", "fp16"])
+def test_an_explicit_precision_is_kept_on_any_hardware(choice):
+    for hardware in (EPYC_AVX512_BF16, OLD_X86, A100, T4):
+        assert resolve_precision(choice, hardware) == choice
+
+
+def test_precision_flags_turn_on_autocast_and_tell_the_trainer_the_cpu_is_meant():
+    assert precision_flags("auto", EPYC_AVX512_BF16) == {"bf16": True, "fp16": False, "use_cpu": True}
+    assert precision_flags("auto", OLD_X86) == {"bf16": False, "fp16": False, "use_cpu": False}
+    assert precision_flags("auto", A100) == {"bf16": True, "fp16": False, "use_cpu": False}
+    assert precision_flags("fp16", T4) == {"bf16": False, "fp16": True, "use_cpu": False}
+
+
+def test_training_arguments_wire_precision_and_gradient_checkpointing(tmp_path, tiny_model_dir):
+    from trl import SFTConfig
+
+    spec = make_spec(tmp_path, tiny_model_dir, "args", gradient_checkpointing=False)
+    kwargs = training_arguments(spec, EPYC_AVX512_BF16)
+    # trl's default is on: fineflow's must be what the config says, explicitly
+    assert kwargs["gradient_checkpointing"] is False
+    assert (kwargs["bf16"], kwargs["fp16"], kwargs["use_cpu"]) == (True, False, True)
+    args = SFTConfig(**kwargs)  # the Trainer accepts bf16 on this CPU
+    assert args.bf16 and not args.gradient_checkpointing and args.use_cpu
+    checkpointed = make_spec(tmp_path, tiny_model_dir, "gc", gradient_checkpointing=True, precision="fp32")
+    kwargs = training_arguments(checkpointed, A100)
+    assert kwargs["gradient_checkpointing"] is True
+    assert (kwargs["bf16"], kwargs["fp16"], kwargs["use_cpu"]) == (False, False, False)
+
+
+def test_qlora_loads_a_4bit_base_on_a_gpu_and_fails_fast_without_one(tmp_path, tiny_model_dir):
+    import torch
+
+    spec = make_spec(tmp_path, tiny_model_dir, "q")
+    assert model_load_kwargs(spec, EPYC_AVX512_BF16, torch) == {"dtype": torch.float32}
+    qlora = spec.model_copy(update={"lora": spec.lora.model_copy(update={"base_quantization": "nf4"})})
+    kwargs = model_load_kwargs(qlora, A100, torch)
+    quantization = kwargs["quantization_config"]
+    assert quantization.load_in_4bit and quantization.bnb_4bit_quant_type == "nf4"
+    assert quantization.bnb_4bit_compute_dtype == torch.bfloat16 and kwargs["dtype"] == torch.bfloat16
+    assert quantization.bnb_4bit_use_double_quant and kwargs["device_map"] == {"": 0}
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        model_load_kwargs(qlora, EPYC_AVX512_BF16, torch)
+    with pytest.raises(ValueError, match="base_quantization"):
+        build_trainer(qlora, hardware=OLD_X86)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"fine_tune.training.precision": "fp32"},
+        {"fine_tune.training.gradient_checkpointing": True},
+        {"fine_tune.lora.base_quantization": "nf4"},
+    ],
+)
+def test_the_lineage_hash_covers_precision_and_the_gpu_knobs(override):
+    from flows.fine_tune import finetune_config_hash
+
+    assert load_config().fine_tune.training.precision == "auto"
+    assert finetune_config_hash(load_config(overrides=override)) != finetune_config_hash(load_config())
+
+
+def test_the_cpu_loss_scores_completion_tokens_exactly_like_trl(tmp_path, tiny_model_dir):
+    """fineflow's CPU loss (LM head over the labelled positions only) against trl's fused head: the same
+    loss, gradients and logged metrics on one batch."""
+    import torch
+    from trl import SFTTrainer
+
+    trainer = build_trainer(make_spec(tmp_path, tiny_model_dir, "same", precision="fp32"), hardware=OLD_X86)
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    assert (batch["labels"] == -100).any() and (batch["labels"] != -100).any()
+    trainable = [p for p in trainer.model.parameters() if p.requires_grad]
+    torch.manual_seed(0)
+    with torch.no_grad():  # LoRA B starts at zero, which would leave every A gradient zero on both sides
+        for parameter in trainable:
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    results = []
+    for compute_loss in (type(trainer).compute_loss, SFTTrainer.compute_loss):
+        trainer._metrics["train"].clear()
+        trainer._total_train_tokens = 0
+        trainer.model.zero_grad()
+        torch.manual_seed(1)  # the same LoRA dropout masks on both sides
+        loss = compute_loss(trainer, trainer.model, dict(batch))
+        loss.backward()
+        metrics = {k: v[-1] for k, v in trainer._metrics["train"].items()}
+        results.append((loss.item(), [p.grad.clone() for p in trainable], metrics))
+    (ours, our_grads, our_metrics), (trls, trl_grads, trl_metrics) = results
+    assert ours == pytest.approx(trls, rel=1e-5)
+    assert all(g.abs().max() > 0 for g in trl_grads)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(our_grads, trl_grads, strict=True))
+    assert our_metrics.keys() == trl_metrics.keys() >= {"entropy", "mean_token_accuracy", "num_tokens"}
+    assert our_metrics == pytest.approx(trl_metrics, rel=1e-4)
+
+
+def test_bf16_trained_adapter_lowers_the_loss_and_generates_in_fp32(tmp_path, tiny_model_dir, capsys):
+    import torch
+
+    from fineflow.models.pyfunc import load_model_and_tokenizer
+
+    spec = make_spec(tmp_path, tiny_model_dir, "bf16", max_steps=12, precision="bf16", learning_rate=5e-3)
+    summary = train(spec)
+    losses = [loss for _, loss in step_losses(capsys.readouterr().out.splitlines())]
+    assert len(losses) == 12 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+    model, tokenizer, _ = load_model_and_tokenizer(str(tiny_model_dir), summary["adapter_dir"])
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    prompt = tokenizer("user How long is the warranty? ", return_tensors="pt")
+    with torch.no_grad():
+        output = model.generate(**prompt, max_new_tokens=4, do_sample=False)
+    assert output.shape[1] > prompt["input_ids"].shape[1]
+
+
+def test_bf16_precision_runs_the_matmuls_in_bf16_on_this_cpu_path(tmp_path, tiny_model_dir):
+    import torch
+
+    spec = make_spec(tmp_path, tiny_model_dir, "autocast", precision="bf16")
+    trainer = build_trainer(spec, hardware=OLD_X86)
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    seen = []
+    layer = trainer.model.get_base_model().model.layers[0].mlp.down_proj
+    layer.register_forward_hook(lambda module, args, output: seen.append(output.dtype))
+    trainer.compute_loss(trainer.model, dict(batch)).backward()
+    assert seen == [torch.bfloat16]
+    assert layer.weight.dtype == torch.bfloat16  # frozen: cast once, not at every forward
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters() if p.requires_grad)
+    assert trainer.model.get_input_embeddings().weight.dtype == torch.float32

@@ -169,6 +169,9 @@ class LoraConfig(Strict):
     alpha: int = Field(ge=1)
     dropout: float = Field(ge=0.0, lt=1.0)
     target_modules: list[str] = Field(min_length=1)
+    base_quantization: Literal["none", "nf4", "fp4"] = Field(
+        description="none: LoRA on the full-precision base; nf4/fp4: QLoRA, a 4-bit base (a CUDA GPU only)"
+    )
 
 
 class TrainingConfig(Strict):
@@ -179,6 +182,9 @@ class TrainingConfig(Strict):
     max_steps: int = Field(description="-1: train for num_epochs; otherwise stop after this many steps")
     batch_size: int = Field(ge=1)
     gradient_accumulation_steps: int = Field(ge=1)
+    gradient_checkpointing: bool = Field(
+        description="recompute activations in the backward pass: less memory, about a third more compute"
+    )
     max_seq_length: int = Field(ge=16)
     packing: bool = Field(description="pack rows padding-free into max_seq_length (long, uneven rows)")
     group_by_length: bool = Field(description="batch rows of similar length: little padding, no packing")
@@ -187,7 +193,9 @@ class TrainingConfig(Strict):
     save_total_limit: int = Field(ge=1)
     logging_steps: int = Field(ge=1)
     dataloader_workers: int = Field(ge=0)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(description="auto: bf16 on a GPU that has it")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        description="auto: bf16 autocast on a GPU or CPU that computes bf16 natively, else fp32"
+    )
 
 
 class SkyPilotConfig(Strict):

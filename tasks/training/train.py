@@ -19,6 +19,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -64,27 +65,67 @@ def read_rows(path: str | Path) -> list[dict]:
     return parse_jsonl(Path(path).read_bytes())
 
 
-def build_trainer(spec: TrainSpec, callbacks: list | None = None):
+def build_trainer(spec: TrainSpec, callbacks: list | None = None, hardware: Hardware | None = None):
     """The SFTTrainer for a spec. Shared with benchmarks/finetune_throughput.py, so the benchmark measures
-    exactly what fineflow runs."""
+    exactly what fineflow runs. `hardware` defaults to this machine's."""
     import torch
     from datasets import Dataset
-    from peft import LoraConfig as PeftLoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     from fineflow.models.base import resolve_base_model
 
+    hardware = hardware or detect_hardware()
     training = spec.training
     set_seed(training.seed)
     base = resolve_base_model(spec.base_model, Path(spec.model_cache))
     tokenizer = AutoTokenizer.from_pretrained(base)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    bf16, fp16 = precision_flags(training.precision, torch)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base, **model_load_kwargs(spec, hardware, torch))
     dataset = Dataset.from_list(to_prompt_completion(read_rows(spec.train_file)))
-    args = SFTConfig(
+    trainer = _trainer_class()(
+        model=model,
+        args=SFTConfig(**training_arguments(spec, hardware)),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config(spec.lora),
+        callbacks=callbacks or [],
+    )
+    autocast_dtype = AUTOCAST_DTYPES.get(resolve_precision(training.precision, hardware))
+    if autocast_dtype is not None and spec.lora.base_quantization == "none":
+        store_frozen_weights_as(trainer.model, getattr(torch, autocast_dtype))
+    return trainer
+
+
+AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
+
+
+def store_frozen_weights_as(model, dtype) -> int:
+    """Cast the frozen matmul weights to the autocast dtype once. Autocast casts a weight that needs no
+    gradient again at every forward (it caches only trainable ones): for SmolLM2-135M that is half a GB
+    read and a quarter written per step, into fresh allocations too large for malloc to reuse, so the
+    kernel zeroes new pages every step. The values the matmuls see are the same. The embedding (and a LM
+    head tied to it) stays fp32: the lookup feeds the fp32 residual stream. Returns how many were cast."""
+    import torch
+
+    embedding = {id(parameter) for parameter in model.get_input_embeddings().parameters()}
+    cast = 0
+    for module in model.modules():
+        if not isinstance(module, torch.nn.Linear) or id(module.weight) in embedding:
+            continue
+        for parameter in (module.weight, module.bias):
+            if parameter is not None and not parameter.requires_grad and parameter.dtype != dtype:
+                parameter.data = parameter.data.to(dtype)
+                cast += 1
+    return cast
+
+
+def training_arguments(spec: TrainSpec, hardware: Hardware) -> dict:
+    """SFTConfig keyword arguments for a spec on `hardware`: every knob comes from the config, and the
+    ones trl defaults differently from what fineflow wants are set explicitly."""
+    training = spec.training
+    return dict(
         output_dir=spec.output_dir,
         learning_rate=training.learning_rate,
         lr_scheduler_type=training.lr_scheduler,
@@ -93,6 +134,9 @@ def build_trainer(spec: TrainSpec, callbacks: list | None = None):
         max_steps=training.max_steps,
         per_device_train_batch_size=training.batch_size,
         gradient_accumulation_steps=training.gradient_accumulation_steps,
+        # trl turns it on by default: it recomputes every layer's forward in the backward pass, a third more
+        # compute for memory a CPU (or a small model on a GPU) does not need.
+        gradient_checkpointing=training.gradient_checkpointing,
         max_length=training.max_seq_length,
         packing=training.packing,
         train_sampling_strategy="group_by_length" if training.group_by_length else "random",
@@ -104,33 +148,178 @@ def build_trainer(spec: TrainSpec, callbacks: list | None = None):
         save_total_limit=training.save_total_limit,
         logging_steps=training.logging_steps,
         dataloader_num_workers=training.dataloader_workers,
-        bf16=bf16,
-        fp16=fp16,
+        **precision_flags(training.precision, hardware),
         report_to="none",
         disable_tqdm=True,  # the parent draws the progress bar from FINEFLOW_METRIC lines
     )
-    peft_config = PeftLoraConfig(
-        r=spec.lora.r,
-        lora_alpha=spec.lora.alpha,
-        lora_dropout=spec.lora.dropout,
-        target_modules=spec.lora.target_modules,
+
+
+def model_load_kwargs(spec: TrainSpec, hardware: Hardware, torch) -> dict:
+    """`from_pretrained` keyword arguments for the base model. The base stays fp32 (autocast computes in
+    bf16/fp16 where the precision says so; LoRA weights and optimizer state stay fp32), unless QLoRA
+    quantizes it to 4 bits, which bitsandbytes does only on a CUDA GPU."""
+    if spec.lora.base_quantization == "none":
+        return {"dtype": torch.float32}
+    if not hardware.cuda:
+        raise ValueError(
+            f"fine_tune.lora.base_quantization={spec.lora.base_quantization!r} (QLoRA) needs a CUDA GPU and "
+            "bitsandbytes; this machine has no CUDA GPU. Set it to 'none' here."
+        )
+    from transformers import BitsAndBytesConfig
+
+    precision = resolve_precision(spec.training.precision, hardware)
+    compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    return {
+        "dtype": compute_dtype,  # the layers bitsandbytes does not quantize (norms, embeddings)
+        "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=spec.lora.base_quantization,
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype,
+        ),
+        "device_map": {"": 0},
+    }
+
+
+def peft_config(lora: LoraConfig):
+    from peft import LoraConfig as PeftLoraConfig
+
+    return PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
         task_type="CAUSAL_LM",
     )
-    return SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=callbacks or [],
+
+
+# CPU features that make bf16 matmuls fast: AVX512-BF16 and AMX on x86, the BF16 extension on Arm.
+# Without them autocast emulates bf16 and is slower than fp32.
+CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What precision and QLoRA depend on, read once; tests build their own."""
+
+    cuda: bool
+    cuda_bf16: bool
+    cpu_flags: frozenset[str]
+
+
+def detect_hardware(cpuinfo: Path = Path("/proc/cpuinfo")) -> Hardware:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return Hardware(
+        cuda=cuda,
+        cuda_bf16=cuda and torch.cuda.is_bf16_supported(),
+        cpu_flags=cpu_flags(cpuinfo.read_text() if cpuinfo.exists() else ""),
     )
 
 
-def precision_flags(choice: str, torch) -> tuple[bool, bool]:
-    if choice == "auto":
-        gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        return gpu_bf16, False
-    return choice == "bf16", choice == "fp16"
+def cpu_flags(cpuinfo: str) -> frozenset[str]:
+    """The feature flags of /proc/cpuinfo: x86 lists them as `flags`, Arm as `Features`."""
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return frozenset(flags)
+
+
+def resolve_precision(choice: str, hardware: Hardware) -> str:
+    """`auto`: bf16 where the hardware computes it natively (a GPU with bf16, a CPU with AVX512-BF16/AMX or
+    Arm BF16), else fp32. fp16 is never picked automatically: it needs loss scaling, and no CPU gains."""
+    if choice != "auto":
+        return choice
+    if hardware.cuda:
+        return "bf16" if hardware.cuda_bf16 else "fp32"
+    return "bf16" if hardware.cpu_flags & CPU_BF16_FLAGS else "fp32"
+
+
+def precision_flags(choice: str, hardware: Hardware) -> dict:
+    """TrainingArguments for a precision: mixed precision (autocast) flags, and `use_cpu` when bf16 runs on
+    a CPU (the Trainer refuses bf16 without a GPU unless told the CPU is meant)."""
+    precision = resolve_precision(choice, hardware)
+    return {
+        "bf16": precision == "bf16",
+        "fp16": precision == "fp16",
+        "use_cpu": precision == "bf16" and not hardware.cuda,
+    }
+
+
+def _trainer_class():
+    """SFTTrainer with a loss that scores only the completion tokens on devices without Triton.
+
+    trl's fused LM head computes the loss, the entropy and the top-1 accuracy in vocabulary tiles without
+    materialising the logits. On a GPU it scores only the positions that carry a label. Elsewhere it falls
+    back to torch ops that score every position (prompt and padding too, with completion-only loss most of
+    them), upcast each [tokens x 32k] tile to fp32 for a dozen elementwise passes, and recompute the whole
+    projection in the backward pass, with fp32 matmuls. On a 2-core CPU that was more time than the 30
+    transformer layers. Here the backbone runs as usual and the LM head projects only the labelled
+    positions, under autocast, once: the same loss, and the same logged metrics, for a fraction of the
+    work. On CUDA/XPU trl's own path (Triton, compact, no logits in memory) is kept."""
+    import torch
+    import torch.nn.functional as F
+    from trl import SFTTrainer
+    from trl.kernels.chunked_logprob import _use_triton
+
+    class FineflowSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if return_outputs or _use_triton(self.args.device) or self.aux_loss_enabled:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            labels = inputs["labels"][:, 1:]
+            mask = labels != -100
+            backbone = {k: v for k, v in inputs.items() if k != "labels"}
+            # accelerate applies mixed precision by wrapping the model's own forward in autocast; the backbone
+            # called directly needs it said here
+            with self.accelerator.autocast():
+                hidden = model.get_base_model().base_model(**backbone, use_cache=False).last_hidden_state
+                head = model.get_output_embeddings()
+                weight = self._head_weight(head, hidden.device.type)
+                logits = F.linear(hidden[:, :-1][mask], weight, head.bias).float()
+            log_probs = logits.log_softmax(-1)
+            targets = labels[mask]
+            token_log_probs = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            count = mask.sum() if num_items_in_batch is None else num_items_in_batch
+            loss = -token_log_probs.sum() / torch.as_tensor(count).clamp(min=1)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes
+            self._record_metrics(inputs, log_probs.detach(), targets)
+            return loss
+
+        def _head_weight(self, head, device_type: str):
+            """The LM head's weight in the autocast dtype, cast once: it is tied to the fp32 embedding, so
+            `store_frozen_weights_as` leaves it, and autocast would cast all 49k x 576 of it every step."""
+            if head.weight.requires_grad or not torch.is_autocast_enabled(device_type):
+                return head.weight
+            dtype = torch.get_autocast_dtype(device_type)
+            cached = getattr(self, "_cast_head_weight", None)
+            if cached is None or cached.dtype != dtype:
+                cached = self._cast_head_weight = head.weight.detach().to(dtype)
+            return cached
+
+        def _record_metrics(self, inputs, log_probs, targets):
+            """trl's per-step metrics (entropy, mean_token_accuracy, num_tokens), over the same tokens."""
+            metrics = self._metrics["train" if self.model.training else "eval"]
+            valid = targets.numel()
+            if valid:
+                entropy = -(log_probs.exp() * log_probs).sum()
+                correct = (log_probs.argmax(-1) == targets).sum()
+                metrics["entropy"].append((entropy / valid).item())
+                metrics["mean_token_accuracy"].append((correct / valid).item())
+            else:
+                metrics["entropy"].append(0.0)
+                metrics["mean_token_accuracy"].append(0.0)
+            if self.model.training:
+                if "attention_mask" in inputs:
+                    self._total_train_tokens += int(inputs["attention_mask"].sum())
+                else:  # padding-free: one row of real tokens
+                    self._total_train_tokens += inputs["position_ids"].size(1)
+            metrics["num_tokens"] = [self._total_train_tokens]
+
+    return FineflowSFTTrainer
 
 
 def _metrics_callback():
