@@ -11,6 +11,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -543,6 +544,15 @@ def load_yaml_model[M: BaseModel](path: str | Path, model_cls: type[M], what: st
         return model_cls.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, path)) from None
+
+
+def checked_regex(pattern: str) -> str:
+    """The pattern, if it compiles as a Python regular expression; a ValueError a config error can name."""
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"{pattern!r} is not a valid regular expression: {exc}") from exc
+    return pattern
 
 
 def format_validation_error(exc: ValidationError, source: str | Path) -> str:

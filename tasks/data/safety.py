@@ -15,7 +15,7 @@ from typing import Literal
 from prefect import task
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from fineflow.config import ClassifierConfig, SafetyConfig, load_yaml_model
+from fineflow.config import ClassifierConfig, SafetyConfig, checked_regex, load_yaml_model
 from fineflow.runtime import step_logger
 from tasks.data.cache import PREP_STEP_CACHE
 from tasks.data.records import Removal, Row, StepResult
@@ -33,11 +33,7 @@ class Rule(BaseModel):
     @field_validator("pattern")
     @classmethod
     def _compiles(cls, pattern: str) -> str:
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise ValueError(f"not a valid regular expression: {exc}") from exc
-        return pattern
+        return checked_regex(pattern)
 
     @cached_property
     def regex(self) -> re.Pattern[str]:

@@ -26,7 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from fineflow.config import ClassicMetricsConfig, ConfigError, PIIConfig, load_yaml_model  # noqa: F401
+from fineflow.config import PIIConfig, checked_regex, load_yaml_model
 
 Conversation = list[dict[str, str]]
 
@@ -334,12 +334,7 @@ class EvalPrompts(BaseModel):
     @field_validator("refusal_patterns")
     @classmethod
     def _compile(cls, patterns: list[str]) -> list[str]:
-        for pattern in patterns:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"{pattern!r} is not a valid regular expression: {exc}") from exc
-        return patterns
+        return [checked_regex(pattern) for pattern in patterns]
 
     @cached_property
     def refusal_regexes(self) -> list[re.Pattern[str]]:
