@@ -141,7 +141,11 @@ def test_adapter_generator_matches_the_registered_model(sharp_model_dir, tmp_pat
     served = LoraAdapterModel()
     served.load_context(
         SimpleNamespace(
-            model_config={"base_model": str(sharp_model_dir), "batch_size": 3},
+            model_config={
+                "base_model": str(sharp_model_dir),
+                "batch_size": 3,
+                "max_new_tokens": MAX_NEW_TOKENS,
+            },
             artifacts={"adapter": str(adapter)},
         )
     )

@@ -515,7 +515,7 @@ def non_default(value):
         return round(value * 0.5, 6) if value else 0.25
     if isinstance(value, list):
         return [*value, "o_proj"]
-    return {"cosine": "linear", "auto": "fp32"}.get(value, "constant")
+    return {"cosine": "linear", "auto": "fp32", "none": "nf4"}.get(value, "constant")
 
 
 def test_every_lora_and_training_field_reaches_the_vm_through_the_spec_file(tmp_path):

@@ -251,7 +251,7 @@ def test_qlora_loads_a_4bit_base_on_a_gpu_and_fails_fast_without_one(tmp_path, t
     ],
 )
 def test_the_lineage_hash_covers_precision_and_the_gpu_knobs(override):
-    from flows.fine_tune import finetune_config_hash
+    from tasks.training.register import finetune_config_hash
 
     assert load_config().fine_tune.training.precision == "auto"
     assert finetune_config_hash(load_config(overrides=override)) != finetune_config_hash(load_config())
@@ -292,7 +292,7 @@ def test_the_cpu_loss_scores_completion_tokens_exactly_like_trl(tmp_path, tiny_m
 def test_bf16_trained_adapter_lowers_the_loss_and_generates_in_fp32(tmp_path, tiny_model_dir, capsys):
     import torch
 
-    from fineflow.models.pyfunc import load_model_and_tokenizer
+    from fineflow.models.engine import load_model_and_tokenizer
 
     spec = make_spec(tmp_path, tiny_model_dir, "bf16", max_steps=12, precision="bf16", learning_rate=5e-3)
     summary = train(spec)
