@@ -52,20 +52,24 @@ def one_line(exc: BaseException) -> str:
 
 
 def print_gates(title: str, gates: list[GateResult]) -> None:
-    from tasks.evaluation.eval_report import format_value
+    """The gate table: each metric with its n and interval, the paired difference from the baseline with
+    its interval (per-item metrics; a dash for point values), the verdict and why."""
+    from tasks.evaluation.eval_report import format_interval, format_value
 
     table = Table(title=title)
-    for column in ("gate", "value", "threshold", "baseline", "result", "why"):
+    for column in ("gate", "value", "n", "interval", "baseline", "diff", "diff interval", "result", "why"):
         table.add_column(column, overflow="fold")
-
     for gate in gates:
         verdict = ("pass" if gate.passed else "FAIL") + ("" if gate.blocking else " (advisory)")
         colour = "green" if gate.passed else ("red" if gate.blocking else "yellow")
         table.add_row(
             gate.metric,
             format_value(gate.value),
-            format_value(gate.threshold),
+            "—" if gate.n is None else str(gate.n),
+            format_interval(gate.ci_low, gate.ci_high, signed=False),
             format_value(gate.champion_value),
+            "—" if gate.diff is None else f"{gate.diff:+.4g}",
+            format_interval(gate.diff_ci_low, gate.diff_ci_high, signed=True),
             f"[{colour}]{verdict}[/{colour}]",
             gate.reason,
         )
