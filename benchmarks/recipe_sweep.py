@@ -41,6 +41,10 @@ RECIPES = {
         "lora": {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]},
         "training": {"max_steps": 40, "learning_rate": 2.0e-4},
     },
+    "all-r16-e1-lr1e-3": {
+        "lora": {"r": 16, "alpha": 32, "target_modules": ALL_LINEAR},
+        "training": {"max_steps": -1, "num_epochs": 1, "learning_rate": 1.0e-3},
+    },
     "all-r16-e2-lr1e-3": {
         "lora": {"r": 16, "alpha": 32, "target_modules": ALL_LINEAR},
         "training": {"max_steps": -1, "num_epochs": 2, "learning_rate": 1.0e-3},
