@@ -20,8 +20,7 @@ from fineflow.models.engine import GenerationOptions, load_generator
 from tasks.drift.stats import Statistic
 from tasks.evaluation.classic_metrics import mean_scores
 from tasks.evaluation.measure import read_golden
-
-EVAL_RUN_TAG = "gates.eval_run"
+from tasks.evaluation.promotion import EVAL_RUN_TAG
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@ from datetime import UTC, date, datetime, timedelta
 from fineflow.config import FineflowConfig
 from fineflow.serving.capture import CAPTURED_DIR
 from fineflow.store import DatasetStore
+from fineflow.store.jsonl import parse_jsonl
+from fineflow.store.layout import dataset_layout
 
 
 class TrafficError(RuntimeError):
@@ -107,13 +109,11 @@ def _record(line: bytes) -> dict | None:
 
 def training_prompts(store: DatasetStore, config: FineflowConfig, dataset_commit: str) -> list[str]:
     """A seeded sample of up to drift.train_sample user turns of the training split at `dataset_commit`."""
-    path = f"{config.data_prep.output_prefix}/train.jsonl"
-    data = store.read(config.store.repo, dataset_commit, path).decode()
+    data = store.read(config.store.repo, dataset_commit, dataset_layout(config).path("train"))
     prompts = [
         message["content"]
-        for line in data.splitlines()
-        if line.strip()
-        for message in json.loads(line)["messages"]
+        for row in parse_jsonl(data)
+        for message in row["messages"]
         if message["role"] == "user"
     ]
     rng = random.Random(config.drift.seed)
