@@ -41,10 +41,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from fineflow.config import load_config  # noqa: E402
 from fineflow.models.base import resolve_base_model  # noqa: E402
+from fineflow.models.hardware import detect_hardware  # noqa: E402
 from tasks.training.train import (  # noqa: E402
     TrainSpec,
     build_trainer,
-    detect_hardware,
     precision_flags,
     read_rows,
     to_prompt_completion,

@@ -88,7 +88,9 @@ def train(config, name: str, recipe: dict, train_file: str, work: Path) -> tuple
 
 
 def answer_golden(config, adapter: str | None) -> list[str]:
-    generator = load_generator(config.base_model.name, adapter, config.data_dir / "models")
+    generator = load_generator(
+        config.base_model.name, adapter, config.data_dir / "models", config.base_model.inference_precision
+    )
     questions, _ = read_golden(config.evaluation.golden_file)
     gen = config.evaluation.generation
     prompts = [[{"role": "user", "content": q}] for q in questions]

@@ -124,7 +124,7 @@ CONVERSATIONS = [
 
 
 def test_answer_perplexity_matches_an_independent_computation(tiny_model_dir, tmp_path):
-    generator = load_generator(str(tiny_model_dir), None, tmp_path / "models")
+    generator = load_generator(str(tiny_model_dir), None, tmp_path / "models", "fp32")
     tokenizer, model = generator.tokenizer, generator.model
     total_nll, total_tokens = 0.0, 0
     for conversation in CONVERSATIONS:  # one at a time, through the model's own loss
@@ -149,7 +149,7 @@ def test_answer_perplexity_matches_an_independent_computation(tiny_model_dir, tm
 
 
 def test_perplexity_needs_an_answer(tiny_model_dir, tmp_path):
-    generator = load_generator(str(tiny_model_dir), None, tmp_path / "models")
+    generator = load_generator(str(tiny_model_dir), None, tmp_path / "models", "fp32")
     with pytest.raises(ValueError, match="assistant answer"):
         answer_perplexity(generator, [[{"role": "user", "content": "hi"}]], batch_size=1)
 

@@ -54,7 +54,10 @@ def test_fine_tune_registers_challenger_with_lineage_then_serves_from_cache(
 
     # The MLflow run: parameters, per-step metrics, the dataset input, the config file, system facts.
     run = client.get_run(version.run_id)
-    assert run.data.params["lora.r"] == "8" and run.data.params["training.max_steps"] == "3"
+    assert (
+        run.data.params["lora.r"] == str(config.fine_tune.lora.r)
+        and run.data.params["training.max_steps"] == "3"
+    )
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3]
     assert run.data.tags["dataset_commit"] == commit
     [dataset_input] = run.inputs.dataset_inputs

@@ -54,7 +54,7 @@ def sharp_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def generator(sharp_model_dir, tmp_path_factory) -> Generator:
-    return load_generator(str(sharp_model_dir), None, tmp_path_factory.mktemp("models"))
+    return load_generator(str(sharp_model_dir), None, tmp_path_factory.mktemp("models"), "fp32")
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -131,9 +131,16 @@ def test_adapter_generator_matches_the_registered_model(sharp_model_dir, tmp_pat
     get_peft_model(LlamaForCausalLM.from_pretrained(sharp_model_dir), lora).save_pretrained(adapter)
     AutoTokenizer.from_pretrained(sharp_model_dir).save_pretrained(adapter)
 
-    tuned = load_generator(str(sharp_model_dir), str(adapter), tmp_path / "models")
-    base = load_generator(str(sharp_model_dir), None, tmp_path / "models")
-    assert isinstance(tuned.model, PeftModel) and not isinstance(base.model, PeftModel)
+    tuned = load_generator(str(sharp_model_dir), str(adapter), tmp_path / "models", "fp32")
+    base = load_generator(str(sharp_model_dir), None, tmp_path / "models", "fp32")
+    # merged: plain transformer weights, the adapted projections moved and the others untouched
+    assert not isinstance(tuned.model, PeftModel)
+    tuned_weights, base_weights = tuned.model.state_dict(), base.model.state_dict()
+    assert tuned_weights.keys() == base_weights.keys()
+    q_proj = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(tuned_weights[q_proj], base_weights[q_proj])
+    k_proj = "model.layers.0.self_attn.k_proj.weight"
+    assert torch.equal(tuned_weights[k_proj], base_weights[k_proj])
     assert tuned.tokenizer.padding_side == "left"
     answers = tuned.generate_batch(PROMPTS, GREEDY, batch_size=3)
     assert answers != base.generate_batch(PROMPTS, GREEDY, batch_size=3)
@@ -143,6 +150,7 @@ def test_adapter_generator_matches_the_registered_model(sharp_model_dir, tmp_pat
         SimpleNamespace(
             model_config={
                 "base_model": str(sharp_model_dir),
+                "precision": "fp32",
                 "batch_size": 3,
                 "max_new_tokens": MAX_NEW_TOKENS,
             },

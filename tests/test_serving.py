@@ -58,7 +58,7 @@ def seeded_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_generator(seeded_model_dir, tmp_path_factory):
-    return load_generator(str(seeded_model_dir), None, tmp_path_factory.mktemp("models"))
+    return load_generator(str(seeded_model_dir), None, tmp_path_factory.mktemp("models"), "fp32")
 
 
 @pytest.fixture
@@ -454,12 +454,18 @@ def registered_champion(tmp_path, monkeypatch, tiny_model_dir):
     config = load_config()
     adapter = tmp_path / "adapter"
     torch.manual_seed(0)
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "v_proj"],
+        init_lora_weights=False,  # a trained adapter moves the weights; the default init would not
+        task_type="CAUSAL_LM",
+    )
     get_peft_model(LlamaForCausalLM.from_pretrained(tiny_model_dir), lora).save_pretrained(adapter)
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(adapter)
     tracker = FinetuneTracker(config)
     tracker.start("serve-test", "serve-test", params={}, tags={})
-    uri = tracker.log_adapter_model(adapter, str(tiny_model_dir), tmp_path / "models", 4, 8)
+    uri = tracker.log_adapter_model(adapter, str(tiny_model_dir), "fp32", tmp_path / "models", 4, 8)
     tags = {
         "dataset_commit": "c0ffee",
         "base_model": str(tiny_model_dir),
@@ -471,12 +477,16 @@ def registered_champion(tmp_path, monkeypatch, tiny_model_dir):
     return config
 
 
-def test_the_registered_champion_is_served_by_alias_and_version(registered_champion):
+def test_the_registered_champion_is_served_by_alias_and_version(registered_champion, tiny_model_dir):
+    import torch
+
     config = registered_champion
     served = load_served_model(config)  # default: <registry.model_name>@champion
     assert served.ids == IDS
     assert served.generator.adapter_dir.endswith("artifacts/adapter")
-    assert type(served.generator.model).__name__ == "PeftModelForCausalLM"  # the adapter is applied
+    bare = load_served_model(config, str(tiny_model_dir))
+    served_weights, bare_weights = served.generator.model.state_dict(), bare.generator.model.state_dict()
+    assert any(not torch.equal(served_weights[k], bare_weights[k]) for k in bare_weights)  # adapter merged
     with TestClient(create_app(config, served, None)) as client:
         assert [m["id"] for m in client.get("/v1/models").json()["data"]] == IDS
         for model_id in IDS:

@@ -12,18 +12,16 @@ import pytest
 from safetensors.torch import load_file
 
 from fineflow.config import load_config
+from fineflow.models.hardware import Hardware, cpu_flags, resolve_precision
 from tasks.training.compute_local import REPO_ROOT, TrainingFailedError, run_locally
 from tasks.training.train import (
     EVENT_PREFIX,
     METRIC_PREFIX,
-    Hardware,
     TrainSpec,
     build_trainer,
-    cpu_flags,
     last_complete_checkpoint,
     model_load_kwargs,
     precision_flags,
-    resolve_precision,
     to_prompt_completion,
     train,
     training_arguments,
@@ -289,7 +287,9 @@ def test_the_cpu_loss_scores_completion_tokens_exactly_like_trl(tmp_path, tiny_m
     assert our_metrics == pytest.approx(trl_metrics, rel=1e-4)
 
 
-def test_bf16_trained_adapter_lowers_the_loss_and_generates_in_fp32(tmp_path, tiny_model_dir, capsys):
+def test_bf16_trained_adapter_lowers_the_loss_and_generates_in_fp32_and_bf16(
+    tmp_path, tiny_model_dir, capsys
+):
     import torch
 
     from fineflow.models.engine import load_model_and_tokenizer
@@ -298,12 +298,13 @@ def test_bf16_trained_adapter_lowers_the_loss_and_generates_in_fp32(tmp_path, ti
     summary = train(spec)
     losses = [loss for _, loss in step_losses(capsys.readouterr().out.splitlines())]
     assert len(losses) == 12 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
-    model, tokenizer, _ = load_model_and_tokenizer(str(tiny_model_dir), summary["adapter_dir"])
-    assert {p.dtype for p in model.parameters()} == {torch.float32}
-    prompt = tokenizer("user How long is the warranty? ", return_tensors="pt")
-    with torch.no_grad():
-        output = model.generate(**prompt, max_new_tokens=4, do_sample=False)
-    assert output.shape[1] > prompt["input_ids"].shape[1]
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        model, tokenizer, _ = load_model_and_tokenizer(str(tiny_model_dir), summary["adapter_dir"], precision)
+        assert {p.dtype for p in model.parameters()} == {dtype}
+        prompt = tokenizer("user How long is the warranty? ", return_tensors="pt")
+        with torch.no_grad():
+            output = model.generate(**prompt, max_new_tokens=4, do_sample=False)
+        assert output.shape[1] > prompt["input_ids"].shape[1]
 
 
 def test_bf16_precision_runs_the_matmuls_in_bf16_on_this_cpu_path(tmp_path, tiny_model_dir):
@@ -320,3 +321,17 @@ def test_bf16_precision_runs_the_matmuls_in_bf16_on_this_cpu_path(tmp_path, tiny
     assert layer.weight.dtype == torch.bfloat16  # frozen: cast once, not at every forward
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters() if p.requires_grad)
     assert trainer.model.get_input_embeddings().weight.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("hardware", "expected"),
+    [(EPYC_AVX512_BF16, "bfloat16"), (OLD_X86, "float32"), (A100, "bfloat16"), (T4, "float32")],
+)
+def test_inference_follows_the_training_precision_rule(hardware, expected):
+    """`auto` generates in bf16 exactly where training autocasts to it; an explicit choice is kept."""
+    import torch
+
+    from fineflow.models.engine import inference_dtype
+
+    assert inference_dtype("auto", hardware) == getattr(torch, expected)
+    assert inference_dtype("fp32", hardware) == torch.float32

@@ -53,9 +53,16 @@ class StoreConfig(Strict):
     lakefs: LakeFSConfig
 
 
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
 class BaseModelConfig(Strict):
     name: str = Field(
         description="'smollm2-135m-instruct' (embedded GGUF), a local model directory, or a hub id"
+    )
+    inference_precision: Precision = Field(
+        description="weights when generating (evaluation, serving, drift, the registered model): auto is "
+        "bf16 where the GPU or CPU computes it natively, else fp32"
     )
 
 
@@ -194,7 +201,7 @@ class TrainingConfig(Strict):
     save_total_limit: int = Field(ge=1)
     logging_steps: int = Field(ge=1)
     dataloader_workers: int = Field(ge=0)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+    precision: Precision = Field(
         description="auto: bf16 autocast on a GPU or CPU that computes bf16 natively, else fp32"
     )
 
@@ -280,6 +287,7 @@ class JudgeConfig(Strict):
     max_list_items: int = Field(ge=1, description="maxItems injected into every list without a smaller one")
     temperature: float = Field(ge=0.0, le=2.0, description="0: greedy, deterministic")
     timeout_seconds: float = Field(gt=0, description="openai_compatible: per-request timeout")
+    precision: Precision = Field(description="embedded: the judge model's weights (as base_model's)")
 
     @model_validator(mode="after")
     def _remote_needs_url(self) -> JudgeConfig:

@@ -32,7 +32,9 @@ class EmbeddedJudge(Judge):
     def load(self) -> EmbeddedJudge:
         with self._load_lock:
             if self._generator is None:
-                self._generator = load_generator(self.config.model, None, self.model_cache)
+                self._generator = load_generator(
+                    self.config.model, None, self.model_cache, self.config.precision
+                )
                 log.info("judge %s loaded on %s", self.name, self._generator.device)
         return self
 

@@ -1,7 +1,7 @@
 """The one generation engine. Everything that produces text goes through a `Generator`: evaluation's
 answers and latency figures, drift's answers, the judge, the MLflow pyfunc and the server.
 
-    generator = load_generator("smollm2-135m-instruct", adapter_dir, Path(".fineflow/models"))
+    generator = load_generator("smollm2-135m-instruct", adapter_dir, Path(".fineflow/models"), "auto")
     options = GenerationOptions.greedy(max_new_tokens=64)
     answers = generator.generate_batch(prompts, options, batch_size=8)
     generation = generator.stream(generator.encode(messages), options, on_text=send, cancel=event)
@@ -361,43 +361,57 @@ class Generator:
 # ------------------------------------------------------------------------------------------ loading
 
 
-def inference_dtype(device: str):
-    """bf16 on a CUDA GPU that supports it; fp32 everywhere else (CPU inference stays full precision)."""
+INFERENCE_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def inference_dtype(precision: str, hardware):
+    """The weights' dtype for a precision choice (`auto`: bf16 where the hardware computes it natively,
+    `fineflow.models.hardware.resolve_precision`, the rule training follows too)."""
     import torch
 
-    if device == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+    from fineflow.models.hardware import resolve_precision
+
+    return getattr(torch, INFERENCE_DTYPES[resolve_precision(precision, hardware)])
 
 
-def load_model_and_tokenizer(base: str, adapter_dir: str | None) -> tuple[Any, Any, str]:
+def load_model_and_tokenizer(base: str, adapter_dir: str | None, precision: str) -> tuple[Any, Any, str]:
     """(model, tokenizer, device) for generation: the resolved base model (a path or hub id from
-    `resolve_base_model`) with the LoRA adapter in `adapter_dir` applied, or the plain base model when
-    `adapter_dir` is None. The tokenizer comes from the adapter directory (the trainer saves it there), else
-    from the base model; it pads on the left. Weights in `inference_dtype`."""
+    `resolve_base_model`) with the LoRA adapter in `adapter_dir` merged into its weights, or the plain base
+    model when `adapter_dir` is None. The tokenizer comes from the adapter directory (the trainer saves it
+    there), else from the base model; it pads on the left. Weights in `inference_dtype(precision)`.
+
+    Merging makes an adapted model generate exactly as fast as its base: an unmerged LoRA adds two small
+    matmuls per adapted layer to every decoded token. The merge is done in float32 and the merged weights
+    are cast once, so the adapter's small delta is not rounded away against the base weights first."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    from fineflow.models.hardware import detect_hardware
+
+    hardware = detect_hardware()
+    device = "cuda" if hardware.cuda else "cpu"
+    dtype = inference_dtype(precision, hardware)
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir if adapter_dir is not None else base)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"  # decoder-only batches: prompts end where generation starts
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=inference_dtype(device))
+    load_dtype = torch.float32 if adapter_dir is not None else dtype
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=load_dtype)
     if adapter_dir is not None:
-        model = PeftModel.from_pretrained(model, adapter_dir)
-    return model.to(device).eval(), tokenizer, device
+        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    return model.to(device=device, dtype=dtype).eval(), tokenizer, device
 
 
-def load_generator(base_model: str, adapter_dir: str | None, model_cache: Path) -> Generator:
+def load_generator(base_model: str, adapter_dir: str | None, model_cache: Path, precision: str) -> Generator:
     """The base model (embedded name, local directory or hub id; the embedded GGUF is materialised under
-    `model_cache`) with the LoRA adapter in `adapter_dir` applied; `adapter_dir=None` gives the bare base
-    model (the stand-in champion before any model has been promoted, and the judge)."""
+    `model_cache`) with the LoRA adapter in `adapter_dir` merged in, weights in `precision`;
+    `adapter_dir=None` gives the bare base model (the stand-in champion before any model has been promoted,
+    and the judge)."""
     from fineflow.models.base import resolve_base_model
 
     resolved = resolve_base_model(base_model, model_cache)
-    model, tokenizer, device = load_model_and_tokenizer(resolved, adapter_dir)
+    model, tokenizer, device = load_model_and_tokenizer(resolved, adapter_dir, precision)
     return Generator(model, tokenizer, device, base_model, adapter_dir)
 
 

@@ -1,10 +1,10 @@
 """An MLflow pyfunc model that holds a LoRA adapter only and names its base model.
 
 Logged with artifact "adapter" (the directory the trainer writes: adapter_config.json,
-adapter_model.safetensors and the tokenizer) and model_config {"base_model", "max_new_tokens",
-"batch_size"} (each required).
+adapter_model.safetensors and the tokenizer) and model_config {"base_model", "precision",
+"max_new_tokens", "batch_size"} (each required).
 The base model is never copied into MLflow: `load_context` resolves it (the embedded GGUF's cached copy,
-a local directory or a hub id) and applies the adapter with peft.
+a local directory or a hub id) and merges the adapter into it with peft (`load_generator`).
 
     model = mlflow.pyfunc.load_model("models:/acme-support-assistant@challenger")
     model.predict(["How do I reset my thermostat?"], params={"max_new_tokens": 64})
@@ -21,7 +21,7 @@ from typing import Any
 
 import mlflow.pyfunc
 
-REQUIRED_MODEL_CONFIG = ("base_model", "max_new_tokens", "batch_size")  # written by registration
+REQUIRED_MODEL_CONFIG = ("base_model", "precision", "max_new_tokens", "batch_size")  # written by registration
 
 
 def model_cache_dir(model_config: dict[str, Any] | None) -> Path:
@@ -75,7 +75,9 @@ class LoraAdapterModel(mlflow.pyfunc.PythonModel):
         self.max_new_tokens = int(config["max_new_tokens"])
         self.batch_size = int(config["batch_size"])
         adapter_dir = context.artifacts["adapter"]
-        self.generator = load_generator(config["base_model"], adapter_dir, model_cache_dir(config))
+        self.generator = load_generator(
+            config["base_model"], adapter_dir, model_cache_dir(config), config["precision"]
+        )
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[str]:
         from fineflow.models.engine import GenerationOptions

@@ -300,7 +300,13 @@ class FinetuneTracker:
         self.client.log_artifact(self._require_run(), str(path), artifact_path="config")
 
     def log_adapter_model(
-        self, adapter_dir: Path, base_model: str, model_cache: Path, max_new_tokens: int, batch_size: int
+        self,
+        adapter_dir: Path,
+        base_model: str,
+        precision: str,
+        model_cache: Path,
+        max_new_tokens: int,
+        batch_size: int,
     ) -> str:
         """Log the adapter (never the base model) as a pyfunc model. Returns its model URI."""
         from mlflow.models import ModelSignature
@@ -331,6 +337,7 @@ class FinetuneTracker:
                 artifacts={"adapter": str(adapter_dir)},
                 model_config={
                     "base_model": base_model,
+                    "precision": precision,
                     "model_cache": str(model_cache),
                     "max_new_tokens": int(max_new_tokens),
                     "batch_size": int(batch_size),

@@ -44,18 +44,19 @@ def load_served_model(config: FineflowConfig, ref: str | None = None) -> ServedM
 
     ref = ref or default_model_ref(config)
     model_cache = config.data_dir / "models"
+    precision = config.base_model.inference_precision
     if not is_registry_ref(ref):
         from fineflow.models.base import ModelNotFoundError, check_base_model
 
         try:
             check_base_model(ref)
-            return ServedModel([ref], load_generator(ref, None, model_cache))
+            return ServedModel([ref], load_generator(ref, None, model_cache, precision))
         except (ModelNotFoundError, OSError) as exc:
             raise ServeModelError(f"cannot serve base model {ref!r}: {exc}") from exc
     found = registered_version(config, ref)
     adapter = download_adapter(config, found.name, found.version)
     ids = [f"{found.name}/{found.version}", *([ref] if "@" in ref else [])]
-    return ServedModel(ids, load_generator(found.tags["base_model"], str(adapter), model_cache))
+    return ServedModel(ids, load_generator(found.tags["base_model"], str(adapter), model_cache, precision))
 
 
 def registered_version(config: FineflowConfig, ref: str) -> RegisteredVersion:

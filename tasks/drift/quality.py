@@ -52,7 +52,9 @@ def golden_scores(config: FineflowConfig, base_model: str, adapter_dir: str | No
     """The model's mean golden-set scores (exact_match, token_f1, rouge_l), exactly as evaluation computes
     them."""
     questions, references = read_golden(config.evaluation.golden_file)
-    generator = load_generator(base_model, adapter_dir, config.data_dir / "models")
+    generator = load_generator(
+        base_model, adapter_dir, config.data_dir / "models", config.base_model.inference_precision
+    )
     gen = config.evaluation.generation
     prompts = [[{"role": "user", "content": question}] for question in questions]
     options = GenerationOptions(gen.max_new_tokens, gen.do_sample)

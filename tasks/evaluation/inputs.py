@@ -30,10 +30,11 @@ def check_inputs(config: FineflowConfig) -> GateConfig:
 
 
 def evaluation_key(config: FineflowConfig, dataset_commit: str) -> str:
-    """Names what a score depends on (eval split commit, golden set, evaluation config, code): a model
-    measured on the same key is not measured again."""
+    """Names what a score depends on (eval split commit, golden set, evaluation config, the precision the
+    model generates in, code): a model measured on the same key is not measured again."""
     golden = Path(config.evaluation.golden_file).read_bytes()
-    return config_hash(config.evaluation, dataset_commit, golden, code_version())[:24]
+    precision = config.base_model.inference_precision
+    return config_hash(config.evaluation, dataset_commit, golden, precision, code_version())[:24]
 
 
 @task(

@@ -100,7 +100,9 @@ def read_golden_facts(path: Path) -> list[list[str]]:
 
 def measure(subject: Subject, adapter_dir: str | None, sets: EvalSets, config: FineflowConfig) -> Measurement:
     evaluation, logger = config.evaluation, step_logger()
-    generator = load_generator(subject.base_model, adapter_dir, config.data_dir / "models")
+    generator = load_generator(
+        subject.base_model, adapter_dir, config.data_dir / "models", config.base_model.inference_precision
+    )
     gen = evaluation.generation
     options = GenerationOptions(gen.max_new_tokens, gen.do_sample)
 

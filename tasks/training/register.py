@@ -89,6 +89,7 @@ def log_adapter_model(tracker: FinetuneTracker, config: FineflowConfig, summary:
     return tracker.log_adapter_model(
         Path(summary.adapter_dir),
         config.base_model.name,
+        config.base_model.inference_precision,
         config.data_dir / "models",
         config.serve.max_new_tokens.default,
         config.evaluation.generation.batch_size,
