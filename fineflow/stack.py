@@ -198,7 +198,14 @@ def down(config: FineflowConfig, log=print) -> list[str]:
 
 
 def stack_env(config: FineflowConfig, prefect_url: str, mlflow_url: str) -> dict[str, str]:
-    """What every process of the stack (and every flow run the worker starts) runs with."""
+    """What every process of the stack (and every flow run the worker starts) runs with.
+
+    The Prefect API has no authentication on loopback, and by default it answers any origin (CORS `*`)
+    without CSRF checks: any web page the user opens could then create and run deployments through the
+    browser. So its CSRF protection is on (the Prefect client and UI fetch and send the token; the
+    client's support is set explicitly so a user's environment cannot turn it off) and cross-origin calls
+    are allowed only from the UI's own origin (under both loopback names a browser may use). These win
+    over the user's environment."""
     prefect_home = config.data_dir / "prefect"
     return {
         **os.environ,
@@ -207,9 +214,21 @@ def stack_env(config: FineflowConfig, prefect_url: str, mlflow_url: str) -> dict
         "PREFECT_LOCAL_STORAGE_PATH": str(prefect_home / "storage"),  # cached task results, shared
         "PREFECT_API_URL": f"{prefect_url}/api",
         "PREFECT_UI_URL": prefect_url,
+        "PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED": "true",
+        "PREFECT_CLIENT_CSRF_SUPPORT_ENABLED": "true",
+        "PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS": ",".join(ui_origins(prefect_url)),
         "MLFLOW_TRACKING_URI": mlflow_url,
         DATA_DIR_ENV: str(config.data_dir),  # flow runs work in a fresh clone; state stays here
     }
+
+
+def ui_origins(prefect_url: str) -> list[str]:
+    """The origins the Prefect UI is opened from: its URL, and the other loopback name for it."""
+    origins = [prefect_url]
+    for name, alias in (("127.0.0.1", "localhost"), ("localhost", "127.0.0.1")):
+        if f"//{name}:" in prefect_url:
+            origins.append(prefect_url.replace(f"//{name}:", f"//{alias}:"))
+    return origins
 
 
 def work_pool_name(repo_root: Path) -> str:

@@ -79,10 +79,15 @@ def promote(
         )
         return result.model_copy(update={"reason": f"blocking gates failed: {failed}"})
     champion = version_by_alias(client, found.name, names.champion)
-    if champion == found.version:  # a rerun: nothing to move, nobody to ask
+    if (
+        champion == found.version
+    ):  # a rerun: nothing to move (a promotion cut short is finished), nobody to ask
+        move_aliases(client, found, names, "", expected_champion=champion)
         logger.info("%s is already the champion", title)
         update = {"promoted": True, "already_champion": True, "reason": "already the champion"}
         return result.model_copy(update=update)
+    # Checked twice: here, so that nobody is asked to approve a stale decision, and again at the alias move
+    # (move_aliases), which may come hours later, after the approval.
     if stale := stale_baseline(champion, recorded.evaluated_against):
         logger.warning("not promoted: %s", stale)
         return result.model_copy(update={"reason": stale})
@@ -99,7 +104,7 @@ def promote(
             record_rejection(client, found, answer.comment)
             return result.model_copy(update={"reason": f"rejected: {answer.comment}"})
         note = f"gates passed; approved: {answer.comment}"
-    move = move_aliases(client, found, names, note)
+    move = move_aliases(client, found, names, note, expected_champion=champion)
     emit_event(**promoted_event(found.name, found.version, move.previous, note))
     logger.info("promoted %s to champion (previous champion: %s)", title, move.previous)
     create_markdown_artifact(

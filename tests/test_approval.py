@@ -47,7 +47,7 @@ def registry(tmp_path, monkeypatch):
         client.log_metric(run, "rouge_l", 0.3)
         client.set_model_version_tag(name, version, "gates.eval_run", run)
         client.set_model_version_tag(name, version, "gates.baseline_run", baseline)
-    move_aliases(client, name, "1", Aliases.of(config))
+    move_aliases(client, name, "1", Aliases.of(config), expected_champion=None)
     return client, name, overrides, Aliases.of(config).champion
 
 

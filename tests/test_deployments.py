@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -50,10 +51,34 @@ def stack(tmp_path_factory):
             assert running_stack(config.data_dir) is None
 
 
+CSRF_CLIENT = str(uuid.uuid4())  # this test's client id, as the Prefect UI and client each have one
+
+
 def _api(stack, method: str, path: str, **kwargs):
-    response = httpx.request(method, f"{stack.api_url}{path}", timeout=30, **kwargs)
+    """A call to the stack's Prefect API as the UI makes it: `fineflow up` turns CSRF protection on, so a
+    state-changing call carries a token fetched for this client first."""
+    headers = {}
+    if method in ("POST", "PUT", "PATCH", "DELETE"):
+        issued = httpx.get(f"{stack.api_url}/csrf-token", params={"client": CSRF_CLIENT}, timeout=30)
+        issued.raise_for_status()
+        headers = {"Prefect-Csrf-Token": issued.json()["token"], "Prefect-Csrf-Client": CSRF_CLIENT}
+    response = httpx.request(method, f"{stack.api_url}{path}", timeout=30, headers=headers, **kwargs)
     response.raise_for_status()
     return response.json() if response.content else None
+
+
+def test_the_stack_refuses_a_state_changing_call_without_a_csrf_token(stack):
+    """What a web page on another site could send through the browser: no token, refused."""
+    body = {"deployments": {"id": {"any_": []}}}
+    refused = httpx.post(f"{stack.api_url}/flow_runs/filter", json=body, timeout=30)
+    assert refused.status_code == 403 and "CSRF" in refused.text
+    preflight = httpx.options(
+        f"{stack.api_url}/flow_runs/filter",
+        headers={"origin": "https://evil.example", "access-control-request-method": "POST"},
+        timeout=30,
+    )
+    assert preflight.headers.get("access-control-allow-origin") != "https://evil.example"
+    assert _api(stack, "POST", "/flow_runs/filter", json=body) == []  # with a token: answered
 
 
 def _deployment(stack, name: str) -> dict:

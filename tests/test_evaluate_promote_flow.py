@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from fineflow.config import load_config
+from fineflow.config import DATA_DIR_ENV, load_config
 from fineflow.registry.adapters import adapter_cache_dir
 from fineflow.registry.aliases import Aliases, version_by_alias
 from fineflow.registry.tracking import tracking_uri
-from tasks.evaluation.gates import Scores, decide, load_gates
+from tasks.evaluation.gates import ITEM_SCORES_KEY, Scores, decide, load_gates
+from tasks.evaluation.measure import EvalSets, Measurement, Subject
+from tasks.evaluation.measurements import DETAILS_FILE, log_measurement, measured, recorded_scores
 from tests.conftest import LENIENT_GATES
 
 
@@ -130,3 +132,58 @@ def test_evaluate_promote_block_compare_rollback(prefect_api, lifecycle_state):
 
     back = rollback(overrides=overrides)
     assert back.champion == first.version and back.previous_champion == second.version
+
+
+def _eval_sets() -> EvalSets:
+    questions = ["Where is my order 7?", "How do I reset the thermostat?"]
+    references = ["Order 7 ships today.", "Hold the button for 10 seconds."]
+    conversations = [
+        [{"role": "user", "content": q}, {"role": "assistant", "content": r}]
+        for q, r in zip(questions, references, strict=True)
+    ]
+    return EvalSets(questions, references, conversations, [["today"], ["10 seconds"]])
+
+
+def test_a_measurement_leaves_nothing_in_the_temporary_directory(
+    prefect_api, tmp_path, monkeypatch, tiny_overrides, tiny_model_dir
+):
+    """The vulnerability scan's reports (and anything else a measurement writes on the way) are logged to
+    MLflow and removed: nothing is left behind in the system's temporary directory."""
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "state"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    overrides = tiny_overrides | {"evaluation.vulnerability_scan": True, "evaluation.judge_sample": 0}
+    config = load_config(overrides=overrides)
+    client = MlflowClient(tracking_uri(config))
+    client.search_experiments()  # MLflow's own database set-up, before the count starts
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    subject = Subject("base model", f"base:{tiny_model_dir.name}", str(tiny_model_dir), None)
+
+    run_id, scores = measured(client, config, subject, _eval_sets(), "leftovers")
+
+    assert sorted(p.name for p in scratch.iterdir()) == []
+    logged = {a.path for a in client.list_artifacts(run_id, "vulnerability_scan")}
+    assert logged == {f"vulnerability_scan/scan.{ext}" for ext in ("json", "xml", "html")}
+    assert "scan_pass_rate" in scores.values
+
+
+def test_answers_in_details_json_are_pii_masked(tmp_path, monkeypatch, tiny_model_dir):
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "state"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = load_config()
+    client = MlflowClient(tracking_uri(config))
+    subject = Subject("base model", "base:tiny", str(tiny_model_dir), None)
+    answers = ["Write to jane.doe@example.com or call +1 212 555 0187.", "No PII here."]
+    measurement = Measurement(
+        {"rouge_l": 0.5},
+        {"golden_answers": answers, "scan_files": [], ITEM_SCORES_KEY: {"rouge_l": [0.4, 0.6]}},
+    )
+    run_id = log_measurement.fn(client, config, subject, "masking", measurement)
+
+    with tempfile.TemporaryDirectory() as folder:
+        text = Path(client.download_artifacts(run_id, DETAILS_FILE, folder)).read_text()
+    assert "jane.doe@example.com" not in text and "555 0187" not in text
+    assert json.loads(text)["golden_answers"] == ["Write to <EMAIL> or call <PHONE>.", "No PII here."]
+    assert recorded_scores(client, run_id).items["rouge_l"] == [0.4, 0.6]  # the gates' inputs unchanged
+    assert measurement.details["golden_answers"] == answers  # the caller's copy is left as it was

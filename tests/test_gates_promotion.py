@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from mlflow import MlflowClient
 
+from fineflow.cli.errors import exit_code
 from fineflow.config import ConfigError, load_config
 from fineflow.registry import aliases
-from fineflow.registry.aliases import RollbackError, version_by_alias
+from fineflow.registry.aliases import ChampionMovedError, RollbackError, version_by_alias
 from tasks.evaluation.eval_report import render_html, render_markdown
 from tasks.evaluation.gates import Decision, Gate, GateConfig, StatisticsConfig, decide, load_gates
 from tasks.evaluation.promotion import record_decision
@@ -17,7 +18,9 @@ CHAMPION, PREVIOUS = ALIASES.champion, ALIASES.previous
 
 
 def promote(client, model, version, note=""):
-    return aliases.promote(client, model, version, ALIASES, note)
+    """A promotion decided against whatever is champion now."""
+    current = version_by_alias(client, model, CHAMPION)
+    return aliases.promote(client, model, version, ALIASES, note, expected_champion=current)
 
 
 def rollback(client, model):
@@ -133,6 +136,91 @@ def test_rollback_without_a_previous_champion_is_a_clear_error(registry):
     promote(registry, "assistant", "1")
     with pytest.raises(RollbackError, match="nothing to roll back to"):
         rollback(registry, "assistant")
+
+
+def test_the_alias_move_is_refused_when_the_champion_moved_since_the_decision(registry):
+    """The decision compared the challenger with champion 1; while it waited (for approval, up to a day),
+    another promotion made version 2 champion. The move re-reads the champion and refuses."""
+    promote(registry, "assistant", "1")
+    promote(registry, "assistant", "2")  # the other run, during the wait
+    with pytest.raises(
+        ChampionMovedError,
+        match="decided against champion version 1, but the champion is now champion version 2",
+    ):
+        aliases.promote(registry, "assistant", "3", ALIASES, "gates passed", expected_champion="1")
+    assert version_by_alias(registry, "assistant", CHAMPION) == "2"  # nothing moved
+    assert version_by_alias(registry, "assistant", PREVIOUS) == "1"
+    assert "promotion.replaces" not in registry.get_model_version("assistant", "3").tags
+    with pytest.raises(ChampionMovedError, match="decided against no champion"):
+        aliases.promote(registry, "assistant", "3", ALIASES, expected_champion=None)
+    assert exit_code(ChampionMovedError("x")) == 1  # the CLI's table knows it
+
+
+class Crash(RuntimeError):
+    """The process dies here (a test double's injected failure on the real MLflow client)."""
+
+
+def crash_on_call(monkeypatch, client, method: str, call: int) -> None:
+    """Make the `call`-th call (1-based) of `client.<method>` fail, as a crash at that write would."""
+    real, calls = getattr(client, method), []
+
+    def failing(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == call:
+            raise Crash(f"{method} call {call}")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(client, method, failing)
+
+
+@pytest.mark.parametrize(
+    ("method", "call"),
+    [
+        ("set_model_version_tag", 1),  # before any alias moved: the intent tag
+        ("set_registered_model_alias", 1),  # champion <- 3
+        ("set_registered_model_alias", 2),  # between the two alias writes: previous <- 2
+        ("delete_model_version_tag", 1),  # both aliases moved, the intent tag not yet removed
+    ],
+)
+def test_a_crash_between_the_alias_writes_leaves_a_working_rollback(registry, monkeypatch, method, call):
+    """Champion 2 (previous 1); promoting 3 crashes at one of its writes, on a real SQLite registry.
+    Whatever was written, previous-champion never equals the champion, rollback moves the champion to the
+    version before it (2 if 3 became champion, else 1), and a rerun of promote finishes the promotion."""
+    promote(registry, "assistant", "1")
+    promote(registry, "assistant", "2")
+    with monkeypatch.context() as patch:
+        crash_on_call(patch, registry, method, call)
+        with pytest.raises(Crash):
+            promote(registry, "assistant", "3")
+    champion = version_by_alias(registry, "assistant", CHAMPION)
+    assert champion in ("2", "3")
+
+    back = rollback(registry, "assistant")
+    assert back.previous == champion and back.champion != champion  # rollback did something
+    assert back.champion == {"3": "2", "2": "1"}[champion]  # the version the champion replaced
+    assert version_by_alias(registry, "assistant", CHAMPION) == back.champion
+    assert version_by_alias(registry, "assistant", PREVIOUS) == champion
+
+    forward = rollback(registry, "assistant")  # a second rollback undoes the first
+    assert (forward.champion, forward.previous) == (champion, back.champion)
+    again = promote(registry, "assistant", "3")  # the rerun finishes what the crash cut short
+    assert version_by_alias(registry, "assistant", CHAMPION) == "3"
+    assert version_by_alias(registry, "assistant", PREVIOUS) == again.previous != "3"
+    assert "promotion.replaces" not in registry.get_model_version("assistant", "3").tags
+    assert rollback(registry, "assistant").champion == again.previous
+
+
+def test_a_crash_before_the_first_champion_leaves_nothing_to_roll_back(registry, monkeypatch):
+    with monkeypatch.context() as patch:
+        crash_on_call(patch, registry, "set_registered_model_alias", 2)  # after champion <- 1 (no previous)
+        crash_on_call(patch, registry, "delete_model_version_tag", 1)
+        with pytest.raises(Crash):
+            promote(registry, "assistant", "1")
+    assert version_by_alias(registry, "assistant", CHAMPION) == "1"
+    with pytest.raises(RollbackError, match="nothing to roll back to"):
+        rollback(registry, "assistant")
+    promote(registry, "assistant", "1")  # finished
+    assert "promotion.replaces" not in registry.get_model_version("assistant", "1").tags
 
 
 def test_decision_is_recorded_on_the_version_and_rendered(registry):

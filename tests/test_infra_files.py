@@ -58,20 +58,69 @@ def test_ci_workflow_runs_the_readme_test_command():
     assert "make test" in (ROOT / "README.md").read_text()
 
 
+ENV_FILES = ("stack.env", "worker.env")  # the admins' secrets; the worker's own credentials
+
+
+def _env_files(service: dict) -> list[str]:
+    env_file = service.get("env_file")
+    return [env_file] if isinstance(env_file, str) else list(env_file or [])
+
+
+def _defined(env_file: str) -> dict[str, str]:
+    example = (ROOT / "infra" / env_file).with_suffix(".env.example").read_text()
+    return dict(re.findall(r"^([A-Z_0-9]+)=(.*)$", example, re.MULTILINE))
+
+
 def test_compose_takes_secrets_only_from_the_ignored_env_file():
     compose = _yaml("infra/compose.yaml")
     services = compose["services"]
     assert {"postgres", "minio", "lakefs", "mlflow", "prefect-server", "worker"} <= set(services)
-    example = (ROOT / "infra/stack.env.example").read_text()
-    defined = set(re.findall(r"^([A-Z_0-9]+)=", example, re.MULTILINE))
     for name, service in services.items():
-        assert service.get("env_file") == "stack.env", name
+        files = _env_files(service)
+        assert files and set(files) <= set(ENV_FILES), name
+        defined = set().union(*(_defined(f) for f in files))
         for key in service.get("environment") or {}:
-            assert not re.search(r"PASSWORD|SECRET", key), f"{name}: {key} must come from stack.env"
+            assert not re.search(r"PASSWORD|SECRET|AUTH_STRING", key), f"{name}: {key} must come from {files}"
         command = str(service.get("command", "")) + str(service.get("entrypoint", ""))
         assert set(re.findall(r"\$\$\{(\w+)\}", command)) <= defined, name
-    ignored = subprocess.run(["git", "check-ignore", "-q", "infra/stack.env"], cwd=ROOT)
-    assert ignored.returncode == 0, "infra/stack.env must be git-ignored"
+    for env_file in ENV_FILES:
+        ignored = subprocess.run(["git", "check-ignore", "-q", f"infra/{env_file}"], cwd=ROOT)
+        assert ignored.returncode == 0, f"infra/{env_file} must be git-ignored"
+
+
+ADMIN_KEYS = re.compile(
+    r"^(POSTGRES_|MINIO_ROOT_|LAKEFS_|MLFLOW_AUTH_ADMIN|MLFLOW_BACKEND|MLFLOW_FLASK|AWS_|PREFECT_API_DATABASE|PREFECT_SERVER_)"
+)
+
+
+def test_compose_stack_requires_auth_binds_loopback_and_keeps_admin_keys_from_the_worker():
+    services = _yaml("infra/compose.yaml")["services"]
+    # every published port binds 127.0.0.1 unless FINEFLOW_BIND_ADDRESS says otherwise
+    published = [(name, port) for name, service in services.items() for port in service.get("ports", [])]
+    assert published
+    for name, port in published:
+        assert str(port).startswith("${FINEFLOW_BIND_ADDRESS:-127.0.0.1}:"), f"{name}: {port}"
+    stack, worker_env = _defined("stack.env"), _defined("worker.env")
+    # Prefect: the API asks for an auth string, and the worker sends it; CSRF protection on
+    prefect = services["prefect-server"]
+    assert "PREFECT_SERVER_API_AUTH_STRING" in stack and _env_files(prefect) == ["stack.env"]
+    assert prefect["environment"]["PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED"] == "true"
+    assert "*" not in prefect["environment"]["PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS"]
+    assert "PREFECT_API_AUTH_STRING" in worker_env
+    # MLflow: the basic-auth app with an admin password from the env file, and a non-admin worker user
+    mlflow = services["mlflow"]
+    assert "--app-name basic-auth" in mlflow["command"] and "MLFLOW_AUTH_ADMIN_PASSWORD" in stack
+    ini = (ROOT / "infra/docker/mlflow-basic-auth.ini").read_text()
+    assert "admin_password" not in ini.replace("# No admin_password", "")  # no password in the repo
+    assert "default_permission = READ" in ini and "/var/lib/mlflow-auth/" in ini
+    assert {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} <= set(worker_env)
+    assert worker_env["MLFLOW_TRACKING_USERNAME"] != "admin"
+    assert services["worker"]["depends_on"]["mlflow-users"] == {"condition": "service_completed_successfully"}
+    # the worker: only worker.env, and no admin key in it or in its environment
+    worker = services["worker"]
+    assert _env_files(worker) == ["worker.env"]
+    leaked = [key for key in [*worker_env, *(worker.get("environment") or {})] if ADMIN_KEYS.match(key)]
+    assert leaked == [], leaked
 
 
 def test_compose_worker_serves_the_pool_of_prefect_yaml():
@@ -96,7 +145,8 @@ def test_compose_references_resolve():
         if "build" in service:
             context = compose_dir / service["build"]["context"]
             assert (context / service["build"]["dockerfile"]).is_file(), name
-        assert (compose_dir / service["env_file"]).with_suffix(".env.example").is_file(), name
+        for env_file in _env_files(service):
+            assert (compose_dir / env_file).with_suffix(".env.example").is_file(), name
         for mount in service.get("volumes") or []:
             source = mount.split(":")[0]
             if source.startswith("."):

@@ -36,6 +36,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 IDS = ["acme-support-assistant/1", "acme-support-assistant@champion"]
 URL = "/v1/chat/completions"
+BASE_URL = "http://127.0.0.1:8000"  # the configured serve.host:port: the Host header the server answers to
 LONG = 3600  # seconds: a capture interval that never elapses during a test
 PII = {
     "jane.doe@example.com": "<EMAIL>",
@@ -71,7 +72,8 @@ def make_client(tmp_path, monkeypatch, tiny_generator):
         settings = {"serve.traffic.flush_seconds": LONG, "serve.traffic.commit_seconds": LONG, **overrides}
         config = load_config(overrides=settings)
         capture = TrafficCapture(config, open_store(config), get_masker(config.data_prep.pii))
-        client = TestClient(create_app(config, ServedModel(list(IDS), tiny_generator), capture))
+        app = create_app(config, ServedModel(list(IDS), tiny_generator), capture)
+        client = TestClient(app, base_url=BASE_URL)
         client.__enter__()
         opened.append(client)
         return client, config
@@ -177,6 +179,210 @@ def test_stop_trimmer_holds_back_a_stop_string_split_over_pieces():
     assert [plain.feed("ab"), plain.feed("c"), plain.finish(), plain.answer] == ["ab", "c", "", "abc"]
 
 
+def openai_client(client: TestClient):
+    """The official OpenAI SDK, talking to the app through the TestClient (an httpx.Client)."""
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{BASE_URL}/v1", api_key="unused", http_client=client, max_retries=0)
+
+
+def in_thread(call):
+    """Start `call` in a thread; (thread, results list)."""
+    results: list = []
+    thread = threading.Thread(target=lambda: results.append(call()), daemon=True)
+    thread.start()
+    return thread, results
+
+
+def test_stop_sequences_beyond_the_limits_are_refused_before_queueing(make_client):
+    """Four 3,000-character stop strings once held the generation lock for 58 s. Now a stop over
+    serve.max_stop_chars, or more than serve.max_stop_sequences stops, is a 400 at validation: with the
+    model busy (its lock held) the refusal still comes at once, and nothing was admitted."""
+    import openai
+
+    client, config = make_client()
+    assert (config.serve.max_stop_sequences, config.serve.max_stop_chars) == (4, 64)
+    queue, sdk = client.app.state.queue, openai_client(client)
+    refused = [("x" * 3000, "at most 64"), (["a", "b", "c", "d", "e"], "at most 4 stop sequences")]
+    with queue.lock:  # the model is busy: anything admitted would wait here
+        for stop, words in refused:
+            started = time.perf_counter()
+            thread, results = in_thread(
+                lambda stop=stop: client.post(URL, json=chat(max_tokens=2, stop=stop))
+            )
+            thread.join(10)
+            assert not thread.is_alive(), f"stop {str(stop)[:20]}... was queued, not refused"
+            elapsed = time.perf_counter() - started
+            [response] = results
+            assert response.status_code == 400, response.text
+            error = response.json()["error"]
+            assert error["param"] == "stop" and words in error["message"], error
+            assert elapsed < 5, elapsed  # measured: a few ms
+            with pytest.raises(openai.BadRequestError, match=words):
+                sdk.chat.completions.create(model=IDS[1], messages=chat()["messages"], stop=stop)
+        assert queue.admitted == 0
+    # at the limits: served
+    stops = ["y" * 64, "\n\nUser:", "</answer>", "###"]
+    answer = sdk.chat.completions.create(model=IDS[1], messages=chat()["messages"], stop=stops, max_tokens=3)
+    assert answer.choices[0].finish_reason in ("stop", "length")
+    assert len(spool_text(config).splitlines()) == 1  # only the answered request was captured
+
+
+def test_stopping_criteria_and_tokens_are_built_outside_the_generation_lock(make_client, monkeypatch):
+    """The stop strings' criteria (a walk over the vocabulary) and the tokenisation run before the request
+    takes the model, so they never make the requests queued behind it wait; and a request the queue
+    refuses (503) is never tokenised at all."""
+    client, _ = make_client(**{"serve.max_queued_requests": 0})
+    queue = client.app.state.queue
+    generator = queue.generator
+    held_during: dict[str, list[bool]] = {"stop_criteria": [], "encode": []}
+    for name in held_during:
+        real = getattr(generator, name)
+
+        def spy(*args, real=real, name=name):
+            held_during[name].append(queue.lock.locked())
+            return real(*args)
+
+        monkeypatch.setattr(generator, name, spy)
+    response = client.post(URL, json=chat(max_tokens=4, stop=["zz", "yy"]))
+    assert response.status_code == 200, response.text
+    assert held_during == {"stop_criteria": [False], "encode": [False]}
+
+    with queue.lock:  # one request admitted and waiting for the model: the queue (0 waiting) is full
+        waiting, _ = in_thread(lambda: client.post(URL, json=chat(max_tokens=2)))
+        wait_until(lambda: queue.admitted == 1)
+        encoded = len(held_during["encode"])
+        busy = client.post(URL, json=chat(max_tokens=2))
+        assert busy.status_code == 503
+        assert len(held_during["encode"]) == encoded  # refused before any tokenisation
+    waiting.join(60)
+    assert queue.admitted == 0
+
+
+def test_cross_site_requests_and_foreign_hosts_are_refused_and_not_captured(make_client):
+    client, config = make_client(**{"serve.allowed_origins": ["https://chat.example.com"]})
+    body = json.dumps(chat(max_tokens=2))
+    # a page on any site can POST text/plain without a preflight: refused, nothing generated or captured
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
+        headers = {"content-type": content_type} if content_type else {}
+        response = client.post(URL, content=body, headers=headers)
+        assert response.status_code == 415, response.text
+        assert response.json()["error"]["code"] == "unsupported_media_type"
+    for path, method in ((URL, "POST"), ("/v1/models", "GET")):
+        foreign = client.request(
+            method,
+            path,
+            content=body,
+            headers={"origin": "https://evil.example", "content-type": "application/json"},
+        )
+        assert foreign.status_code == 403 and foreign.json()["error"]["code"] == "origin_not_allowed", path
+        null = client.request(
+            method, path, content=body, headers={"origin": "null", "content-type": "application/json"}
+        )
+        assert null.status_code == 403, path
+    # DNS rebinding: the attacker's name resolves to 127.0.0.1, and the browser sends it as the Host
+    for host in ("evil.example", "evil.example:8000", "127.0.0.1.evil.example:8000"):
+        for response in (
+            client.post(URL, content=body, headers={"host": host, "content-type": "application/json"}),
+            client.get("/v1/models", headers={"host": host}),
+        ):
+            assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_host", host
+    assert spool_text(config) == ""  # none of them was answered, so none was captured
+
+    # the server's own names and origins, and the allowed origin, are answered
+    for host in ("127.0.0.1:8000", "localhost:8000", "[::1]:8000", "localhost"):
+        assert client.get("/v1/models", headers={"host": host}).status_code == 200, host
+    for origin in ("http://127.0.0.1:8000", "http://localhost:8000", "https://chat.example.com"):
+        response = client.post(URL, json=chat(max_tokens=2), headers={"origin": origin})
+        assert response.status_code == 200, (origin, response.text)
+    allowed = client.options(
+        URL,
+        headers={
+            "origin": "https://chat.example.com",
+            "access-control-request-method": "POST",
+            "access-control-request-headers": "content-type,authorization",
+        },
+    )
+    assert allowed.headers["access-control-allow-origin"] == "https://chat.example.com"
+    # a page on the server's own port on another loopback name is not the server (another local app)
+    assert client.get("/v1/models", headers={"origin": "http://localhost:3000"}).status_code == 403
+    # no unauthenticated API reference
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert client.get(path).status_code == 404, path
+
+
+def test_an_allowed_host_is_answered_on_a_wildcard_bind(make_client):
+    client, _ = make_client(**{"serve.host": "0.0.0.0", "serve.allowed_hosts": ["api.example.com"]})
+    assert client.get("/v1/models", headers={"host": "api.example.com"}).status_code == 200
+    assert client.get("/v1/models", headers={"host": "localhost:8000"}).status_code == 200
+    assert client.get("/v1/models", headers={"host": "other.example.com"}).status_code == 400
+
+
+def test_a_lone_surrogate_is_a_400_not_a_500(make_client):
+    client, config = make_client()
+    for content in (b'"\\ud800"', b'"ok \\udfff then"', b'[{"type": "text", "text": "\\ud83d"}]'):
+        body = b'{"model": "%s", "messages": [{"role": "user", "content": %s}]}' % (IDS[1].encode(), content)
+        response = client.post(URL, content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 400, (content, response.text)
+        assert "surrogate" in response.json()["error"]["message"]
+    paired = b'{"model": "%s", "messages": [{"role": "user", "content": "\\ud83d\\ude00"}], "max_tokens": 2}'
+    assert (
+        client.post(
+            URL, content=paired % IDS[1].encode(), headers={"content-type": "application/json"}
+        ).status_code
+        == 200
+    )
+    assert len(spool_text(config).splitlines()) == 1
+
+
+UNSUPPORTED = [
+    # (extra request fields, the field named)
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+    ({"tool_choice": "auto"}, "tool_choice"),
+    ({"functions": [{"name": "f", "parameters": {}}]}, "functions"),
+    ({"function_call": "auto"}, "function_call"),
+    ({"logprobs": True}, "logprobs"),
+    ({"top_logprobs": 2}, "top_logprobs"),
+    ({"n": 2}, "n"),
+    ({"logit_bias": {"50256": -100}}, "logit_bias"),
+    ({"presence_penalty": 0.5}, "presence_penalty"),
+    ({"frequency_penalty": 1}, "frequency_penalty"),
+    ({"seed": 7}, "seed"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"stream_options": {"include_usage": True, "extra": 1}}, "stream_options.extra"),
+    ({"messages": [{"role": "assistant", "content": "x", "tool_calls": []}]}, "messages.0.tool_calls"),
+]
+
+
+def test_unsupported_openai_fields_are_refused_naming_the_field(make_client):
+    import openai
+
+    client, config = make_client()
+    for extra, field in UNSUPPORTED:
+        response = client.post(URL, json=chat(max_tokens=2) | extra)
+        assert response.status_code == 400, (extra, response.text)
+        error = response.json()["error"]
+        assert error["param"] == field and field in error["message"], error
+        assert error["code"] == "unsupported_parameter", error
+    sdk = openai_client(client)
+    with pytest.raises(openai.BadRequestError, match="tools"):
+        sdk.chat.completions.create(
+            model=IDS[1],
+            messages=chat()["messages"],
+            tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        )
+    with pytest.raises(openai.BadRequestError, match="logprobs"):
+        sdk.chat.completions.create(model=IDS[1], messages=chat()["messages"], logprobs=True)
+    # the no-op values clients send by default, and bookkeeping fields, are accepted
+    harmless = {"n": 1, "logprobs": False, "presence_penalty": 0, "frequency_penalty": 0.0, "user": "u-1"}
+    assert client.post(URL, json=chat(max_tokens=2) | harmless).status_code == 200
+    answer = sdk.chat.completions.create(
+        model=IDS[1], messages=chat()["messages"], max_tokens=2, n=1, user="u"
+    )
+    assert answer.usage.completion_tokens == 2
+    assert len(spool_text(config).splitlines()) == 2
+
+
 BAD_REQUESTS = [
     # (body, status, param, code, words in the message)
     (b"{not json", 400, None, "invalid_json", "not valid JSON"),
@@ -262,7 +468,10 @@ def test_a_stream_that_fails_after_the_200_ends_with_an_error_event(tmp_path, mo
     monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "state"))
     failing = dataclasses.replace(tiny_generator, model=FailingModel(tiny_generator.model))
     app = create_app(load_config(), ServedModel(list(IDS), failing), None)
-    with TestClient(app) as client, client.stream("POST", URL, json=chat(stream=True)) as response:
+    with (
+        TestClient(app, base_url=BASE_URL) as client,
+        client.stream("POST", URL, json=chat(stream=True)) as response,
+    ):
         assert response.status_code == 200
         text = response.read().decode()
     datas = [
@@ -358,7 +567,11 @@ def test_a_client_that_disconnects_cancels_its_completion(make_client):
         "raw_path": URL.encode(),
         "root_path": "",
         "query_string": b"",
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        "headers": [
+            (b"host", b"127.0.0.1:8000"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
         "client": ("127.0.0.1", 50000),
         "server": ("testserver", 80),
     }
@@ -487,7 +700,7 @@ def test_the_registered_champion_is_served_by_alias_and_version(registered_champ
     bare = load_served_model(config, str(tiny_model_dir))
     served_weights, bare_weights = served.generator.model.state_dict(), bare.generator.model.state_dict()
     assert any(not torch.equal(served_weights[k], bare_weights[k]) for k in bare_weights)  # adapter merged
-    with TestClient(create_app(config, served, None)) as client:
+    with TestClient(create_app(config, served, None), base_url=BASE_URL) as client:
         assert [m["id"] for m in client.get("/v1/models").json()["data"]] == IDS
         for model_id in IDS:
             response = client.post(URL, json=chat(max_tokens=3) | {"model": model_id})

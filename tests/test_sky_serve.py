@@ -29,7 +29,7 @@ def test_the_serve_yaml_passes_skypilots_schema_and_skyserve_validation():
     task = sky.Task.from_yaml(str(SERVE_YAML))
     validate_service_task(task, pool=False)  # what `sky serve up` checks before launching
 
-    assert task.service.readiness_path == "/v1/models"
+    assert task.service.readiness_path == "/health"  # the /v1/ routes need the API key the probe lacks
     assert (task.service.min_replicas, task.service.max_replicas) == (1, 3)
     assert task.service.target_qps_per_replica == 5
     assert {str(r.accelerators) for r in task.resources} == {"{'L4': 1}", "{'A10G': 1}"}
@@ -66,3 +66,19 @@ def test_a_broken_service_section_is_rejected():
     no_service = {key: value for key, value in raw_yaml().items() if key != "service"}
     with pytest.raises(RuntimeError, match="Service section not found"):
         validate_service_task(sky.Task.from_yaml_config(no_service), pool=False)
+
+
+def test_the_serve_yaml_requires_an_api_key_from_a_secret():
+    """vLLM on 0.0.0.0 behind a public load balancer: every /v1/ request must carry the key, which comes
+    from a SkyPilot secret (never an env written into the YAML), and the replica refuses to start
+    without it."""
+    import sky
+
+    raw = raw_yaml()
+    assert raw["secrets"] == {"VLLM_API_KEY": None}  # given at launch: --secret VLLM_API_KEY
+    assert "VLLM_API_KEY" not in raw["envs"]
+    run = raw["run"]
+    assert '--api-key "$VLLM_API_KEY"' in run
+    assert run.index("${VLLM_API_KEY:?") < run.index("vllm serve")  # an empty key stops the replica
+    task = sky.Task.from_yaml_config({**raw, "secrets": {"VLLM_API_KEY": "k"}})
+    assert "VLLM_API_KEY" in task.secrets and "VLLM_API_KEY" not in task.envs

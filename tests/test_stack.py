@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from fineflow.config import DATA_DIR_ENV, ConfigError, load_config
-from fineflow.stack import StackError, running_stack, state_file, up
+from fineflow.stack import StackError, running_stack, stack_env, state_file, up
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 START_WAIT_S = 120
@@ -85,3 +85,27 @@ def _alive(process: dict) -> bool:
         return found.create_time() == process["started"] and found.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_up_gives_prefect_csrf_protection_and_only_the_ui_origin(tmp_path, monkeypatch):
+    """The environment `fineflow up` starts the Prefect server, the worker and flow runs with, read back
+    by Prefect's own settings: CSRF protection on (server and client), CORS only for the UI's origin,
+    whatever the user's environment says."""
+    from prefect.settings.models.root import Settings
+
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "data"))
+    monkeypatch.setenv("PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS", "*")
+    monkeypatch.setenv("PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED", "false")
+    monkeypatch.setenv("PREFECT_CLIENT_CSRF_SUPPORT_ENABLED", "false")
+    config = load_config()
+    env = stack_env(config, "http://127.0.0.1:4200", "http://127.0.0.1:5000")
+    for name in list(os.environ):
+        if name.startswith("PREFECT_"):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        if name.startswith("PREFECT_"):
+            monkeypatch.setenv(name, value)
+    settings = Settings()
+    assert settings.server.api.csrf_protection_enabled is True
+    assert settings.client.csrf_support_enabled is True
+    assert settings.server.api.cors_allowed_origins == "http://127.0.0.1:4200,http://localhost:4200"

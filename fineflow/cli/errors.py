@@ -33,6 +33,8 @@ EXIT_CODES: dict[str, int] = {
     "flows.lifecycle:StageFailedError": 1,
     "tasks.data.publish:AuditFailedError": 1,
     "fineflow.registry.aliases:RollbackError": 1,
+    # the champion moved while the promotion waited (for approval): nothing moved, evaluate again
+    "fineflow.registry.aliases:ChampionMovedError": 1,
     "fineflow.stack:StackError": 1,
     "fineflow.store.base:StoreError": 1,
 }

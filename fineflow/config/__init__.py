@@ -414,6 +414,16 @@ class ServeConfig(Strict):
     )
     max_request_bytes: int = Field(ge=1, description="larger request bodies are refused with 413")
     max_prompt_tokens: int = Field(ge=1, description="chat-templated prompt length limit (400 beyond)")
+    max_stop_sequences: int = Field(ge=0, le=4, description="stop sequences a request may send (OpenAI: 4)")
+    max_stop_chars: int = Field(ge=1, description="the longest stop sequence accepted, in characters")
+    allowed_hosts: list[str] = Field(
+        description="Host header values (name or name:port) answered besides serve.host:port and, on a "
+        "loopback or wildcard bind, localhost/127.0.0.1/[::1]; others are refused (DNS rebinding)"
+    )
+    allowed_origins: list[str] = Field(
+        description="browser origins (scheme://host[:port]) allowed to call the API cross-site; a request "
+        "with any other Origin header is refused"
+    )
     max_new_tokens: NewTokensConfig
     max_queued_requests: int = Field(
         ge=0, description="requests waiting for the model behind the one generating; more get 503"
@@ -426,6 +436,23 @@ class ServeConfig(Strict):
         ge=1, description="on Ctrl-C or SIGTERM, requests in flight get this long before the server stops"
     )
     traffic: TrafficConfig
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        # an Origin header is scheme://host[:port], nothing more: a path or a trailing slash never matches
+        for origin in value:
+            if not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(f"{origin!r} is not an origin (scheme://host[:port], no path)")
+        return [origin.lower() for origin in value]
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        for host in value:
+            if not host or re.search(r"[\s/]", host):
+                raise ValueError(f"{host!r} is not a host name (name or name:port)")
+        return [host.lower() for host in value]
 
 
 class MMDConfig(Strict):

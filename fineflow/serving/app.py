@@ -27,10 +27,12 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from queue import SimpleQueue
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -38,6 +40,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from fineflow.config import FineflowConfig
 from fineflow.models.engine import Generation, GenerationOptions
 from fineflow.serving.capture import Exchange, TrafficCapture
+from fineflow.serving.guard import RequestGuard
 from fineflow.serving.loading import ServedModel, ServeModelError
 from fineflow.serving.schema import APIError, ChatRequest, completion_limit, parse_chat_request, read_body
 from fineflow.store import StoreError
@@ -79,15 +82,49 @@ class RequestQueue:
 
     def stream(
         self,
-        inputs,
-        options: GenerationOptions,
+        prepared: Prepared,
         cancel: threading.Event,
         on_text: Callable[[str], None] | None = None,
     ) -> Generation:
         """One request's generation, in its turn (the engine returns at once for a request cancelled while
-        it waited)."""
+        it waited). Only the generation itself holds the lock: the request was tokenised and its stopping
+        criteria built before (`prepare`)."""
         with self.lock:
-            return self.generator.stream(inputs, options, on_text=on_text, cancel=cancel)
+            return self.generator.stream(
+                prepared.inputs,
+                prepared.options,
+                on_text=on_text,
+                cancel=cancel,
+                stop_criteria=prepared.stop_criteria,
+            )
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An admitted request ready to generate: its tokens, options and stopping criteria."""
+
+    inputs: Any
+    options: GenerationOptions
+    stop_criteria: Any
+
+    @property
+    def prompt_tokens(self) -> int:
+        return int(self.inputs["input_ids"].shape[1])
+
+
+def prepare(served: ServedModel, messages: list[dict], options: GenerationOptions, max_prompt_tokens: int):
+    """Tokenise an admitted request and build its stopping criteria, outside the generation lock (a worker
+    thread: both take CPU time); a prompt over the limit is refused."""
+    inputs = served.generator.encode(messages)
+    prompt_tokens = int(inputs["input_ids"].shape[1])
+    if prompt_tokens > max_prompt_tokens:
+        raise APIError(
+            400,
+            f"the prompt has {prompt_tokens} tokens; this server accepts at most {max_prompt_tokens}",
+            "messages",
+            "context_length_exceeded",
+        )
+    return Prepared(inputs, options, served.generator.stop_criteria(options.stop, prompt_tokens))
 
 
 def generation_options(request: ChatRequest, max_new_tokens: int) -> GenerationOptions:
@@ -130,7 +167,16 @@ def create_app(config: FineflowConfig, served: ServedModel, capture: TrafficCapt
                 else:
                     log.info("traffic: shutdown commit %s", commit[:12] if commit else "(nothing to commit)")
 
-    app = FastAPI(title="fineflow", lifespan=lifespan)
+    # No /docs, /redoc or /openapi.json: they are unauthenticated, and an API reference is in the README.
+    app = FastAPI(title="fineflow", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    if settings.allowed_origins:  # the listed browser apps get CORS answers (preflights included)
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.allowed_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type"],
+        )
+    app.add_middleware(RequestGuard, settings=settings)  # outermost: before CORS and the routes
     app.state.queue = queue  # its lock and admission count, for tests that keep requests waiting
 
     @app.exception_handler(APIError)
@@ -174,7 +220,8 @@ def create_app(config: FineflowConfig, served: ServedModel, capture: TrafficCapt
         started = time.perf_counter()
         request.state.request_id = request_id = _request_id()
         authorize(request)
-        chat = parse_chat_request(await read_body(request, settings.max_request_bytes))
+        # Everything checked before the request queues is cheap: a flood costs parsing, not model time.
+        chat = parse_chat_request(await read_body(request, settings.max_request_bytes), settings)
         if chat.model not in served.ids:
             raise APIError(
                 404,
@@ -184,16 +231,6 @@ def create_app(config: FineflowConfig, served: ServedModel, capture: TrafficCapt
             )
         options = generation_options(chat, completion_limit(chat, config))
         messages = chat.chat()
-        inputs = await run_in_threadpool(served.generator.encode, messages)
-        prompt_tokens = inputs["input_ids"].shape[1]
-        if prompt_tokens > settings.max_prompt_tokens:
-            raise APIError(
-                400,
-                f"the prompt has {prompt_tokens} tokens; this server accepts at most "
-                f"{settings.max_prompt_tokens}",
-                "messages",
-                "context_length_exceeded",
-            )
         if not queue.admit():
             raise APIError(
                 503,
@@ -203,15 +240,20 @@ def create_app(config: FineflowConfig, served: ServedModel, capture: TrafficCapt
                 "server_busy",
                 headers={"retry-after": str(settings.retry_after_seconds)},
             )
+        try:
+            prepared = await run_in_threadpool(prepare, served, messages, options, settings.max_prompt_tokens)
+        except BaseException:
+            queue.release()
+            raise
         if chat.stream:  # the generation thread releases the admission when it ends
             return StreamingResponse(
-                _stream(queue, capture, chat, inputs, options, request_id, started),
+                _stream(queue, capture, chat, prepared, request_id, started),
                 media_type="text/event-stream",
                 headers={"x-request-id": request_id, "cache-control": "no-cache"},
             )
         try:
             result = await _complete_while_connected(
-                request, queue, inputs, options, settings.disconnect_poll_seconds
+                request, queue, prepared, settings.disconnect_poll_seconds
             )
         finally:
             queue.release()
@@ -242,15 +284,14 @@ def create_app(config: FineflowConfig, served: ServedModel, capture: TrafficCapt
 async def _complete_while_connected(
     request: Request,
     queue: RequestQueue,
-    inputs,
-    options: GenerationOptions,
+    prepared: Prepared,
     poll_seconds: float,
 ) -> Generation | None:
     """The completion, generated in a worker thread; None when the client disconnected first. A client
     that gives up (a timeout) must not keep the model busy for the requests queued behind it: its
     generation is cancelled (before its turn, or at the next token)."""
     cancel = threading.Event()
-    work = asyncio.ensure_future(run_in_threadpool(queue.stream, inputs, options, cancel))
+    work = asyncio.ensure_future(run_in_threadpool(queue.stream, prepared, cancel))
     try:
         while not work.done():
             await asyncio.wait({work}, timeout=poll_seconds)
@@ -267,8 +308,7 @@ def _stream(
     queue: RequestQueue,
     capture: TrafficCapture | None,
     chat: ChatRequest,
-    inputs,
-    options: GenerationOptions,
+    prepared: Prepared,
     request_id: str,
     started: float,
 ) -> AsyncIterator[str]:
@@ -282,7 +322,7 @@ def _stream(
 
     def work() -> None:
         try:
-            outcome["generation"] = queue.stream(inputs, options, cancel, on_text=pieces.put)
+            outcome["generation"] = queue.stream(prepared, cancel, on_text=pieces.put)
         except BaseException as exc:  # noqa: BLE001 (re-raised in the request below)
             outcome["error"] = exc
         finally:

@@ -9,7 +9,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fineflow.config import FineflowConfig
+from fineflow.config import FineflowConfig, ServeConfig
 
 
 class APIError(Exception):
@@ -42,18 +42,32 @@ class APIError(Exception):
         )
 
 
-class _Lenient(BaseModel):
-    # Fields OpenAI clients send that this server does not use (user, seed, ...) are ignored; the fields it
-    # does use are checked strictly ("5" is not a number).
-    model_config = ConfigDict(extra="ignore", strict=True)
+class _Checked(BaseModel):
+    # An OpenAI field this server does not implement (tools, logprobs, response_format, ...) is refused,
+    # naming it: ignoring it would answer a different question than the one asked (a client asking for a
+    # tool call gets prose). The fields it does use are checked strictly ("5" is not a number).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class TextPart(_Lenient):
+# Accepted and ignored: they label the request for the caller's own bookkeeping and cannot change the
+# answer.
+IGNORED_FIELDS = ("user", "metadata", "store")
+# Accepted only with the value that means "the feature is off", which is what this server does; any other
+# value is refused like an unsupported field (clients such as LangChain send these defaults explicitly).
+NO_OP_VALUES: dict[str, tuple] = {
+    "n": (1,),
+    "logprobs": (False,),
+    "presence_penalty": (0,),
+    "frequency_penalty": (0,),
+}
+
+
+class TextPart(_Checked):
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(_Lenient):
+class ChatMessage(_Checked):
     # `developer` is what newer OpenAI clients send in place of `system` (for their reasoning models)
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart]
@@ -66,11 +80,11 @@ class ChatMessage(_Lenient):
         return "system" if self.role == "developer" else self.role
 
 
-class StreamOptions(_Lenient):
+class StreamOptions(_Checked):
     include_usage: bool = False
 
 
-class ChatRequest(_Lenient):
+class ChatRequest(_Checked):
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
@@ -81,6 +95,12 @@ class ChatRequest(_Lenient):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
     n: Literal[1] | None = None  # one choice per request
+    logprobs: Literal[False] | None = None
+    presence_penalty: float | None = None  # 0 only (NO_OP_VALUES)
+    frequency_penalty: float | None = None  # 0 only (NO_OP_VALUES)
+    user: str | None = None  # IGNORED_FIELDS
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
 
     def chat(self) -> list[dict[str, str]]:
         return [{"role": m.chat_role(), "content": m.text()} for m in self.messages]
@@ -105,7 +125,9 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def parse_chat_request(body: bytes) -> ChatRequest:
+def parse_chat_request(body: bytes, settings: ServeConfig) -> ChatRequest:
+    """The request, checked: valid JSON of valid Unicode, only supported fields, and stop sequences within
+    `settings`' limits. Everything here is cheap and runs before the request is queued."""
     try:
         raw = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -114,13 +136,83 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         raise APIError(400, "request body is nested too deeply", None, "invalid_json") from None
     if not isinstance(raw, dict):
         raise APIError(400, "request body must be a JSON object", None, "invalid_type")
+    _check_unicode(raw)
+    for name, allowed in NO_OP_VALUES.items():
+        value = raw.get(name)
+        if value is not None and not _is_no_op(value, allowed):
+            raise APIError(
+                400,
+                f"{name}={json.dumps(value)[:40]} is not supported by this server (only "
+                f"{' or '.join(json.dumps(a) for a in allowed)})",
+                name,
+                "unsupported_parameter",
+            )
     try:
-        return ChatRequest.model_validate(raw)
+        chat = ChatRequest.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or None
+        if first["type"] == "extra_forbidden":
+            raise APIError(
+                400, f"{where}: not supported by this server", where, "unsupported_parameter"
+            ) from None
         # the message only: pydantic's `input` would echo request content into the error (and its log)
         raise APIError(400, f"{where}: {first['msg']}", where, "invalid_value") from None
+    check_stop(chat, settings)
+    return chat
+
+
+def _is_no_op(value, allowed: tuple) -> bool:
+    # 0 == 0.0 is the same setting, but False == 0 is not (a boolean is not a penalty)
+    return any(value == a and isinstance(value, bool) == isinstance(a, bool) for a in allowed)
+
+
+def _check_unicode(raw: dict) -> None:
+    """JSON may escape a lone surrogate ("\\ud800"), which decodes to a str that no UTF-8 encoder accepts:
+    the tokenizer and the traffic spool would fail on it later, as a 500. Walked without recursion: the
+    decoder accepts nesting deeper than Python's recursion limit."""
+    stack: list = [raw]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise APIError(
+                    400,
+                    "request body holds a lone UTF-16 surrogate (\\ud800-\\udfff) in a string: not valid "
+                    "Unicode",
+                    None,
+                    "invalid_json",
+                ) from None
+
+
+def check_stop(chat: ChatRequest, settings: ServeConfig) -> None:
+    """OpenAI's limit of stop sequences, and a bound on each one's length: the stopping criteria cost
+    time and memory in proportion to the stop strings' length times the vocabulary, so an unbounded
+    stop would let one request hold the model for a minute."""
+    stops = [chat.stop] if isinstance(chat.stop, str) else (chat.stop or [])
+    if len(stops) > settings.max_stop_sequences:
+        raise APIError(
+            400,
+            f"stop: at most {settings.max_stop_sequences} stop sequences are accepted, got {len(stops)}",
+            "stop",
+            "invalid_value",
+        )
+    for index, stop in enumerate(stops):
+        if len(stop) > settings.max_stop_chars:
+            raise APIError(
+                400,
+                f"stop: sequence {index} has {len(stop)} characters; this server accepts at most "
+                f"{settings.max_stop_chars}",
+                "stop",
+                "invalid_value",
+            )
 
 
 def completion_limit(request: ChatRequest, config: FineflowConfig) -> int:

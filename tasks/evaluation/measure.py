@@ -11,7 +11,6 @@ run), so the gates can give each an interval and compare models item by item (ta
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,7 +97,11 @@ def read_golden_facts(path: Path) -> list[list[str]]:
     return [list(i.get("facts", [])) for i in golden_items(path)]
 
 
-def measure(subject: Subject, adapter_dir: str | None, sets: EvalSets, config: FineflowConfig) -> Measurement:
+def measure(
+    subject: Subject, adapter_dir: str | None, sets: EvalSets, config: FineflowConfig, scratch: Path
+) -> Measurement:
+    """`scratch`: a directory for the files the measurement makes (the vulnerability scan's reports); the
+    caller removes it once they are logged."""
     evaluation, logger = config.evaluation, step_logger()
     generator = load_generator(
         subject.base_model, adapter_dir, config.data_dir / "models", config.base_model.inference_precision
@@ -151,7 +154,7 @@ def measure(subject: Subject, adapter_dir: str | None, sets: EvalSets, config: F
     scan_files: list[str] = []
     if evaluation.vulnerability_scan:
         scan = run_vulnerability_scan(
-            attack_answers.__getitem__, evaluation.injection_payloads_file, Path(tempfile.mkdtemp())
+            attack_answers.__getitem__, evaluation.injection_payloads_file, scratch / "vulnerability_scan"
         )
         metrics["scan_pass_rate"] = scan["scan_pass_rate"]
         scan_files = scan["files"]

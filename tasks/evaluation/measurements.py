@@ -16,6 +16,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from fineflow.config import FineflowConfig
+from fineflow.privacy.masker import get_masker
 from fineflow.registry.adapters import download_adapter
 from fineflow.registry.aliases import version_by_alias
 from fineflow.registry.lineage import lineage_tags
@@ -57,8 +58,11 @@ def measured(
         return found
     # Fetched only now: a model already measured on this key needs no weights at all.
     adapter = fetch_adapter(config, subject)
-    result = measure_subject(subject, adapter, sets, config)
-    return log_measurement(client, config, subject, key, result), result.scores
+    # The scan's reports live only until they are logged: a temporary directory per measurement, removed
+    # whatever happens (an evaluation a day, each leaving its reports behind, fills /tmp).
+    with tempfile.TemporaryDirectory(prefix="fineflow-measure-") as scratch:
+        result = measure_subject(subject, adapter, sets, config, Path(scratch))
+        return log_measurement(client, config, subject, key, result), result.scores
 
 
 @task(name="find-measurement", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -99,8 +103,10 @@ def fetch_adapter(config: FineflowConfig, subject: Subject) -> str | None:
 
 
 @task(name="measure", task_run_name="measure-{subject.key}", cache_policy=NO_CACHE)
-def measure_subject(subject: Subject, adapter_dir: str | None, sets: EvalSets, config: FineflowConfig):
-    return measure(subject, adapter_dir, sets, config)
+def measure_subject(
+    subject: Subject, adapter_dir: str | None, sets: EvalSets, config: FineflowConfig, scratch: Path
+):
+    return measure(subject, adapter_dir, sets, config, scratch)
 
 
 @task(name="log-measurement", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -114,5 +120,20 @@ def log_measurement(
             client.log_metric(run_id, metric, value)
         for path in result.details.get("scan_files", []):
             client.log_artifact(run_id, path, "vulnerability_scan")
-        client.log_text(run_id, json.dumps(result.details, indent=2), DETAILS_FILE)
+        details = masked_details(result.details, config)
+        client.log_text(run_id, json.dumps(details, indent=2), DETAILS_FILE)
     return run_id
+
+
+MASKED_DETAILS = ("golden_answers",)  # the model's own words: they may state PII (pii_leak_rate counts it)
+
+
+def masked_details(details: dict, config: FineflowConfig) -> dict:
+    """details.json as it is kept: the model's answers PII-masked by the one masker (data prep's
+    settings), as everything else fineflow writes down. The metrics were computed on the raw answers."""
+    masker = get_masker(config.data_prep.pii)
+    kept = dict(details)
+    for name in MASKED_DETAILS:
+        if name in kept:
+            kept[name] = [masker.mask(text)[0] for text in kept[name]]
+    return kept

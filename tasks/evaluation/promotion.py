@@ -16,7 +16,13 @@ from prefect.cache_policies import NO_CACHE
 
 from fineflow.config import FineflowConfig
 from fineflow.registry import aliases
-from fineflow.registry.aliases import Aliases, AliasMove, RollbackError, version_by_alias
+from fineflow.registry.aliases import (
+    Aliases,
+    AliasMove,
+    ChampionMovedError,
+    RollbackError,
+    version_by_alias,
+)
 from fineflow.registry.refs import RegisteredVersion
 from fineflow.registry.tracking import tracking_uri
 from fineflow.runtime import IO_RETRIES, retry_unless
@@ -120,9 +126,24 @@ def read_champion(config: FineflowConfig) -> str | None:
     return version_by_alias(client, config.registry.model_name, config.registry.champion_alias)
 
 
-@task(name="move-aliases", cache_policy=NO_CACHE, **IO_RETRIES)
-def move_aliases(client: MlflowClient, found: RegisteredVersion, names: Aliases, note: str) -> AliasMove:
-    return aliases.promote(client, found.name, found.version, names, note)
+@task(
+    name="move-aliases",
+    cache_policy=NO_CACHE,
+    retry_condition_fn=retry_unless(ChampionMovedError),
+    **IO_RETRIES,
+)
+def move_aliases(
+    client: MlflowClient,
+    found: RegisteredVersion,
+    names: Aliases,
+    note: str,
+    expected_champion: str | None,
+) -> AliasMove:
+    """The alias move, refused if the champion is no longer `expected_champion` (the one the decision
+    was compared with): the champion is read again here, after any wait for approval."""
+    return aliases.promote(
+        client, found.name, found.version, names, note, expected_champion=expected_champion
+    )
 
 
 @task(
