@@ -6,7 +6,9 @@ No NER model is installed or downloaded. A name is found where its context or th
 - after a greeting or a thanks ("Hi X,", "Thanks, X."): a listed name, or a capitalised word the
   greeting closes ("Hi X," / "Hi X!");
 - a listed given name in the middle of a sentence ("my husband David", "No problem, James."), and a
-  listed given name followed by a listed surname anywhere ("Grace Kim"); "X here" at a sentence start.
+  listed given name followed by a listed surname anywhere ("Grace Kim"); at a sentence start, a listed
+  given name before "here" or a verb a person does ("Rebecca can", "Marcus was");
+- a line of capitalised words after a line ending in a comma (a signature: "Thanks so much,\nAmanda").
 A found name extends over the capitalised words right after it ("Lukas Schneider", "James O'Connor").
 
 The name lists are the 1990 US Census "frequently occurring names" files (public domain, a US
@@ -46,12 +48,22 @@ _STRONG_CUE = re.compile(
 )
 # Greetings and thanks: a name follows if it is a listed given name, or if the greeting closes after it.
 _WEAK_CUE = re.compile(
-    r"\b(?:hi|hello|hey|dear|thanks|thank\s+you|thx|bye|goodbye|welcome|morning|afternoon|evening),?[ \t]+$",
+    r"\b(?:hi|hello|hey|dear|thanks|thank\s+you|thx|bye|goodbye|welcome|morning|afternoon|evening"
+    r"|yes|no|sure|ok|okay|understood|sorry|of\s+course|no\s+problem|great),?[ \t]+$",
     re.IGNORECASE,
 )
 _CLOSES = re.compile(r"\s*(?:[,.!?:;\n]|$)")
 _SENTENCE_START = re.compile(r"(?:^|[.!?:;\n\"“(]\s*|^\s*)$")
 _HERE = re.compile(r"\s+here\b")
+# A listed given name opening a sentence is a name when a verb a person does follows ("Rebecca can").
+_PERSON_VERB = re.compile(
+    r"\s+(?:can|could|will|would|should|must|may|might|is|was|has|had|does|did|said|says|asked|told|"
+    r"wants|wanted|needs|needed|called|wrote|set|installed|helped)\b"
+)
+# A line holding only capitalised words after a line ending in a comma: a signature ("Thanks so much,\nAmanda").
+_SIGNATURE_BEFORE = re.compile(r",[ \t]*\n\s*$")
+_LINE_ENDS = re.compile(r"[ \t]*(?:\n|$)")
+_TITLES = ["Mr", "Mrs", "Ms", "Miss", "Dr", "Prof"]  # they introduce a name and are not one
 _CUE_WINDOW = 40  # characters before a word searched for a cue
 
 
@@ -80,7 +92,7 @@ class NameRecognizer(EntityRecognizer):
         from spacy.lang.en.stop_words import STOP_WORDS
 
         self.given, self.surnames = name_lists()
-        self.blocked = {_key(word) for word in [*not_names, *STOP_WORDS]}
+        self.blocked = {_key(word) for word in [*not_names, *STOP_WORDS, *_TITLES]}
         super().__init__(supported_entities=[ENTITY], supported_language=language, name="NameRecognizer")
 
     def load(self) -> None:
@@ -111,9 +123,9 @@ class NameRecognizer(EntityRecognizer):
         after = text[words[index + length - 1].end() :]
         before = text[max(0, word.start() - _CUE_WINDOW) : word.start()]
         first = _key(word.group())
-        if _STRONG_CUE.search(before):
+        if _STRONG_CUE.search(before) or (_SIGNATURE_BEFORE.search(before) and _LINE_ENDS.match(after)):
             return length
-        if _WEAK_CUE.search(before) and (first in self.given or _CLOSES.match(after)):
+        if _WEAK_CUE.search(before) and (first in self.given or _CLOSES.match(after) or _HERE.match(after)):
             return length
         if first not in self.given:
             return 0
@@ -121,7 +133,7 @@ class NameRecognizer(EntityRecognizer):
             return length  # a listed given name in the middle of a sentence
         if length > 1 and _key(words[index + 1].group()) in self.surnames:
             return length  # "Grace Kim" at a sentence start
-        if _HERE.match(after):
+        if _HERE.match(after) or _PERSON_VERB.match(after):
             return length
         return 0
 
@@ -140,6 +152,7 @@ class NameRecognizer(EntityRecognizer):
         return (
             len(word) > 1
             and word[0].isupper()
+            and (word[1].islower() or word[1] in "'’")  # not C-wire, not an acronym
             and not word.isupper()
             and not any(_key(part) in self.blocked for part in [word, *word.split("-")])
         )
