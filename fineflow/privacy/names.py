@@ -60,7 +60,7 @@ _PERSON_VERB = re.compile(
     r"\s+(?:can|could|will|would|should|must|may|might|is|was|has|had|does|did|said|says|asked|told|"
     r"wants|wanted|needs|needed|called|wrote|set|installed|helped)\b"
 )
-# A line holding only capitalised words after a line ending in a comma: a signature ("Thanks so much,\nAmanda").
+# A line of capitalised words after a line ending in a comma is a signature ("Thanks so much,\nAmanda").
 _SIGNATURE_BEFORE = re.compile(r",[ \t]*\n\s*$")
 _LINE_ENDS = re.compile(r"[ \t]*(?:\n|$)")
 _TITLES = ["Mr", "Mrs", "Ms", "Miss", "Dr", "Prof"]  # they introduce a name and are not one
