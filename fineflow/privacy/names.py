@@ -3,6 +3,7 @@
 No NER model is installed or downloaded. A name is found where its context or the name lists say so:
 - after a cue that introduces a person ("my name is X", "I'm X", "this is X", "Mr X", "called X",
   "spoke to X", a signature: "Regards,\\nX", "— X"): any capitalised word;
+- after a role ("my husband X", "our IT person, X"): a word on the name lists;
 - after a greeting or a thanks ("Hi X,", "Thanks, X."): a listed name, or a capitalised word the
   greeting closes ("Hi X," / "Hi X!");
 - a listed given name in the middle of a sentence ("my husband David", "No problem, James."), and a
@@ -44,6 +45,13 @@ _STRONG_CUE = re.compile(
     r"|\b(?:mr|mrs|ms|miss|dr|prof)\.?[ \t]+"
     r"|\b(?:regards|sincerely|cheers|best|thanks|thank\s+you|thx|signed)[,.!]?[ \t]*\n\s*"
     r"|(?:^|\n)[ \t]*(?:—|–|--|-|~)[ \t]*)$",
+    re.IGNORECASE,
+)
+# A person introduced by who they are ("my husband David", "Our IT person, Raj Patel"): a listed name.
+_ROLE_CUE = re.compile(
+    r"\b(?:husband|wife|partner|son|daughter|father|mother|dad|mom|mum|brother|sister|friend|neighbou?r"
+    r"|colleague|boss|manager|assistant|landlord|landlady|tenant|technician|installer|electrician|plumber"
+    r"|person|owner)[,:]?[ \t]+$",
     re.IGNORECASE,
 )
 # Greetings and thanks: a name follows if it is a listed given name, or if the greeting closes after it.
@@ -124,6 +132,8 @@ class NameRecognizer(EntityRecognizer):
         before = text[max(0, word.start() - _CUE_WINDOW) : word.start()]
         first = _key(word.group())
         if _STRONG_CUE.search(before) or (_SIGNATURE_BEFORE.search(before) and _LINE_ENDS.match(after)):
+            return length
+        if _ROLE_CUE.search(before) and (first in self.given or first in self.surnames):
             return length
         if _WEAK_CUE.search(before) and (first in self.given or _CLOSES.match(after) or _HERE.match(after)):
             return length

@@ -143,6 +143,7 @@ class ContextPatternRecognizer(_Recognizer):
 
 
 _TRAILING = ".,;!?)"
+_PLACEHOLDER = re.compile(r"<[A-Z_]+>")
 _MONTH = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?"
 _DATE = (
     r"\d{4}[-/.]\d{1,2}[-/.]\d{1,2}"  # 1985-03-07
@@ -175,6 +176,8 @@ def password_value(match: re.Match) -> bool:
     """A prose "password is X" is a password when X is quoted or holds a digit or a symbol: "my password
     is wrong" is not one."""
     value = match.group("value").rstrip(_TRAILING)
+    if _PLACEHOLDER.match(value):
+        return False  # already masked: a second scan of masked text finds nothing
     if match.group("sep") in (":", "="):
         return bool(value)
     return value[:1] in "\"'" or bool(re.search(r"[^A-Za-z]", value))
