@@ -27,7 +27,16 @@ OFFLINE_ENV = {
 }
 
 
+# State under the data directory (the embedded store, the traffic spool, MLflow's and Prefect's SQLite
+# databases, Prefect's results) is this user's only: files 0600, directories 0700.
+PRIVATE_UMASK = 0o077
+PRIVATE_DIR_MODE = 0o700
+
+
 def prepare_environment(data_dir: Path, server_startup_timeout_s: float) -> None:
+    os.umask(PRIVATE_UMASK)  # every file and directory this process creates from here on
+    data_dir.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+    data_dir.chmod(PRIVATE_DIR_MODE)  # one made before, by an older version or by hand
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
     # Without a server, Prefect starts a temporary one per run; on a busy laptop its default 20 s to come

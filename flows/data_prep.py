@@ -60,7 +60,9 @@ def data_prep(
         with run.cached_steps(refresh):
             parsed = parse_and_validate(read_inputs(store, list(run.pinned)), prep.validation)
             normalized = normalize_rows(parsed.rows, prep.normalize)
-            masked = mask_pii(normalized.rows, parsed.quarantined, prep.pii)  # rows, quarantine, counts
+            masked = mask_pii(  # rows, quarantine, counts
+                normalized.rows, parsed.quarantined, prep.pii, prep.validation.quarantine_excerpt_chars
+            )
             deduped = deduplicate(masked[0], prep.dedup)
             safe = filter_unsafe(deduped.rows, prep.safety)
             limited = enforce_token_limit(

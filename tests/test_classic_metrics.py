@@ -319,7 +319,7 @@ def test_pii_in_answers_counts_only_real_leaks_and_placeholders_apart():
     assert result.leaked == [False, False, True, False, False]
     assert result.placeholder == [False, False, False, True, False]
     assert result.any_pii == [True, True, True, False, False]
-    assert result.leaks_by_type == {"PHONE_NUMBER": 1}
+    assert result.leaks_by_type == {"PERSON": 1, "PHONE_NUMBER": 1}  # names are masked by default now
     assert AnswerPII.rate(result.leaked) == 0.2
     # without the allow-list the business's own contacts count as leaks
     assert pii_in_answers(prompts, answers, pii, []).leaked == [False, True, True, False, False]

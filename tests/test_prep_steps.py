@@ -170,12 +170,19 @@ def test_parse_quarantines_each_malformed_jsonl_kind_with_reason_and_line():
     assert [row["source"] for row in result.rows] == ["raw/bad.jsonl:1", "raw/bad.jsonl:19"]
     assert result.rows_in == len(lines) == len(result.rows) + len(result.quarantined)
     details = {q.source: q.detail for q in result.quarantined}
-    assert "customer" in details["raw/bad.jsonl:10"]
+    assert "customer" not in details["raw/bad.jsonl:10"]  # a raw value: details are written unmasked
     assert re.fullmatch(r"4\d\d characters, limit 300", details["raw/bad.jsonl:14"])
     excerpts = {q.source: q.excerpt for q in result.quarantined}
     assert excerpts["raw/bad.jsonl:2"] == '{"prompt": "unterminated'
     assert excerpts["raw/bad.jsonl:3"].startswith('{"prompt": "caf\ufffd"')  # undecodable byte replaced
-    assert len(excerpts["raw/bad.jsonl:14"]) == validation.quarantine_excerpt_chars
+    # The whole record: mask-pii masks it and then cuts it to quarantine_excerpt_chars.
+    assert len(excerpts["raw/bad.jsonl:14"]) > validation.quarantine_excerpt_chars
+    cut = mask_pii.fn([], result.quarantined, CFG.data_prep.pii, validation.quarantine_excerpt_chars)[1]
+    assert {len(q.excerpt) for q in cut} <= set(range(validation.quarantine_excerpt_chars + 1))
+    assert (
+        len(next(q for q in cut if q.source == "raw/bad.jsonl:14").excerpt)
+        == validation.quarantine_excerpt_chars
+    )
     assert result.quarantined_by_reason()["empty_content"] == 3
 
 
@@ -360,6 +367,7 @@ PLANTED = {
     "IBAN_CODE": ("DE89 3704 0044 0532 0130 00", "<IBAN>"),
     "IP_ADDRESS": ("192.168.10.42", "<IP_ADDRESS>"),
     "US_SSN": ("219-47-6650", "<US_SSN>"),
+    "PERSON": ("Maria Gonzalez", "<PERSON>"),
 }
 
 
@@ -368,8 +376,17 @@ def masker():
     return get_masker(PII_CFG)  # built once (seconds); mask_pii reuses the same cached instance
 
 
+# Entities whose value is masked only in its context ("born on ..."): tested in tests/test_privacy.py.
+IN_CONTEXT = {"STREET_ADDRESS", "DATE_OF_BIRTH", "PASSWORD", "AWS_KEY", "GITHUB_TOKEN", "OPENAI_KEY"} | {
+    "SLACK_TOKEN",
+    "JWT",
+    "PRIVATE_KEY",
+    "SECRET",
+}
+
+
 def test_pii_config_covers_every_planted_type():
-    assert set(PII_CFG.masked_entities) == set(PLANTED)
+    assert set(PII_CFG.masked_entities) == set(PLANTED) | IN_CONTEXT
 
 
 def test_mask_pii_replaces_each_entity_and_logs_no_value(masker, caplog):
@@ -382,7 +399,7 @@ def test_mask_pii_replaces_each_entity_and_logs_no_value(masker, caplog):
     rows.append(clean)
     quarantined = [Quarantined("q.jsonl:3", "invalid_json", "bad", '{"prompt": "call +1 212 555 0187')]
     caplog.set_level(logging.DEBUG, logger="fineflow")
-    masked, masked_quarantine, counts = mask_pii.fn(rows, quarantined, PII_CFG)
+    masked, masked_quarantine, counts = mask_pii.fn(rows, quarantined, PII_CFG, 200)
 
     for (value, placeholder), row in zip(PLANTED.values(), masked, strict=False):
         assert row["messages"][0]["content"] == f"My detail is {placeholder} thanks."

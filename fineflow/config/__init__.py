@@ -80,13 +80,32 @@ class NormalizeConfig(Strict):
     max_blank_lines: int = Field(ge=0)
 
 
+class PersonConfig(Strict):
+    not_names: list[str] = Field(
+        description="words on the public name lists that are product vocabulary or ordinary words here"
+    )
+
+
+class SecretsConfig(Strict):
+    plugins: dict[str, str] = Field(
+        min_length=1, description="detect-secrets plugin class name -> the entity type its findings mask as"
+    )
+    base64_entropy_limit: float = Field(ge=0.0, le=8.0, description="Base64HighEntropyString's limit")
+    hex_entropy_limit: float = Field(ge=0.0, le=8.0, description="HexHighEntropyString's limit")
+
+
 class PIIConfig(Strict):
     entities: list[str] = Field(min_length=1)
     placeholders: dict[str, str]
     score_threshold: float = Field(ge=0.0, le=1.0)
     language: str
     ner_model: str | None = Field(
-        description="an installed spaCy pipeline (name or path); when set, PERSON names are masked too"
+        description="an installed spaCy pipeline (name or path); its PERSON findings are masked as well"
+    )
+    person: PersonConfig
+    secrets: SecretsConfig
+    address_countries: list[Literal["US", "GB", "CA"]] = Field(
+        min_length=1, description="address formats pyap recognises"
     )
 
     @model_validator(mode="after")
@@ -94,6 +113,9 @@ class PIIConfig(Strict):
         missing = [e for e in self.masked_entities if e not in self.placeholders]
         if missing:
             raise ValueError(f"no placeholder for entities {missing}")
+        unmasked = sorted(set(self.secrets.plugins.values()) - set(self.masked_entities))
+        if unmasked:
+            raise ValueError(f"secrets.plugins map to entities {unmasked} that are not in entities")
         return self
 
     @property

@@ -1,10 +1,18 @@
-"""The one PII masker (data prep, its audit, traffic capture): Presidio's recognizers, each value
-replaced by a typed placeholder (<EMAIL>).
+"""The one PII masker (data prep, its audit, evaluation's leak check, traffic capture): each value
+replaced by a typed placeholder (<EMAIL>, <PERSON>, <AWS_KEY>).
 
-Without an NER model the analyzer runs on a blank spaCy pipeline (tokenizer only): the pattern and
-checksum recognizers (email, phone, credit card, IBAN, IP, US SSN) need nothing more, and nothing is
-downloaded. Configure `ner_model` with an installed spaCy pipeline to mask person names as well.
-Masked values are never logged: logs and reports carry counts per entity type only.
+What finds values:
+- Presidio's pattern and checksum recognizers (email, phone, credit card, IBAN, IPv4, US SSN);
+- person names from public name lists and context cues (`names.py`), no NER model needed;
+- secrets with detect-secrets' plugins, street addresses with pyap, dates of birth and prose passwords
+  by their context, compressed IPv6 addresses (`recognizers.py`).
+Detection runs on NFKC-normalised text without invisible characters (`text.py`), so full-width or
+zero-width-split values are found; the spans they came from are replaced in the original text.
+
+Without an NER model the analyzer runs on a blank spaCy pipeline (tokenizer only) whose lemmas are the
+lower-cased words: Presidio's context words ("my ssn is 536228741") compare against lemmas, and a blank
+pipeline has none. An installed spaCy pipeline configured as `ner_model` adds its PERSON findings.
+Nothing is downloaded. Masked values are never logged: logs and reports carry counts per entity type.
 """
 
 from __future__ import annotations
@@ -15,6 +23,21 @@ from functools import cache
 from pathlib import Path
 
 from fineflow.config import PIIConfig
+from fineflow.privacy.names import NameRecognizer
+from fineflow.privacy.recognizers import (
+    DATE_OF_BIRTH,
+    DATE_OF_BIRTH_PATTERNS,
+    PASSWORD,
+    PASSWORD_PATTERNS,
+    ContextPatternRecognizer,
+    Ipv6Recognizer,
+    SecretsRecognizer,
+    StreetAddressRecognizer,
+    password_value,
+)
+from fineflow.privacy.text import normalize
+
+LOWER_LEMMA_PIPE = "fineflow_lower_lemma"
 
 
 class NerModelMissingError(ValueError):
@@ -61,6 +84,16 @@ class PIIMasker:
             registry.load_predefined_recognizers(languages=[config.language], nlp_engine=engine)
         finally:
             presidio_log.setLevel(level)
+        language = config.language
+        for recognizer in (
+            NameRecognizer(config.person.not_names, language),
+            SecretsRecognizer(config.secrets, language),
+            StreetAddressRecognizer(config.address_countries, language),
+            ContextPatternRecognizer(DATE_OF_BIRTH, DATE_OF_BIRTH_PATTERNS, language),
+            ContextPatternRecognizer(PASSWORD, PASSWORD_PATTERNS, language, accept=password_value),
+            Ipv6Recognizer(language),
+        ):
+            registry.add_recognizer(recognizer)
         self.config = config
         self.analyzer = AnalyzerEngine(
             registry=registry, nlp_engine=engine, supported_languages=[config.language]
@@ -72,12 +105,20 @@ class PIIMasker:
         }
 
     def find(self, text: str) -> list:
-        return self.analyzer.analyze(
-            text=text,
+        """Findings with their spans in `text` itself (detection ran on its normalised form)."""
+        from presidio_analyzer import RecognizerResult
+
+        normalized = normalize(text)
+        findings = self.analyzer.analyze(
+            text=normalized.text,
             language=self.config.language,
             entities=self.config.masked_entities,
             score_threshold=self.config.score_threshold,
         )
+        return [
+            RecognizerResult(item.entity_type, *normalized.original_span(item.start, item.end), item.score)
+            for item in findings
+        ]
 
     def mask(self, text: str) -> tuple[str, Counter]:
         findings = self.find(text)
@@ -107,12 +148,24 @@ def scan_for_pii(texts: list[str], config: PIIConfig) -> dict[str, int]:
 
 
 def _blank_spacy_engine(spacy_engine_class, language: str):
-    """A tokenizer-only spaCy pipeline: enough for pattern and checksum recognizers, nothing to download."""
+    """A tokenizer-only spaCy pipeline with lower-cased words as lemmas: enough for the pattern, checksum
+    and context recognizers, nothing to download."""
 
     class BlankSpacyEngine(spacy_engine_class):
         def load(self) -> None:
             import spacy
+            from spacy.language import Language
 
-            self.nlp = {language: spacy.blank(language)}
+            if not Language.has_factory(LOWER_LEMMA_PIPE):
+                Language.component(LOWER_LEMMA_PIPE, func=_lower_lemmas)
+            nlp = spacy.blank(language)
+            nlp.add_pipe(LOWER_LEMMA_PIPE)
+            self.nlp = {language: nlp}
 
     return BlankSpacyEngine(models=[{"lang_code": language, "model_name": f"blank:{language}"}])
+
+
+def _lower_lemmas(doc):
+    for token in doc:
+        token.lemma_ = token.lower_
+    return doc

@@ -198,7 +198,8 @@ class TrafficCapture:
         `flush` and `commit`. Starting a started capture does nothing."""
         if self._spool is not None:
             return None
-        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        self.spool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # masked, but still users' words
+        self.spool_dir.chmod(0o700)
         try:
             self._spool_lock.acquire(timeout=0)
         except Timeout:
@@ -212,7 +213,7 @@ class TrafficCapture:
         except BaseException:
             self._spool_lock.release()  # a store that is down at start: free the spool for the next try
             raise
-        self._spool = open(self.spool_path, "ab")  # noqa: SIM115 (held open for the server's lifetime)
+        self._spool = _open_private(self.spool_path, "ab")  # held open for the server's lifetime
         if background:
             self._worker = threading.Thread(target=self._run, name=FLUSHER_THREAD, daemon=True)
             self._worker.start()
@@ -350,7 +351,7 @@ class TrafficCapture:
     def _rewrite_spool(self, records: list[dict]) -> None:
         """Replace the spool by `records` (still unwritten), atomically: a crash leaves old or new."""
         tmp = self.spool_path.with_suffix(".tmp")
-        with open(tmp, "wb") as handle:
+        with _open_private(tmp, "wb") as handle:
             handle.write(_jsonl(records))
             handle.flush()
             os.fsync(handle.fileno())
@@ -358,7 +359,7 @@ class TrafficCapture:
             self._spool.close()
         os.replace(tmp, self.spool_path)
         _fsync_dir(self.spool_dir)
-        self._spool = open(self.spool_path, "ab")  # noqa: SIM115
+        self._spool = _open_private(self.spool_path, "ab")
 
     def _recover(self) -> str | None:
         """Write and commit what the spool still holds, except records the branch already has."""
@@ -410,6 +411,14 @@ class TrafficCapture:
                 records, _ = _parse_jsonl(self.store.read(self.repo, self.settings.branch, change.path))
                 count += len(records)
         return count
+
+
+def _open_private(path: Path, mode: str):
+    """Open a spool file readable and writable by this user only (0600), whatever the umask."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode == "ab" else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    os.fchmod(fd, 0o600)  # a file left by an older version keeps its mode otherwise
+    return os.fdopen(fd, mode)
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -3,8 +3,9 @@
 The run key hashes everything that decides the outputs: the store's location, the inputs pinned to
 commits and the config hash (the stage's config, where it publishes, the tokenizer, the safety rules'
 text, the code version). Rerunning on unchanged inputs with an unchanged config is then served from
-Prefect's cache, step by step. The steps carry `PREP_STEP_CACHE` on their definitions; the flow names
-the run (and whether to refresh) for the steps it calls with `PrepRun.cached_steps`.
+Prefect's cache, step by step from mask-pii on: those steps carry `PREP_STEP_CACHE` on their
+definitions, and the raw steps before masking are never persisted (`RAW_STEP`). The flow names the run
+(and whether to refresh) for the steps it calls with `PrepRun.cached_steps`.
 """
 
 from __future__ import annotations
@@ -76,3 +77,8 @@ class PrepStepCache(CachePolicy):
 
 
 PREP_STEP_CACHE = PrepStepCache()
+
+# The steps before masking (read, parse, normalise) handle raw rows. Prefect persists a cached step's
+# result as a pickle under its home, outside the store's access control and never expiring: these steps
+# are recomputed on every run instead (parsing is cheap next to masking), and caching starts at mask-pii.
+RAW_STEP = {"cache_policy": NO_CACHE, "persist_result": False}

@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from fineflow.config import FineflowConfig
 from fineflow.runtime import IO_RETRIES, step_logger
 from fineflow.store import DatasetStore, DatasetURI, NothingToCommitError
-from tasks.data.cache import PREP_STEP_CACHE
+from tasks.data.cache import RAW_STEP
 from tasks.data.parse import SUPPORTED_SUFFIXES
 
 
@@ -83,7 +83,8 @@ def ingest_inputs(store: DatasetStore, config: FineflowConfig, inputs: list[str]
     return pinned
 
 
-@task(name="read-inputs", cache_policy=PREP_STEP_CACHE, persist_result=True, **IO_RETRIES)
+# Raw bytes stay in the store: this step is not cached, so Prefect never pickles them (see RAW_STEP).
+@task(name="read-inputs", **RAW_STEP, **IO_RETRIES)
 def read_inputs(store: DatasetStore, pinned: list[str]) -> dict[str, bytes]:
     files: dict[str, bytes] = {}
     for item in pinned:

@@ -9,7 +9,7 @@ from prefect import task
 
 from fineflow.config import NormalizeConfig
 from fineflow.runtime import step_logger
-from tasks.data.cache import PREP_STEP_CACHE
+from tasks.data.cache import RAW_STEP
 from tasks.data.records import Removal, Row, StepResult, with_messages
 
 # Line breaks in their other spellings (CR, NEL, vertical tab, form feed, Unicode line/paragraph separators)
@@ -39,7 +39,7 @@ def _tidy_line(line: str) -> str:
     return indent + _SPACES.sub(" ", line[len(indent) :]).rstrip() if line.strip() else ""
 
 
-@task(name="normalize", cache_policy=PREP_STEP_CACHE, persist_result=True)
+@task(name="normalize", **RAW_STEP)  # rows not yet masked: never persisted
 def normalize_rows(rows: list[Row], config: NormalizeConfig) -> StepResult:
     kept, removed = [], []
     for row in rows:

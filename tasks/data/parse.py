@@ -20,7 +20,7 @@ from prefect import task
 
 from fineflow.config import ValidationConfig
 from fineflow.runtime import step_logger
-from tasks.data.cache import PREP_STEP_CACHE
+from tasks.data.cache import RAW_STEP
 from tasks.data.records import ParseResult, Quarantined, Row, make_row
 
 SUPPORTED_SUFFIXES = (".jsonl", ".csv", ".parquet")
@@ -35,7 +35,7 @@ class RecordError(ValueError):
         self.reason, self.detail = reason, detail
 
 
-@task(name="parse-validate", cache_policy=PREP_STEP_CACHE, persist_result=True)
+@task(name="parse-validate", **RAW_STEP)  # raw rows: never persisted
 def parse_and_validate(files: dict[str, bytes], config: ValidationConfig) -> ParseResult:
     rows: list[Row] = []
     quarantined: list[Quarantined] = []
@@ -50,8 +50,7 @@ def parse_and_validate(files: dict[str, bytes], config: ValidationConfig) -> Par
             try:
                 rows.append(make_row(source, to_messages(record, config)))
             except RecordError as exc:
-                excerpt = raw_text[: config.quarantine_excerpt_chars]
-                quarantined.append(Quarantined(source, exc.reason, exc.detail, excerpt))
+                quarantined.append(Quarantined(source, exc.reason, exc.detail, raw_text))
         per_file[path] = count
     result = ParseResult(rows, quarantined, sum(per_file.values()), per_file)
     step_logger().info(
@@ -90,14 +89,14 @@ def _jsonl_records(path: str, data: bytes, config: ValidationConfig):
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            excerpt = raw.decode("utf-8", errors="replace")[: config.quarantine_excerpt_chars]
+            excerpt = raw.decode("utf-8", errors="replace")
             yield (
                 source,
                 Quarantined(source, "invalid_utf8", f"invalid UTF-8 at byte {exc.start}", excerpt),
                 "",
             )
             continue
-        excerpt = text[: config.quarantine_excerpt_chars]
+        excerpt = text  # the whole record: mask-pii masks it, then cuts it to quarantine_excerpt_chars
         if len(text) > config.max_row_chars:
             detail = f"{len(text)} characters, limit {config.max_row_chars}"
             yield source, Quarantined(source, "row_too_large", detail, excerpt), text
@@ -145,7 +144,7 @@ def _table_records(path: str, records: list, config: ValidationConfig):
             continue
         record = {key: _plain(value) for key, value in record.items()}
         text = json.dumps(record, ensure_ascii=False, default=str)
-        excerpt = text[: config.quarantine_excerpt_chars]
+        excerpt = text  # masked whole by mask-pii, then cut
         if any(isinstance(v, str) and _has_surrogates(v) for v in record.values()):
             yield (
                 source,
@@ -198,7 +197,7 @@ def to_messages(record: dict, config: ValidationConfig) -> list[dict]:
         raise RecordError(
             "missing_field",
             "missing fields: expected 'messages', 'prompt'+'response' or 'instruction'+'output' "
-            f"(found {sorted(record)[:8]})",
+            f"(found {len(record)} other field(s))",  # not their names: a key can be PII too
         )
     roles = [m["role"] for m in messages]
     if "user" not in roles:
@@ -245,7 +244,8 @@ def _chat_messages(messages, config: ValidationConfig) -> list[dict]:
         if role not in config.allowed_roles:
             raise RecordError(
                 "unknown_role",
-                f"messages[{index}] has unknown role {role!r} (allowed: {config.allowed_roles})",
+                # not the role itself: a detail is written unmasked, and a raw value can be anything
+                f"messages[{index}] has a role not in {config.allowed_roles}",
             )
         content = message.get("content")
         if content is None:

@@ -16,9 +16,10 @@ from tasks.data.records import Quarantined, Row, with_messages
 
 @task(name="mask-pii", cache_policy=PREP_STEP_CACHE, persist_result=True)
 def mask_pii(
-    rows: list[Row], quarantined: list[Quarantined], config: PIIConfig
+    rows: list[Row], quarantined: list[Quarantined], config: PIIConfig, excerpt_chars: int
 ) -> tuple[list[Row], list[Quarantined], dict[str, int]]:
-    """Mask every message, and the excerpts kept with quarantined lines (they are written out too)."""
+    """Mask every message, and each quarantined record whole before cutting its excerpt to `excerpt_chars`
+    (the excerpts are written out too)."""
     masker = get_masker(config)
     found: Counter = Counter()
     masked_rows = []
@@ -33,7 +34,7 @@ def mask_pii(
     for item in quarantined:
         text, counts = masker.mask(item.excerpt)
         found.update(counts)
-        masked_quarantine.append(Quarantined(item.source, item.reason, item.detail, text))
+        masked_quarantine.append(Quarantined(item.source, item.reason, item.detail, text[:excerpt_chars]))
     rows_touched = sum(
         1 for before, after in zip(rows, masked_rows, strict=True) if before["id"] != after["id"]
     )

@@ -5,6 +5,8 @@ and keeps the branch for inspection.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -98,8 +100,10 @@ def audit_outputs(
     checks["quarantine share"] = f"{share:.1%} (maximum {audit.max_quarantine_share:.1%})"
     if share > audit.max_quarantine_share:
         reasons.append(f"{share:.1%} of rows quarantined, maximum is {audit.max_quarantine_share:.1%}")
-    if audit.require_zero_pii:
-        texts = [m["content"] for row in train + evaluation for m in row["messages"]]
+    if audit.require_zero_pii:  # every file the run publishes, not only the splits
+        texts = [
+            text for path in written.paths.values() for text in _published_texts(store, repo, written, path)
+        ]
         found = scan_for_pii(texts, config.data_prep.pii)
         checks["PII in output"] = format_counts(found, empty="none")
         if found:
@@ -137,3 +141,21 @@ def is_published(store: DatasetStore, config: FineflowConfig, commit: str) -> bo
 
 def _read_rows(store: DatasetStore, repo: str, ref: str, path: str) -> list[Row]:
     return parse_jsonl(store.read(repo, ref, path))
+
+
+def _published_texts(store: DatasetStore, repo: str, written: WrittenOutputs, path: str) -> list[str]:
+    """Every string in a written file (JSONL records or the JSON report), as read back from the branch."""
+    data = store.read(repo, written.commit, path)
+    records = parse_jsonl(data) if path.endswith(".jsonl") else [json.loads(data)]
+    return list(_strings(records))
+
+
+def _strings(value) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)

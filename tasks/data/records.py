@@ -48,7 +48,9 @@ class Quarantined:
     source: str
     reason: str  # a stable code to count by, e.g. invalid_json
     detail: str = ""  # what exactly, for a person reading the quarantine file
-    excerpt: str = ""  # the start of the raw line, PII-masked before it is written
+    # The raw record; mask-pii masks it whole, then cuts it to quarantine_excerpt_chars (cutting first
+    # could split a value in two halves the masker no longer recognises). A detail never quotes raw values.
+    excerpt: str = ""
 
     def as_json(self) -> dict:
         return {"source": self.source, "reason": self.reason, "detail": self.detail, "excerpt": self.excerpt}

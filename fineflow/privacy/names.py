@@ -1,0 +1,168 @@
+"""Person names without an NER model: public name lists plus the context people write names in.
+
+No NER model is installed or downloaded. A name is found where its context or the name lists say so:
+- after a cue that introduces a person ("my name is X", "I'm X", "this is X", "Mr X", "called X",
+  "spoke to X", a signature: "Regards,\\nX", "— X"): any capitalised word;
+- after a role ("my husband X", "our IT person, X"): a word on the name lists;
+- after a greeting or a thanks ("Hi X,", "Thanks, X."): a listed name, or a capitalised word the
+  greeting closes ("Hi X," / "Hi X!");
+- a listed given name in the middle of a sentence ("my husband David", "No problem, James."), and a
+  listed given name followed by a listed surname anywhere ("Grace Kim"); at a sentence start, a listed
+  given name before "here" or a verb a person does ("Rebecca can", "Marcus was");
+- a line of capitalised words after a line ending in a comma (a signature: "Thanks so much,\nAmanda").
+A found name extends over the capitalised words right after it ("Lukas Schneider", "James O'Connor").
+
+The name lists are the 1990 US Census "frequently occurring names" files (public domain, a US
+government work) as shipped in the `names` package (MIT): 5,494 given names and 88,799 surnames. They
+lean towards US names; the context cues catch names they lack. Words that are on the lists but are
+product vocabulary or ordinary words in this domain ("Alexa", "June") are configured in
+`data_prep.pii.person.not_names`; spaCy's English stop words ("Will", "May") are never names.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import re
+import unicodedata
+from functools import cache
+
+from presidio_analyzer import EntityRecognizer, RecognizerResult
+
+NAME_LISTS_PACKAGE = "names"
+GIVEN_NAME_FILES = ("dist.male.first", "dist.female.first")
+SURNAME_FILE = "dist.all.last"
+ENTITY = "PERSON"
+SCORE = 0.85
+MAX_NAME_WORDS = 3
+
+# A word: letters, with inner apostrophes or hyphens (O'Connor, Jean-Luc), but not a possessive or a
+# contraction (Maria's, I'm, we'll).
+_WORD = re.compile(r"[^\W\d_]+(?:['’](?!(?:s|m|re|ve|ll|d|t)\b)[^\W\d_]+|-[^\W\d_]+)*")
+# Cues after which any capitalised word is a name.
+_STRONG_CUE = re.compile(
+    r"(?:\b(?:my\s+name\s+is|my\s+name's|name\s*:|i\s+am|i'm|i’m|this\s+is|it's|it’s|it\s+is|called|named"
+    r"|ask(?:ed)?\s+for|(?:spoke|speak|speaking|talked|talking|chatted|chatting)\s+(?:to|with))[ \t]+"
+    r"|\b(?:mr|mrs|ms|miss|dr|prof)\.?[ \t]+"
+    r"|\b(?:regards|sincerely|cheers|best|thanks|thank\s+you|thx|signed)[,.!]?[ \t]*\n\s*"
+    r"|(?:^|\n)[ \t]*(?:—|–|--|-|~)[ \t]*)$",
+    re.IGNORECASE,
+)
+# A person introduced by who they are ("my husband David", "Our IT person, Raj Patel"): a listed name.
+_ROLE_CUE = re.compile(
+    r"\b(?:husband|wife|partner|son|daughter|father|mother|dad|mom|mum|brother|sister|friend|neighbou?r"
+    r"|colleague|boss|manager|assistant|landlord|landlady|tenant|technician|installer|electrician|plumber"
+    r"|person|owner)[,:]?[ \t]+$",
+    re.IGNORECASE,
+)
+# Greetings and thanks: a name follows if it is a listed given name, or if the greeting closes after it.
+_WEAK_CUE = re.compile(
+    r"\b(?:hi|hello|hey|dear|thanks|thank\s+you|thx|bye|goodbye|welcome|morning|afternoon|evening"
+    r"|yes|no|sure|ok|okay|understood|sorry|of\s+course|no\s+problem|great),?[ \t]+$",
+    re.IGNORECASE,
+)
+_CLOSES = re.compile(r"\s*(?:[,.!?:;\n]|$)")
+_SENTENCE_START = re.compile(r"(?:^|[.!?:;\n\"“(]\s*|^\s*)$")
+_HERE = re.compile(r"\s+here\b")
+# A listed given name opening a sentence is a name when a verb a person does follows ("Rebecca can").
+_PERSON_VERB = re.compile(
+    r"\s+(?:can|could|will|would|should|must|may|might|is|was|has|had|does|did|said|says|asked|told|"
+    r"wants|wanted|needs|needed|called|wrote|set|installed|helped)\b"
+)
+# A line of capitalised words after a line ending in a comma is a signature ("Thanks so much,\nAmanda").
+_SIGNATURE_BEFORE = re.compile(r",[ \t]*\n\s*$")
+_LINE_ENDS = re.compile(r"[ \t]*(?:\n|$)")
+_TITLES = ["Mr", "Mrs", "Ms", "Miss", "Dr", "Prof"]  # they introduce a name and are not one
+_CUE_WINDOW = 40  # characters before a word searched for a cue
+
+
+def _key(word: str) -> str:
+    """How the lists spell a name: upper case ASCII letters only (O'Connor -> OCONNOR, José -> JOSE)."""
+    ascii_word = unicodedata.normalize("NFKD", word).encode("ascii", "ignore").decode()
+    return re.sub(r"[^A-Za-z]", "", ascii_word).upper()
+
+
+@cache
+def name_lists() -> tuple[frozenset[str], frozenset[str]]:
+    """(given names, surnames) from the packaged Census files: read once per process, nothing downloaded."""
+    root = importlib.resources.files(NAME_LISTS_PACKAGE)
+
+    def read(name: str) -> set[str]:
+        return {line.split()[0] for line in (root / name).read_text().splitlines() if line.strip()}
+
+    given = set().union(*(read(name) for name in GIVEN_NAME_FILES))
+    return frozenset(given), frozenset(read(SURNAME_FILE))
+
+
+class NameRecognizer(EntityRecognizer):
+    """PERSON spans from the name lists and context cues (see the module docstring)."""
+
+    def __init__(self, not_names: list[str], language: str):
+        from spacy.lang.en.stop_words import STOP_WORDS
+
+        self.given, self.surnames = name_lists()
+        self.blocked = {_key(word) for word in [*not_names, *STOP_WORDS, *_TITLES]}
+        super().__init__(supported_entities=[ENTITY], supported_language=language, name="NameRecognizer")
+
+    def load(self) -> None:
+        pass
+
+    def analyze(self, text: str, entities: list[str], nlp_artifacts=None) -> list[RecognizerResult]:
+        if ENTITY not in entities:
+            return []
+        words = list(_WORD.finditer(text))
+        results = []
+        index = 0
+        while index < len(words):
+            length = self._name_at(text, words, index)
+            if length:
+                start, end = words[index].start(), words[index + length - 1].end()
+                results.append(RecognizerResult(ENTITY, start, end, SCORE))
+                index += length
+            else:
+                index += 1
+        return results
+
+    def _name_at(self, text: str, words: list[re.Match], index: int) -> int:
+        """How many words starting at `index` make a name (0: none)."""
+        word = words[index]
+        if not self._capitalised(word.group()):
+            return 0
+        length = self._extent(text, words, index)
+        after = text[words[index + length - 1].end() :]
+        before = text[max(0, word.start() - _CUE_WINDOW) : word.start()]
+        first = _key(word.group())
+        if _STRONG_CUE.search(before) or (_SIGNATURE_BEFORE.search(before) and _LINE_ENDS.match(after)):
+            return length
+        if _ROLE_CUE.search(before) and (first in self.given or first in self.surnames):
+            return length
+        if _WEAK_CUE.search(before) and (first in self.given or _CLOSES.match(after) or _HERE.match(after)):
+            return length
+        if first not in self.given:
+            return 0
+        if not _SENTENCE_START.search(before):
+            return length  # a listed given name in the middle of a sentence
+        if length > 1 and _key(words[index + 1].group()) in self.surnames:
+            return length  # "Grace Kim" at a sentence start
+        if _HERE.match(after) or _PERSON_VERB.match(after):
+            return length
+        return 0
+
+    def _extent(self, text: str, words: list[re.Match], index: int) -> int:
+        """The word at `index` and the capitalised words right after it, one space apart."""
+        length = 1
+        while length < MAX_NAME_WORDS and index + length < len(words):
+            previous, following = words[index + length - 1], words[index + length]
+            if text[previous.end() : following.start()] != " " or not self._capitalised(following.group()):
+                break
+            length += 1
+        return length
+
+    def _capitalised(self, word: str) -> bool:
+        """A name-like word: capitalised, not an acronym (SSN), not a stop word or a configured non-name."""
+        return (
+            len(word) > 1
+            and word[0].isupper()
+            and (word[1].islower() or word[1] in "'’")  # not C-wire, not an acronym
+            and not word.isupper()
+            and not any(_key(part) in self.blocked for part in [word, *word.split("-")])
+        )

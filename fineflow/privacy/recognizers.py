@@ -1,0 +1,253 @@
+"""Recognizers fineflow adds to Presidio's: secrets (detect-secrets), street addresses (pyap), dates of
+birth and passwords written in prose, compressed IPv6 addresses. Each finds spans in the (normalised)
+text; the masker replaces them with the entity's configured placeholder."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Iterator
+
+from presidio_analyzer import EntityRecognizer, RecognizerResult
+
+from fineflow.config import SecretsConfig
+
+PRIVATE_KEY_PLUGIN = "PrivateKeyDetector"  # its match is the BEGIN line: the key is masked to its END
+STREET_ADDRESS = "STREET_ADDRESS"
+DATE_OF_BIRTH = "DATE_OF_BIRTH"
+PASSWORD = "PASSWORD"
+IP_ADDRESS = "IP_ADDRESS"
+
+
+class _Recognizer(EntityRecognizer):
+    """A recognizer computing spans in Python: subclasses yield (entity, start, end)."""
+
+    score = 0.9  # above Presidio's partial matches, so an overlapping shorter finding loses
+
+    def __init__(self, entities: list[str], language: str):
+        super().__init__(supported_entities=entities, supported_language=language, name=type(self).__name__)
+
+    def load(self) -> None:
+        pass
+
+    def spans(self, text: str) -> Iterator[tuple[str, int, int]]:
+        raise NotImplementedError
+
+    def analyze(self, text: str, entities: list[str], nlp_artifacts=None) -> list[RecognizerResult]:
+        return [
+            RecognizerResult(entity, start, end, self.score)
+            for entity, start, end in self.spans(text)
+            if entity in entities and end > start
+        ]
+
+
+# --------------------------------------------------------------------------------------------- secrets
+
+# Characters of a token: a plugin's match can stop short of the token (the JWT pattern is lazy, the GitHub
+# one yields its prefix group), so the masked span runs to the token's ends.
+_TOKEN_CHAR = re.compile(r"[A-Za-z0-9_\-+/=.~]")
+_PEM_END = re.compile(r"-----END [A-Z0-9 ]*-----|PuTTY-User-Key-File-2")
+_KEY_LINE = re.compile(r"[A-Za-z0-9+/=:\- ]*")  # a base64 body line, or a header like Proc-Type: 4,...
+_SECRET_FILE = "message.txt"  # detect-secrets picks per-file-type rules from a name; chat text is plain text
+
+
+class SecretsRecognizer(_Recognizer):
+    """detect-secrets' plugins, line by line, each mapped to an entity type in config."""
+
+    def __init__(self, config: SecretsConfig, language: str):
+        from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
+
+        classes = {cls.__name__: cls for cls in get_mapping_from_secret_type_to_class().values()}
+        limits = {
+            "Base64HighEntropyString": config.base64_entropy_limit,
+            "HexHighEntropyString": config.hex_entropy_limit,
+        }
+        unknown = sorted(set(config.plugins) - set(classes))
+        if unknown:
+            raise ValueError(f"data_prep.pii.secrets.plugins: no detect-secrets plugin named {unknown}")
+        self.plugins = [
+            (classes[name](**({"limit": limits[name]} if name in limits else {})), entity)
+            for name, entity in config.plugins.items()
+        ]
+        super().__init__(sorted(set(config.plugins.values())), language)
+
+    def spans(self, text: str) -> Iterator[tuple[str, int, int]]:
+        from detect_secrets.settings import default_settings
+
+        offset = 0
+        with default_settings():  # the plugins read their filters from detect-secrets' global settings
+            for line in text.splitlines(keepends=True):
+                for plugin, entity in self.plugins:
+                    for secret in plugin.analyze_line(filename=_SECRET_FILE, line=line, line_number=0):
+                        if type(plugin).__name__ == PRIVATE_KEY_PLUGIN:
+                            yield entity, offset + line.find("-----BEGIN"), _pem_end(text, offset)
+                            continue
+                        for start, end in _occurrences(line, secret.secret_value):
+                            yield entity, offset + start, offset + end
+                offset += len(line)
+
+
+def _occurrences(line: str, value: str) -> Iterator[tuple[int, int]]:
+    """Every place `value` stands in `line`, widened to the whole token around it."""
+    start = line.find(value) if value else -1
+    while start >= 0:
+        end = start + len(value)
+        while start > 0 and _TOKEN_CHAR.match(line[start - 1]):
+            start -= 1
+        while end < len(line) and _TOKEN_CHAR.match(line[end]):
+            end += 1
+        yield start, start + len(line[start:end].rstrip("."))  # not the sentence's full stop
+        start = line.find(value, end)
+
+
+def _pem_end(text: str, line_start: int) -> int:
+    """Where a private key that begins on the line at `line_start` ends: its END marker, or, cut short,
+    the last line that still looks like key material."""
+    end_marker = _PEM_END.search(text, line_start)
+    if end_marker:
+        return end_marker.end()
+    position = text.find("\n", line_start)
+    while position >= 0:
+        line_end = text.find("\n", position + 1)
+        line = text[position + 1 : line_end if line_end >= 0 else len(text)]
+        if not line.strip() or not _KEY_LINE.fullmatch(line):
+            return position
+        position = line_end
+    return len(text)
+
+
+# ------------------------------------------------------------------------------------ context patterns
+
+
+class ContextPatternRecognizer(_Recognizer):
+    """Patterns that carry their context in the regex ("date of birth: ..."): only the `value` group is
+    masked, and `accept` may reject a candidate value."""
+
+    def __init__(
+        self,
+        entity: str,
+        patterns: list[re.Pattern],
+        language: str,
+        accept: Callable[[re.Match], bool] = lambda match: True,
+    ):
+        self.entity, self.patterns, self.accept = entity, patterns, accept
+        super().__init__([entity], language)
+
+    def spans(self, text: str) -> Iterator[tuple[str, int, int]]:
+        for pattern in self.patterns:
+            for match in pattern.finditer(text):
+                if self.accept(match):
+                    value = match.group("value")
+                    kept = value if value[:1] in "\"'" else value.rstrip(_TRAILING)  # not the full stop
+                    yield self.entity, match.start("value"), match.start("value") + len(kept)
+
+
+_TRAILING = ".,;!?)"
+_PLACEHOLDER = re.compile(r"<[A-Z_]+>")
+_MONTH = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?"
+_DATE = (
+    r"\d{4}[-/.]\d{1,2}[-/.]\d{1,2}"  # 1985-03-07
+    r"|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}"  # 03/07/1985, 7.3.85
+    rf"|{_MONTH}\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}}"  # March 7th, 1985
+    rf"|\d{{1,2}}(?:st|nd|rd|th)?\s+(?:of\s+)?{_MONTH},?\s+\d{{4}}"  # 7 March 1985
+)
+# A date is a date of birth only where the text says so: "renewal on 2024-05-01" stays.
+DATE_OF_BIRTH_PATTERNS = [
+    re.compile(
+        r"\b(?:born(?:\s+on)?|d\.?o\.?b\.?|date\s+of\s+birth|birth\s*date|birthday)"
+        rf"\s*(?:is|was|:|=|-)?\s*(?P<value>{_DATE})",
+        re.IGNORECASE,
+    ),
+    re.compile(r"\bborn\s+in\s+(?P<value>(?:19|20)\d{2})\b", re.IGNORECASE),  # the year alone
+]
+
+_PASSWORD_WORD = r"\b(?:password|passwd|passcode|passphrase|pwd|pin)\b"
+PASSWORD_PATTERNS = [
+    # "password: hunter2", "pwd=hunter2": an assignment, any value
+    re.compile(rf"{_PASSWORD_WORD}\s*(?P<sep>[:=])\s*(?P<value>\"[^\"\n]+\"|'[^'\n]+'|[^\s\"']+)", re.I),
+    # "my password is hunter2": prose, so the value must look like a password (see _password_value)
+    re.compile(
+        rf"{_PASSWORD_WORD}\s+(?P<sep>is|was)\s*:?\s+(?P<value>\"[^\"\n]+\"|'[^'\n]+'|[^\s\"']+)", re.I
+    ),
+]
+
+
+def password_value(match: re.Match) -> bool:
+    """A prose "password is X" is a password when X is quoted or holds a digit or a symbol: "my password
+    is wrong" is not one."""
+    value = match.group("value").rstrip(_TRAILING)
+    if _PLACEHOLDER.match(value):
+        return False  # already masked: a second scan of masked text finds nothing
+    if match.group("sep") in (":", "="):
+        return bool(value)
+    return value[:1] in "\"'" or bool(re.search(r"[^A-Za-z]", value))
+
+
+# --------------------------------------------------------------------------------------------- IPv6
+
+# Candidates for the standard library to validate: Presidio's pattern stops at "::" and masked only
+# part of a compressed address (2001:db8::1 became "<IP_ADDRESS>1").
+_IPV6_CANDIDATE = re.compile(
+    r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?(?:%[\w.]+)?(?![\w:])"
+)
+
+
+class Ipv6Recognizer(_Recognizer):
+    score = 0.95
+
+    def __init__(self, language: str):
+        super().__init__([IP_ADDRESS], language)
+
+    def spans(self, text: str) -> Iterator[tuple[str, int, int]]:
+        for match in _IPV6_CANDIDATE.finditer(text):
+            try:
+                ipaddress.IPv6Address(match.group())
+            except ValueError:
+                continue
+            yield IP_ADDRESS, match.start(), match.end()
+
+
+# ----------------------------------------------------------------------------------------- addresses
+
+_STREET_DIGIT = re.compile(r"\d+[A-Za-z]?\s+[A-Z0-9]")  # cheap test before pyap's large patterns
+
+
+class StreetAddressRecognizer(_Recognizer):
+    """pyap: full addresses (street, city, region, postcode) and street lines ("77 Oak Lane"). A street
+    needs a house number, capitalised name words and a capitalised type: pyap alone also reads
+    "5-10 business days" or "and Nimbus Pl(us)" as streets."""
+
+    def __init__(self, countries: list[str], language: str):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SyntaxWarning)  # pyap's patterns hold invalid escapes
+            from pyap import parser
+
+        self.parsers = [parser.AddressParser(country) for country in countries]
+        super().__init__([STREET_ADDRESS], language)
+
+    def spans(self, text: str) -> Iterator[tuple[str, int, int]]:
+        if not _STREET_DIGIT.search(text):
+            return
+        for address_parser in self.parsers:
+            for address in [*address_parser.parse(text), *address_parser.parse_single_street(text)]:
+                if not _plausible_street(address):
+                    continue
+                # pyap matches in a copy with spaces and dashes tidied: find the span in the text itself
+                words = re.findall(r"[^\s,\-‐‑‒–—―]+", address.full_address)
+                pattern = r"\b" + r"[\s,\-‐‑‒–—―]+".join(re.escape(word) for word in words) + r"\b"
+                for found in re.finditer(pattern, text):
+                    yield STREET_ADDRESS, found.start(), found.end()
+
+
+def _plausible_street(address) -> bool:
+    name, street_type = address.street_name or "", address.street_type or ""
+    words = name.split()
+    return (
+        bool(words)
+        and (address.street_number or "")[:1].isdigit()
+        and "." not in name
+        and all(word[0].isupper() or word[0].isdigit() for word in words)
+        and street_type[:1].isupper()
+    )

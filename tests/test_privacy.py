@@ -1,0 +1,266 @@
+"""The masker beyond Presidio's defaults: names without an NER model, secrets (detect-secrets), addresses,
+dates of birth, prose passwords, context words on a blank pipeline, compressed IPv6, evasions by
+full-width or invisible characters; then a hostile set through data prep and traffic capture with no
+survivor anywhere, raw rows never persisted by Prefect, and private state files."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from fineflow.config import DATA_DIR_ENV, load_config
+from fineflow.privacy.masker import get_masker, scan_for_pii
+from fineflow.store import open_store
+from tasks.data.parse import parse_and_validate
+from tasks.data.pii import mask_pii
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PII = load_config(REPO_ROOT / "configs/default.yaml").data_prep.pii
+
+JWT = (
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwiaWF0IjoxNTE2MjM5"
+    "MDIyfQ.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c"
+)
+PEM_BODY = "MIIEpAIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gunVTLw7onLRnrq0"
+PEM = f"-----BEGIN RSA PRIVATE KEY-----\n{PEM_BODY}\nMIIEpAIBAAKCAQEAx9Qz+/w==\n-----END RSA PRIVATE KEY-----"
+
+# (text, the values that must not survive, the placeholder that must appear)
+CASES = [
+    ("Hi, this is Sarah Thompson from Brightline Dental.", ["Sarah", "Thompson"], "<PERSON>"),
+    ("Thanks for your patience, Maria.", ["Maria"], "<PERSON>"),
+    ("Can you help?\n\nBest regards,\nPeter Novak", ["Peter", "Novak"], "<PERSON>"),
+    ("My name is Kenji Watanabe.", ["Kenji", "Watanabe"], "<PERSON>"),
+    ("key AKIAIOSFODNN7EXAMPLE leaked", ["AKIAIOSFODNN7EXAMPLE"], "<AWS_KEY>"),
+    (
+        "token ghp_aBcdEfGhIjKlMnOpQrStUvWxYz0123456789 in CI",
+        ["ghp_aBcdEfGhIjKlMnOpQrStUvWxYz0123456789"],
+        "<GITHUB_TOKEN>",
+    ),
+    (
+        "use sk-proj-abcdefghijklmnopqrstT3BlbkFJabcdefghijklmnopqrst",
+        ["T3BlbkFJabcdefghijklmnopqrst"],
+        "<OPENAI_KEY>",
+    ),
+    (
+        "slack xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx ok",
+        ["xoxb-123456789012"],
+        "<SLACK_TOKEN>",
+    ),
+    (f"Authorization: Bearer {JWT}", [JWT.split(".")[0], JWT.split(".")[2]], "<JWT>"),
+    (f"my key:\n{PEM}\nthanks", [PEM_BODY, "x9Qz+/w=="], "<PRIVATE_KEY>"),
+    ("password: hunter2", ["hunter2"], "<PASSWORD>"),
+    ("my password is Tr0ub4dor&3.", ["Tr0ub4dor"], "<PASSWORD>"),
+    ("Ship to 42 Elm Street, Springfield, IL 62704 please", ["42 Elm Street", "62704"], "<ADDRESS>"),
+    ("my address is 77 Oak Lane", ["77 Oak Lane"], "<ADDRESS>"),
+    ("I was born on 1985-03-07.", ["1985-03-07"], "<DATE_OF_BIRTH>"),
+    ("DOB: March 7, 1985", ["March 7, 1985"], "<DATE_OF_BIRTH>"),
+    ("my ssn is 536228741", ["536228741"], "<US_SSN>"),
+    ("router at 2001:db8::1 now", ["2001:db8::1", "db8"], "<IP_ADDRESS>"),
+    ("link-local fe80::1ff:fe23:4567:890a", ["fe80", "890a"], "<IP_ADDRESS>"),
+    ("loopback ::1 only", ["::1"], "<IP_ADDRESS>"),
+    ("mail ｊｏｈｎ＠ｅｘａｍｐｌｅ．ｃｏｍ", ["ｊｏｈｎ", "ｅｘａｍｐｌｅ"], "<EMAIL>"),
+    ("mail jo\u200bhn.sm\u2060ith@exa\ufeffmple.com", ["jo\u200bhn", "mple.com"], "<EMAIL>"),
+    ("call 212\u200b555\u00ad0187 now", ["555"], "<PHONE>"),
+]
+
+
+@pytest.fixture(scope="module")
+def masker():
+    return get_masker(PII)
+
+
+@pytest.mark.parametrize(("text", "values", "placeholder"), CASES, ids=[c[2] + c[0][:20] for c in CASES])
+def test_each_kind_is_masked_with_its_placeholder(masker, text, values, placeholder):
+    masked, counts = masker.mask(text)
+    assert placeholder in masked, masked
+    assert [value for value in values if value in masked] == [], masked
+
+
+def test_what_must_survive(masker):
+    kept = [
+        "Does Away Assist need Nimbus Plus, and when does Auto-Schedule start learning?",
+        "Amazon Alexa, Google Home and Apple Home (via Matter) work with the Acme Nimbus.",
+        "My renewal on 2024-05-01 charged $49.",  # a date, but not a date of birth
+        "My password is wrong and the E3 error is back.",  # no password value in it
+        "Hold the dial 10 seconds; 5-10 business days; up to 2 heat + 2 cool stages.",
+        "Thanks! Let me know if the C-wire adapter helps.",
+    ]
+    for text in kept:
+        assert masker.mask(text) == (text, {}), text
+
+
+def test_masking_leaves_text_around_an_evasion_untouched(masker):
+    text = "Write to ｊｏｈｎ＠ｅｘａｍｐｌｅ．ｃｏｍ — café ½ price…"
+    assert masker.mask(text)[0] == "Write to <EMAIL> — café ½ price…"  # only the value's span is replaced
+
+
+def test_no_person_found_in_the_sample_except_planted_names(masker):
+    """Product vocabulary survives: on every message of the shipped sample, PERSON findings are exactly
+    the names the generator planted (MANIFEST.json)."""
+    sample = REPO_ROOT / "sample_data/acme_support"
+    files = {
+        str(p): p.read_bytes() for p in sorted(sample.iterdir()) if p.suffix in (".jsonl", ".csv", ".parquet")
+    }
+    parsed = parse_and_validate.fn(
+        files, load_config(REPO_ROOT / "configs/default.yaml").data_prep.validation
+    )
+    manifest = json.loads((sample / "MANIFEST.json").read_text())
+    planted = {
+        e["value"] for i in manifest["planted"] for e in i.get("entities", []) if e["type"] == "PERSON"
+    }
+    found = {
+        text[f.start : f.end]
+        for row in parsed.rows
+        for text in (m["content"] for m in row["messages"])
+        for f in masker.find(text)
+        if f.entity_type == "PERSON"
+    }
+    assert found == planted
+
+
+def test_quarantine_detail_repeats_no_raw_value_and_excerpt_is_masked_before_the_cut():
+    validation = load_config(REPO_ROOT / "configs/default.yaml").data_prep.validation
+    role_line = {
+        "messages": [{"role": "jane.doe@example.com", "content": "hi"}, {"role": "assistant", "content": "a"}]
+    }
+    key_line = {"dana.k@example.org": "x"}
+    data = (json.dumps(role_line) + "\n" + json.dumps(key_line) + "\n").encode()
+    parsed = parse_and_validate.fn({"raw/q.jsonl": data}, validation)
+    assert [q.reason for q in parsed.quarantined] == ["unknown_role", "missing_field"]
+    for item in parsed.quarantined:
+        assert "example" not in item.detail, item.detail
+    # An email across the excerpt's cut: masked whole first, so no half of it is kept.
+    prefix = '{"prompt": "' + "x" * 30 + " reach me at "
+    line = prefix + 'jane.doe@example.com", "response": 42}'
+    cut = len(prefix) + 6
+    parsed = parse_and_validate.fn({"raw/c.jsonl": line.encode()}, validation)
+    _, quarantined, counts = mask_pii.fn([], parsed.quarantined, PII, cut)
+    assert quarantined[0].excerpt == (prefix + "<EMAIL>")[:cut]
+    assert "jane" not in quarantined[0].excerpt and counts == {"EMAIL_ADDRESS": 1}
+
+
+# ------------------------------------------------------------------------- end to end, no survivors
+
+HOSTILE = [
+    ("Hi, I'm Harold Jenkins. My password is hunter2!", "No problem, Harold. Reset it under Account."),
+    ("token ghp_aBcdEfGhIjKlMnOpQrStUvWxYz0123456789 and key AKIAIOSFODNN7EXAMPLE", "Please revoke both."),
+    ("Mail ｈａｒｏｌｄ＠ｅｘａｍｐｌｅ．ｃｏｍ or call 646\u200b555\u200b0199", "Thanks, Harold."),
+    (
+        "my ssn is 536228741, born on 1961-04-12, at 42 Elm Street, Springfield, IL 62704",
+        "We never need those.",
+    ),
+    (f"Bearer {JWT} from 2001:db8::7", "Regards,\nYusuf Demir"),
+]
+SECRETS = [
+    "Harold",
+    "Jenkins",
+    "hunter2",
+    "ghp_aBcdEfGhIjKlMnOpQrStUvWxYz0123456789",
+    "AKIAIOSFODNN7EXAMPLE",
+    "ｈａｒｏｌｄ",
+    "harold@example.com",
+    "0199",
+    "536228741",
+    "1961-04-12",
+    "Elm Street",
+    JWT.split(".")[2],
+    "2001:db8::7",
+    "Yusuf",
+    "Demir",
+]
+
+
+def _survivors(blob: str) -> list[str]:
+    return [value for value in SECRETS if value in blob]
+
+
+def test_hostile_set_through_data_prep_leaves_no_survivor_and_no_raw_pickle(
+    prefect_api, tmp_path, monkeypatch, byte_tokenizer_dir
+):
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
+
+    from flows.data_prep import data_prep
+
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "state"))
+    monkeypatch.chdir(REPO_ROOT)
+    rows = [{"prompt": user, "response": answer} for user, answer in HOSTILE]
+    rows += [
+        {"prompt": f"Filler question {i} about the E{i % 9 + 1} error?", "response": f"Answer {i}."}
+        for i in range(10)
+    ]
+    lines = [json.dumps(row, ensure_ascii=False) for row in rows]
+    lines.append('{"prompt": "Harold Jenkins, password: hunter2, AKIAIOSFODNN7EXAMPLE" broken')  # quarantined
+    raw = tmp_path / "hostile.jsonl"
+    raw.write_text("\n".join(lines) + "\n")
+    overrides = {
+        "base_model.name": str(byte_tokenizer_dir),
+        "data_prep.audit.min_rows": 5,
+        "data_prep.audit.min_eval_rows": 0,
+        "data_prep.audit.max_quarantine_share": 0.5,
+    }
+    started = time.time()
+    result = data_prep(inputs=[str(raw)], overrides=overrides)
+    config = load_config(overrides=overrides)
+    store, repo = open_store(config), config.store.repo
+    published = {
+        path: store.read(repo, result.commit, path).decode()
+        for path in store.list(repo, result.commit, f"{config.data_prep.output_prefix}/")
+    }
+    assert set(published) >= {
+        f"prepared/{n}" for n in ("train.jsonl", "eval.jsonl", "quarantine.jsonl", "report.json")
+    }
+    assert _survivors("\n".join(published.values())) == []
+    assert "<PERSON>" in "\n".join(published.values())
+    assert json.loads(published["prepared/quarantine.jsonl"].splitlines()[0])["excerpt"].count("<") >= 3
+
+    # Prefect's persisted results of this run hold no raw value (the raw steps are never persisted).
+    storage = Path(PREFECT_LOCAL_STORAGE_PATH.value())
+    written = [p for p in storage.rglob("*") if p.is_file() and p.stat().st_mtime >= started - 1]
+    assert written  # the masked steps' results are there, so the check below looked at something
+    assert _survivors("\n".join(p.read_bytes().decode("utf-8", "replace") for p in written)) == []
+
+
+def test_hostile_set_through_traffic_capture_leaves_no_survivor(tmp_path, monkeypatch):
+    from fineflow.serving.capture import Exchange, TrafficCapture
+
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "state"))
+    monkeypatch.chdir(REPO_ROOT)
+    config = load_config()
+    capture = TrafficCapture(config, open_store(config), get_masker(config.data_prep.pii))
+    capture.start(background=False)
+    for user, answer in HOSTILE:
+        capture.record(Exchange("m", [{"role": "user", "content": user}], answer, "stop", 3, 2, 0.1))
+    spool = capture.spool_path.read_bytes().decode()
+    assert stat.S_IMODE(capture.spool_path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(capture.spool_dir.stat().st_mode) == 0o700
+    capture.close()
+    store, repo = open_store(config), config.store.repo
+    ref = store.resolve(repo, config.serve.traffic.branch)
+    committed = "".join(store.read(repo, ref, p).decode() for p in store.list(repo, ref, "traffic/captured/"))
+    assert committed and _survivors(spool + committed) == []
+    records = [json.loads(line) for line in committed.splitlines()]
+    texts = [m["content"] for r in records for m in r["messages"]] + [r["response"] for r in records]
+    assert scan_for_pii(texts, config.data_prep.pii) == {}  # masked text holds nothing to find again
+
+
+def test_prepare_environment_makes_state_private(tmp_path, monkeypatch):
+    from fineflow.runtime import prepare_environment
+
+    monkeypatch.setattr(os, "environ", os.environ.copy())  # it exports Prefect's home: not for other tests
+    data_dir = tmp_path / "state"
+    data_dir.mkdir(mode=0o755)
+    before = os.umask(0o022)
+    try:
+        prepare_environment(data_dir, 60)
+        (data_dir / "mlflow.db").write_text("x")
+        (data_dir / "spool").mkdir()
+        assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+        assert stat.S_IMODE((data_dir / "mlflow.db").stat().st_mode) == 0o600
+        assert stat.S_IMODE((data_dir / "spool").stat().st_mode) == 0o700
+    finally:
+        os.umask(before)
