@@ -89,9 +89,19 @@ def test_what_must_survive(masker):
         "My password is wrong and the E3 error is back.",  # no password value in it
         "Hold the dial 10 seconds; 5-10 business days; up to 2 heat + 2 cool stages.",
         "Thanks! Let me know if the C-wire adapter helps.",
+        # model answers evaluation once counted as leaked names: rare given names that are ordinary words
+        "I'm sorry for your loss, but as a German AI, I'm unable to access your current account.",
+        "The app is available on both Windows and Mac.",
     ]
     for text in kept:
         assert masker.mask(text) == (text, {}), text
+
+
+def test_a_name_without_a_cue_is_found_when_common_or_addressed(masker):
+    assert masker.mask("I told David about the E3 error.")[0] == "I told <PERSON> about the E3 error."
+    # Fatima is beyond bare_name_max_rank, but she is addressed
+    addressed = "Good question, Fatima. It is in Plus."
+    assert masker.mask(addressed)[0] == "Good question, <PERSON>. It is in Plus."
 
 
 def test_masking_leaves_text_around_an_evasion_untouched(masker):

@@ -84,6 +84,9 @@ class PersonConfig(Strict):
     not_names: list[str] = Field(
         description="words on the public name lists that are product vocabulary or ordinary words here"
     )
+    bare_name_max_rank: int = Field(
+        ge=0, description="a given name with no cue around it counts only within this frequency rank"
+    )
 
 
 class SecretsConfig(Strict):

@@ -86,7 +86,7 @@ class PIIMasker:
             presidio_log.setLevel(level)
         language = config.language
         for recognizer in (
-            NameRecognizer(config.person.not_names, language),
+            NameRecognizer(config.person.not_names, config.person.bare_name_max_rank, language),
             SecretsRecognizer(config.secrets, language),
             StreetAddressRecognizer(config.address_countries, language),
             ContextPatternRecognizer(DATE_OF_BIRTH, DATE_OF_BIRTH_PATTERNS, language),

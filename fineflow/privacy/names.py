@@ -6,9 +6,11 @@ No NER model is installed or downloaded. A name is found where its context or th
 - after a role ("my husband X", "our IT person, X"): a word on the name lists;
 - after a greeting or a thanks ("Hi X,", "Thanks, X."): a listed name, or a capitalised word the
   greeting closes ("Hi X," / "Hi X!");
-- a listed given name in the middle of a sentence ("my husband David", "No problem, James."), and a
-  listed given name followed by a listed surname anywhere ("Grace Kim"); at a sentence start, a listed
-  given name before "here" or a verb a person does ("Rebecca can", "Marcus was");
+- a listed given name addressed between a comma and a stop ("Good question, Fatima."); a common given
+  name (within `bare_name_max_rank` of either list) in the middle of a sentence with no cue at all
+  ("I told David"); a listed given name followed by a listed surname anywhere ("Grace Kim"); at a
+  sentence start, a listed given name before "here" or a verb a person does ("Rebecca can",
+  "Marcus was");
 - a line of capitalised words after a line ending in a comma (a signature: "Thanks so much,\nAmanda").
 A found name extends over the capitalised words right after it ("Lukas Schneider", "James O'Connor").
 
@@ -16,7 +18,9 @@ The name lists are the 1990 US Census "frequently occurring names" files (public
 government work) as shipped in the `names` package (MIT): 5,494 given names and 88,799 surnames. They
 lean towards US names; the context cues catch names they lack. Words that are on the lists but are
 product vocabulary or ordinary words in this domain ("Alexa", "June") are configured in
-`data_prep.pii.person.not_names`; spaCy's English stop words ("Will", "May") are never names.
+`data_prep.pii.person.not_names`; spaCy's English stop words ("Will", "May") are never names. The lists'
+rare given names are often ordinary words too ("German" ranks 756th of the male names, "Mac" 979th):
+without a cue, only the common ones count.
 """
 
 from __future__ import annotations
@@ -60,6 +64,9 @@ _WEAK_CUE = re.compile(
     r"|yes|no|sure|ok|okay|understood|sorry|of\s+course|no\s+problem|great),?[ \t]+$",
     re.IGNORECASE,
 )
+# Someone addressed mid-sentence: ", Fatima." / ", James," (a listed given name of any rank).
+_VOCATIVE_BEFORE = re.compile(r",[ \t]+$")
+_VOCATIVE_AFTER = re.compile(r"[ \t]*[.!?,]")
 _CLOSES = re.compile(r"\s*(?:[,.!?:;\n]|$)")
 _SENTENCE_START = re.compile(r"(?:^|[.!?:;\n\"“(]\s*|^\s*)$")
 _HERE = re.compile(r"\s+here\b")
@@ -82,24 +89,31 @@ def _key(word: str) -> str:
 
 
 @cache
+def _ranked(name: str) -> tuple[str, ...]:
+    """A packaged Census file's names, most frequent first (the files are sorted by frequency)."""
+    text = importlib.resources.files(NAME_LISTS_PACKAGE).joinpath(name).read_text()
+    return tuple(line.split()[0] for line in text.splitlines() if line.strip())
+
+
 def name_lists() -> tuple[frozenset[str], frozenset[str]]:
     """(given names, surnames) from the packaged Census files: read once per process, nothing downloaded."""
-    root = importlib.resources.files(NAME_LISTS_PACKAGE)
+    given = set().union(*(_ranked(name) for name in GIVEN_NAME_FILES))
+    return frozenset(given), frozenset(_ranked(SURNAME_FILE))
 
-    def read(name: str) -> set[str]:
-        return {line.split()[0] for line in (root / name).read_text().splitlines() if line.strip()}
 
-    given = set().union(*(read(name) for name in GIVEN_NAME_FILES))
-    return frozenset(given), frozenset(read(SURNAME_FILE))
+def common_given_names(max_rank: int) -> frozenset[str]:
+    """The given names ranked within `max_rank` by frequency on the male or the female list."""
+    return frozenset(name for file in GIVEN_NAME_FILES for name in _ranked(file)[:max_rank])
 
 
 class NameRecognizer(EntityRecognizer):
     """PERSON spans from the name lists and context cues (see the module docstring)."""
 
-    def __init__(self, not_names: list[str], language: str):
+    def __init__(self, not_names: list[str], bare_name_max_rank: int, language: str):
         from spacy.lang.en.stop_words import STOP_WORDS
 
         self.given, self.surnames = name_lists()
+        self.common_given = common_given_names(bare_name_max_rank)
         self.blocked = {_key(word) for word in [*not_names, *STOP_WORDS, *_TITLES]}
         super().__init__(supported_entities=[ENTITY], supported_language=language, name="NameRecognizer")
 
@@ -139,8 +153,11 @@ class NameRecognizer(EntityRecognizer):
             return length
         if first not in self.given:
             return 0
+        if _VOCATIVE_BEFORE.search(before) and _VOCATIVE_AFTER.match(after):
+            return length  # addressed: "Good question, Fatima."
         if not _SENTENCE_START.search(before):
-            return length  # a listed given name in the middle of a sentence
+            # no other cue, mid-sentence: "Windows and Mac" and "a German AI" are no people, "told David" is
+            return length if first in self.common_given else 0
         if length > 1 and _key(words[index + 1].group()) in self.surnames:
             return length  # "Grace Kim" at a sentence start
         if _HERE.match(after) or _PERSON_VERB.match(after):
