@@ -227,13 +227,15 @@ def test_qlora_loads_a_4bit_base_on_a_gpu_and_fails_fast_without_one(tmp_path, t
     import torch
 
     spec = make_spec(tmp_path, tiny_model_dir, "q")
-    assert model_load_kwargs(spec, EPYC_AVX512_BF16, torch) == {"dtype": torch.float32}
+    cpu = {"dtype": torch.float32, "attn_implementation": "eager"}
+    assert model_load_kwargs(spec, EPYC_AVX512_BF16, torch) == cpu
     qlora = spec.model_copy(update={"lora": spec.lora.model_copy(update={"base_quantization": "nf4"})})
     kwargs = model_load_kwargs(qlora, A100, torch)
     quantization = kwargs["quantization_config"]
     assert quantization.load_in_4bit and quantization.bnb_4bit_quant_type == "nf4"
     assert quantization.bnb_4bit_compute_dtype == torch.bfloat16 and kwargs["dtype"] == torch.bfloat16
     assert quantization.bnb_4bit_use_double_quant and kwargs["device_map"] == {"": 0}
+    assert kwargs["attn_implementation"] == "sdpa"  # auto: the fused kernels on a GPU
     with pytest.raises(ValueError, match="needs a CUDA GPU"):
         model_load_kwargs(qlora, EPYC_AVX512_BF16, torch)
     with pytest.raises(ValueError, match="base_quantization"):
@@ -335,3 +337,13 @@ def test_inference_follows_the_training_precision_rule(hardware, expected):
 
     assert inference_dtype("auto", hardware) == getattr(torch, expected)
     assert inference_dtype("fp32", hardware) == torch.float32
+
+
+def test_attention_auto_is_eager_on_a_cpu_and_sdpa_on_a_gpu_and_a_choice_is_kept(tmp_path, tiny_model_dir):
+    from tasks.training.train import attention_implementation
+
+    assert attention_implementation("auto", EPYC_AVX512_BF16) == "eager"
+    assert attention_implementation("auto", A100) == "sdpa"
+    assert attention_implementation("sdpa", EPYC_AVX512_BF16) == "sdpa"
+    trainer = build_trainer(make_spec(tmp_path, tiny_model_dir, "attn"), hardware=OLD_X86)
+    assert trainer.model.config._attn_implementation == "eager"

@@ -215,6 +215,9 @@ class TrainingConfig(Strict):
     max_steps: int = Field(description="-1: train for num_epochs; otherwise stop after this many steps")
     batch_size: int = Field(ge=1)
     gradient_accumulation_steps: int = Field(ge=1)
+    attention: Literal["auto", "eager", "sdpa", "flash_attention_2"] = Field(
+        description="training attention kernel; auto: eager on a CPU (measured faster there), sdpa on a GPU"
+    )
     gradient_checkpointing: bool = Field(
         description="recompute activations in the backward pass: less memory, about a third more compute"
     )
