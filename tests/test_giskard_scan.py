@@ -94,6 +94,7 @@ def judge_config(model_dir: Path) -> JudgeConfig:
         max_list_items=3,
         temperature=0.0,
         timeout_seconds=10,
+        precision="fp32",
     )
 
 

@@ -80,6 +80,7 @@ def judge_config(**overrides) -> JudgeConfig:
         "max_list_items": 3,
         "temperature": 0.0,
         "timeout_seconds": 10,
+        "precision": "fp32",  # the constrained-decoding tests compare exact verdicts
     }
     return JudgeConfig(**{**values, **overrides})
 
