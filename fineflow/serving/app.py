@@ -124,6 +124,10 @@ def prepare(served: ServedModel, messages: list[dict], options: GenerationOption
             "messages",
             "context_length_exceeded",
         )
+    if options.json_schema is not None:
+        # the constrained decoder's view of the vocabulary is built once, on first use (it decodes every
+        # token): here, so the first structured request does not build it while holding the model
+        served.generator.vocabulary  # noqa: B018
     return Prepared(inputs, options, served.generator.stop_criteria(options.stop, prompt_tokens))
 
 
@@ -134,6 +138,7 @@ def generation_options(request: ChatRequest, max_new_tokens: int) -> GenerationO
         top_p=request.top_p or 1.0,
         top_k=None,  # the model's own
         stop=tuple(request.stop_strings()),
+        json_schema=request.response_format.decoding_schema() if request.response_format else None,
     )
 
 
