@@ -425,6 +425,25 @@ class NewTokensConfig(Strict):
         return self
 
 
+class MetricsConfig(Strict):
+    """The `serve.metrics` section: GET /metrics for Prometheus."""
+
+    enabled: bool = Field(description="serve GET /metrics (Prometheus text format)")
+    api_key_env: str | None = Field(
+        description="environment variable holding a scrape-only Bearer key for /metrics; null: the API's"
+    )
+    ttft_buckets_s: list[float] = Field(min_length=1, description="time-to-first-token histogram buckets")
+    tpot_buckets_s: list[float] = Field(min_length=1, description="time-per-output-token histogram buckets")
+    e2e_buckets_s: list[float] = Field(min_length=1, description="end-to-end latency histogram buckets")
+
+    @field_validator("ttft_buckets_s", "tpot_buckets_s", "e2e_buckets_s")
+    @classmethod
+    def _increasing(cls, value: list[float]) -> list[float]:
+        if value[0] <= 0 or any(b <= a for a, b in zip(value, value[1:], strict=False)):
+            raise ValueError(f"buckets must be positive and strictly increasing, got {value}")
+        return value
+
+
 class ServeConfig(Strict):
     """The `serve` section: `fineflow serve`, an OpenAI-compatible endpoint with traffic capture."""
 
@@ -460,6 +479,7 @@ class ServeConfig(Strict):
     graceful_shutdown_seconds: int = Field(
         ge=1, description="on Ctrl-C or SIGTERM, requests in flight get this long before the server stops"
     )
+    metrics: MetricsConfig
     traffic: TrafficConfig
 
     @field_validator("allowed_origins")
