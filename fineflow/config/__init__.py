@@ -472,12 +472,16 @@ class ServeConfig(Strict):
     max_queued_requests: int = Field(
         ge=0, description="requests waiting for the model behind the one generating; more get 503"
     )
+    max_batch_size: int = Field(ge=1, description="waiting requests generated together in one call, at most")
     retry_after_seconds: int = Field(ge=1, description="the Retry-After header of a 503 (queue full)")
     disconnect_poll_seconds: float = Field(
         gt=0, description="how often a waiting non-streaming request checks that its client is still there"
     )
     graceful_shutdown_seconds: int = Field(
         ge=1, description="on Ctrl-C or SIGTERM, requests in flight get this long before the server stops"
+    )
+    follow_alias_poll_s: float = Field(
+        ge=0, description="serving name@alias: poll the registry this often and swap in a moved alias; 0: off"
     )
     metrics: MetricsConfig
     traffic: TrafficConfig
