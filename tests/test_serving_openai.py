@@ -17,6 +17,7 @@ import jsonschema
 import openai
 import pytest
 from openai import OpenAI
+from prometheus_client.parser import text_string_to_metric_families
 
 from fineflow.config import DATA_DIR_ENV, load_config
 from fineflow.models.engine import load_generator
@@ -227,3 +228,108 @@ def test_refusals_are_the_clients_exception_types(serve, monkeypatch):
         keyed.models.list()
     keyed = keyed.with_options(api_key="s3cret")
     assert [model.id for model in keyed.models.list()] == IDS
+
+
+def test_the_gateway_fronts_another_server_with_the_same_rules_and_captures(
+    tmp_path, monkeypatch, tiny_generator
+):
+    """`fineflow serve --upstream`: a gateway in front of a second, real server (the tiny model, its own API
+    key, on another port). Answers and streams equal the upstream's own; the gateway's key, validation and
+    limits apply before anything is forwarded; the upstream's refusals come back in OpenAI's shape; the
+    exchange is captured PII-masked by the gateway."""
+    from fineflow.serving.gateway import create_gateway_app
+
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "state"))
+    monkeypatch.setenv("FINEFLOW_TEST_UPSTREAM_KEY", "upstream-key")
+    monkeypatch.setenv("FINEFLOW_TEST_GATEWAY_KEY", "gateway-key")
+    upstream_config = load_config(
+        overrides={"serve.api_key_env": "FINEFLOW_TEST_UPSTREAM_KEY", "serve.max_prompt_tokens": 200}
+    )
+    upstream_app = create_app(upstream_config, ServedModel(list(IDS), tiny_generator), None)
+    with running(upstream_app) as upstream_url:
+        direct = OpenAI(base_url=upstream_url, api_key="upstream-key", max_retries=0, timeout=120)
+        config = load_config(
+            overrides={
+                "serve.traffic.flush_seconds": LONG,
+                "serve.traffic.commit_seconds": LONG,
+                "serve.api_key_env": "FINEFLOW_TEST_GATEWAY_KEY",
+                "serve.upstream.base_url": upstream_url,
+                "serve.upstream.api_key_env": "FINEFLOW_TEST_UPSTREAM_KEY",
+            }
+        )
+        capture = TrafficCapture(config, open_store(config), get_masker(config.data_prep.pii))
+        with running(create_gateway_app(config, capture)) as gateway_url:
+            client = OpenAI(base_url=gateway_url, api_key="gateway-key", max_retries=0, timeout=120)
+            _gateway_answers_as_the_upstream(client, direct)
+            _gateway_refuses_before_forwarding(client, gateway_url, upstream_url)
+            records = spooled(config)  # before the shutdown commits and empties the spool
+    assert len(records) == 4 and all(r["model"] == IDS[0] for r in records)  # the answered ones only
+    assert records[0]["messages"][0]["content"] == "Mail me at <EMAIL>"
+    assert records[0]["pii_masked"] == {"EMAIL_ADDRESS": 1}
+    assert "jane.doe@example.com" not in json.dumps(records)
+    assert records[0]["completion_tokens"] == 6 and records[1]["completion_tokens"] == 6
+
+
+MAILED = [{"role": "user", "content": "Mail me at jane.doe@example.com"}]
+
+
+def _gateway_answers_as_the_upstream(client: OpenAI, direct: OpenAI) -> None:
+    assert [model.id for model in client.models.list()] == [IDS[0]]  # the upstream's first model
+    expected = direct.chat.completions.create(model=IDS[0], messages=MAILED, max_tokens=6)
+    answer = client.chat.completions.create(model=IDS[0], messages=MAILED, max_tokens=6)
+    assert answer.choices[0].message.content == expected.choices[0].message.content
+    assert answer.usage == expected.usage and answer.model == IDS[0]
+    chunks = list(
+        client.chat.completions.create(
+            model=IDS[0], messages=MAILED, max_tokens=6, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == expected.choices[0].message.content
+    assert chunks[-1].choices == [] and chunks[-1].usage == expected.usage
+    plain = list(client.chat.completions.create(model=IDS[0], messages=QUESTION, max_tokens=3, stream=True))
+    assert all(chunk.choices for chunk in plain)  # no usage chunk unless asked for
+    structured = client.chat.completions.create(
+        model=IDS[0],
+        messages=QUESTION,
+        max_tokens=200,
+        response_format={"type": "json_schema", "json_schema": {"name": "ticket", "schema": TICKET}},
+    )
+    jsonschema.validate(json.loads(structured.choices[0].message.content), TICKET)
+
+
+def _gateway_refuses_before_forwarding(client: OpenAI, gateway_url: str, upstream_url: str) -> None:
+    import httpx
+
+    def upstream_requests() -> float:
+        scrape = httpx.get(
+            f"{upstream_url.removesuffix('/v1')}/metrics", headers={"authorization": "Bearer upstream-key"}
+        )
+        return sum(
+            s.value
+            for f in text_string_to_metric_families(scrape.text)
+            for s in f.samples
+            if s.name == "fineflow_requests_total" and s.labels["route"] == "/v1/chat/completions"
+        )
+
+    forwarded = upstream_requests()
+    with pytest.raises(openai.BadRequestError, match="tools"):
+        client.chat.completions.create(
+            model=IDS[0],
+            messages=QUESTION,
+            tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        )
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-4", messages=QUESTION)
+    with pytest.raises(openai.AuthenticationError):
+        client.with_options(api_key="upstream-key").models.list()  # the gateway's key, not the upstream's
+    foreign = httpx.get(
+        f"{gateway_url}/models", headers={"host": "evil.example", "authorization": "Bearer gateway-key"}
+    )
+    assert foreign.status_code == 400
+    assert upstream_requests() == forwarded  # none of them reached the upstream
+    with pytest.raises(
+        openai.BadRequestError, match="upstream: the prompt has"
+    ) as refused:  # the upstream's own
+        client.chat.completions.create(model=IDS[0], messages=[{"role": "user", "content": "long " * 100}])
+    assert refused.value.code == "context_length_exceeded"

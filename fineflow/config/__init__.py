@@ -425,6 +425,22 @@ class NewTokensConfig(Strict):
         return self
 
 
+class UpstreamConfig(Strict):
+    """The `serve.upstream` section: gateway mode, in front of another OpenAI-compatible server."""
+
+    base_url: str | None = Field(description="the upstream's /v1 URL; null: generate in process")
+    api_key_env: str | None = Field(description="environment variable holding the upstream's Bearer key")
+    model: str | None = Field(description="the upstream model id; null: the first its /v1/models lists")
+    timeout_s: float = Field(gt=0, description="the longest one upstream request may take")
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value.rstrip("/") if value else value
+
+
 class MetricsConfig(Strict):
     """The `serve.metrics` section: GET /metrics for Prometheus."""
 
@@ -484,6 +500,7 @@ class ServeConfig(Strict):
         ge=0, description="serving name@alias: poll the registry this often and swap in a moved alias; 0: off"
     )
     metrics: MetricsConfig
+    upstream: UpstreamConfig
     traffic: TrafficConfig
 
     @field_validator("allowed_origins")
