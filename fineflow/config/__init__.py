@@ -489,6 +489,9 @@ class ServeConfig(Strict):
         ge=0, description="requests waiting for the model behind the one generating; more get 503"
     )
     max_batch_size: int = Field(ge=1, description="waiting requests generated together in one call, at most")
+    batch_gather_seconds: float = Field(
+        ge=0, description="a call waits this long at most for requests admitted and still being tokenised"
+    )
     retry_after_seconds: int = Field(ge=1, description="the Retry-After header of a 503 (queue full)")
     disconnect_poll_seconds: float = Field(
         gt=0, description="how often a waiting non-streaming request checks that its client is still there"

@@ -45,6 +45,7 @@ from fineflow.serving.schema import APIError, ChatRequest, completion_limit, par
 log = logging.getLogger("fineflow.serve")
 
 OWNER = "fineflow"
+GATHER_POLL_SECONDS = 0.002  # how often a call about to start looks for requests still being tokenised
 
 
 # ------------------------------------------------------------------------------------------ the queue
@@ -61,11 +62,12 @@ class RequestQueue:
     `max_queued` waiting, so a burst gets a quick 503 instead of a long wait that ends in client timeouts;
     every admitted request calls `release` once its generation has ended."""
 
-    def __init__(self, served: ServedModel, max_queued: int, max_batch: int):
+    def __init__(self, served: ServedModel, max_queued: int, max_batch: int, gather_seconds: float):
         self.served = served  # swapped by `swap`; each request keeps the one it arrived to
         self.lock = threading.Lock()  # held by the one `generate` call running
         self.max_queued = max_queued
         self.max_batch = max_batch
+        self.gather_seconds = gather_seconds
         self.admitted = 0  # generating or waiting to
         self.generating = 0  # requests in the running call
         self._admission = threading.Lock()
@@ -123,12 +125,23 @@ class RequestQueue:
 
     def _take(self) -> list[_Turn]:
         """The oldest waiting request and those that can share its call, up to max_batch."""
+        self._gather()
         with self._pending_lock:
             first = self._pending[0]
             key = first.key()
             batch = [first] if key is None else [t for t in self._pending if t.key() == key][: self.max_batch]
             self._pending = [t for t in self._pending if t not in batch]
         return batch
+
+    def _gather(self) -> None:
+        """Requests admitted a moment ago are still being tokenised: wait for them (at most
+        gather_seconds) so that they join this call rather than wait for the whole of it. A request that
+        arrives alone waits for nothing."""
+        deadline = time.monotonic() + self.gather_seconds
+        while self.pending() < self.max_batch and self.admitted > self.pending() + self.generating:
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(GATHER_POLL_SECONDS)
 
     def _run(self, batch: list[_Turn]) -> None:
         self.generating = len(batch)
@@ -226,7 +239,9 @@ def generation_options(request: ChatRequest, max_new_tokens: int) -> GenerationO
 def create_app(config: FineflowConfig, served: ServedModel, capture: TrafficCapture | None) -> FastAPI:
     """The HTTP app generating with `served` (`front.build_front`: lifespan, guard, key, errors, /metrics)."""
     settings = config.serve
-    queue = RequestQueue(served, settings.max_queued_requests, settings.max_batch_size)
+    queue = RequestQueue(
+        served, settings.max_queued_requests, settings.max_batch_size, settings.batch_gather_seconds
+    )
     metrics = ServingMetrics(settings.metrics)
     metrics.watch(queue.waiting, (lambda: capture.pending) if capture is not None else None)
     metrics.serving(served.name, served.version, served.generator.base_model)
