@@ -59,6 +59,18 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def seeded_model_dir(tmp_path_factory) -> Path:
+    """The tiny causal LM built with a fixed seed: its random weights then give the same answers every run
+    (the shared session model may, by chance, say end-of-turn within a few tokens). Serving tests use it."""
+    import torch
+
+    from tests.tiny_tokenizer import build_tiny_causal_lm
+
+    torch.manual_seed(1234)
+    return build_tiny_causal_lm(tmp_path_factory.mktemp("seeded-tiny-model"))
+
+
+@pytest.fixture(scope="session")
 def prefect_api():
     """An ephemeral Prefect API for flow tests (about 10 s to start, once per session)."""
     from prefect.testing.utilities import prefect_test_harness

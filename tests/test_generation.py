@@ -231,3 +231,49 @@ def test_greedy_options_take_no_sampling_settings():
         "do_sample": True,
         "temperature": 0.7,
     }
+
+
+def test_a_streamed_batch_answers_each_request_as_it_would_be_answered_alone(generator):
+    """`stream_batch`: one `generate` call for several streamed requests (different prompt lengths, limits
+    and stop strings); each gets the token ids, text, pieces and finish reason it gets alone, in fp32."""
+    from fineflow.models.engine import StreamRequest
+
+    alone = [generator.stream(generator.encode(m), GREEDY) for m in PROMPTS]
+    stop = alone[1].text[3:5]  # a stop string the second answer meets
+    options = [GREEDY] * len(PROMPTS)
+    options[1] = GenerationOptions.greedy(MAX_NEW_TOKENS, stop=(stop,))
+    options[3] = GenerationOptions.greedy(4)  # a shorter limit than the rest of the batch
+    expected = [generator.stream(generator.encode(m), o) for m, o in zip(PROMPTS, options, strict=True)]
+    assert (
+        expected[1].text == alone[1].text[: alone[1].text.index(stop)] and expected[1].finish_reason == "stop"
+    )
+    pieces: list[list[str]] = [[] for _ in PROMPTS]
+    requests = [
+        StreamRequest(generator.encode(m), o, on_text=p.append)
+        for m, o, p in zip(PROMPTS, options, pieces, strict=True)
+    ]
+    batched = generator.stream_batch(requests)
+    for one, many, streamed in zip(expected, batched, pieces, strict=True):
+        assert many.token_ids == one.token_ids, (one.finish_reason, many.finish_reason, one.text, many.text)
+        assert many.text == one.text == "".join(streamed)
+        assert (many.finish_reason, many.prompt_tokens) == (one.finish_reason, one.prompt_tokens)
+        assert len(many.arrivals) == len(many.token_ids)
+
+
+def test_a_streamed_batch_skips_cancelled_requests_and_refuses_mixed_settings(generator):
+    from fineflow.models.engine import StreamRequest
+
+    cancelled = threading.Event()
+    cancelled.set()
+    requests = [
+        StreamRequest(generator.encode(PROMPTS[0]), GREEDY, cancel=cancelled),
+        StreamRequest(generator.encode(PROMPTS[1]), GREEDY),
+    ]
+    gone, kept = generator.stream_batch(requests)
+    assert (gone.token_ids, gone.text) == ([], "")
+    assert kept.token_ids == generator.stream(generator.encode(PROMPTS[1]), GREEDY).token_ids
+    sampled = GenerationOptions.from_temperature(MAX_NEW_TOKENS, 0.7, top_p=None, top_k=None)
+    structured = GenerationOptions.greedy(MAX_NEW_TOKENS, json_schema={"type": "object"})
+    for other in (sampled, structured):
+        with pytest.raises(ValueError, match="batch_key"):
+            generator.stream_batch([requests[1], StreamRequest(generator.encode(PROMPTS[2]), other)])

@@ -58,7 +58,7 @@ def test_ci_workflow_runs_the_readme_test_command():
     assert "make test" in (ROOT / "README.md").read_text()
 
 
-ENV_FILES = ("stack.env", "worker.env")  # the admins' secrets; the worker's own credentials
+ENV_FILES = ("stack.env", "worker.env", "monitoring.env")  # admins', the worker's own, Grafana's
 
 
 def _env_files(service: dict) -> list[str]:
@@ -160,3 +160,59 @@ def test_compose_images_are_pinned_releases():
         if "image" in service:
             image, _, tag = service["image"].rpartition(":")
             assert image and tag and tag != "latest", f"{name}: {service['image']} is not pinned to a release"
+
+
+def _exposed_metrics() -> set[str]:
+    """The sample names `fineflow serve` exposes on /metrics, from the server's own metrics registry."""
+    from fineflow.config import load_config
+    from fineflow.serving.metrics import ServingMetrics
+
+    suffixes = {"counter": ["_total"], "gauge": [""], "histogram": ["_bucket", "_sum", "_count"]}
+    registry = ServingMetrics(load_config().serve.metrics).registry
+    return {family.name + suffix for family in registry.collect() for suffix in suffixes[family.type]}
+
+
+def test_prometheus_scrapes_fineflow_serve_with_the_scrape_key_secret():
+    compose = _yaml("infra/compose.yaml")
+    prometheus = compose["services"]["prometheus"]
+    [job] = _yaml("infra/prometheus/prometheus.yml")["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    [secret] = prometheus["secrets"]
+    assert job["authorization"] == {"type": "Bearer", "credentials_file": f"/run/secrets/{secret}"}
+    assert compose["secrets"][secret]["environment"] in _defined("stack.env")
+    mounts = dict(mount.split(":")[:2] for mount in prometheus["volumes"])
+    assert mounts["./prometheus/prometheus.yml"] in " ".join(prometheus["command"])  # the file it reads
+    assert "host.docker.internal:host-gateway" in prometheus["extra_hosts"]
+    [target] = job["static_configs"][0]["targets"]
+    assert target.startswith("host.docker.internal:")
+
+
+def test_grafana_is_provisioned_with_the_serving_dashboard_on_the_stack_prometheus():
+    services = _yaml("infra/compose.yaml")["services"]
+    grafana = services["grafana"]
+    assert grafana["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert "GF_SECURITY_ADMIN_PASSWORD" in _defined("monitoring.env")
+    mounts = dict(mount.split(":")[:2] for mount in grafana["volumes"])
+    [source] = _yaml("infra/grafana/provisioning/datasources/prometheus.yaml")["datasources"]
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
+    assert "prometheus" in services and "9090:9090" in services["prometheus"]["ports"][0]
+    [provider] = _yaml("infra/grafana/provisioning/dashboards/fineflow.yaml")["providers"]
+    assert mounts["./grafana/dashboards"] == provider["options"]["path"]
+    assert mounts["./grafana/provisioning"] == "/etc/grafana/provisioning"
+
+    dashboard = json.loads((ROOT / "infra/grafana/dashboards/fineflow-serving.json").read_text())
+    exposed = _exposed_metrics()
+    titles = [panel["title"] for panel in dashboard["panels"]]
+    assert len(set(titles)) == len(titles) and len({panel["id"] for panel in dashboard["panels"]}) == len(
+        titles
+    )
+    used = set()
+    for panel in dashboard["panels"]:
+        assert panel["datasource"] == {"type": "prometheus", "uid": source["uid"]}, panel["title"]
+        for target in panel["targets"]:
+            named = set(re.findall(r"\bfineflow_\w+", target["expr"]))
+            assert named and named <= exposed, (panel["title"], named - exposed)
+            used |= named
+    # every series the server exposes is on the dashboard
+    expected = {name for name in exposed if not name.endswith(("_sum", "_count"))}
+    assert expected <= used, expected - used

@@ -46,18 +46,6 @@ PII = {
 
 
 @pytest.fixture(scope="module")
-def seeded_model_dir(tmp_path_factory) -> Path:
-    """conftest's tiny causal LM, built with a fixed seed: its random weights then give the same answers
-    every run (the shared session model may, by chance, say end-of-turn within a few tokens)."""
-    import torch
-
-    from tests.tiny_tokenizer import build_tiny_causal_lm
-
-    torch.manual_seed(1234)
-    return build_tiny_causal_lm(tmp_path_factory.mktemp("seeded-tiny-model"))
-
-
-@pytest.fixture(scope="module")
 def tiny_generator(seeded_model_dir, tmp_path_factory):
     return load_generator(str(seeded_model_dir), None, tmp_path_factory.mktemp("models"), "fp32")
 
@@ -348,7 +336,7 @@ UNSUPPORTED = [
     ({"presence_penalty": 0.5}, "presence_penalty"),
     ({"frequency_penalty": 1}, "frequency_penalty"),
     ({"seed": 7}, "seed"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"response_format": {"type": "json_object", "strict": True}}, "response_format.strict"),
     ({"stream_options": {"include_usage": True, "extra": 1}}, "stream_options.extra"),
     ({"messages": [{"role": "assistant", "content": "x", "tool_calls": []}]}, "messages.0.tool_calls"),
 ]
@@ -540,6 +528,42 @@ def test_a_full_queue_is_answered_503_with_retry_after(make_client):
     assert len(spool_text(config).splitlines()) == 3  # the refused requests were not captured
 
 
+def test_requests_waiting_together_are_generated_in_one_call_each_with_its_own_answer(
+    make_client, monkeypatch
+):
+    """Four requests (two streamed, different limits) wait while the model is busy; they are then generated
+    in one `stream_batch` call, and each gets the answer it gets alone (greedy, fp32)."""
+    client, config = make_client()
+    queue = client.app.state.queue
+    generator = queue.generator
+
+    def ask(n: int, stream: bool = False) -> httpx.Response:
+        return client.post(
+            URL, json=chat(f"Question {n}: where is order {n * 7}?", max_tokens=3 + n, stream=stream)
+        )
+
+    def answer(response: httpx.Response) -> str:
+        if response.headers["content-type"].startswith("text/event-stream"):
+            events = sse_events(response.text)
+            return "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"])
+        return response.json()["choices"][0]["message"]["content"]
+
+    alone = [answer(ask(n)) for n in range(4)]
+    calls: list[int] = []
+    real = generator.stream_batch
+    monkeypatch.setattr(
+        generator, "stream_batch", lambda requests: calls.append(len(requests)) or real(requests)
+    )
+    with queue.lock:  # the model is busy: all four wait together
+        asked = [in_thread(lambda n=n: ask(n, stream=n % 2 == 0)) for n in range(4)]
+        wait_until(lambda: queue.pending() == 4)  # tokenised and waiting for a call
+    for thread, _ in asked:
+        thread.join(60)
+    assert calls == [4]
+    assert [answer(responses[0]) for _, responses in asked] == alone
+    assert queue.admitted == 0 and len(spool_text(config).splitlines()) == 8
+
+
 def test_a_client_that_disconnects_cancels_its_completion(make_client):
     client, config = make_client(**{"serve.disconnect_poll_seconds": 0.01})
     queue = client.app.state.queue
@@ -601,6 +625,79 @@ def test_api_key(make_client, monkeypatch):
     assert client.post(URL, json=chat(max_tokens=2), headers=good).status_code == 200
 
 
+def scraped(response) -> dict[tuple, float]:
+    """A /metrics answer parsed by prometheus_client's own parser: {(sample name, labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def sample(samples: dict, name: str, **labels) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+def test_metrics_count_answers_latencies_tokens_queue_and_the_served_version(make_client):
+    client, _ = make_client()
+    queue = client.app.state.queue
+    assert client.post(URL, json=chat(max_tokens=5)).status_code == 200
+    with client.stream("POST", URL, json=chat(max_tokens=4, stream=True)) as response:
+        response.read()
+    assert client.post(URL, json=chat(max_tokens=2) | {"tools": []}).status_code == 400
+    assert client.post(URL, content=b"{}", headers={"content-type": "text/plain"}).status_code == 415
+    assert client.get("/nowhere").status_code == 404
+    with queue.lock:  # the model is busy: one request admitted and waiting for it
+        waiting, _ = in_thread(lambda: client.post(URL, json=chat(max_tokens=2)))
+        wait_until(lambda: queue.admitted == 1)
+        busy = scraped(client.get("/metrics"))
+        assert sample(busy, "fineflow_queue_depth") == 1
+    waiting.join(60)
+
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    samples = scraped(response)
+    route = "/v1/chat/completions"
+    assert sample(samples, "fineflow_requests_total", route=route, status="200") == 3
+    assert sample(samples, "fineflow_requests_total", route=route, status="400") == 1
+    assert sample(samples, "fineflow_requests_total", route=route, status="415") == 1  # the guard's
+    assert sample(samples, "fineflow_requests_total", route="other", status="404") == 1
+    assert sample(samples, "fineflow_requests_total", route="/metrics", status="200") == 1
+    assert sample(samples, "fineflow_generated_tokens_total") == 5 + 4 + 2
+    for histogram in ("time_to_first_token", "time_per_output_token", "request_duration"):
+        assert sample(samples, f"fineflow_{histogram}_seconds_count") == 3, histogram
+        assert sample(samples, f"fineflow_{histogram}_seconds_sum") > 0, histogram
+    assert sample(samples, "fineflow_queue_depth") == 0
+    assert sample(samples, "fineflow_capture_backlog_records") == 3  # spooled, not yet committed
+    served = {"model": "acme-support-assistant", "version": "1", "base_model": queue.generator.base_model}
+    assert sample(samples, "fineflow_served_model_info", **served) == 1
+
+
+def test_metrics_are_protected_like_the_api_or_by_their_own_scrape_key(make_client, monkeypatch):
+    monkeypatch.setenv("FINEFLOW_TEST_KEY", "s3cret")
+    monkeypatch.setenv("FINEFLOW_TEST_SCRAPE_KEY", "scrape-only")
+    client, _ = make_client(**{"serve.api_key_env": "FINEFLOW_TEST_KEY"})
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert client.get("/metrics", headers={"host": "evil.example"}).status_code == 400  # the guard too
+
+    keys = {"serve.api_key_env": "FINEFLOW_TEST_KEY", "serve.metrics.api_key_env": "FINEFLOW_TEST_SCRAPE_KEY"}
+    client, _ = make_client(**keys, **{"serve.traffic.spool_dir": "serve/spool-2"})  # two apps running
+    scrape, api = {"Authorization": "Bearer scrape-only"}, {"Authorization": "Bearer s3cret"}
+    assert client.get("/metrics", headers=scrape).status_code == 200
+    assert client.get("/metrics", headers=api).status_code == 401  # the API key is not the scrape key
+    assert client.get("/v1/models", headers=scrape).status_code == 401  # nor the other way round
+    assert client.get("/v1/models", headers=api).status_code == 200
+
+    monkeypatch.delenv("FINEFLOW_TEST_SCRAPE_KEY")
+    with pytest.raises(ServeModelError, match="serve.metrics.api_key_env"):
+        make_client(**{"serve.metrics.api_key_env": "FINEFLOW_TEST_SCRAPE_KEY"})
+    client, _ = make_client(**{"serve.metrics.enabled": False, "serve.traffic.spool_dir": "serve/spool-3"})
+    assert client.get("/metrics").status_code == 404
+
+
 def test_an_api_key_variable_that_is_not_set_refuses_to_start(tmp_path, monkeypatch, tiny_generator):
     monkeypatch.delenv("FINEFLOW_TEST_KEY", raising=False)
     config = load_config(overrides={"serve.api_key_env": "FINEFLOW_TEST_KEY"})
@@ -653,20 +750,17 @@ def test_a_spool_left_by_a_crash_is_committed_before_serving(make_client, tmp_pa
     assert spool.read_bytes() == b""
 
 
-@pytest.fixture
-def registered_champion(tmp_path, monkeypatch, tiny_model_dir):
-    """A real MLflow registry holding version 1 (a tiny LoRA adapter) under the champion alias."""
+def register_tiny_version(config, tiny_model_dir, directory: Path, seed: int, alias: str, base_model: str):
+    """Register a tiny LoRA adapter (its weights from `seed`) as a new version under `alias`, its
+    `base_model` tag as given; returns the version number."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     from fineflow.registry.tracking import FinetuneTracker
 
-    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "state"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    config = load_config()
-    adapter = tmp_path / "adapter"
-    torch.manual_seed(0)
+    adapter = directory / "adapter"
+    torch.manual_seed(seed)
     lora = LoraConfig(
         r=4,
         lora_alpha=8,
@@ -677,16 +771,26 @@ def registered_champion(tmp_path, monkeypatch, tiny_model_dir):
     get_peft_model(LlamaForCausalLM.from_pretrained(tiny_model_dir), lora).save_pretrained(adapter)
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(adapter)
     tracker = FinetuneTracker(config)
-    tracker.start("serve-test", "serve-test", params={}, tags={})
-    uri = tracker.log_adapter_model(adapter, str(tiny_model_dir), "fp32", tmp_path / "models", 4, 8)
+    tracker.start(f"serve-test-{seed}", "serve-test", params={}, tags={})
+    uri = tracker.log_adapter_model(adapter, str(tiny_model_dir), "fp32", directory / "models", 4, 8)
     tags = {
-        "dataset_commit": "c0ffee",
-        "base_model": str(tiny_model_dir),
+        "dataset_commit": f"c0ffee{seed}",
+        "base_model": base_model,
         "code_commit": "x",
         "config_hash": "y",
     }
-    tracker.register(uri, tags, "champion")
+    version = tracker.register(uri, tags, alias).version
     tracker.finish()
+    return str(version)
+
+
+@pytest.fixture
+def registered_champion(tmp_path, monkeypatch, tiny_model_dir):
+    """A real MLflow registry holding version 1 (a tiny LoRA adapter) under the champion alias."""
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "state"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = load_config()
+    assert register_tiny_version(config, tiny_model_dir, tmp_path, 0, "champion", str(tiny_model_dir)) == "1"
     return config
 
 
@@ -764,6 +868,68 @@ def test_evaluation_reads_the_adapter_from_the_shared_cache_and_leaves_no_copy(
     monkeypatch.setattr(mlflow.artifacts, "download_artifacts", no_download)
     assert fetch_adapter.fn(config, challenger_subject(found)) == adapter
     assert download_adapter(config, "acme-support-assistant", "1") == Path(adapter)  # serving's copy
+
+
+def test_the_server_follows_the_champion_between_requests(registered_champion, tiny_model_dir, tmp_path):
+    """`name@champion` served with serve.follow_alias_poll_s > 0: the alias moves to version 2 while a
+    stream on version 1 waits for the model; the new version is loaded in the background, the stream still
+    ends on version 1 and the next request is answered by version 2. Then the alias moves to a version that
+    cannot load: version 2 keeps serving, and /v1/models and /metrics say why."""
+    from mlflow import MlflowClient
+
+    from fineflow.registry.tracking import tracking_uri
+
+    config = load_config(overrides={"serve.follow_alias_poll_s": 0.05})
+    name = config.registry.model_name
+    base = str(tiny_model_dir)
+    assert register_tiny_version(config, tiny_model_dir, tmp_path / "v2", 2, "challenger", base) == "2"
+    registry = MlflowClient(tracking_uri(config))
+    app = create_app(config, load_served_model(config), None)
+    with TestClient(app, base_url=BASE_URL) as client:
+        queue = app.state.queue
+        first = client.get("/v1/models")
+        assert first.headers["x-fineflow-model-version"] == "1"
+        assert first.json()["fineflow"] == {"follows": f"{name}@champion", "load_failure": None}
+        with queue.lock:  # the model is busy: a stream arrives on version 1 and waits for its turn
+            stream, streamed = in_thread(
+                lambda: client.post(URL, json=chat(max_tokens=8, stream=True) | {"model": f"{name}@champion"})
+            )
+            wait_until(lambda: queue.admitted == 1)
+            registry.set_registered_model_alias(name, "champion", "2")  # promoted meanwhile
+            wait_until(lambda: queue.served.version == "2")  # loaded and swapped in, the stream waiting
+        stream.join(60)
+        [response] = streamed
+        assert response.status_code == 200 and response.headers["x-fineflow-model-version"] == "1"
+        events = sse_events(response.text)
+        assert {e["model"] for e in events} == {f"{name}/1"}  # ended on the old version: nothing dropped
+        assert events[-1]["choices"][0]["finish_reason"] == "length"
+
+        after = client.post(URL, json=chat(max_tokens=3) | {"model": f"{name}@champion"})
+        assert after.status_code == 200 and after.headers["x-fineflow-model-version"] == "2"
+        assert after.json()["model"] == f"{name}/2"
+        models = client.get("/v1/models")
+        assert [m["id"] for m in models.json()["data"]] == [f"{name}/2", f"{name}@champion"]
+        assert f"/{name}/2/" in queue.served.generator.adapter_dir  # version 2's adapter, merged
+
+        # a version whose base model cannot be loaded: the old version keeps serving, and says why
+        broken = register_tiny_version(
+            config, tiny_model_dir, tmp_path / "v3", 3, "challenger", "/no/such/model"
+        )
+        registry.set_registered_model_alias(name, "champion", broken)
+        wait_until(lambda: client.get("/v1/models").json()["fineflow"]["load_failure"] is not None)
+        failure = client.get("/v1/models").json()["fineflow"]["load_failure"]
+        assert failure["version"] == "3" and "/no/such/model" in failure["error"], failure
+        still = client.post(URL, json=chat(max_tokens=2) | {"model": f"{name}@champion"})
+        assert still.status_code == 200 and still.headers["x-fineflow-model-version"] == "2"
+        samples = scraped(client.get("/metrics"))
+        assert sample(samples, "fineflow_model_swaps_total") == 1
+        assert sample(samples, "fineflow_model_load_failures_total", version="3") == 1
+        served = {"model": name, "version": "2", "base_model": base}
+        assert sample(samples, "fineflow_served_model_info", **served) == 1
+        assert (
+            "fineflow_served_model_info",
+            tuple(sorted((served | {"version": "1"}).items())),
+        ) not in samples
 
 
 LAKEFS_ENV = (

@@ -24,6 +24,14 @@ def serve_command(
             "adapter: the embedded name (smollm2-135m-instruct), a local model directory or a hub id.",
         ),
     ] = None,
+    upstream: Annotated[
+        str | None,
+        typer.Option(
+            "--upstream",
+            help="Gateway mode: forward to this OpenAI-compatible /v1 URL (vLLM, another fineflow serve) "
+            "instead of loading a model; the same API key, limits, validation, capture and metrics apply.",
+        ),
+    ] = None,
     host: Annotated[str | None, typer.Option(help="Bind address (default: serve.host).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default: serve.port).")] = None,
     config: ConfigOption = DEFAULT_CONFIG,
@@ -34,6 +42,7 @@ def serve_command(
     extra = {"serve.model": model} if model else {}
     extra |= {"serve.host": host} if host else {}
     extra |= {"serve.port": port} if port is not None else {}
+    extra |= {"serve.upstream.base_url": upstream} if upstream else {}
     loaded = load(config, set_, extra)
     settings = loaded.serve
     has_key = bool(settings.api_key_env and os.environ.get(settings.api_key_env))
@@ -43,9 +52,9 @@ def serve_command(
             "environment variable holding one, or serve on 127.0.0.1[/red]"
         )
         raise typer.Exit(2)
-    app_, served, capture = _start(loaded)
+    app_, names, capture = _start(loaded)
     url = f"http://{settings.host}:{settings.port}/v1"
-    console.print(f"[bold green]serving[/bold green] {', '.join(served.ids)} at {url}")
+    console.print(f"[bold green]serving[/bold green] {names} at {url}")
     if capture is not None:
         traffic = (
             f"lakefs://{loaded.store.repo}/{settings.traffic.branch}/{settings.traffic.prefix}/captured/"
@@ -55,13 +64,12 @@ def serve_command(
 
 
 def _start(loaded: FineflowConfig):
-    """(app, served model, capture or None); a start-up failure is one line and exit 1."""
+    """(app, what it serves in words, capture or None); a start-up failure is one line and exit 1."""
     from mlflow.exceptions import MlflowException
 
     from fineflow.privacy.masker import get_masker
-    from fineflow.serving.app import create_app
     from fineflow.serving.capture import TrafficCapture
-    from fineflow.serving.loading import default_model_ref, load_served_model
+    from fineflow.serving.loading import default_model_ref
     from fineflow.store import StoreError, open_store
 
     ref = default_model_ref(loaded)
@@ -72,9 +80,7 @@ def _start(loaded: FineflowConfig):
         ):  # before the model: bad store settings fail at once, not minutes later
             capture = TrafficCapture(loaded, open_store(loaded), get_masker(loaded.data_prep.pii))
         _log_to_console("fineflow")  # request ids, token counts, latencies and traffic commits; never content
-        console.print(f"loading {ref} ...")
-        served = load_served_model(loaded, ref)
-        app_ = create_app(loaded, served, capture)
+        app_, names = _app(loaded, ref, capture)
         if capture is not None:
             capture.start()  # takes the spool and commits what a crash left in it, before serving
     except (ValueError, StoreError, MlflowException, OSError) as exc:
@@ -83,7 +89,22 @@ def _start(loaded: FineflowConfig):
         # store credentials missing, the store or the tracking server down, a download or load failed
         console.print(f"[red]cannot start serving: {one_line(exc)}[/red]")
         raise typer.Exit(1) from None
-    return app_, served, capture
+    return app_, names, capture
+
+
+def _app(loaded: FineflowConfig, ref: str, capture):
+    """(app, what it serves in words): the model `ref` names loaded here, or a gateway to serve.upstream."""
+    from fineflow.serving.app import create_app
+    from fineflow.serving.gateway import create_gateway_app
+    from fineflow.serving.loading import load_served_model
+
+    upstream = loaded.serve.upstream
+    if upstream.base_url is not None:
+        app_ = create_gateway_app(loaded, capture)
+        return app_, f"{app_.state.upstream_model} (gateway to {upstream.base_url})"
+    console.print(f"loading {ref} ...")
+    served = load_served_model(loaded, ref)
+    return create_app(loaded, served, capture), ", ".join(served.ids)
 
 
 def _run_until_stopped(app_, loaded: FineflowConfig, capture) -> None:

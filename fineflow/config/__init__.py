@@ -428,6 +428,41 @@ class NewTokensConfig(Strict):
         return self
 
 
+class UpstreamConfig(Strict):
+    """The `serve.upstream` section: gateway mode, in front of another OpenAI-compatible server."""
+
+    base_url: str | None = Field(description="the upstream's /v1 URL; null: generate in process")
+    api_key_env: str | None = Field(description="environment variable holding the upstream's Bearer key")
+    model: str | None = Field(description="the upstream model id; null: the first its /v1/models lists")
+    timeout_s: float = Field(gt=0, description="the longest one upstream request may take")
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value.rstrip("/") if value else value
+
+
+class MetricsConfig(Strict):
+    """The `serve.metrics` section: GET /metrics for Prometheus."""
+
+    enabled: bool = Field(description="serve GET /metrics (Prometheus text format)")
+    api_key_env: str | None = Field(
+        description="environment variable holding a scrape-only Bearer key for /metrics; null: the API's"
+    )
+    ttft_buckets_s: list[float] = Field(min_length=1, description="time-to-first-token histogram buckets")
+    tpot_buckets_s: list[float] = Field(min_length=1, description="time-per-output-token histogram buckets")
+    e2e_buckets_s: list[float] = Field(min_length=1, description="end-to-end latency histogram buckets")
+
+    @field_validator("ttft_buckets_s", "tpot_buckets_s", "e2e_buckets_s")
+    @classmethod
+    def _increasing(cls, value: list[float]) -> list[float]:
+        if value[0] <= 0 or any(b <= a for a, b in zip(value, value[1:], strict=False)):
+            raise ValueError(f"buckets must be positive and strictly increasing, got {value}")
+        return value
+
+
 class ServeConfig(Strict):
     """The `serve` section: `fineflow serve`, an OpenAI-compatible endpoint with traffic capture."""
 
@@ -456,6 +491,10 @@ class ServeConfig(Strict):
     max_queued_requests: int = Field(
         ge=0, description="requests waiting for the model behind the one generating; more get 503"
     )
+    max_batch_size: int = Field(ge=1, description="waiting requests generated together in one call, at most")
+    batch_gather_seconds: float = Field(
+        ge=0, description="a call waits this long at most for requests admitted and still being tokenised"
+    )
     retry_after_seconds: int = Field(ge=1, description="the Retry-After header of a 503 (queue full)")
     disconnect_poll_seconds: float = Field(
         gt=0, description="how often a waiting non-streaming request checks that its client is still there"
@@ -463,6 +502,11 @@ class ServeConfig(Strict):
     graceful_shutdown_seconds: int = Field(
         ge=1, description="on Ctrl-C or SIGTERM, requests in flight get this long before the server stops"
     )
+    follow_alias_poll_s: float = Field(
+        ge=0, description="serving name@alias: poll the registry this often and swap in a moved alias; 0: off"
+    )
+    metrics: MetricsConfig
+    upstream: UpstreamConfig
     traffic: TrafficConfig
 
     @field_validator("allowed_origins")

@@ -18,6 +18,79 @@ MAX_CONSECUTIVE_WHITESPACE = 2
 MAX_NUMBER_CHARS = 12
 
 
+class UnsupportedSchemaError(ValueError):
+    """A JSON schema that is invalid, or that the constrained decoder cannot follow."""
+
+
+# The keywords lm-format-enforcer enforces while decoding, and those that only annotate. A schema using any
+# other (minimum, maximum, multipleOf, format, uniqueItems, ...) is refused: it would be accepted, and the
+# answer then not guaranteed to validate against it (seen: "maximum": 5 answered with 76).
+ENFORCED_KEYWORDS = frozenset(
+    {"type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems", "enum"}
+    | {
+        "const",
+        "anyOf",
+        "allOf",
+        "oneOf",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "$ref",
+        "$defs",
+        "definitions",
+    }
+)
+ANNOTATION_KEYWORDS = frozenset(
+    {"title", "description", "default", "examples", "$schema", "$id", "$comment", "readOnly", "writeOnly"}
+    | {"deprecated"}
+)
+_SCHEMA_MAPS = ("properties", "$defs", "definitions")  # keyword -> {name: schema}
+_SCHEMA_LISTS = ("anyOf", "allOf", "oneOf")  # keyword -> [schema, ...]
+_SCHEMA_VALUES = ("items", "additionalProperties")  # keyword -> schema (or a boolean)
+
+
+def check_schema(json_schema: dict) -> None:
+    """Raises UnsupportedSchemaError unless `json_schema` is a valid JSON Schema whose every keyword the
+    constrained decoder enforces: cheap (no tokenizer involved), so callers check a schema before they
+    queue for the model."""
+    import jsonschema
+    from lmformatenforcer import JsonSchemaParser
+
+    try:
+        jsonschema.validators.validator_for(json_schema).check_schema(json_schema)
+    except jsonschema.SchemaError as exc:
+        raise UnsupportedSchemaError(f"not a valid JSON Schema: {exc.message}") from None
+    _check_keywords(json_schema, "")
+    try:
+        JsonSchemaParser(json_schema)
+    except Exception as exc:  # the library's own errors are of many types: all mean "cannot follow it"
+        raise UnsupportedSchemaError(f"not supported by the constrained decoder: {exc}") from None
+
+
+def _check_keywords(schema, path: str) -> None:
+    if not isinstance(schema, dict):
+        return
+    where = path or "the top level"
+    for keyword in schema:
+        if keyword not in ENFORCED_KEYWORDS | ANNOTATION_KEYWORDS:
+            raise UnsupportedSchemaError(
+                f"{keyword!r} (at {where}) is not enforced by the constrained decoder, so the answer could "
+                "break it; supported: " + ", ".join(sorted(ENFORCED_KEYWORDS))
+            )
+    if "pattern" in schema and ("minLength" in schema or "maxLength" in schema):
+        raise UnsupportedSchemaError(f"'pattern' with 'minLength'/'maxLength' (at {where}) is not supported")
+    if isinstance(schema.get("type"), list):
+        raise UnsupportedSchemaError(f"a list of types (at {where}) is not supported: use anyOf")
+    for keyword in _SCHEMA_MAPS:
+        for name, sub in (schema.get(keyword) or {}).items():
+            _check_keywords(sub, f"{path}.{keyword}.{name}".lstrip("."))
+    for keyword in _SCHEMA_LISTS:
+        for index, sub in enumerate(schema.get(keyword) or []):
+            _check_keywords(sub, f"{path}.{keyword}.{index}".lstrip("."))
+    for keyword in _SCHEMA_VALUES:
+        _check_keywords(schema.get(keyword), f"{path}.{keyword}".lstrip("."))
+
+
 class TokenVocabulary:
     """What lm-format-enforcer needs to know about a tokenizer (built once per loaded model), plus the token
     sets our extra bounds filter out. Mirrors lmformatenforcer.integrations.transformers, which cannot be

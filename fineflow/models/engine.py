@@ -19,6 +19,7 @@ evaluation sees exactly the model that `mlflow.pyfunc.load_model` serves.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import threading
 import time
@@ -227,6 +228,88 @@ def _cancelled(cancel: threading.Event):
     return Cancelled()
 
 
+@dataclass(frozen=True)
+class StreamRequest:
+    """One request of `Generator.stream_batch`: its encoded prompt (from `encode`), options, text callback
+    and cancel event."""
+
+    inputs: Any
+    options: GenerationOptions
+    on_text: Callable[[str], None] | None = None
+    cancel: threading.Event | None = None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return int(self.inputs["input_ids"].shape[1])
+
+
+def batch_key(options: GenerationOptions) -> tuple | None:
+    """Requests with the same key can share one `generate` call (`Generator.stream_batch`): the sampling
+    settings apply to the whole call. None: the request must run alone (a JSON schema constrains one row)."""
+    if options.json_schema is not None:
+        return None
+    return (options.do_sample, options.temperature, options.top_p, options.top_k)
+
+
+def _rows_done(generator: Generator, rows: list[StreamRequest], prompt_length: int, ended: list[int | None]):
+    """The StoppingCriteria of a batch: a row ends at an end token, at its own max_new_tokens, at one of its
+    stop strings, or when it is cancelled. `ended` records, in place, the step whose token ended each row,
+    so the batch's streamer drops what `generate` produces for the row after it (padding)."""
+    import torch
+    from transformers import StoppingCriteria
+
+    ends = generator.end_token_ids
+    windows = [max((len(s) for s in r.options.stop), default=0) + STOP_WINDOW_SLACK for r in rows]
+
+    def stopped(row: int, ids) -> bool:
+        stops = rows[row].options.stop
+        if not stops:
+            return False
+        tail = generator.tokenizer.decode(ids[prompt_length:][-windows[row] :], skip_special_tokens=True)
+        return any(stop in tail for stop in stops)
+
+    class RowsDone(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            generated = input_ids.shape[1] - prompt_length
+            last = input_ids[:, -1].tolist()
+            for row, request in enumerate(rows):
+                if ended[row] is not None:
+                    continue
+                cancel = request.cancel
+                if (
+                    last[row] in ends
+                    or generated >= request.options.max_new_tokens
+                    or (cancel is not None and cancel.is_set())
+                    or stopped(row, input_ids[row].tolist())
+                ):
+                    ended[row] = generated
+            done = [step is not None for step in ended]
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    return RowsDone()
+
+
+class _BatchStream:
+    """The streamer `generate` feeds for a batch: each row's tokens go to that row's TokenStream, up to the
+    step that ended the row (after it, `generate` pads the row). Steps are counted, not read from a flag:
+    transformers calls the stopping criteria before or after the streamer depending on its version."""
+
+    def __init__(self, streams: list[TokenStream], ended: list[int | None]):
+        self.streams, self.ended = streams, ended
+        self.step = -1  # -1: the prompt comes first
+
+    def put(self, value) -> None:
+        self.step += 1
+        for row, stream in enumerate(self.streams):
+            end = self.ended[row]
+            if self.step == 0 or end is None or self.step <= end:
+                stream.put(value[row : row + 1])
+
+    def end(self) -> None:
+        for stream in self.streams:
+            stream.end()
+
+
 @dataclass
 class Generator:
     """A model ready to generate: weights on `device`, a left-padding tokenizer. Generation is not
@@ -356,8 +439,60 @@ class Generator:
         reason = self._finish_reason(ids, options, streamer.trimmer.stopped)
         return Generation(ids, streamer.trimmer.answer, reason, prompt_tokens, streamer.arrivals)
 
+    def stream_batch(self, requests: list[StreamRequest]) -> list[Generation]:
+        """Several streamed requests in one `model.generate` call, each with its own text callback, stop
+        strings, cancel event and max_new_tokens; one forward pass per step serves them all, which is what
+        makes concurrent requests cheaper together than one after another. They must share `batch_key`
+        (the same sampling settings; no JSON schema, whose constraint is per request). Greedy answers are
+        the ones `stream` gives each request alone (left padding is masked). A request cancelled before
+        the call gets an empty Generation, as from `stream`."""
+        keys = {batch_key(r.options) for r in requests}
+        if len(keys) != 1 or None in keys:
+            raise ValueError("stream_batch takes requests of one batch_key (same sampling, no JSON schema)")
+        live = [i for i, r in enumerate(requests) if r.cancel is None or not r.cancel.is_set()]
+        results = [Generation([], "", "stop", r.prompt_tokens, []) for r in requests]
+        if not live:
+            return results
+        rows = [requests[i] for i in live]
+        inputs, prompt_length = self._left_padded([r.inputs for r in rows])
+        ended: list[int | None] = [None] * len(rows)  # the step whose token ended each row
+        streams = [TokenStream(self.tokenizer, r.options.stop, r.on_text) for r in rows]
+        # the longest limit for the call; each row ends at its own limit, stops and cancel (`_rows_done`)
+        longest = max(r.options.max_new_tokens for r in rows)
+        options = dataclasses.replace(rows[0].options, max_new_tokens=longest, stop=())
+        done = _rows_done(self, rows, prompt_length, ended)
+        output = self._generate(inputs, options, streamer=_BatchStream(streams, ended), extra_criteria=done)
+        for position, (index, row, stream) in enumerate(zip(live, rows, streams, strict=True)):
+            stream.finish()
+            ids = self._until_end(output[position, prompt_length:][: len(stream.arrivals)].tolist())
+            reason = self._finish_reason(ids, row.options, stream.trimmer.stopped)
+            results[index] = Generation(
+                ids, stream.trimmer.answer, reason, row.prompt_tokens, stream.arrivals
+            )
+        return results
+
+    def _left_padded(self, encoded: list) -> tuple[Any, int]:
+        """Batches of one (from `encode`) as one left-padded batch, and its padded prompt length."""
+        import torch
+        from transformers import BatchEncoding
+
+        length = max(int(e["input_ids"].shape[1]) for e in encoded)
+        ids, masks = [], []
+        for e in encoded:
+            pad = length - int(e["input_ids"].shape[1])
+            ids.append(torch.nn.functional.pad(e["input_ids"], (pad, 0), value=self.tokenizer.pad_token_id))
+            masks.append(torch.nn.functional.pad(e["attention_mask"], (pad, 0), value=0))
+        return BatchEncoding({"input_ids": torch.cat(ids), "attention_mask": torch.cat(masks)}), length
+
     def _generate(
-        self, inputs, options: GenerationOptions, *, streamer=None, cancel=None, stop_criteria=None
+        self,
+        inputs,
+        options: GenerationOptions,
+        *,
+        streamer=None,
+        cancel=None,
+        stop_criteria=None,
+        extra_criteria=None,
     ):
         """The one call of `model.generate`: prompt and continuation ids, one row per prompt."""
         import torch
@@ -383,6 +518,8 @@ class Generator:
             criteria.append(constraint.stopping_criteria())
         if cancel is not None:
             criteria.append(_cancelled(cancel))
+        if extra_criteria is not None:
+            criteria.append(extra_criteria)
         if processors:
             kwargs["logits_processor"] = LogitsProcessorList(processors)
         if criteria:

@@ -1,6 +1,7 @@
 """`fineflow serve`: a registered model (base + LoRA adapter) behind an OpenAI-compatible HTTP API.
 
     GET  /v1/models              the served model under its ids (name@alias and name/version)
+    GET  /metrics                Prometheus metrics (`fineflow.serving.metrics`)
     POST /v1/chat/completions    stream false: a chat.completion with usage; stream true: SSE
                                  `data: {chat.completion.chunk}` lines, then `data: [DONE]`
 
@@ -18,56 +19,60 @@ model.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
-import os
-import secrets
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from queue import SimpleQueue
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fineflow.config import FineflowConfig
-from fineflow.models.engine import Generation, GenerationOptions
+from fineflow.models.engine import Generation, GenerationOptions, StreamRequest, batch_key
 from fineflow.serving.capture import Exchange, TrafficCapture
-from fineflow.serving.guard import RequestGuard
-from fineflow.serving.loading import ServedModel, ServeModelError
+from fineflow.serving.follow import AliasFollower
+from fineflow.serving.front import build_front, new_request_id
+from fineflow.serving.loading import ServedModel
+from fineflow.serving.metrics import ServingMetrics
 from fineflow.serving.schema import APIError, ChatRequest, completion_limit, parse_chat_request, read_body
-from fineflow.store import StoreError
 
 log = logging.getLogger("fineflow.serve")
 
 OWNER = "fineflow"
+GATHER_POLL_SECONDS = 0.002  # how often a call about to start looks for requests still being tokenised
 
 
 # ------------------------------------------------------------------------------------------ the queue
 
 
 class RequestQueue:
-    """The requests for one loaded model, generated one at a time through its engine. Generation is
-    serialised with a lock: there is one model, on the CPU here (or one GPU), and concurrent generations
-    would only fight over the same cores and memory, each slower than alone; requests queue for their turn
-    instead. The queue is bounded: `admit` lets in the one generating plus `max_queued` waiting, so a burst
-    gets a quick 503 instead of a long wait that ends in client timeouts; every admitted request calls
-    `release` once its generation has ended."""
+    """The requests for the loaded model, generated through its engine, one `generate` call at a time.
+    Calls are serialised with a lock: there is one model, on the CPU here (or one GPU), and concurrent
+    calls would only fight over the same cores and memory, each slower than alone. Requests that wait
+    together are generated together instead: whichever waiting request takes the model next runs every
+    waiting request that can share its call (the same loaded version and `batch_key`), up to `max_batch`,
+    in one `Generator.stream_batch`, whose one forward pass per step serves them all, each still streamed,
+    stopped and cancelled on its own. The queue is bounded: `admit` lets in the one generating plus
+    `max_queued` waiting, so a burst gets a quick 503 instead of a long wait that ends in client timeouts;
+    every admitted request calls `release` once its generation has ended."""
 
-    def __init__(self, served: ServedModel, max_queued: int):
-        self.served = served
-        self.generator = served.generator
-        self.lock = threading.Lock()
+    def __init__(self, served: ServedModel, max_queued: int, max_batch: int, gather_seconds: float):
+        self.served = served  # swapped by `swap`; each request keeps the one it arrived to
+        self.lock = threading.Lock()  # held by the one `generate` call running
         self.max_queued = max_queued
+        self.max_batch = max_batch
+        self.gather_seconds = gather_seconds
         self.admitted = 0  # generating or waiting to
+        self.generating = 0  # requests in the running call
         self._admission = threading.Lock()
+        self._pending: list[_Turn] = []  # waiting for a call, oldest first
+        self._pending_lock = threading.Lock()
 
     def admit(self) -> bool:
         with self._admission:
@@ -80,29 +85,115 @@ class RequestQueue:
         with self._admission:
             self.admitted -= 1
 
+    def pending(self) -> int:
+        """Requests prepared and waiting for a `generate` call."""
+        with self._pending_lock:
+            return len(self._pending)
+
+    def waiting(self) -> int:
+        """Admitted requests waiting for the model (the queue depth)."""
+        return max(0, self.admitted - self.generating)
+
+    @property
+    def generator(self):
+        return self.served.generator
+
+    def swap(self, served: ServedModel) -> None:
+        """Serve `served` from the next request on; requests admitted before finish on their own version
+        (they hold it), so nothing in flight is dropped. One assignment: no lock needed."""
+        self.served = served
+
     def stream(
         self,
         prepared: Prepared,
         cancel: threading.Event,
         on_text: Callable[[str], None] | None = None,
     ) -> Generation:
-        """One request's generation, in its turn (the engine returns at once for a request cancelled while
-        it waited). Only the generation itself holds the lock: the request was tokenised and its stopping
-        criteria built before (`prepare`)."""
-        with self.lock:
-            return self.generator.stream(
-                prepared.inputs,
-                prepared.options,
-                on_text=on_text,
-                cancel=cancel,
-                stop_criteria=prepared.stop_criteria,
-            )
+        """One request's generation, in its turn, possibly in a call with others (the engine returns at
+        once for a request cancelled while it waited). Only the generation itself holds the lock: the
+        request was tokenised and its stopping criteria built before (`prepare`)."""
+        turn = _Turn(prepared, cancel, on_text)
+        with self._pending_lock:
+            self._pending.append(turn)
+        while not turn.done.is_set():
+            with self.lock:
+                if not turn.done.is_set():  # else an earlier call took it along
+                    self._run(self._take())
+        if turn.error is not None:
+            raise turn.error
+        return turn.result
+
+    def _take(self) -> list[_Turn]:
+        """The oldest waiting request and those that can share its call, up to max_batch."""
+        self._gather()
+        with self._pending_lock:
+            first = self._pending[0]
+            key = first.key()
+            batch = [first] if key is None else [t for t in self._pending if t.key() == key][: self.max_batch]
+            self._pending = [t for t in self._pending if t not in batch]
+        return batch
+
+    def _gather(self) -> None:
+        """Requests admitted a moment ago are still being tokenised: wait for them (at most
+        gather_seconds) so that they join this call rather than wait for the whole of it. A request that
+        arrives alone waits for nothing."""
+        deadline = time.monotonic() + self.gather_seconds
+        while self.pending() < self.max_batch and self.admitted > self.pending() + self.generating:
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(GATHER_POLL_SECONDS)
+
+    def _run(self, batch: list[_Turn]) -> None:
+        self.generating = len(batch)
+        try:
+            generator = batch[0].prepared.served.generator
+            if len(batch) == 1:
+                [turn] = batch
+                prepared = turn.prepared
+                turn.result = generator.stream(
+                    prepared.inputs,
+                    prepared.options,
+                    on_text=turn.on_text,
+                    cancel=turn.cancel,
+                    stop_criteria=prepared.stop_criteria,
+                )
+            else:
+                requests = [
+                    StreamRequest(t.prepared.inputs, t.prepared.options, t.on_text, t.cancel) for t in batch
+                ]
+                for turn, result in zip(batch, generator.stream_batch(requests), strict=True):
+                    turn.result = result
+        except BaseException as exc:  # noqa: BLE001 (each request re-raises it in its own thread)
+            for turn in batch:
+                turn.error = exc
+        finally:
+            self.generating = 0
+            for turn in batch:
+                turn.done.set()
+
+
+@dataclass(eq=False)
+class _Turn:
+    """A request waiting for a `generate` call, and what the call left for it."""
+
+    prepared: Prepared
+    cancel: threading.Event
+    on_text: Callable[[str], None] | None
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Generation | None = None
+    error: BaseException | None = None
+
+    def key(self) -> tuple | None:
+        """Requests of equal keys can share a call; None: it runs alone."""
+        key = batch_key(self.prepared.options)
+        return None if key is None else (id(self.prepared.served), key)
 
 
 @dataclass(frozen=True)
 class Prepared:
     """An admitted request ready to generate: its tokens, options and stopping criteria."""
 
+    served: ServedModel  # the version it is answered by: the one served when it arrived
     inputs: Any
     options: GenerationOptions
     stop_criteria: Any
@@ -124,7 +215,11 @@ def prepare(served: ServedModel, messages: list[dict], options: GenerationOption
             "messages",
             "context_length_exceeded",
         )
-    return Prepared(inputs, options, served.generator.stop_criteria(options.stop, prompt_tokens))
+    if options.json_schema is not None:
+        # the constrained decoder's view of the vocabulary is built once, on first use (it decodes every
+        # token): here, so the first structured request does not build it while holding the model
+        served.generator.vocabulary  # noqa: B018
+    return Prepared(served, inputs, options, served.generator.stop_criteria(options.stop, prompt_tokens))
 
 
 def generation_options(request: ChatRequest, max_new_tokens: int) -> GenerationOptions:
@@ -134,6 +229,7 @@ def generation_options(request: ChatRequest, max_new_tokens: int) -> GenerationO
         top_p=request.top_p or 1.0,
         top_k=None,  # the model's own
         stop=tuple(request.stop_strings()),
+        json_schema=request.response_format.decoding_schema() if request.response_format else None,
     )
 
 
@@ -141,85 +237,53 @@ def generation_options(request: ChatRequest, max_new_tokens: int) -> GenerationO
 
 
 def create_app(config: FineflowConfig, served: ServedModel, capture: TrafficCapture | None) -> FastAPI:
-    """The HTTP app. Its lifespan starts the capture (recovering a crash's spool first) and, on a clean
-    shutdown, flushes and commits every captured record."""
+    """The HTTP app generating with `served` (`front.build_front`: lifespan, guard, key, errors, /metrics)."""
     settings = config.serve
-    queue = RequestQueue(served, settings.max_queued_requests)
-    api_key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
-    if settings.api_key_env and not api_key:
-        raise ServeModelError(f"serve.api_key_env names {settings.api_key_env!r}, which is not set or empty")
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if capture is not None:
-            recovered = await run_in_threadpool(capture.start)
-            if recovered:
-                log.info("traffic: committed records recovered from the spool as %s", recovered[:12])
-        try:
-            yield
-        finally:
-            if capture is not None:
-                try:
-                    commit = await run_in_threadpool(capture.close)
-                except StoreError as exc:
-                    # the store is down: the spool keeps every record, and the next start commits them
-                    log.warning("traffic: shutdown commit failed (%s); the next start commits the spool", exc)
-                else:
-                    log.info("traffic: shutdown commit %s", commit[:12] if commit else "(nothing to commit)")
-
-    # No /docs, /redoc or /openapi.json: they are unauthenticated, and an API reference is in the README.
-    app = FastAPI(title="fineflow", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    if settings.allowed_origins:  # the listed browser apps get CORS answers (preflights included)
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.allowed_origins,
-            allow_methods=["GET", "POST"],
-            allow_headers=["authorization", "content-type"],
-        )
-    app.add_middleware(RequestGuard, settings=settings)  # outermost: before CORS and the routes
+    queue = RequestQueue(
+        served, settings.max_queued_requests, settings.max_batch_size, settings.batch_gather_seconds
+    )
+    metrics = ServingMetrics(settings.metrics)
+    metrics.watch(queue.waiting, (lambda: capture.pending) if capture is not None else None)
+    metrics.serving(served.name, served.version, served.generator.base_model)
+    follower = _follower(config, queue, metrics)
+    front = build_front(
+        config,
+        capture,
+        metrics,
+        on_start=(lambda: follower.start(settings.follow_alias_poll_s)) if follower else None,
+        on_stop=(lambda: run_in_threadpool(follower.stop, settings.graceful_shutdown_seconds))
+        if follower
+        else None,
+    )
+    app, authorize = front.app, front.authorize
     app.state.queue = queue  # its lock and admission count, for tests that keep requests waiting
-
-    @app.exception_handler(APIError)
-    async def api_error(request: Request, exc: APIError) -> JSONResponse:
-        request_id = getattr(request.state, "request_id", _request_id())
-        log.info("request %s refused: %d %s", request_id, exc.status, exc.code or exc.type)
-        return exc.response(request_id)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return APIError(exc.status_code, str(exc.detail), None, None).response(_request_id())
-
-    @app.exception_handler(Exception)
-    async def server_error(request: Request, exc: Exception) -> JSONResponse:
-        request_id = getattr(request.state, "request_id", _request_id())
-        log.exception("request %s failed", request_id)
-        return APIError(500, "internal server error", None, None).response(request_id)
-
-    def authorize(request: Request) -> None:
-        if api_key is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), api_key.encode()):
-            raise APIError(
-                401, "missing or invalid API key (send Authorization: Bearer <key>)", None, "invalid_api_key"
-            )
+    app.state.follower = follower
 
     @app.get("/v1/models")
-    async def models(request: Request) -> dict:
+    async def models(request: Request) -> JSONResponse:
         authorize(request)
-        return {
+        served = queue.served
+        body: dict[str, Any] = {
             "object": "list",
             "data": [
                 {"id": model_id, "object": "model", "created": served.created, "owned_by": OWNER}
                 for model_id in served.ids
             ],
         }
+        if follower is not None:  # an extension field: OpenAI clients ignore it
+            failure = follower.failure
+            body["fineflow"] = {
+                "follows": follower.alias_ref,
+                "load_failure": dataclasses.asdict(failure) if failure is not None else None,
+            }
+        return JSONResponse(body, headers=_version_header(served))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         started = time.perf_counter()
-        request.state.request_id = request_id = _request_id()
+        request.state.request_id = request_id = new_request_id()
         authorize(request)
+        served = queue.served  # the version answering this request, even if another is swapped in meanwhile
         # Everything checked before the request queues is cheap: a flood costs parsing, not model time.
         chat = parse_chat_request(await read_body(request, settings.max_request_bytes), settings)
         if chat.model not in served.ids:
@@ -247,9 +311,9 @@ def create_app(config: FineflowConfig, served: ServedModel, capture: TrafficCapt
             raise
         if chat.stream:  # the generation thread releases the admission when it ends
             return StreamingResponse(
-                _stream(queue, capture, chat, prepared, request_id, started),
+                _stream(queue, capture, metrics, chat, prepared, request_id, started),
                 media_type="text/event-stream",
-                headers={"x-request-id": request_id, "cache-control": "no-cache"},
+                headers={"x-request-id": request_id, "cache-control": "no-cache", **_version_header(served)},
             )
         try:
             result = await _complete_while_connected(
@@ -260,6 +324,7 @@ def create_app(config: FineflowConfig, served: ServedModel, capture: TrafficCapt
         if result is None:
             raise APIError(499, "the client closed the request; generation cancelled", None, "client_closed")
         latency = time.perf_counter() - started
+        metrics.answered(result, started, started + latency)
         await _capture(capture, served, messages, result, latency)
         _log_done(request_id, result, latency)
         body = {
@@ -276,7 +341,7 @@ def create_app(config: FineflowConfig, served: ServedModel, capture: TrafficCapt
             ],
             "usage": _usage(result),
         }
-        return JSONResponse(body, headers={"x-request-id": request_id})
+        return JSONResponse(body, headers={"x-request-id": request_id, **_version_header(served)})
 
     return app
 
@@ -307,6 +372,7 @@ async def _complete_while_connected(
 def _stream(
     queue: RequestQueue,
     capture: TrafficCapture | None,
+    metrics: ServingMetrics,
     chat: ChatRequest,
     prepared: Prepared,
     request_id: str,
@@ -335,7 +401,7 @@ def _stream(
             "id": request_id,
             "object": "chat.completion.chunk",
             "created": int(time.time()),
-            "model": queue.served.ids[0],
+            "model": prepared.served.ids[0],
             "choices": choices,
             **extra,
         }
@@ -355,7 +421,8 @@ def _stream(
             if chat.stream_options and chat.stream_options.include_usage:
                 yield chunk(None, usage=_usage(result))  # OpenAI's usage chunk: no choices
             latency = time.perf_counter() - started
-            await _capture(capture, queue.served, chat.chat(), result, latency)
+            metrics.answered(result, started, started + latency)
+            await _capture(capture, prepared.served, chat.chat(), result, latency)
             _log_done(request_id, result, latency)
             completed = True
             yield "data: [DONE]\n\n"
@@ -418,5 +485,26 @@ def _log_done(request_id: str, result: Generation, latency: float) -> None:
     )
 
 
-def _request_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex}"
+def _version_header(served: ServedModel) -> dict[str, str]:
+    """`x-fineflow-model-version`: the registered version that answered ("" for a bare base model)."""
+    return {"x-fineflow-model-version": served.version}
+
+
+def _follower(config: FineflowConfig, queue: RequestQueue, metrics: ServingMetrics) -> AliasFollower | None:
+    """The follower of the alias the model was loaded as, when `serve.follow_alias_poll_s` asks for one."""
+    alias_ref = queue.served.alias_ref
+    if config.serve.follow_alias_poll_s <= 0 or alias_ref is None:
+        return None
+
+    def swap(served: ServedModel) -> None:
+        queue.swap(served)
+        metrics.serving(served.name, served.version, served.generator.base_model)
+        metrics.swaps.inc()
+
+    return AliasFollower(
+        config,
+        alias_ref,
+        current=lambda: queue.served,
+        swap=swap,
+        failed=lambda failure: metrics.load_failures.labels(failure.version).inc(),
+    )

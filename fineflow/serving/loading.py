@@ -26,6 +26,25 @@ class ServedModel:
     generator: Generator
     created: int = field(default_factory=lambda: int(time.time()))
 
+    @property
+    def name(self) -> str:
+        """The registered model's name, or the base model's when one is served bare."""
+        return ModelRef.parse(self.ids[0]).name if self._registered else self.ids[0]
+
+    @property
+    def version(self) -> str:
+        """The registered version number served; "" for a base model served bare."""
+        return ModelRef.parse(self.ids[0]).version if self._registered else ""
+
+    @property
+    def alias_ref(self) -> str | None:
+        """The `name@alias` it was loaded as; None for a version or a base model (nothing to follow)."""
+        return next((i for i in self.ids[1:] if "@" in i), None)
+
+    @property
+    def _registered(self) -> bool:
+        return ModelRef.is_ref(self.ids[0]) and ModelRef.parse(self.ids[0]).version is not None
+
 
 def is_registry_ref(ref: str) -> bool:
     """A model reference (any `...@...`, or `name/<version number>`), and not a local directory of that
@@ -53,10 +72,23 @@ def load_served_model(config: FineflowConfig, ref: str | None = None) -> ServedM
             return ServedModel([ref], load_generator(ref, None, model_cache, precision))
         except (ModelNotFoundError, OSError) as exc:
             raise ServeModelError(f"cannot serve base model {ref!r}: {exc}") from exc
-    found = registered_version(config, ref)
+    return load_registered(config, registered_version(config, ref), ref)
+
+
+def load_registered(config: FineflowConfig, found: RegisteredVersion, ref: str) -> ServedModel:
+    """The resolved version `found` loaded (adapter from the cache, merged into its base model); `ref`, when
+    it is an alias reference, is one of its ids."""
+    from fineflow.models.engine import load_generator
+
     adapter = download_adapter(config, found.name, found.version)
     ids = [f"{found.name}/{found.version}", *([ref] if "@" in ref else [])]
-    return ServedModel(ids, load_generator(found.tags["base_model"], str(adapter), model_cache, precision))
+    generator = load_generator(
+        found.tags["base_model"],
+        str(adapter),
+        config.data_dir / "models",
+        config.base_model.inference_precision,
+    )
+    return ServedModel(ids, generator)
 
 
 def registered_version(config: FineflowConfig, ref: str) -> RegisteredVersion:

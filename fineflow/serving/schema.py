@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fineflow.config import FineflowConfig, ServeConfig
 
@@ -84,6 +84,36 @@ class StreamOptions(_Checked):
     include_usage: bool = False
 
 
+class JsonSchemaSpec(_Checked):
+    """`response_format.json_schema`: OpenAI's named schema. `strict` is accepted either way: the answer is
+    decoded under the schema (the engine's constrained decoder), which is what strict asks for."""
+
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")  # OpenAI's rule for the name
+    description: str | None = None
+    json_schema: dict[str, Any] = Field(alias="schema")  # `schema` would shadow pydantic's own attribute
+    strict: bool | None = None
+
+
+class ResponseFormat(_Checked):
+    """`response_format`: `text` (the default: free text), `json_object` (any JSON object) or `json_schema`
+    (JSON of the given schema)."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaSpec | None = None
+
+    @model_validator(mode="after")
+    def _schema_iff_json_schema(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is required with type 'json_schema', and only with it")
+        return self
+
+    def decoding_schema(self) -> dict[str, Any] | None:
+        """The JSON schema the answer is decoded under, or None for free text."""
+        if self.type == "json_object":
+            return {"type": "object"}
+        return self.json_schema.json_schema if self.json_schema is not None else None
+
+
 class ChatRequest(_Checked):
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
@@ -94,6 +124,7 @@ class ChatRequest(_Checked):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
+    response_format: ResponseFormat | None = None
     n: Literal[1] | None = None  # one choice per request
     logprobs: Literal[False] | None = None
     presence_penalty: float | None = None  # 0 only (NO_OP_VALUES)
@@ -147,6 +178,7 @@ def parse_chat_request(body: bytes, settings: ServeConfig) -> ChatRequest:
                 name,
                 "unsupported_parameter",
             )
+    _check_content_parts(raw)
     try:
         chat = ChatRequest.model_validate(raw)
     except ValidationError as exc:
@@ -159,12 +191,48 @@ def parse_chat_request(body: bytes, settings: ServeConfig) -> ChatRequest:
         # the message only: pydantic's `input` would echo request content into the error (and its log)
         raise APIError(400, f"{where}: {first['msg']}", where, "invalid_value") from None
     check_stop(chat, settings)
+    check_response_format(chat)
     return chat
 
 
 def _is_no_op(value, allowed: tuple) -> bool:
     # 0 == 0.0 is the same setting, but False == 0 is not (a boolean is not a penalty)
     return any(value == a and isinstance(value, bool) == isinstance(a, bool) for a in allowed)
+
+
+def _check_content_parts(raw: dict) -> None:
+    """Content given as parts may hold text parts only: an image, audio or file part is refused naming its
+    type (a text model would answer as if it had not been sent). Malformed messages are left to the
+    schema, which names what is wrong with them."""
+    messages = raw.get("messages")
+    for i, message in enumerate(messages if isinstance(messages, list) else []):
+        parts = message.get("content") if isinstance(message, dict) else None
+        for j, part in enumerate(parts if isinstance(parts, list) else []):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if isinstance(kind, str) and kind != "text":
+                where = f"messages.{i}.content.{j}.type"
+                raise APIError(
+                    400,
+                    f"{where}: content part type {kind[:40]!r} is not supported by this server (text only)",
+                    where,
+                    "unsupported_content_part",
+                )
+
+
+def check_response_format(chat: ChatRequest) -> None:
+    """A `json_schema` response format must hold a valid JSON Schema that the constrained decoder can
+    follow; checked here, before the request queues, so a bad schema is a 400 naming it, not a 500 once
+    the model is busy with it."""
+    from fineflow.models.constrained import UnsupportedSchemaError, check_schema
+
+    schema = chat.response_format.decoding_schema() if chat.response_format else None
+    if schema is None:
+        return
+    try:
+        check_schema(schema)
+    except UnsupportedSchemaError as exc:
+        where = "response_format.json_schema.schema"
+        raise APIError(400, f"{where}: {exc}", where, "invalid_value") from None
 
 
 def _check_unicode(raw: dict) -> None:
