@@ -102,7 +102,7 @@ def test_fine_tune_logging_registration_and_lookup(config, tiny_model, tmp_path)
     tracker.log_config_file(config_file)
     with ThreadPoolExecutor(1) as pool:
         model_uri = pool.submit(
-            tracker.log_adapter_model, adapter, str(base), tmp_path / "models", 4, 8
+            tracker.log_adapter_model, adapter, str(base), "fp32", tmp_path / "models", 4, 8
         ).result()
     version = tracker.register(
         model_uri, {**LINEAGE, "mlflow_run_id": run_id}, config.registry.challenger_alias
@@ -120,6 +120,7 @@ def test_fine_tune_logging_registration_and_lookup(config, tiny_model, tmp_path)
         "lora.r": "4",
         "lora.target_modules": '["q_proj", "v_proj"]',
         "base_model": str(base),
+        "precision": "fp32",
         "model_cache": str(tmp_path / "models"),
         "max_new_tokens": "4",
         "batch_size": "8",

@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import typing
 from pathlib import Path
 
 import pytest
@@ -422,8 +423,14 @@ def test_ctrl_c_cancels_the_job_and_goes_on(tmp_path):
         return JobStatus("RUNNING")
 
     sky = FakeSky(tmp_path / "bucket", ["RUNNING", ctrl_c, "RUNNING"], job_id=12)
-    with pytest.raises(KeyboardInterrupt):
-        run_on_skypilot(spec, sky_config(), lambda line: None, sdk=sky)
+    # Python's own handler, as in a terminal: a shell starting the suite in the background (`make test &`)
+    # hands it SIGINT ignored, and the job would then poll on forever.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_on_skypilot(spec, sky_config(), lambda line: None, sdk=sky)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert sky.called("cancel") == [("cancel", 12)]
     assert not sky.called("sync_down")
 
@@ -505,8 +512,12 @@ def test_the_spec_file_round_trips_to_the_same_spec(tmp_path):
     assert uploaded_spec(build_task(spec, sky_config(bucket=BUCKET))).output_dir == "/outputs/run42"
 
 
-def non_default(value):
-    """A valid value other than `value`, of the same type (every knob must visibly travel)."""
+def non_default(value, annotation=None):
+    """A valid value other than `value`, of the same type (every knob must visibly travel); for a Literal
+    field, another of its allowed values."""
+    choices = [choice for choice in typing.get_args(annotation) if choice != value]
+    if typing.get_origin(annotation) is typing.Literal and choices:
+        return choices[0]
     if isinstance(value, bool):
         return not value
     if isinstance(value, int):
@@ -522,7 +533,12 @@ def test_every_lora_and_training_field_reaches_the_vm_through_the_spec_file(tmp_
     config = load_config()
     sections = {"lora": config.fine_tune.lora, "training": config.fine_tune.training}
     changed = {
-        name: section.model_copy(update={f: non_default(v) for f, v in section.model_dump().items()})
+        name: section.model_copy(
+            update={
+                f: non_default(v, type(section).model_fields[f].annotation)
+                for f, v in section.model_dump().items()
+            }
+        )
         for name, section in sections.items()
     }
     for name, section in changed.items():  # every field really differs from the default, and validates
