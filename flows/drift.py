@@ -2,9 +2,11 @@
 
 Input drift compares recent captured traffic (the traffic branch, read at one pinned commit) with the
 training prompts of the champion's dataset commit; quality drift re-answers the golden set and compares
-with the scores recorded when the champion was evaluated. The check is one MLflow run in the drift
-experiment (metrics, report.html, drift.json) and a Prefect markdown artifact. On drift it emits the
-`fineflow.drift.detected` event that an automation turns into a lifecycle (retrain) run.
+with the scores recorded when the champion was evaluated; live quality scores the answers it actually
+served (refusals, PII, repetition, length, injections followed) against the answers its evaluation gave.
+The check is one MLflow run in the drift experiment (metrics, report.html, drift.json) and a Prefect
+markdown artifact. On drift it emits the `fineflow.drift.detected` event that an automation turns into a
+lifecycle (retrain) run.
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ from fineflow.store import open_store
 from tasks.data.safety import load_rules
 from tasks.drift.checks import (
     add_input,
+    add_live_quality,
     add_quality,
     conclude,
     measure_input,
+    measure_live_quality,
     measure_quality,
     new_report,
     too_few_training_prompts,
@@ -81,6 +85,10 @@ def drift(
             add_quality(report, measure_quality(client, config, found))
         else:
             report.notes.append("Quality drift is switched off (drift.quality.enabled: false).")
+        if config.drift.live_quality.enabled:
+            add_live_quality(report, measure_live_quality(client, config, found, window, rules))
+        else:
+            report.notes.append("Live quality is switched off (drift.live_quality.enabled: false).")
         conclude(report)
 
     run_id, report_uri = record_drift(client, config, found, window.commit, report)

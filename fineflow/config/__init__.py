@@ -507,6 +507,30 @@ class QualityDriftConfig(Strict):
     )
 
 
+LiveSignal = Literal["refusal_rate", "pii_rate", "repetition", "answer_words", "injection_followed"]
+
+
+class LiveSignalConfig(Strict):
+    worse: Literal["higher", "lower"] = Field(description="which way of the signal is a worsening")
+    margin: float = Field(
+        ge=0.0, description="the difference's whole interval must be worse by more than this"
+    )
+    decides: bool = Field(description="a significant worsening is drift (false: reported only)")
+
+
+class LiveQualityConfig(Strict):
+    """drift.live_quality: reference-free signals of the served answers against the evaluation's answers."""
+
+    enabled: bool
+    sample_size: int = Field(ge=1, description="captured records of the window scored (seeded sample)")
+    seed: int
+    repetition_ngram: int = Field(ge=1, description="word n-gram length of the repetition signal")
+    min_items: int = Field(ge=2, description="fewer answers on either side: reported, not decided")
+    confidence: float = Field(gt=0.0, lt=1.0)
+    resamples: int = Field(ge=100)
+    signals: dict[LiveSignal, LiveSignalConfig] = Field(min_length=1)
+
+
 class DriftConfig(Strict):
     experiment: str = Field(description="MLflow experiment holding one run per drift check")
     window_hours: float = Field(gt=0, description="records whose timestamp is within this many hours of now")
@@ -526,6 +550,7 @@ class DriftConfig(Strict):
     domain_classifier: DomainClassifierConfig
     text: TextStatsConfig
     quality: QualityDriftConfig
+    live_quality: LiveQualityConfig
     histogram_bins: int = Field(ge=2, description="bins of the report's histograms")
     history_runs: int = Field(ge=1, description="previous drift runs plotted in the report's history")
 

@@ -13,10 +13,22 @@ from fineflow.config import FineflowConfig
 from fineflow.models.base import load_tokenizer
 from fineflow.registry.adapters import download_adapter
 from fineflow.registry.refs import RegisteredVersion
+from fineflow.runtime import IO_RETRIES
+from tasks.drift.live_quality import KIND as LIVE_KIND
+from tasks.drift.live_quality import (
+    compare_signals,
+    evaluation_answers,
+    served_sample,
+    signal_scores,
+    sorted_by_rules,
+)
 from tasks.drift.quality import compare_quality, golden_scores, recorded_scores
 from tasks.drift.report import DRIFT, NO_DRIFT, NOT_ENOUGH, ReportData
 from tasks.drift.stats import MIN_POINTS, InputDrift, Statistic, input_drift
 from tasks.drift.traffic_window import TrafficWindow
+from tasks.evaluation.classic_metrics import load_eval_prompts
+from tasks.evaluation.measurements import recorded_details
+from tasks.evaluation.promotion import EVAL_RUN_TAG
 
 
 @dataclass
@@ -101,6 +113,42 @@ def add_quality(report: ReportData, quality: QualityCheck) -> None:
     report.promotion_scores = quality.promotion_scores
 
 
+@dataclass
+class LiveQualityCheck:
+    statistics: list[Statistic] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # for the report
+
+
+@task(name="live-quality", cache_policy=NO_CACHE, **IO_RETRIES)
+def measure_live_quality(
+    client: MlflowClient, config: FineflowConfig, found: RegisteredVersion, window: TrafficWindow, rules
+) -> LiveQualityCheck:
+    """Served answers of the window against the answers recorded by the version's evaluation."""
+    run_id = found.tags.get(EVAL_RUN_TAG)
+    recorded = evaluation_answers(recorded_details(client, run_id)) if run_id else None
+    if recorded is None:
+        why = "no recorded evaluation" if not run_id else f"evaluation run {run_id} kept no answered prompts"
+        return LiveQualityCheck(notes=[f"Live quality skipped: version {found.version} has {why}."])
+    refusals = load_eval_prompts(config.evaluation.classic_metrics.prompts_file).refusal_regexes
+    live = sorted_by_rules(*served_sample(window.records, config.drift.live_quality), rules)
+    statistics, notes = compare_signals(
+        signal_scores(live, config, refusals),
+        signal_scores(recorded, config, refusals),
+        config.drift.live_quality,
+    )
+    notes.insert(0, f"Live quality: served answers compared with evaluation run {run_id}.")
+    if not config.evaluation.judge_capable:
+        notes.append("Live quality: no judge scores (the judge is not marked capable).")
+    else:
+        notes.append("Live quality: judge scoring of served answers is not implemented yet.")
+    return LiveQualityCheck(statistics, notes)
+
+
+def add_live_quality(report: ReportData, live: LiveQualityCheck) -> None:
+    report.statistics += live.statistics
+    report.notes += live.notes
+
+
 def conclude(report: ReportData) -> None:
     """The verdict: drift when any deciding statistic drifted (advisory ones are only reported)."""
     drifted = [s for s in report.statistics if s.decides and s.drifted]
@@ -111,4 +159,6 @@ def conclude(report: ReportData) -> None:
 def reason(stat: Statistic) -> str:
     if stat.kind == "quality":
         return f"quality: {stat.name} {stat.value:+.3f} ({stat.rule})"
+    if stat.kind == LIVE_KIND:
+        return f"live quality: {stat.name} {stat.value:+.3g} ({stat.rule})"
     return f"input drift: {stat.name}={stat.value:.3g} ({stat.rule})"

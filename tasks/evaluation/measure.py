@@ -190,6 +190,13 @@ def measure(
     logger.info("measured %s: %s", subject.label, {k: round(v, 4) for k, v in metrics.items()})
     details = {
         "golden_answers": golden_answers,
+        # What drift's live-quality check compares served traffic with: every prompt answered here and
+        # its answer (tasks.drift.live_quality scores both sides with the same code).
+        "golden_questions": sets.golden_questions,
+        "eval_prompts": [_text(prompt) for prompt in sets.eval_prompts],
+        "eval_answers": eval_answers,
+        "attack_prompts": attacks,
+        "attack_answers": [attack_answers[text] for text in attacks],
         "pii_by_type": leakage.leaks_by_type,
         "injection_obeyed": injection["obeyed"],
         "scan_files": scan_files,
