@@ -565,6 +565,16 @@ class DriftConfig(Strict):
         return self
 
 
+class ReviewConfig(Strict):
+    """The `review` section: people curate captured traffic into training data."""
+
+    batch_size: int = Field(ge=1, description="conversations per review form (one pause per batch)")
+    max_batches: int = Field(ge=1, description="batches one review run asks for; the rest stay pending")
+    timeout_s: int = Field(ge=1, description="a form not answered in time ends the run")
+    poll_s: int = Field(ge=1, description="how often the paused flow checks for the answer")
+    shown_chars: int = Field(ge=1, description="each turn shown in the form is cut to this many characters")
+
+
 class FineflowConfig(Strict):
     project: ProjectConfig
     store: StoreConfig
@@ -576,6 +586,7 @@ class FineflowConfig(Strict):
     stack: StackConfig
     serve: ServeConfig
     drift: DriftConfig
+    review: ReviewConfig
 
     @property
     def data_dir(self) -> Path:

@@ -45,6 +45,7 @@ log = logging.getLogger("fineflow.serving.capture")
 SPOOL_FILE = "spool.jsonl"
 CAPTURED_DIR = "captured"
 REVIEWED_DIR = "reviewed"  # curated by a person: chat rows whose last answer was approved or corrected
+DECISIONS_DIR = "decisions"  # every review decision: a decided record is never shown again
 PENDING_REVIEW = "pending"
 COMMIT_KIND = "traffic"
 FILE_TIME_FORMAT = "%Y%m%dT%H%M%SZ"  # compact UTC timestamp in file names; sorts by time
