@@ -1,8 +1,8 @@
 """Drift detection on synthetic traffic written to the traffic branch in serving's capture format.
 
 The champion is a registered model version carrying the lineage tags drift reads (dataset commit, base
-model); the flow tests switch the quality check off (it would need an adapter and a recorded evaluation),
-and the quality comparison is tested on its own. The embedding model is the real packaged MiniLM.
+model); the flow tests switch the canary off (it would need an adapter and a recorded evaluation), and
+the canary's comparisons are tested on their own. The embedding model is the real packaged MiniLM.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 from fineflow.config import load_config
 from fineflow.serving import capture as traffic
 from fineflow.store import open_store
-from tasks.drift.quality import compare_quality
+from tasks.drift.canary import changed_answers, compare_scores
 from tasks.drift.stats import mmd_permutation_test, split_reference
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -65,17 +65,28 @@ def test_the_reference_split_keeps_a_prompt_on_each_side_whatever_the_fraction()
         split_reference(["only one"], 0.3, seed=0)
 
 
-def test_quality_comparison_flags_a_drop_beyond_tolerance_only():
+def test_canary_scores_flag_a_drop_beyond_tolerance_only():
     recorded = {"rouge_l": 0.50, "token_f1": 0.40, "exact_match": 0.1}
     current = {"rouge_l": 0.41, "token_f1": 0.39, "exact_match": 0.0}
-    stats = {s.name: s for s in compare_quality(current, recorded, {"rouge_l": 0.05, "token_f1": 0.05})}
-    assert set(stats) == {"quality_rouge_l_delta", "quality_token_f1_delta"}  # exact_match has no tolerance
-    assert stats["quality_rouge_l_delta"].drifted and stats["quality_rouge_l_delta"].value == pytest.approx(
+    stats = {s.name: s for s in compare_scores(current, recorded, {"rouge_l": 0.05, "token_f1": 0.05})}
+    assert set(stats) == {"canary_rouge_l_delta", "canary_token_f1_delta"}  # exact_match has no tolerance
+    assert stats["canary_rouge_l_delta"].drifted and stats["canary_rouge_l_delta"].value == pytest.approx(
         -0.09
     )
-    assert not stats["quality_token_f1_delta"].drifted
-    assert compare_quality({"rouge_l": 0.9}, {"rouge_l": 0.5}, {"rouge_l": 0.05})[0].drifted is False
-    assert compare_quality({}, recorded, {"rouge_l": 0.05}) == []  # nothing to compare
+    assert not stats["canary_token_f1_delta"].drifted
+    assert compare_scores({"rouge_l": 0.9}, {"rouge_l": 0.5}, {"rouge_l": 0.05})[0].drifted is False
+    assert compare_scores({}, recorded, {"rouge_l": 0.05}) == []  # nothing to compare
+
+
+def test_canary_counts_golden_answers_that_changed_since_promotion():
+    settings = load_config().drift.canary
+    same = changed_answers(["a", "b", "c", "d"], ["a", "b", "c", "d"], settings)
+    assert same.value == 0.0 and not same.drifted and same.kind == "canary"
+    one = changed_answers(["a", "b", "c", "x"], ["a", "b", "c", "d"], settings)
+    assert one.value == 0.25 and one.drifted == (settings.max_changed_share < 0.25)
+    assert "1 of 4 golden answers differ" in one.detail
+    resized = changed_answers(["a"], ["a", "b"], settings)
+    assert resized.value == 1.0 and resized.drifted and "golden set has 1 items now" in resized.detail
 
 
 # ------------------------------------------------------------------------------------------- flow tests
@@ -126,7 +137,7 @@ def register_champion(tmp_path, tiny_model_dir, lineage: dict[str, str]) -> dict
     """A registered version with the given lineage tags, aliased champion, and the flow tests' overrides."""
     overrides = {
         "base_model.name": str(tiny_model_dir),
-        "drift.quality.enabled": False,
+        "drift.canary.enabled": False,
         "drift.min_traffic": 20,
         "drift.train_sample": 200,
         "drift.mmd.permutations": 200,
@@ -200,7 +211,7 @@ def test_same_distribution_then_shifted_then_injection(prefect_api, champion):
     assert any(reason.startswith("input drift: mmd_p_value") for reason in shifted.reasons)
     assert shifted.event_emitted
 
-    [event] = _drift_events(started, wait_s=60)
+    [event] = _drift_events(started, wait_s=60, run_id=shifted.mlflow_run_id)  # this check's, no other
     assert event.resource["prefect.resource.id"] == f"fineflow.model.{config.registry.model_name}"
     assert event.resource["model.name"] == config.registry.model_name
     assert event.resource["model.version"] == champion["version"]
@@ -318,7 +329,7 @@ def test_no_champion_and_no_traffic_branch_are_clear_errors(prefect_api, publish
 
     publish_splits({"train": []})
     with pytest.raises(ModelRefError, match="champion"):
-        drift.fn(overrides={"drift.quality.enabled": False})
+        drift.fn(overrides={"drift.canary.enabled": False})
     config = load_config()
     with pytest.raises(TrafficError, match="no traffic branch"):
         read_traffic_window(open_store(config), config, datetime.now(UTC))

@@ -153,11 +153,16 @@ def test_tracking_call_failing_once_is_retried(prefect_api, lifecycle_overrides,
     assert len(client.search_model_versions(f"name = '{config.registry.model_name}'")) == 1
 
 
-def test_drift_quality_check_re_measures_the_promoted_champion(prefect_api, lifecycle_overrides):
-    """Quality drift on a real champion: the golden set answered again, greedy, by the champion the
-    lifecycle promoted gives the scores its evaluation recorded, so no quality drift."""
+def test_the_canary_fires_when_the_served_weights_change(prefect_api, lifecycle_overrides):
+    """The canary on a real champion: unchanged, it re-answers the golden set word for word as its
+    evaluation did; once the adapter in the shared cache is corrupted (what a bad copy, a library that
+    loads it differently or a swapped file would do), its answers change and the canary fires."""
     from datetime import UTC, datetime
 
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from fineflow.registry.adapters import ADAPTER_PATH, adapter_cache_dir
     from fineflow.serving import capture as traffic
     from flows.drift import drift
     from flows.lifecycle import lifecycle
@@ -178,9 +183,23 @@ def test_drift_quality_check_re_measures_the_promoted_champion(prefect_api, life
     traffic.ensure_traffic_branch(store, config)
     traffic.write_captured(store, config, records, datetime.now(UTC))
     traffic.commit_captured(store, config, len(records))
+    overrides = {**lifecycle_overrides, "drift.min_traffic": 3, "drift.train_sample": 20}
 
-    result = drift(overrides={**lifecycle_overrides, "drift.min_traffic": 3, "drift.train_sample": 20})
-    assert result.version == champion
-    quality = {s.name: s for s in result.statistics if s.kind == "quality"}
-    assert set(quality) == {f"quality_{metric}_delta" for metric in config.drift.quality.max_drop}
-    assert all(abs(s.value) < 1e-9 and not s.drifted for s in quality.values()), quality
+    healthy = drift(overrides=overrides)
+    assert healthy.version == champion
+    canary = {s.name: s for s in healthy.statistics if s.kind == "canary"}
+    expected = {"canary_changed_answers"} | {f"canary_{m}_delta" for m in config.drift.canary.max_drop}
+    assert set(canary) == expected
+    assert not any(s.drifted for s in canary.values()), canary
+
+    weights = adapter_cache_dir(config) / config.registry.model_name / champion
+    weights = weights.joinpath(*ADAPTER_PATH) / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    generator = torch.Generator().manual_seed(0)
+    save_file({k: torch.randn(v.shape, generator=generator) for k, v in tensors.items()}, weights)
+
+    corrupted = drift(overrides=overrides)
+    canary = {s.name: s for s in corrupted.statistics if s.kind == "canary"}
+    assert canary["canary_changed_answers"].drifted and canary["canary_changed_answers"].value > 0.5
+    assert corrupted.verdict == "drift"
+    assert any(reason.startswith("canary: canary_changed_answers") for reason in corrupted.reasons)

@@ -500,8 +500,13 @@ class TextStatsConfig(Strict):
     max_harmful_share: float = Field(ge=0.0, le=1.0, description="prompts flagged harmful")
 
 
-class QualityDriftConfig(Strict):
+class CanaryConfig(Strict):
+    """drift.canary: the serving stack's canary, the golden set re-answered as at promotion."""
+
     enabled: bool = Field(description="re-answer the golden set with the champion (costs model time)")
+    max_changed_share: float = Field(
+        ge=0.0, le=1.0, description="share of golden answers that may differ from promotion's"
+    )
     max_drop: dict[str, float] = Field(
         min_length=1, description="golden metric -> largest allowed drop from its promotion-time value"
     )
@@ -549,7 +554,7 @@ class DriftConfig(Strict):
     mmd: MMDConfig
     domain_classifier: DomainClassifierConfig
     text: TextStatsConfig
-    quality: QualityDriftConfig
+    canary: CanaryConfig
     live_quality: LiveQualityConfig
     histogram_bins: int = Field(ge=2, description="bins of the report's histograms")
     history_runs: int = Field(ge=1, description="previous drift runs plotted in the report's history")

@@ -1,5 +1,6 @@
 """The drift checks of one champion: whether there is enough data to judge, input drift against its
-training prompts, quality drift against its recorded evaluation, and the verdict they give."""
+training prompts, the canary and live quality against its recorded evaluation, and the verdict they
+give."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from fineflow.models.base import load_tokenizer
 from fineflow.registry.adapters import download_adapter
 from fineflow.registry.refs import RegisteredVersion
 from fineflow.runtime import IO_RETRIES
+from tasks.drift.canary import KIND as CANARY_KIND
+from tasks.drift.canary import canary_statistics, golden_answers, recorded_golden
 from tasks.drift.live_quality import KIND as LIVE_KIND
 from tasks.drift.live_quality import (
     compare_signals,
@@ -22,7 +25,6 @@ from tasks.drift.live_quality import (
     signal_scores,
     sorted_by_rules,
 )
-from tasks.drift.quality import compare_quality, golden_scores, recorded_scores
 from tasks.drift.report import DRIFT, NO_DRIFT, NOT_ENOUGH, ReportData
 from tasks.drift.stats import MIN_POINTS, InputDrift, Statistic, input_drift
 from tasks.drift.traffic_window import TrafficWindow
@@ -32,7 +34,7 @@ from tasks.evaluation.promotion import EVAL_RUN_TAG
 
 
 @dataclass
-class QualityCheck:
+class CanaryCheck:
     statistics: list[Statistic] = field(default_factory=list)
     note: str | None = None  # for the report
     promotion_scores: dict[str, float] = field(default_factory=dict)  # golden scores at promotion
@@ -84,18 +86,19 @@ def measure_input(
     return input_drift(traffic, training, tokenizer, rules, config.drift)
 
 
-@task(name="quality-drift", cache_policy=NO_CACHE)
-def measure_quality(client: MlflowClient, config: FineflowConfig, found: RegisteredVersion) -> QualityCheck:
-    """The golden set answered again, compared with the scores recorded when the version was evaluated."""
-    recorded = recorded_scores(client, found.tags, list(config.drift.quality.max_drop))
+@task(name="canary", cache_policy=NO_CACHE)
+def measure_canary(client: MlflowClient, config: FineflowConfig, found: RegisteredVersion) -> CanaryCheck:
+    """The golden set answered again, compared with the answers and scores recorded when the version was
+    evaluated for promotion."""
+    recorded = recorded_golden(client, found.tags, list(config.drift.canary.max_drop))
     if recorded is None:
         skipped = f"version {found.version} has no recorded evaluation (no gates.eval_run)"
-        return QualityCheck(note=f"Quality drift skipped: {skipped}.")
+        return CanaryCheck(note=f"Canary skipped: {skipped}.")
     adapter = download_adapter(config, found.name, found.version)
-    current = golden_scores(config, found.tags["base_model"], str(adapter))
-    return QualityCheck(
-        statistics=compare_quality(current, recorded.metrics, config.drift.quality.max_drop),
-        note=f"Quality compared with evaluation run {recorded.run_id} (the scores recorded for promotion).",
+    answers, references = golden_answers(config, found.tags["base_model"], str(adapter))
+    return CanaryCheck(
+        statistics=canary_statistics(answers, references, recorded, config),
+        note=f"Canary: golden answers compared with evaluation run {recorded.run_id} (at promotion).",
         promotion_scores=recorded.metrics,
     )
 
@@ -106,11 +109,11 @@ def add_input(report: ReportData, measured: InputDrift) -> None:
     report.lengths = measured.lengths
 
 
-def add_quality(report: ReportData, quality: QualityCheck) -> None:
-    report.statistics += quality.statistics
-    if quality.note:
-        report.notes.append(quality.note)
-    report.promotion_scores = quality.promotion_scores
+def add_canary(report: ReportData, canary: CanaryCheck) -> None:
+    report.statistics += canary.statistics
+    if canary.note:
+        report.notes.append(canary.note)
+    report.promotion_scores = canary.promotion_scores
 
 
 @dataclass
@@ -157,8 +160,8 @@ def conclude(report: ReportData) -> None:
 
 
 def reason(stat: Statistic) -> str:
-    if stat.kind == "quality":
-        return f"quality: {stat.name} {stat.value:+.3f} ({stat.rule})"
+    if stat.kind == CANARY_KIND:
+        return f"canary: {stat.name} {stat.value:+.3f} ({stat.rule})"
     if stat.kind == LIVE_KIND:
         return f"live quality: {stat.name} {stat.value:+.3g} ({stat.rule})"
     return f"input drift: {stat.name}={stat.value:.3g} ({stat.rule})"
