@@ -75,18 +75,36 @@ def test_lifecycle_end_to_end_cached_rerun_and_changed_stage(prefect_api, lifecy
     assert (changed.dataset_commit, changed.version) == (first.dataset_commit, first.version)
     assert not changed.trained and changed.evaluation_run != first.evaluation_run
 
-    # The drift automation's run: reviewed traffic at a traffic-branch commit joins the training data.
-    traffic_commit = _reviewed_traffic(config, rows=3)
+    # The drift automation's run: reviewed traffic at a traffic-branch commit joins the training data,
+    # less the drifted slice held out of it (a seeded hash of each prompt decides its side).
+    from tasks.review.slices import held_out
+
+    traffic_commit = _reviewed_traffic(config, rows=10)
     retrain = lifecycle(config=config, traffic_commit=traffic_commit, reason="drift detected")
     assert retrain.dataset_commit != first.dataset_commit and retrain.trained
     store = open_store(config)
     report = json.loads(store.read(config.store.repo, retrain.dataset_commit, "prepared/report.json"))
     before = json.loads(store.read(config.store.repo, first.dataset_commit, "prepared/report.json"))
-    assert (
-        f"lakefs://{config.store.repo}/{traffic_commit}/traffic/reviewed/batch-1.jsonl"
-        in report["lineage"]["inputs"]
-    )
-    assert report["counts"]["rows_in"] == before["counts"]["rows_in"] + 3
+    [reviewed] = [uri for uri in report["lineage"]["inputs"].split() if "/traffic/" in uri]
+    assert reviewed.endswith(f"/traffic/slices/{traffic_commit}/train.jsonl")
+    review = config.review
+    prompts = [_reviewed_prompt(i) for i in range(10)]
+    kept_out = [
+        p for p in prompts if held_out(_reviewed_row(p), review.holdout_fraction, review.holdout_seed)
+    ]
+    assert 0 < len(kept_out) < len(prompts)
+    assert report["counts"]["rows_in"] == before["counts"]["rows_in"] + len(prompts) - len(kept_out)
+    trained = store.read(config.store.repo, retrain.dataset_commit, "prepared/train.jsonl").decode()
+    assert not any(prompt in trained for prompt in kept_out)  # the drifted slice is never trained on
+
+
+def _reviewed_prompt(i: int) -> str:
+    return f"Can the Nimbus run schedule number {i} on weekends only?"
+
+
+def _reviewed_row(prompt: str) -> dict:
+    answer = "Yes: in Schedules, edit the schedule and untick Monday to Friday."
+    return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]}
 
 
 def _reviewed_traffic(config, rows: int) -> str:
@@ -94,18 +112,7 @@ def _reviewed_traffic(config, rows: int) -> str:
     store = open_store(config)
     branch = config.serve.traffic.branch
     store.create_branch(config.store.repo, branch, config.store.main_branch, exist_ok=True)
-    reviewed = [
-        {
-            "messages": [
-                {"role": "user", "content": f"Can the Nimbus run schedule number {i} on weekends only?"},
-                {
-                    "role": "assistant",
-                    "content": f"Yes: in Schedules, edit schedule {i} and untick Monday to Friday.",
-                },
-            ]
-        }
-        for i in range(rows)
-    ]
+    reviewed = [_reviewed_row(_reviewed_prompt(i)) for i in range(rows)]
     data = "".join(json.dumps(row) + "\n" for row in reviewed).encode()
     store.write(config.store.repo, branch, f"{config.serve.traffic.prefix}/reviewed/batch-1.jsonl", data)
     return store.commit(config.store.repo, branch, "reviewed traffic")
@@ -203,3 +210,51 @@ def test_the_canary_fires_when_the_served_weights_change(prefect_api, lifecycle_
     assert canary["canary_changed_answers"].drifted and canary["canary_changed_answers"].value > 0.5
     assert corrupted.verdict == "drift"
     assert any(reason.startswith("canary: canary_changed_answers") for reason in corrupted.reasons)
+
+
+DRIFTED_GATE = """
+  - {metric: drifted_rouge_l, direction: higher, threshold: null, max_regression: null, min_improvement: 0.0,
+     blocking: true, when_measured: true}
+"""
+
+
+def test_a_drift_retrain_holds_out_its_drifted_slice_and_is_gated_on_it(prefect_api, lifecycle_overrides):
+    """Reviewed traffic at a traffic commit (what the drift automation passes): the retrain trains on it
+    less a held-out drifted slice, and the new version and the champion are both measured on that slice;
+    its gate decides pair by pair (5 held-out prompts are no evidence at min_items 30: not promoted)."""
+    from flows.lifecycle import lifecycle
+    from tasks.evaluation.measurements import recorded_details
+    from tasks.evaluation.promotion import BASELINE_RUN_TAG
+    from tasks.review.slices import held_out
+
+    gates_file = lifecycle_overrides["evaluation.gates_file"]
+    with open(gates_file, "a") as handle:
+        handle.write(DRIFTED_GATE)
+    config = load_config(overrides=lifecycle_overrides)
+    first = lifecycle(config=config)
+    [weekly] = [g for g in first.gates if g.metric == "drifted_rouge_l"]
+    assert weekly.passed and "not applicable" in weekly.reason  # no slice: the gate does not apply
+
+    traffic_commit = _reviewed_traffic(config, rows=10)
+    retrain = lifecycle(config=config, traffic_commit=traffic_commit, reason="drift detected")
+    assert retrain.trained and retrain.version != first.version
+    review = config.review
+    kept_out = [
+        p
+        for p in (_reviewed_prompt(i) for i in range(10))
+        if held_out(_reviewed_row(p), review.holdout_fraction, review.holdout_seed)
+    ]
+    store = open_store(config)
+    trained = store.read(config.store.repo, retrain.dataset_commit, "prepared/train.jsonl").decode()
+    assert kept_out and not any(prompt in trained for prompt in kept_out)
+
+    client = MlflowClient(tracking_uri(config))
+    baseline_run = client.get_model_version(config.registry.model_name, retrain.version).tags[
+        BASELINE_RUN_TAG
+    ]
+    for run_id in (retrain.evaluation_run, baseline_run):
+        items = recorded_details(client, run_id)["item_scores"]["drifted_rouge_l"]
+        assert len(items) == len(kept_out)
+    [drifted] = [g for g in retrain.gates if g.metric == "drifted_rouge_l"]
+    assert drifted.n == len(kept_out) and not drifted.passed and "not enough evidence" in drifted.reason
+    assert not retrain.promoted and retrain.champion == first.version

@@ -198,3 +198,51 @@ def test_cli_lists_pending_and_records_decisions_from_a_jsonl_file(publish_split
     path.write_text(json.dumps([{"id": ids[2], "decision": "correct"}]))
     incomplete = CliRunner().invoke(app, ["traffic", "review", "--decisions", str(path), "--reviewer", "bob"])
     assert incomplete.exit_code == 2 and "a correction needs corrected_answer" in incomplete.output
+
+
+def test_reviewed_rows_are_split_before_training_and_the_slice_stays_put(publish_splits):
+    """A retrain trains on the reviewed rows outside the held-out drifted slice; a prompt's side is fixed
+    by the seed, so rows reviewed later never move an earlier prompt across the split."""
+    from tasks.review.slices import held_out, split_reviewed
+
+    publish_splits({"train": []})
+    config = load_config(overrides={"review.holdout_fraction": 0.3})
+    store, repo, branch = open_store(config), config.store.repo, config.serve.traffic.branch
+    traffic.ensure_traffic_branch(store, config)
+
+    def review(names: range) -> str:
+        rows = [
+            {
+                "messages": [
+                    {"role": "user", "content": f"question {i}"},
+                    {"role": "assistant", "content": "a"},
+                ]
+            }
+            for i in names
+        ]
+        path = f"{config.serve.traffic.prefix}/reviewed/batch-{names.start}.jsonl"
+        store.write(repo, branch, path, "".join(json.dumps(row) + "\n" for row in rows).encode())
+        return store.commit(repo, branch, "reviewed")
+
+    def read(uri: str | None) -> set[str]:
+        if uri is None:
+            return set()
+        _, ref, path = uri.removeprefix("lakefs://").split("/", 2)
+        return {
+            json.loads(line)["messages"][0]["content"] for line in store.read(repo, ref, path).splitlines()
+        }
+
+    first = split_reviewed(store, config, review(range(0, 40)))
+    train, holdout = read(first.train_uri), read(first.holdout_uri)
+    assert len(train) + len(holdout) == 40 and not train & holdout
+    assert 0 < len(holdout) < 40 and (first.train_rows, first.holdout_rows) == (len(train), len(holdout))
+    settings = config.review
+    assert holdout == {
+        f"question {i}"
+        for i in range(40)
+        if held_out({"messages": [{"role": "user", "content": f"question {i}"}]}, 0.3, settings.holdout_seed)
+    }
+    later = split_reviewed(store, config, review(range(40, 60)))
+    assert holdout <= read(later.holdout_uri) and train <= read(later.train_uri)  # nothing moved sides
+    [meta] = [c.metadata for c in store.log(repo, branch, limit=1)]
+    assert meta["kind"] == "reviewed-split" and meta["holdout_fraction"] == "0.3"

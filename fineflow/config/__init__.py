@@ -578,6 +578,10 @@ class ReviewConfig(Strict):
     timeout_s: int = Field(ge=1, description="a form not answered in time ends the run")
     poll_s: int = Field(ge=1, description="how often the paused flow checks for the answer")
     shown_chars: int = Field(ge=1, description="each turn shown in the form is cut to this many characters")
+    holdout_fraction: float = Field(
+        gt=0.0, lt=1.0, description="share of reviewed prompts held out of a retrain: the drifted slice"
+    )
+    holdout_seed: int = Field(description="a prompt stays on its side of the split while this is unchanged")
 
 
 class FineflowConfig(Strict):

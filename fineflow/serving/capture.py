@@ -46,6 +46,7 @@ SPOOL_FILE = "spool.jsonl"
 CAPTURED_DIR = "captured"
 REVIEWED_DIR = "reviewed"  # curated by a person: chat rows whose last answer was approved or corrected
 DECISIONS_DIR = "decisions"  # every review decision: a decided record is never shown again
+SLICES_DIR = "slices"  # reviewed rows split per traffic commit: what a retrain trains on, what it holds out
 PENDING_REVIEW = "pending"
 COMMIT_KIND = "traffic"
 FILE_TIME_FORMAT = "%Y%m%dT%H%M%SZ"  # compact UTC timestamp in file names; sorts by time
