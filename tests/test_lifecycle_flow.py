@@ -5,6 +5,7 @@ failing stage names itself and leaves the champion where it was; a tracking call
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 from mlflow import MlflowClient
@@ -258,3 +259,58 @@ def test_a_drift_retrain_holds_out_its_drifted_slice_and_is_gated_on_it(prefect_
     [drifted] = [g for g in retrain.gates if g.metric == "drifted_rouge_l"]
     assert drifted.n == len(kept_out) and not drifted.passed and "not enough evidence" in drifted.reason
     assert not retrain.promoted and retrain.champion == first.version
+
+
+def test_shifted_traffic_to_drift_to_review_to_a_retrain_measured_on_the_new_topic(
+    prefect_api, lifecycle_overrides
+):
+    """End to end on tiny models: the champion serves traffic on a new topic (cooking and tax), drift
+    fires and emits its event; a reviewer corrects every answer through the review flow's form (the API
+    the UI calls); the retrain the event asks for (run here by hand: no automation runs in tests) trains
+    on the reviewed traffic less its drifted slice, and the new version is measured on that slice."""
+    from datetime import UTC, datetime
+
+    from flows.drift import drift
+    from flows.lifecycle import lifecycle
+    from flows.review import review_traffic
+    from tasks.evaluation.measurements import recorded_details
+    from tests.test_drift import synthetic, write_captured
+    from tests.test_review import answer_paused_forms
+
+    with open(lifecycle_overrides["evaluation.gates_file"], "a") as handle:
+        handle.write(DRIFTED_GATE)
+    config = load_config(overrides=lifecycle_overrides)
+    champion = lifecycle(config=config)
+    assert champion.promoted
+
+    shifted = synthetic.shifted_conversations(40, seed=3)
+    write_captured(config, shifted, datetime.now(UTC))
+    checks = {"drift.min_traffic": 20, "drift.mmd.permutations": 200, "drift.canary.enabled": False}
+    found = drift(overrides={**lifecycle_overrides, **checks})
+    assert found.verdict == "drift" and found.event_emitted
+    assert any(reason.startswith("input drift: mmd_p_value") for reason in found.reasons)
+
+    review = {**lifecycle_overrides, "review.batch_size": 40, "review.poll_s": 1, "review.timeout_s": 120}
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.update(summary=review_traffic(overrides=review)))
+    worker.start()
+
+    def correct(ids: list[str]) -> dict:
+        fix = "Acme support covers the Nimbus thermostat; for recipes and taxes ask a specialist."
+        return {
+            "reviewer": "ann",
+            "decisions": [{"id": i, "decision": "correct", "corrected_answer": fix} for i in ids],
+        }
+
+    [form] = answer_paused_forms(correct, forms=1)
+    worker.join(timeout=120)
+    assert len(form) == 40 and result["summary"].decided == 40
+
+    store = open_store(config)
+    traffic_commit = store.resolve(config.store.repo, config.serve.traffic.branch)
+    retrain = lifecycle(config=config, traffic_commit=traffic_commit, reason=f"drift: {found.reasons[0]}")
+    assert retrain.trained and retrain.version != champion.version
+    client = MlflowClient(tracking_uri(config))
+    items = recorded_details(client, retrain.evaluation_run)["item_scores"]["drifted_rouge_l"]
+    [gate] = [g for g in retrain.gates if g.metric == "drifted_rouge_l"]
+    assert 0 < len(items) < 40 and gate.n == len(items)  # the held-out share of the 40 reviewed prompts
