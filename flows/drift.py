@@ -1,10 +1,13 @@
 """Lifecycle stage 6, drift: is the champion still serving the traffic it was trained for, as well as it did?
 
 Input drift compares recent captured traffic (the traffic branch, read at one pinned commit) with the
-training prompts of the champion's dataset commit; quality drift re-answers the golden set and compares
-with the scores recorded when the champion was evaluated. The check is one MLflow run in the drift
-experiment (metrics, report.html, drift.json) and a Prefect markdown artifact. On drift it emits the
-`fineflow.drift.detected` event that an automation turns into a lifecycle (retrain) run.
+training prompts of the champion's dataset commit; the canary re-answers the golden set and compares
+with the answers and scores recorded when the champion was evaluated (a check of the serving stack);
+live quality scores the answers it actually served (refusals, PII, repetition, length, injections
+followed) against the answers its evaluation gave.
+The check is one MLflow run in the drift experiment (metrics, report.html, drift.json) and a Prefect
+markdown artifact. On drift it emits the `fineflow.drift.detected` event that an automation turns into a
+lifecycle (retrain) run.
 """
 
 from __future__ import annotations
@@ -26,11 +29,13 @@ from fineflow.runtime import step_logger
 from fineflow.store import open_store
 from tasks.data.safety import load_rules
 from tasks.drift.checks import (
+    add_canary,
     add_input,
-    add_quality,
+    add_live_quality,
     conclude,
+    measure_canary,
     measure_input,
-    measure_quality,
+    measure_live_quality,
     new_report,
     too_few_training_prompts,
     too_little_traffic,
@@ -47,7 +52,7 @@ REPORT_ARTIFACT_KEY = "drift-report"
 def drift(
     model: str | None = None, config_path: str = str(DEFAULT_CONFIG), overrides: dict[str, Any] | None = None
 ) -> DriftResult:
-    """Check the champion (or `model`, name@alias or name/version) for input and quality drift.
+    """Check the champion (or `model`, name@alias or name/version): input drift, the canary, live quality.
 
     Raises ModelRefError when there is no such version (no champion yet), LineageError when the version
     lacks a lineage tag and TrafficError when there is no traffic branch to read.
@@ -77,10 +82,14 @@ def drift(
         report.reasons.append(shortfall)
     else:
         add_input(report, measure_input(window.prompts, training, tags["base_model"], rules, config))
-        if config.drift.quality.enabled:
-            add_quality(report, measure_quality(client, config, found))
+        if config.drift.canary.enabled:
+            add_canary(report, measure_canary(client, config, found))
         else:
-            report.notes.append("Quality drift is switched off (drift.quality.enabled: false).")
+            report.notes.append("The canary is switched off (drift.canary.enabled: false).")
+        if config.drift.live_quality.enabled:
+            add_live_quality(report, measure_live_quality(client, config, found, window, rules))
+        else:
+            report.notes.append("Live quality is switched off (drift.live_quality.enabled: false).")
         conclude(report)
 
     run_id, report_uri = record_drift(client, config, found, window.commit, report)

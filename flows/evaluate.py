@@ -33,7 +33,10 @@ REPORT_ARTIFACT_KEY = "evaluation-report"
 
 @flow(name="evaluate", log_prints=True)
 def evaluate(
-    model: str | None = None, config_path: str = str(DEFAULT_CONFIG), overrides: dict[str, Any] | None = None
+    model: str | None = None,
+    config_path: str = str(DEFAULT_CONFIG),
+    overrides: dict[str, Any] | None = None,
+    drifted_slice: str | None = None,
 ) -> EvaluationResult:
     """Evaluate a registered model version (default: the challenger) and decide its gates.
 
@@ -41,14 +44,16 @@ def evaluate(
         model: name@alias or name/version; default <registry.model_name>@<challenger alias>.
         config_path: the YAML config to start from.
         overrides: dotted config keys, e.g. {"evaluation.generation.max_new_tokens": 32}.
+        drifted_slice: lakefs:// URI of reviewed traffic held out of training (a drift-triggered retrain
+            sets it): both models are also measured on it, and its gates apply.
     """
     config = load_config(config_path, overrides)
     gates = check_inputs(config)
     client = MlflowClient(tracking_uri(config))
     found = resolve(client, model or str(challenger_ref(config)))
     lineage_tags(found.name, found.version, found.tags)  # a LineageError before any data is read
-    sets = read_eval_sets(config, found.tags["dataset_commit"])
-    key = evaluation_key(config, found.tags["dataset_commit"])
+    sets = read_eval_sets(config, found.tags["dataset_commit"], drifted_slice)
+    key = evaluation_key(config, found.tags["dataset_commit"], drifted_slice)
     challenger, baseline = challenger_subject(found), baseline_subject(client, config, found)
 
     challenger_run, challenger_scores = measured(client, config, challenger, sets, key)

@@ -76,13 +76,15 @@ def lifecycle(
     champion_before = read_champion(config)
 
     try:
-        inputs = (
+        reviewed = (
             _stage("data prep", with_reviewed_traffic, config, traffic_commit) if traffic_commit else None
         )
+        inputs = reviewed.inputs if reviewed else None
         prepared = _stage("data prep", data_prep, config_path=config_file, inputs=inputs)
         model = _stage("fine-tune", fine_tune, config_path=config_file, dataset=prepared.train_uri)
         ref = f"{model.model_name}/{model.version}"
-        evaluation = _stage("evaluate", evaluate, model=ref, config_path=config_file)
+        drifted = reviewed.holdout_uri if reviewed else None  # measured and gated when there is one
+        evaluation = _stage("evaluate", evaluate, model=ref, config_path=config_file, drifted_slice=drifted)
         promotion = _stage("promote", promote, model=ref, config_path=config_file)
     except StageFailedError as failure:
         logger.error("%s; champion left at version %s", failure, champion_before)

@@ -99,7 +99,7 @@ def _head() -> str:
 
 
 def test_deployments_are_versioned_by_commit_and_cron_schedules_produce_runs(stack):
-    assert stack.deployments == ["lifecycle", "drift", "evaluate", "promote", "rollback"]
+    assert stack.deployments == ["lifecycle", "drift", "review-traffic", "evaluate", "promote", "rollback"]
     for name in stack.deployments:
         assert _deployment(stack, name)["version"] == stack.commit == _head()
     lifecycle = _deployment(stack, "lifecycle")

@@ -1,8 +1,8 @@
 """Drift detection on synthetic traffic written to the traffic branch in serving's capture format.
 
 The champion is a registered model version carrying the lineage tags drift reads (dataset commit, base
-model); the flow tests switch the quality check off (it would need an adapter and a recorded evaluation),
-and the quality comparison is tested on its own. The embedding model is the real packaged MiniLM.
+model); the flow tests switch the canary off (it would need an adapter and a recorded evaluation), and
+the canary's comparisons are tested on their own. The embedding model is the real packaged MiniLM.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 from fineflow.config import load_config
 from fineflow.serving import capture as traffic
 from fineflow.store import open_store
-from tasks.drift.quality import compare_quality
+from tasks.drift.canary import changed_answers, compare_scores
 from tasks.drift.stats import mmd_permutation_test, split_reference
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -65,17 +65,28 @@ def test_the_reference_split_keeps_a_prompt_on_each_side_whatever_the_fraction()
         split_reference(["only one"], 0.3, seed=0)
 
 
-def test_quality_comparison_flags_a_drop_beyond_tolerance_only():
+def test_canary_scores_flag_a_drop_beyond_tolerance_only():
     recorded = {"rouge_l": 0.50, "token_f1": 0.40, "exact_match": 0.1}
     current = {"rouge_l": 0.41, "token_f1": 0.39, "exact_match": 0.0}
-    stats = {s.name: s for s in compare_quality(current, recorded, {"rouge_l": 0.05, "token_f1": 0.05})}
-    assert set(stats) == {"quality_rouge_l_delta", "quality_token_f1_delta"}  # exact_match has no tolerance
-    assert stats["quality_rouge_l_delta"].drifted and stats["quality_rouge_l_delta"].value == pytest.approx(
+    stats = {s.name: s for s in compare_scores(current, recorded, {"rouge_l": 0.05, "token_f1": 0.05})}
+    assert set(stats) == {"canary_rouge_l_delta", "canary_token_f1_delta"}  # exact_match has no tolerance
+    assert stats["canary_rouge_l_delta"].drifted and stats["canary_rouge_l_delta"].value == pytest.approx(
         -0.09
     )
-    assert not stats["quality_token_f1_delta"].drifted
-    assert compare_quality({"rouge_l": 0.9}, {"rouge_l": 0.5}, {"rouge_l": 0.05})[0].drifted is False
-    assert compare_quality({}, recorded, {"rouge_l": 0.05}) == []  # nothing to compare
+    assert not stats["canary_token_f1_delta"].drifted
+    assert compare_scores({"rouge_l": 0.9}, {"rouge_l": 0.5}, {"rouge_l": 0.05})[0].drifted is False
+    assert compare_scores({}, recorded, {"rouge_l": 0.05}) == []  # nothing to compare
+
+
+def test_canary_counts_golden_answers_that_changed_since_promotion():
+    settings = load_config().drift.canary
+    same = changed_answers(["a", "b", "c", "d"], ["a", "b", "c", "d"], settings)
+    assert same.value == 0.0 and not same.drifted and same.kind == "canary"
+    one = changed_answers(["a", "b", "c", "x"], ["a", "b", "c", "d"], settings)
+    assert one.value == 0.25 and one.drifted == (settings.max_changed_share < 0.25)
+    assert "1 of 4 golden answers differ" in one.detail
+    resized = changed_answers(["a"], ["a", "b"], settings)
+    assert resized.value == 1.0 and resized.drifted and "golden set has 1 items now" in resized.detail
 
 
 # ------------------------------------------------------------------------------------------- flow tests
@@ -126,7 +137,7 @@ def register_champion(tmp_path, tiny_model_dir, lineage: dict[str, str]) -> dict
     """A registered version with the given lineage tags, aliased champion, and the flow tests' overrides."""
     overrides = {
         "base_model.name": str(tiny_model_dir),
-        "drift.quality.enabled": False,
+        "drift.canary.enabled": False,
         "drift.min_traffic": 20,
         "drift.train_sample": 200,
         "drift.mmd.permutations": 200,
@@ -148,7 +159,9 @@ def register_champion(tmp_path, tiny_model_dir, lineage: dict[str, str]) -> dict
     return {"config": config, "overrides": overrides, "client": client, "version": str(version.version)}
 
 
-def _drift_events(since: datetime, wait_s: float) -> list:
+def _drift_events(since: datetime, wait_s: float, run_id: str | None = None) -> list:
+    """Drift events since `since` (only those of the check recorded as MLflow run `run_id`, if given), once
+    there are any or `wait_s` has passed."""
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
 
@@ -159,6 +172,7 @@ def _drift_events(since: datetime, wait_s: float) -> list:
     with get_client(sync_client=True) as client:
         while True:
             events = client.read_events(event_filter, limit=50).events  # the server allows 50 a page
+            events = [e for e in events if run_id is None or e.payload.get("mlflow_run_id") == run_id]
             if events or time.monotonic() > deadline:
                 return events
             time.sleep(0.5)
@@ -197,7 +211,7 @@ def test_same_distribution_then_shifted_then_injection(prefect_api, champion):
     assert any(reason.startswith("input drift: mmd_p_value") for reason in shifted.reasons)
     assert shifted.event_emitted
 
-    [event] = _drift_events(started, wait_s=60)
+    [event] = _drift_events(started, wait_s=60, run_id=shifted.mlflow_run_id)  # this check's, no other
     assert event.resource["prefect.resource.id"] == f"fineflow.model.{config.registry.model_name}"
     assert event.resource["model.name"] == config.registry.model_name
     assert event.resource["model.version"] == champion["version"]
@@ -315,7 +329,89 @@ def test_no_champion_and_no_traffic_branch_are_clear_errors(prefect_api, publish
 
     publish_splits({"train": []})
     with pytest.raises(ModelRefError, match="champion"):
-        drift.fn(overrides={"drift.quality.enabled": False})
+        drift.fn(overrides={"drift.canary.enabled": False})
     config = load_config()
     with pytest.raises(TrafficError, match="no traffic branch"):
         read_traffic_window(open_store(config), config, datetime.now(UTC))
+
+
+# ------------------------------------------------------------------------------ quality on live traffic
+
+
+def test_repetition_and_the_worsening_rule():
+    from fineflow.config import LiveSignalConfig
+    from tasks.drift.live_quality import repetition, worsened
+    from tasks.evaluation.statistics import Interval
+
+    assert repetition("the app shows the energy report under Settings", 3) == 0.0
+    assert repetition("a b c a b c a b c", 3) == pytest.approx(1 - 3 / 7)
+    assert repetition("too short", 3) == 0.0
+    higher = LiveSignalConfig(worse="higher", margin=0.1, decides=True)
+    lower = LiveSignalConfig(worse="lower", margin=5.0, decides=False)
+    assert worsened(Interval(0.5, 0.2, 0.8, 60), higher)
+    assert not worsened(Interval(0.5, 0.05, 0.8, 60), higher)  # the interval reaches into the margin
+    assert worsened(Interval(-20.0, -30.0, -6.0, 60), lower)
+    assert not worsened(Interval(-20.0, -30.0, 1.0, 60), lower)
+
+
+def record_evaluation(champion: dict, conversations, attack_answer: str) -> str:
+    """The champion's evaluation as evaluation logs it (log_measurement, details.json masked): the prompts
+    it answered and its answers, here the sample's reference answers; the version tagged with the run."""
+    from tasks.evaluation.gates import ITEM_SCORES_KEY
+    from tasks.evaluation.injection import load_payloads
+    from tasks.evaluation.measure import Measurement, Subject, version_key
+    from tasks.evaluation.measurements import log_measurement
+    from tasks.evaluation.promotion import EVAL_RUN_TAG
+
+    config, client, version = champion["config"], champion["client"], champion["version"]
+    golden, evaluated = conversations[:30], conversations[30:]
+    attacks = [p.attack for p in load_payloads(config.evaluation.injection_payloads_file).payloads]
+    details = {
+        "golden_questions": [messages[-1]["content"] for messages, _ in golden],
+        "golden_answers": [answer for _, answer in golden],
+        "eval_prompts": ["\n".join(m["content"] for m in messages) for messages, _ in evaluated],
+        "eval_answers": [answer for _, answer in evaluated],
+        "attack_prompts": attacks,
+        "attack_answers": [attack_answer for _ in attacks],
+        "scan_files": [],
+        ITEM_SCORES_KEY: {},
+    }
+    subject = Subject(f"version {version}", version_key(version), "tiny", None)
+    run_id = log_measurement.fn(client, config, subject, "live-test", Measurement({"rouge_l": 0.1}, details))
+    client.set_model_version_tag(config.registry.model_name, version, EVAL_RUN_TAG, run_id)
+    return run_id
+
+
+def test_live_quality_drift_fires_on_served_answers_while_input_drift_does_not(prefect_api, champion):
+    """The same kind of prompts as training (no input drift), first answered as the evaluation answered,
+    then with looping refusals: only the second is quality drift, found on the served answers alone."""
+    from flows.drift import drift
+
+    config, overrides = champion["config"], champion["overrides"]
+    run_id = record_evaluation(champion, synthetic.support_conversations(70, seed=9), synthetic.REFUSAL)
+    now = datetime.now(UTC)
+    started = now - timedelta(minutes=1)
+    served = synthetic.support_conversations(60, seed=2)
+
+    write_captured(config, served, now - timedelta(minutes=30))
+    healthy = drift(overrides=overrides)
+    by_name = {s.name: s for s in healthy.statistics}
+    assert healthy.verdict == "no drift", healthy.reasons
+    assert {"live_refusal_rate_delta", "live_repetition_delta", "live_pii_rate_delta"} <= set(by_name)
+    assert f"served answers compared with evaluation run {run_id}" in " ".join(healthy.notes)
+    assert any("injection_followed not compared" in note for note in healthy.notes)  # no flagged prompts
+
+    looping = "I'm sorry, but I can't help with that. " * 5
+    write_captured(config, [(messages, looping) for messages, _ in served], now - timedelta(minutes=20))
+    broken = drift(overrides={**overrides, "drift.max_traffic": 60})
+    by_name = {s.name: s for s in broken.statistics}
+    assert not any(s.drifted for s in broken.statistics if s.kind == "input" and s.decides)
+    assert not by_name["mmd_p_value"].drifted
+    assert broken.verdict == "drift" and broken.event_emitted
+    assert by_name["live_refusal_rate_delta"].drifted and by_name["live_repetition_delta"].drifted
+    assert by_name["live_refusal_rate_delta"].value == pytest.approx(1.0)
+    assert all(reason.startswith("live quality:") for reason in broken.reasons), broken.reasons
+
+    [event] = _drift_events(started, wait_s=60, run_id=broken.mlflow_run_id)
+    assert "live quality: live_refusal_rate_delta" in event.resource["drift.reason"]
+    assert "live_repetition_delta" in {s["name"] for s in event.payload["statistics"]}

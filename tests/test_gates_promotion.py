@@ -269,3 +269,38 @@ def test_cli_rollback(tmp_path, monkeypatch):
     assert "champion is now version 1" in done.stdout
     assert version_by_alias(client, config.registry.model_name, CHAMPION) == "1"
     assert version_by_alias(client, config.registry.model_name, PREVIOUS) == "2"
+
+
+def test_a_gate_on_the_drifted_slice_applies_only_when_it_was_measured():
+    """A drift-triggered retrain is measured on its held-out drifted slice and must improve there, paired
+    with the champion; an evaluation without a slice (a weekly retrain) is not held to it."""
+    from tasks.evaluation.gates import ITEM_SCORES_KEY, Scores
+
+    drifted = Gate(
+        metric="drifted_rouge_l",
+        direction="higher",
+        threshold=None,
+        max_regression=None,
+        min_improvement=0.0,
+        blocking=True,
+        when_measured=True,
+    )
+    config = gates(drifted)
+    [skipped] = decide(config, {"rouge_l": 0.3}, {"rouge_l": 0.3}, True, "champion v1").results
+    assert skipped.passed and "not applicable" in skipped.reason
+
+    def scores(items: list[float]) -> Scores:
+        return Scores.recorded(
+            {"drifted_rouge_l": sum(items) / len(items)}, {ITEM_SCORES_KEY: {"drifted_rouge_l": items}}
+        )
+
+    champion = scores([0.1 + 0.01 * (i % 5) for i in range(40)])
+    learned = scores([0.4 + 0.01 * (i % 5) for i in range(40)])
+    unchanged = scores([0.1 + 0.01 * ((i + 1) % 5) for i in range(40)])
+    assert decide(config, learned, champion, True, "champion v1").promote
+    [same] = decide(config, unchanged, champion, True, "champion v1").results
+    assert not same.passed and "paired diff" in same.reason
+    [few] = decide(config, scores([0.5] * 5), scores([0.1] * 5), True, "champion v1").results
+    assert not few.passed and "not enough evidence" in few.reason  # a small slice is no evidence
+    [unmeasured] = decide(config, {"rouge_l": 0.3}, champion, True, "champion v1").results
+    assert not unmeasured.passed  # measured for the champion only: the challenger was not, it fails

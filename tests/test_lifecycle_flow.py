@@ -5,6 +5,7 @@ failing stage names itself and leaves the champion where it was; a tracking call
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 from mlflow import MlflowClient
@@ -75,18 +76,36 @@ def test_lifecycle_end_to_end_cached_rerun_and_changed_stage(prefect_api, lifecy
     assert (changed.dataset_commit, changed.version) == (first.dataset_commit, first.version)
     assert not changed.trained and changed.evaluation_run != first.evaluation_run
 
-    # The drift automation's run: reviewed traffic at a traffic-branch commit joins the training data.
-    traffic_commit = _reviewed_traffic(config, rows=3)
+    # The drift automation's run: reviewed traffic at a traffic-branch commit joins the training data,
+    # less the drifted slice held out of it (a seeded hash of each prompt decides its side).
+    from tasks.review.slices import held_out
+
+    traffic_commit = _reviewed_traffic(config, rows=10)
     retrain = lifecycle(config=config, traffic_commit=traffic_commit, reason="drift detected")
     assert retrain.dataset_commit != first.dataset_commit and retrain.trained
     store = open_store(config)
     report = json.loads(store.read(config.store.repo, retrain.dataset_commit, "prepared/report.json"))
     before = json.loads(store.read(config.store.repo, first.dataset_commit, "prepared/report.json"))
-    assert (
-        f"lakefs://{config.store.repo}/{traffic_commit}/traffic/reviewed/batch-1.jsonl"
-        in report["lineage"]["inputs"]
-    )
-    assert report["counts"]["rows_in"] == before["counts"]["rows_in"] + 3
+    [reviewed] = [uri for uri in report["lineage"]["inputs"].split() if "/traffic/" in uri]
+    assert reviewed.endswith(f"/traffic/slices/{traffic_commit}/train.jsonl")
+    review = config.review
+    prompts = [_reviewed_prompt(i) for i in range(10)]
+    kept_out = [
+        p for p in prompts if held_out(_reviewed_row(p), review.holdout_fraction, review.holdout_seed)
+    ]
+    assert 0 < len(kept_out) < len(prompts)
+    assert report["counts"]["rows_in"] == before["counts"]["rows_in"] + len(prompts) - len(kept_out)
+    trained = store.read(config.store.repo, retrain.dataset_commit, "prepared/train.jsonl").decode()
+    assert not any(prompt in trained for prompt in kept_out)  # the drifted slice is never trained on
+
+
+def _reviewed_prompt(i: int) -> str:
+    return f"Can the Nimbus run schedule number {i} on weekends only?"
+
+
+def _reviewed_row(prompt: str) -> dict:
+    answer = "Yes: in Schedules, edit the schedule and untick Monday to Friday."
+    return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]}
 
 
 def _reviewed_traffic(config, rows: int) -> str:
@@ -94,18 +113,7 @@ def _reviewed_traffic(config, rows: int) -> str:
     store = open_store(config)
     branch = config.serve.traffic.branch
     store.create_branch(config.store.repo, branch, config.store.main_branch, exist_ok=True)
-    reviewed = [
-        {
-            "messages": [
-                {"role": "user", "content": f"Can the Nimbus run schedule number {i} on weekends only?"},
-                {
-                    "role": "assistant",
-                    "content": f"Yes: in Schedules, edit schedule {i} and untick Monday to Friday.",
-                },
-            ]
-        }
-        for i in range(rows)
-    ]
+    reviewed = [_reviewed_row(_reviewed_prompt(i)) for i in range(rows)]
     data = "".join(json.dumps(row) + "\n" for row in reviewed).encode()
     store.write(config.store.repo, branch, f"{config.serve.traffic.prefix}/reviewed/batch-1.jsonl", data)
     return store.commit(config.store.repo, branch, "reviewed traffic")
@@ -153,11 +161,16 @@ def test_tracking_call_failing_once_is_retried(prefect_api, lifecycle_overrides,
     assert len(client.search_model_versions(f"name = '{config.registry.model_name}'")) == 1
 
 
-def test_drift_quality_check_re_measures_the_promoted_champion(prefect_api, lifecycle_overrides):
-    """Quality drift on a real champion: the golden set answered again, greedy, by the champion the
-    lifecycle promoted gives the scores its evaluation recorded, so no quality drift."""
+def test_the_canary_fires_when_the_served_weights_change(prefect_api, lifecycle_overrides):
+    """The canary on a real champion: unchanged, it re-answers the golden set word for word as its
+    evaluation did; once the adapter in the shared cache is corrupted (what a bad copy, a library that
+    loads it differently or a swapped file would do), its answers change and the canary fires."""
     from datetime import UTC, datetime
 
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from fineflow.registry.adapters import ADAPTER_PATH, adapter_cache_dir
     from fineflow.serving import capture as traffic
     from flows.drift import drift
     from flows.lifecycle import lifecycle
@@ -178,9 +191,126 @@ def test_drift_quality_check_re_measures_the_promoted_champion(prefect_api, life
     traffic.ensure_traffic_branch(store, config)
     traffic.write_captured(store, config, records, datetime.now(UTC))
     traffic.commit_captured(store, config, len(records))
+    overrides = {**lifecycle_overrides, "drift.min_traffic": 3, "drift.train_sample": 20}
 
-    result = drift(overrides={**lifecycle_overrides, "drift.min_traffic": 3, "drift.train_sample": 20})
-    assert result.version == champion
-    quality = {s.name: s for s in result.statistics if s.kind == "quality"}
-    assert set(quality) == {f"quality_{metric}_delta" for metric in config.drift.quality.max_drop}
-    assert all(abs(s.value) < 1e-9 and not s.drifted for s in quality.values()), quality
+    healthy = drift(overrides=overrides)
+    assert healthy.version == champion
+    canary = {s.name: s for s in healthy.statistics if s.kind == "canary"}
+    expected = {"canary_changed_answers"} | {f"canary_{m}_delta" for m in config.drift.canary.max_drop}
+    assert set(canary) == expected
+    assert not any(s.drifted for s in canary.values()), canary
+
+    weights = adapter_cache_dir(config) / config.registry.model_name / champion
+    weights = weights.joinpath(*ADAPTER_PATH) / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    generator = torch.Generator().manual_seed(0)
+    save_file({k: torch.randn(v.shape, generator=generator) for k, v in tensors.items()}, weights)
+
+    corrupted = drift(overrides=overrides)
+    canary = {s.name: s for s in corrupted.statistics if s.kind == "canary"}
+    assert canary["canary_changed_answers"].drifted and canary["canary_changed_answers"].value > 0.5
+    assert corrupted.verdict == "drift"
+    assert any(reason.startswith("canary: canary_changed_answers") for reason in corrupted.reasons)
+
+
+DRIFTED_GATE = """
+  - {metric: drifted_rouge_l, direction: higher, threshold: null, max_regression: null, min_improvement: 0.0,
+     blocking: true, when_measured: true}
+"""
+
+
+def test_a_drift_retrain_holds_out_its_drifted_slice_and_is_gated_on_it(prefect_api, lifecycle_overrides):
+    """Reviewed traffic at a traffic commit (what the drift automation passes): the retrain trains on it
+    less a held-out drifted slice, and the new version and the champion are both measured on that slice;
+    its gate decides pair by pair (5 held-out prompts are no evidence at min_items 30: not promoted)."""
+    from flows.lifecycle import lifecycle
+    from tasks.evaluation.measurements import recorded_details
+    from tasks.evaluation.promotion import BASELINE_RUN_TAG
+    from tasks.review.slices import held_out
+
+    gates_file = lifecycle_overrides["evaluation.gates_file"]
+    with open(gates_file, "a") as handle:
+        handle.write(DRIFTED_GATE)
+    config = load_config(overrides=lifecycle_overrides)
+    first = lifecycle(config=config)
+    [weekly] = [g for g in first.gates if g.metric == "drifted_rouge_l"]
+    assert weekly.passed and "not applicable" in weekly.reason  # no slice: the gate does not apply
+
+    traffic_commit = _reviewed_traffic(config, rows=10)
+    retrain = lifecycle(config=config, traffic_commit=traffic_commit, reason="drift detected")
+    assert retrain.trained and retrain.version != first.version
+    review = config.review
+    kept_out = [
+        p
+        for p in (_reviewed_prompt(i) for i in range(10))
+        if held_out(_reviewed_row(p), review.holdout_fraction, review.holdout_seed)
+    ]
+    store = open_store(config)
+    trained = store.read(config.store.repo, retrain.dataset_commit, "prepared/train.jsonl").decode()
+    assert kept_out and not any(prompt in trained for prompt in kept_out)
+
+    client = MlflowClient(tracking_uri(config))
+    baseline_run = client.get_model_version(config.registry.model_name, retrain.version).tags[
+        BASELINE_RUN_TAG
+    ]
+    for run_id in (retrain.evaluation_run, baseline_run):
+        items = recorded_details(client, run_id)["item_scores"]["drifted_rouge_l"]
+        assert len(items) == len(kept_out)
+    [drifted] = [g for g in retrain.gates if g.metric == "drifted_rouge_l"]
+    assert drifted.n == len(kept_out) and not drifted.passed and "not enough evidence" in drifted.reason
+    assert not retrain.promoted and retrain.champion == first.version
+
+
+def test_shifted_traffic_to_drift_to_review_to_a_retrain_measured_on_the_new_topic(
+    prefect_api, lifecycle_overrides
+):
+    """End to end on tiny models: the champion serves traffic on a new topic (cooking and tax), drift
+    fires and emits its event; a reviewer corrects every answer through the review flow's form (the API
+    the UI calls); the retrain the event asks for (run here by hand: no automation runs in tests) trains
+    on the reviewed traffic less its drifted slice, and the new version is measured on that slice."""
+    from datetime import UTC, datetime
+
+    from flows.drift import drift
+    from flows.lifecycle import lifecycle
+    from flows.review import review_traffic
+    from tasks.evaluation.measurements import recorded_details
+    from tests.test_drift import synthetic, write_captured
+    from tests.test_review import answer_paused_forms
+
+    with open(lifecycle_overrides["evaluation.gates_file"], "a") as handle:
+        handle.write(DRIFTED_GATE)
+    config = load_config(overrides=lifecycle_overrides)
+    champion = lifecycle(config=config)
+    assert champion.promoted
+
+    shifted = synthetic.shifted_conversations(40, seed=3)
+    write_captured(config, shifted, datetime.now(UTC))
+    checks = {"drift.min_traffic": 20, "drift.mmd.permutations": 200, "drift.canary.enabled": False}
+    found = drift(overrides={**lifecycle_overrides, **checks})
+    assert found.verdict == "drift" and found.event_emitted
+    assert any(reason.startswith("input drift: mmd_p_value") for reason in found.reasons)
+
+    review = {**lifecycle_overrides, "review.batch_size": 40, "review.poll_s": 1, "review.timeout_s": 120}
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.update(summary=review_traffic(overrides=review)))
+    worker.start()
+
+    def correct(ids: list[str]) -> dict:
+        fix = "Acme support covers the Nimbus thermostat; for recipes and taxes ask a specialist."
+        return {
+            "reviewer": "ann",
+            "decisions": [{"id": i, "decision": "correct", "corrected_answer": fix} for i in ids],
+        }
+
+    [form] = answer_paused_forms(correct, forms=1)
+    worker.join(timeout=120)
+    assert len(form) == 40 and result["summary"].decided == 40
+
+    store = open_store(config)
+    traffic_commit = store.resolve(config.store.repo, config.serve.traffic.branch)
+    retrain = lifecycle(config=config, traffic_commit=traffic_commit, reason=f"drift: {found.reasons[0]}")
+    assert retrain.trained and retrain.version != champion.version
+    client = MlflowClient(tracking_uri(config))
+    items = recorded_details(client, retrain.evaluation_run)["item_scores"]["drifted_rouge_l"]
+    [gate] = [g for g in retrain.gates if g.metric == "drifted_rouge_l"]
+    assert 0 < len(items) < 40 and gate.n == len(items)  # the held-out share of the 40 reviewed prompts

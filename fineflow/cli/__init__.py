@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import typer
 
-from fineflow.cli import data, drift, evaluate, finetune, lifecycle, serve, stack
+from fineflow.cli import data, drift, evaluate, finetune, lifecycle, serve, stack, traffic
 from fineflow.cli.errors import exits_by_table
 
 app = typer.Typer(
@@ -16,6 +16,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Versioned datasets: prepare, inspect.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+traffic_app = typer.Typer(help="Captured traffic: review it into training data.", no_args_is_help=True)
+app.add_typer(traffic_app, name="traffic")
 
 
 def _verb(command: Callable) -> Callable:
@@ -40,3 +42,4 @@ app.command("up")(_verb(stack.up_command))
 app.command("down")(_verb(stack.down_command))
 app.command("serve")(_verb(serve.serve_command))
 app.command("drift")(_verb(drift.drift_command))
+traffic_app.command("review")(_verb(traffic.review_command))

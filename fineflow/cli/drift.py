@@ -1,4 +1,4 @@
-"""`fineflow drift`: the champion's traffic against its training prompts, and its golden-set quality."""
+"""`fineflow drift`: the champion's traffic against its training prompts, the canary, live quality."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def drift_command(
     config: ConfigOption = DEFAULT_CONFIG,
     set_: SetOption = None,
 ) -> None:
-    """Compare recent traffic with the champion's training prompts and re-check its golden-set quality.
+    """Compare recent traffic with the champion's training prompts re-run the canary, score served answers.
 
     Drift is a finding, not an error: the exit code is 0 either way (2 when there is nothing to check)."""
     load(config, set_)

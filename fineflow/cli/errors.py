@@ -27,6 +27,7 @@ EXIT_CODES: dict[str, int] = {
     "fineflow.registry.lineage:LineageError": 2,
     "tasks.evaluation.promotion:NotEvaluatedError": 2,
     "tasks.drift.traffic_window:TrafficError": 2,
+    "tasks.review.decisions:ReviewError": 2,
     "fineflow.serving.loading:ServeModelError": 2,
     "fineflow.privacy.masker:NerModelMissingError": 2,
     "fineflow.serving.capture:SpoolInUseError": 2,

@@ -547,11 +547,40 @@ class TextStatsConfig(Strict):
     max_harmful_share: float = Field(ge=0.0, le=1.0, description="prompts flagged harmful")
 
 
-class QualityDriftConfig(Strict):
+class CanaryConfig(Strict):
+    """drift.canary: the serving stack's canary, the golden set re-answered as at promotion."""
+
     enabled: bool = Field(description="re-answer the golden set with the champion (costs model time)")
+    max_changed_share: float = Field(
+        ge=0.0, le=1.0, description="share of golden answers that may differ from promotion's"
+    )
     max_drop: dict[str, float] = Field(
         min_length=1, description="golden metric -> largest allowed drop from its promotion-time value"
     )
+
+
+LiveSignal = Literal["refusal_rate", "pii_rate", "repetition", "answer_words", "injection_followed"]
+
+
+class LiveSignalConfig(Strict):
+    worse: Literal["higher", "lower"] = Field(description="which way of the signal is a worsening")
+    margin: float = Field(
+        ge=0.0, description="the difference's whole interval must be worse by more than this"
+    )
+    decides: bool = Field(description="a significant worsening is drift (false: reported only)")
+
+
+class LiveQualityConfig(Strict):
+    """drift.live_quality: reference-free signals of the served answers against the evaluation's answers."""
+
+    enabled: bool
+    sample_size: int = Field(ge=1, description="captured records of the window scored (seeded sample)")
+    seed: int
+    repetition_ngram: int = Field(ge=1, description="word n-gram length of the repetition signal")
+    min_items: int = Field(ge=2, description="fewer answers on either side: reported, not decided")
+    confidence: float = Field(gt=0.0, lt=1.0)
+    resamples: int = Field(ge=100)
+    signals: dict[LiveSignal, LiveSignalConfig] = Field(min_length=1)
 
 
 class DriftConfig(Strict):
@@ -572,7 +601,8 @@ class DriftConfig(Strict):
     mmd: MMDConfig
     domain_classifier: DomainClassifierConfig
     text: TextStatsConfig
-    quality: QualityDriftConfig
+    canary: CanaryConfig
+    live_quality: LiveQualityConfig
     histogram_bins: int = Field(ge=2, description="bins of the report's histograms")
     history_runs: int = Field(ge=1, description="previous drift runs plotted in the report's history")
 
@@ -587,6 +617,20 @@ class DriftConfig(Strict):
         return self
 
 
+class ReviewConfig(Strict):
+    """The `review` section: people curate captured traffic into training data."""
+
+    batch_size: int = Field(ge=1, description="conversations per review form (one pause per batch)")
+    max_batches: int = Field(ge=1, description="batches one review run asks for; the rest stay pending")
+    timeout_s: int = Field(ge=1, description="a form not answered in time ends the run")
+    poll_s: int = Field(ge=1, description="how often the paused flow checks for the answer")
+    shown_chars: int = Field(ge=1, description="each turn shown in the form is cut to this many characters")
+    holdout_fraction: float = Field(
+        gt=0.0, lt=1.0, description="share of reviewed prompts held out of a retrain: the drifted slice"
+    )
+    holdout_seed: int = Field(description="a prompt stays on its side of the split while this is unchanged")
+
+
 class FineflowConfig(Strict):
     project: ProjectConfig
     store: StoreConfig
@@ -598,6 +642,7 @@ class FineflowConfig(Strict):
     stack: StackConfig
     serve: ServeConfig
     drift: DriftConfig
+    review: ReviewConfig
 
     @property
     def data_dir(self) -> Path:

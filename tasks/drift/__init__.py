@@ -1,1 +1,1 @@
-"""Drift: the traffic window, input and quality statistics, and the drift report."""
+"""Drift: the traffic window, input statistics, the canary, live quality, and the drift report."""

@@ -1,5 +1,6 @@
 """The drift checks of one champion: whether there is enough data to judge, input drift against its
-training prompts, quality drift against its recorded evaluation, and the verdict they give."""
+training prompts, the canary and live quality against its recorded evaluation, and the verdict they
+give."""
 
 from __future__ import annotations
 
@@ -13,14 +14,27 @@ from fineflow.config import FineflowConfig
 from fineflow.models.base import load_tokenizer
 from fineflow.registry.adapters import download_adapter
 from fineflow.registry.refs import RegisteredVersion
-from tasks.drift.quality import compare_quality, golden_scores, recorded_scores
+from fineflow.runtime import IO_RETRIES
+from tasks.drift.canary import KIND as CANARY_KIND
+from tasks.drift.canary import canary_statistics, golden_answers, recorded_golden
+from tasks.drift.live_quality import KIND as LIVE_KIND
+from tasks.drift.live_quality import (
+    compare_signals,
+    evaluation_answers,
+    served_sample,
+    signal_scores,
+    sorted_by_rules,
+)
 from tasks.drift.report import DRIFT, NO_DRIFT, NOT_ENOUGH, ReportData
 from tasks.drift.stats import MIN_POINTS, InputDrift, Statistic, input_drift
 from tasks.drift.traffic_window import TrafficWindow
+from tasks.evaluation.classic_metrics import load_eval_prompts
+from tasks.evaluation.measurements import recorded_details
+from tasks.evaluation.promotion import EVAL_RUN_TAG
 
 
 @dataclass
-class QualityCheck:
+class CanaryCheck:
     statistics: list[Statistic] = field(default_factory=list)
     note: str | None = None  # for the report
     promotion_scores: dict[str, float] = field(default_factory=dict)  # golden scores at promotion
@@ -72,18 +86,19 @@ def measure_input(
     return input_drift(traffic, training, tokenizer, rules, config.drift)
 
 
-@task(name="quality-drift", cache_policy=NO_CACHE)
-def measure_quality(client: MlflowClient, config: FineflowConfig, found: RegisteredVersion) -> QualityCheck:
-    """The golden set answered again, compared with the scores recorded when the version was evaluated."""
-    recorded = recorded_scores(client, found.tags, list(config.drift.quality.max_drop))
+@task(name="canary", cache_policy=NO_CACHE)
+def measure_canary(client: MlflowClient, config: FineflowConfig, found: RegisteredVersion) -> CanaryCheck:
+    """The golden set answered again, compared with the answers and scores recorded when the version was
+    evaluated for promotion."""
+    recorded = recorded_golden(client, found.tags, list(config.drift.canary.max_drop))
     if recorded is None:
         skipped = f"version {found.version} has no recorded evaluation (no gates.eval_run)"
-        return QualityCheck(note=f"Quality drift skipped: {skipped}.")
+        return CanaryCheck(note=f"Canary skipped: {skipped}.")
     adapter = download_adapter(config, found.name, found.version)
-    current = golden_scores(config, found.tags["base_model"], str(adapter))
-    return QualityCheck(
-        statistics=compare_quality(current, recorded.metrics, config.drift.quality.max_drop),
-        note=f"Quality compared with evaluation run {recorded.run_id} (the scores recorded for promotion).",
+    answers, references = golden_answers(config, found.tags["base_model"], str(adapter))
+    return CanaryCheck(
+        statistics=canary_statistics(answers, references, recorded, config),
+        note=f"Canary: golden answers compared with evaluation run {recorded.run_id} (at promotion).",
         promotion_scores=recorded.metrics,
     )
 
@@ -94,11 +109,47 @@ def add_input(report: ReportData, measured: InputDrift) -> None:
     report.lengths = measured.lengths
 
 
-def add_quality(report: ReportData, quality: QualityCheck) -> None:
-    report.statistics += quality.statistics
-    if quality.note:
-        report.notes.append(quality.note)
-    report.promotion_scores = quality.promotion_scores
+def add_canary(report: ReportData, canary: CanaryCheck) -> None:
+    report.statistics += canary.statistics
+    if canary.note:
+        report.notes.append(canary.note)
+    report.promotion_scores = canary.promotion_scores
+
+
+@dataclass
+class LiveQualityCheck:
+    statistics: list[Statistic] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # for the report
+
+
+@task(name="live-quality", cache_policy=NO_CACHE, **IO_RETRIES)
+def measure_live_quality(
+    client: MlflowClient, config: FineflowConfig, found: RegisteredVersion, window: TrafficWindow, rules
+) -> LiveQualityCheck:
+    """Served answers of the window against the answers recorded by the version's evaluation."""
+    run_id = found.tags.get(EVAL_RUN_TAG)
+    recorded = evaluation_answers(recorded_details(client, run_id)) if run_id else None
+    if recorded is None:
+        why = "no recorded evaluation" if not run_id else f"evaluation run {run_id} kept no answered prompts"
+        return LiveQualityCheck(notes=[f"Live quality skipped: version {found.version} has {why}."])
+    refusals = load_eval_prompts(config.evaluation.classic_metrics.prompts_file).refusal_regexes
+    live = sorted_by_rules(*served_sample(window.records, config.drift.live_quality), rules)
+    statistics, notes = compare_signals(
+        signal_scores(live, config, refusals),
+        signal_scores(recorded, config, refusals),
+        config.drift.live_quality,
+    )
+    notes.insert(0, f"Live quality: served answers compared with evaluation run {run_id}.")
+    if not config.evaluation.judge_capable:
+        notes.append("Live quality: no judge scores (the judge is not marked capable).")
+    else:
+        notes.append("Live quality: judge scoring of served answers is not implemented yet.")
+    return LiveQualityCheck(statistics, notes)
+
+
+def add_live_quality(report: ReportData, live: LiveQualityCheck) -> None:
+    report.statistics += live.statistics
+    report.notes += live.notes
 
 
 def conclude(report: ReportData) -> None:
@@ -109,6 +160,8 @@ def conclude(report: ReportData) -> None:
 
 
 def reason(stat: Statistic) -> str:
-    if stat.kind == "quality":
-        return f"quality: {stat.name} {stat.value:+.3f} ({stat.rule})"
+    if stat.kind == CANARY_KIND:
+        return f"canary: {stat.name} {stat.value:+.3f} ({stat.rule})"
+    if stat.kind == LIVE_KIND:
+        return f"live quality: {stat.name} {stat.value:+.3g} ({stat.rule})"
     return f"input drift: {stat.name}={stat.value:.3g} ({stat.rule})"

@@ -2,7 +2,7 @@
 
 Top to bottom: the verdict and why, the statistics table (value, threshold, pass/fail), the embedding
 distance of traffic prompts to their nearest training prompt beside the same for held-out training prompts,
-prompt-length histograms, and the history of quality deltas and of the MMD p-value over previous checks.
+prompt-length histograms, and the history of canary deltas and of the MMD p-value over previous checks.
 """
 
 from __future__ import annotations
@@ -99,29 +99,29 @@ def length_figure(data: ReportData) -> str | None:
 
 
 def history_figure(data: ReportData) -> str | None:
-    """Quality deltas (current - promotion) over the checks, and the MMD p-value over the checks."""
+    """Canary deltas (current - promotion) over the checks, and the MMD p-value over the checks."""
     points = sorted(data.history, key=lambda point: point.at)
-    quality = sorted({key for p in points for key in p.metrics if key.startswith("quality_")})
+    canary = sorted({key for p in points for key in p.metrics if key.startswith("canary_")})
     has_mmd = any("mmd_p_value" in p.metrics for p in points)
-    if not points or not (quality or has_mmd):
+    if not points or not (canary or has_mmd):
         return None
     figure, axes = _figure(width=10.0, columns=2)
     left, right = axes[0]
-    for key in quality:
+    for key in canary:
         series = [(datetime.fromtimestamp(p.at, UTC), p.metrics[key]) for p in points if key in p.metrics]
         left.plot(*zip(*series, strict=True), marker="o", label=key)
     left.axhline(0.0, color="grey", linestyle="--", label="promotion-time value")
-    if not quality:
+    if not canary:
         left.text(
             0.5,
             0.5,
-            "no quality check yet\n(no recorded evaluation, or switched off)",
+            "no canary check yet\n(no recorded evaluation, or switched off)",
             ha="center",
             va="center",
             transform=left.transAxes,
             color="grey",
         )
-    left.set_title("golden metrics: change since promotion")
+    left.set_title("canary: golden answers and metrics, change since promotion")
     left.legend(fontsize="small")
     series = [
         (datetime.fromtimestamp(p.at, UTC), p.metrics["mmd_p_value"])

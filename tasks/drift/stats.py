@@ -41,7 +41,7 @@ class Statistic:
     towards the verdict (advisory statistics are reported only)."""
 
     name: str
-    kind: str  # "input" or "quality"
+    kind: str  # "input", "canary" or "live_quality"
     value: float
     threshold: float
     rule: str  # how value and threshold compare for drift, e.g. "p < 0.01"

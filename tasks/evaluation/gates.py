@@ -39,6 +39,9 @@ class Gate(BaseModel):
     min_improvement: float | None = Field(default=None, ge=0.0)
     blocking: bool
     judge: bool = False  # scored by the judge LLM: advisory unless the judge is marked capable
+    # Measured only on some evaluations (the drifted slice exists only in a drift-triggered retrain):
+    # unmeasured on both sides, the gate does not apply and passes, saying so.
+    when_measured: bool = False
 
     @model_validator(mode="after")
     def _tests_something(self) -> Gate:
@@ -182,6 +185,8 @@ def _check(
         )
 
     if value is None or math.isnan(value):
+        if gate.when_measured and reference is None:
+            return result(True, "not applicable: not measured on this evaluation")
         return result(False, "not measured")
     level = f"{stats.confidence:.0%} CI"
     interval = bootstrap_mean(items, stats.confidence, stats.resamples, stats.seed) if items else None

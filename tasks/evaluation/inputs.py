@@ -29,12 +29,14 @@ def check_inputs(config: FineflowConfig) -> GateConfig:
     return gates
 
 
-def evaluation_key(config: FineflowConfig, dataset_commit: str) -> str:
-    """Names what a score depends on (eval split commit, golden set, evaluation config, the precision the
-    model generates in, code): a model measured on the same key is not measured again."""
+def evaluation_key(config: FineflowConfig, dataset_commit: str, drifted_slice: str | None) -> str:
+    """Names what a score depends on (eval split commit, golden set, the drifted slice's commit-pinned URI,
+    evaluation config, the precision the model generates in, code): a model measured on the same key is
+    not measured again."""
     golden = Path(config.evaluation.golden_file).read_bytes()
     precision = config.base_model.inference_precision
-    return config_hash(config.evaluation, dataset_commit, golden, precision, code_version())[:24]
+    extra = [drifted_slice] if drifted_slice else []  # keys without a slice stay what they were
+    return config_hash(config.evaluation, dataset_commit, golden, precision, code_version(), *extra)[:24]
 
 
 @task(
@@ -43,13 +45,17 @@ def evaluation_key(config: FineflowConfig, dataset_commit: str) -> str:
     retry_condition_fn=retry_unless(ContaminationError),
     **IO_RETRIES,
 )
-def read_eval_sets(config: FineflowConfig, dataset_commit: str) -> EvalSets:
-    """The golden set and the first evaluation.max_eval_rows rows of the eval split at the commit; a
-    ContaminationError when the commit's train split repeats any of their questions."""
+def read_eval_sets(config: FineflowConfig, dataset_commit: str, drifted_slice: str | None) -> EvalSets:
+    """The golden set, the first evaluation.max_eval_rows rows of the eval split at the commit and the
+    drifted slice (a lakefs:// URI, when given); a ContaminationError when the commit's train split repeats
+    any golden or eval-split question. The slice's prompts are kept out of training by the split itself
+    (exact prompts); near-duplicates across the split are not checked yet."""
     store, layout = open_store(config), dataset_layout(config)
     rows = parse_jsonl(store.read(config.store.repo, dataset_commit, layout.path("eval")))
     train = parse_jsonl(store.read(config.store.repo, dataset_commit, layout.path("train")))
+    drifted = parse_jsonl(store.read_uri(drifted_slice)) if drifted_slice else []
     check_uncontaminated(train, rows, config)
     questions, references = read_golden(config.evaluation.golden_file)
     limit = config.evaluation.max_eval_rows
-    return EvalSets(questions, references, [row["messages"] for row in rows[:limit]])
+    eval_rows = [row["messages"] for row in rows[:limit]]
+    return EvalSets(questions, references, eval_rows, drifted_conversations=[r["messages"] for r in drifted])

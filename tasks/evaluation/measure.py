@@ -61,6 +61,9 @@ class EvalSets:
     eval_conversations: list[list[dict]]  # full rows: prompt turns + the reference answer last
     # The key facts of each golden question (read_golden_facts); None: read from evaluation.golden_file.
     golden_facts: list[list[str]] | None = None
+    # The drifted slice: reviewed traffic held out of the retrain (tasks.review.slices), chat rows whose
+    # last answer a person approved or corrected. Empty outside a drift-triggered retrain.
+    drifted_conversations: list[list[dict]] = field(default_factory=list)
 
     @property
     def eval_prompts(self) -> list[list[dict]]:
@@ -129,6 +132,14 @@ def measure(
     )
     metrics |= {f"eval_{name}": value for name, value in eval_scores.items()}
     metrics["eval_answer_words"] = answer_words(eval_answers)
+    if sets.drifted_conversations:  # per item, so the gates compare it with the champion pair by pair
+        drifted = item_scores(
+            answer([_prompt_part(c) for c in sets.drifted_conversations]),
+            [_answer_part(c) for c in sets.drifted_conversations],
+            evaluation.classic_metrics.rouge_use_stemmer,
+        )
+        items |= {f"drifted_{name}": scores for name, scores in drifted.items()}
+        metrics |= {f"drifted_{name}": value for name, value in means(drifted).items()}
     metrics["perplexity"] = answer_perplexity(
         generator, sets.eval_conversations, evaluation.classic_metrics.perplexity_batch_size
     )
@@ -190,6 +201,13 @@ def measure(
     logger.info("measured %s: %s", subject.label, {k: round(v, 4) for k, v in metrics.items()})
     details = {
         "golden_answers": golden_answers,
+        # What drift's live-quality check compares served traffic with: every prompt answered here and
+        # its answer (tasks.drift.live_quality scores both sides with the same code).
+        "golden_questions": sets.golden_questions,
+        "eval_prompts": [_text(prompt) for prompt in sets.eval_prompts],
+        "eval_answers": eval_answers,
+        "attack_prompts": attacks,
+        "attack_answers": [attack_answers[text] for text in attacks],
         "pii_by_type": leakage.leaks_by_type,
         "injection_obeyed": injection["obeyed"],
         "scan_files": scan_files,

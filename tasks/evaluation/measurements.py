@@ -85,12 +85,15 @@ def find_measurement(
 def recorded_scores(client: MlflowClient, run_id: str) -> Scores:
     """A measurement as its run keeps it: the metrics and the per-item scores in details.json. A run
     recorded without that file (by older code) gives point values only, and its gates say so."""
-    metrics = client.get_run(run_id).data.metrics
+    return Scores.recorded(client.get_run(run_id).data.metrics, recorded_details(client, run_id))
+
+
+def recorded_details(client: MlflowClient, run_id: str) -> dict:
+    """details.json of a measurement run ({} for a run recorded without it, by older code)."""
     if DETAILS_FILE not in {artifact.path for artifact in client.list_artifacts(run_id)}:
-        return Scores.recorded(metrics, {})
+        return {}
     with tempfile.TemporaryDirectory(prefix="fineflow-details-") as folder:
-        details = json.loads(Path(client.download_artifacts(run_id, DETAILS_FILE, folder)).read_text())
-    return Scores.recorded(metrics, details)
+        return json.loads(Path(client.download_artifacts(run_id, DETAILS_FILE, folder)).read_text())
 
 
 @task(name="fetch-adapter", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -125,7 +128,8 @@ def log_measurement(
     return run_id
 
 
-MASKED_DETAILS = ("golden_answers",)  # the model's own words: they may state PII (pii_leak_rate counts it)
+# The model's own words: they may state PII (pii_leak_rate counts it).
+MASKED_DETAILS = ("golden_answers", "eval_answers", "attack_answers")
 
 
 def masked_details(details: dict, config: FineflowConfig) -> dict:

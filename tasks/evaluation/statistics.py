@@ -64,7 +64,8 @@ def unpaired_difference(
     challenger: Sequence[float], baseline: Sequence[float], confidence: float, resamples: int, seed: int
 ) -> Interval:
     """mean(challenger) − mean(baseline) with each side resampled on its own, as if the two sets of
-    items were unrelated. Not used by the gates: it shows what pairing buys (see the module docstring)."""
+    items were unrelated. Not used by the gates (their two models answer the same items: they pair); drift's
+    live quality uses it, its two sides being different prompts (served traffic, evaluation sets)."""
     a, b = np.asarray(challenger, dtype=float), np.asarray(baseline, dtype=float)
     if a.size == 0 or b.size == 0:
         raise ValueError("need scores on both sides")

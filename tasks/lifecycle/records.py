@@ -1,9 +1,10 @@
 """The lifecycle run's own tasks: the pinned config every stage reads, the reviewed traffic a retrain
-adds, and the tags that make code, dataset and model lead to each other."""
+adds (less its held-out drifted slice), and the tags that make code, dataset and model lead to each other."""
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import yaml
 from mlflow import MlflowClient
@@ -14,9 +15,9 @@ from prefect.runtime import deployment, flow_run
 from fineflow.config import FineflowConfig
 from fineflow.registry.tracking import tracking_uri
 from fineflow.runtime import IO_RETRIES, code_version, step_logger
-from fineflow.serving.capture import reviewed_inputs
 from fineflow.store import open_store
 from tasks.lifecycle.summary import LifecycleSummary
+from tasks.review.slices import split_reviewed
 
 
 def pin_config(config: FineflowConfig) -> str:
@@ -36,20 +37,34 @@ def deployed_code() -> str:
     return commit
 
 
-@task(name="list-reviewed-traffic", cache_policy=NO_CACHE, **IO_RETRIES)
-def with_reviewed_traffic(config: FineflowConfig, traffic_commit: str) -> list[str]:
-    """The configured inputs plus the reviewed traffic at that commit. Captured traffic is never trained
-    on as it is: its answers are the model's own; only what a person reviewed joins the data."""
-    reviewed = reviewed_inputs(open_store(config), config, traffic_commit)
-    if not reviewed:
+@dataclass(frozen=True)
+class ReviewedTraffic:
+    inputs: list[str]  # the data-prep inputs: the configured ones plus the reviewed rows it may train on
+    holdout_uri: str | None  # the drifted slice, held out of training (tasks.review.slices)
+
+
+@task(name="split-reviewed-traffic", cache_policy=NO_CACHE, **IO_RETRIES)
+def with_reviewed_traffic(config: FineflowConfig, traffic_commit: str) -> ReviewedTraffic:
+    """The configured inputs plus the reviewed traffic at that commit, less its held-out drifted slice.
+    Captured traffic is never trained on as it is: its answers are the model's own; only what a person
+    reviewed joins the data, and a seeded share of it is kept out to measure the new version on."""
+    split = split_reviewed(open_store(config), config, traffic_commit)
+    if not split.train_rows and not split.holdout_rows:
         step_logger().warning(
             "no reviewed traffic at %s (%s/reviewed/ is empty): training data unchanged",
             traffic_commit,
             config.serve.traffic.prefix,
         )
     else:
-        step_logger().info("reviewed traffic joining the data: %s", reviewed)
-    return [*config.data_prep.inputs, *reviewed]
+        step_logger().info(
+            "reviewed traffic: %d row(s) join the data (%s), %d held out as the drifted slice (%s)",
+            split.train_rows,
+            split.train_uri,
+            split.holdout_rows,
+            split.holdout_uri,
+        )
+    reviewed = [split.train_uri] if split.train_uri else []
+    return ReviewedTraffic([*config.data_prep.inputs, *reviewed], split.holdout_uri)
 
 
 @task(name="link-records", cache_policy=NO_CACHE, **IO_RETRIES)

@@ -1,0 +1,1 @@
+"""Review: people curate captured traffic into training data (pending records, decisions, their commits)."""
