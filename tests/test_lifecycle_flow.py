@@ -68,8 +68,12 @@ def test_lifecycle_end_to_end_cached_rerun_and_changed_stage(prefect_api, lifecy
     again = lifecycle(config=config)
     assert (again.dataset_commit, again.version) == (first.dataset_commit, first.version)
     assert not again.trained and again.evaluation_run == first.evaluation_run
-    cached = _cached_tasks(again.flow_run_id)
-    assert len(cached) >= 10, cached  # every data-prep step, from read-inputs to publish
+    cached = {name.rsplit("-", 1)[0] for name in _cached_tasks(again.flow_run_id)}
+    # Every data-prep step from mask-pii to publish. read-inputs, parse-validate and normalize hold raw
+    # rows, which Prefect never persists (issue 12), so they run again: cheap, and nothing raw is kept.
+    persisted = {"mask-pii", "deduplicate", "safety-filter", "token-limit", "split", "write-outputs", "audit"}
+    assert persisted | {"publish"} <= cached, cached
+    assert not cached & {"read-inputs", "parse-validate", "normalize"}, cached
 
     # An evaluation knob changed: data prep and fine-tune stay cached, evaluation measures again.
     changed = lifecycle(config=config, overrides={"evaluation.max_eval_rows": 3})
