@@ -54,15 +54,23 @@ def stack(tmp_path_factory):
 CSRF_CLIENT = str(uuid.uuid4())  # this test's client id, as the Prefect UI and client each have one
 
 
+UNAVAILABLE_RETRIES = (1, 2, 4)  # seconds; Prefect's own client retries a 503 as well
+
+
 def _api(stack, method: str, path: str, **kwargs):
     """A call to the stack's Prefect API as the UI makes it: `fineflow up` turns CSRF protection on, so a
-    state-changing call carries a token fetched for this client first."""
+    state-changing call carries a token fetched for this client first. A 503 is retried, as Prefect's
+    client does: the server answers it while its SQLite database is locked by the worker's writes."""
     headers = {}
     if method in ("POST", "PUT", "PATCH", "DELETE"):
         issued = httpx.get(f"{stack.api_url}/csrf-token", params={"client": CSRF_CLIENT}, timeout=30)
         issued.raise_for_status()
         headers = {"Prefect-Csrf-Token": issued.json()["token"], "Prefect-Csrf-Client": CSRF_CLIENT}
-    response = httpx.request(method, f"{stack.api_url}{path}", timeout=30, headers=headers, **kwargs)
+    for pause in (*UNAVAILABLE_RETRIES, None):
+        response = httpx.request(method, f"{stack.api_url}{path}", timeout=30, headers=headers, **kwargs)
+        if response.status_code != 503 or pause is None:
+            break
+        time.sleep(pause)
     response.raise_for_status()
     return response.json() if response.content else None
 
