@@ -16,7 +16,9 @@ What fineflow does differently, by default (tasks/training/train.py says why for
 - no gradient checkpointing (trl turns it on: every layer's forward runs twice);
 - on a CPU, the LM head projects only the completion tokens, once; trl's fused head falls back to torch
   ops there that score every position in fp32 vocabulary tiles and recompute them in the backward pass;
-- batches of rows of similar length (`group_by_length`), so little compute goes to padding.
+- batches of rows of similar length (`group_by_length`), so little compute goes to padding;
+- under autocast, each norm's output is cast to bf16 once, not once per matmul that reads it, and the
+  frozen matmul weights are stored in bf16 once, not cast at every forward.
 
 It also prints the achieved GFLOP/s, with FLOPs per token = 4 x N + 2 x N_lora, N being every matmul weight
 of the transformer layers, LoRA included: 2N forward, 2N backward to the activations, 2N_lora for the LoRA

@@ -325,6 +325,44 @@ def test_bf16_precision_runs_the_matmuls_in_bf16_on_this_cpu_path(tmp_path, tiny
     assert trainer.model.get_input_embeddings().weight.dtype == torch.float32
 
 
+def test_norm_outputs_cast_once_change_no_forward_value_and_keep_the_gradients(tmp_path, tiny_model_dir):
+    """Each norm's output is cast to bf16 once instead of once per consuming matmul: the loss is the same
+    to the bit (the matmuls see the same bf16 values), the gradients the same up to bf16 summation order."""
+    import torch
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    trainer = build_trainer(make_spec(tmp_path, tiny_model_dir, "norms", precision="bf16"), hardware=OLD_X86)
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    trainable = [p for p in trainer.model.parameters() if p.requires_grad]
+    torch.manual_seed(0)
+    with torch.no_grad():  # LoRA B starts at zero, which would leave every A gradient zero
+        for parameter in trainable:
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    norm_dtypes = []
+    norm = trainer.model.get_base_model().model.layers[0].input_layernorm
+    norm.register_forward_hook(lambda module, args, output: norm_dtypes.append(output.dtype))
+
+    def loss_and_grads():
+        trainer.model.zero_grad()
+        loss = trainer.compute_loss(trainer.model, dict(batch))
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in trainable]
+
+    cast_once, cast_once_grads = loss_and_grads()
+    hooks = [handle for handle in trainer.cast_norm_hooks]
+    assert len(hooks) == 2 * len(trainer.model.get_base_model().model.layers) + 1  # and the final norm
+    for handle in hooks:
+        handle.remove()
+    for module in trainer.model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.cast_input_dtype_enabled = True
+    cast_per_use, cast_per_use_grads = loss_and_grads()
+    assert norm_dtypes == [torch.bfloat16, torch.float32]
+    assert cast_once == cast_per_use
+    for ours, theirs in zip(cast_once_grads, cast_per_use_grads, strict=True):
+        assert torch.allclose(ours, theirs, rtol=2e-2, atol=1e-3)
+
+
 @pytest.mark.parametrize(
     ("hardware", "expected"),
     [(EPYC_AVX512_BF16, "bfloat16"), (OLD_X86, "float32"), (A100, "bfloat16"), (T4, "float32")],

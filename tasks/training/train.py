@@ -95,6 +95,9 @@ def build_trainer(spec: TrainSpec, callbacks: list | None = None, hardware: Hard
     autocast_dtype = AUTOCAST_DTYPES.get(resolve_precision(training.precision, hardware))
     if autocast_dtype is not None and spec.lora.base_quantization == "none":
         store_frozen_weights_as(trainer.model, getattr(torch, autocast_dtype))
+    trainer.cast_norm_hooks = (
+        cast_norm_outputs_once(trainer.model, getattr(torch, autocast_dtype)) if autocast_dtype else []
+    )
     return trainer
 
 
@@ -119,6 +122,37 @@ def store_frozen_weights_as(model, dtype) -> int:
                 parameter.data = parameter.data.to(dtype)
                 cast += 1
     return cast
+
+
+def cast_norm_outputs_once(model, dtype) -> list:
+    """Under autocast, cast each normalisation's output to the autocast dtype once, where its consumers
+    would each cast it again. A decoder layer's input norm feeds q, k and v; autocast cast the fp32 output
+    for every base matmul and every LoRA A matmul (six copies, and six more of the gradient in the backward
+    pass, summed in fp32), and the post-attention norm feeds gate and up (four). The matmuls see the same
+    bf16 values as before; the residual stream itself stays fp32. peft's own cast of a LoRA input to the
+    adapter's fp32 dtype is turned off, as it would only undo this (autocast casts the adapter's weights).
+    Outside autocast (no mixed precision) the outputs stay as they are. Returns the hooks' handles."""
+    import torch
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    def to_autocast_dtype(module, args, output):
+        return output.to(dtype) if torch.is_autocast_enabled(output.device.type) else output
+
+    handles = [
+        module.register_forward_hook(to_autocast_dtype) for module in model.modules() if _is_norm(module)
+    ]
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.cast_input_dtype_enabled = False
+    return handles
+
+
+def _is_norm(module) -> bool:
+    """LayerNorm, and the RMSNorm classes transformers defines per model family (LlamaRMSNorm, ...)."""
+    import torch
+
+    built_in = isinstance(module, torch.nn.LayerNorm | torch.nn.RMSNorm)
+    return built_in or type(module).__name__.endswith("RMSNorm")
 
 
 def training_arguments(spec: TrainSpec, hardware: Hardware) -> dict:
