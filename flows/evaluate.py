@@ -24,7 +24,12 @@ from fineflow.runtime import step_logger
 from tasks.evaluation.eval_report import evaluation_markdown, evaluation_title, report_notes
 from tasks.evaluation.gates import decide
 from tasks.evaluation.inputs import check_inputs, evaluation_key, read_eval_sets
-from tasks.evaluation.measurements import baseline_subject, challenger_subject, measured
+from tasks.evaluation.measurements import (
+    base_model_subject,
+    baseline_subject,
+    challenger_subject,
+    measured,
+)
 from tasks.evaluation.promotion import record_evaluation
 from tasks.evaluation.results import EvaluationResult
 
@@ -55,15 +60,24 @@ def evaluate(
     sets = read_eval_sets(config, found.tags["dataset_commit"], drifted_slice)
     key = evaluation_key(config, found.tags["dataset_commit"], drifted_slice)
     challenger, baseline = challenger_subject(found), baseline_subject(client, config, found)
+    base = base_model_subject(found)
 
     challenger_run, challenger_scores = measured(client, config, challenger, sets, key)
     baseline_run, baseline_scores = measured(client, config, baseline, sets, key)
+    # The base model too, when the baseline is a champion and a gate asks to beat the base model.
+    also_base = baseline.key != base.key and any(g.improvement_over == "base_model" for g in gates.gates)
+    base_run, base_scores = measured(client, config, base, sets, key) if also_base else (baseline_run, None)
     decision = decide(
-        gates, challenger_scores, baseline_scores, config.evaluation.judge_capable, baseline.label
+        gates,
+        challenger_scores,
+        baseline_scores,
+        config.evaluation.judge_capable,
+        baseline.label,
+        base_scores,
     )
     title = evaluation_title(found.name, found.version, decision)
     notes = report_notes(config.evaluation.judge_capable)
-    record_evaluation(client, found, decision, (challenger_run, baseline_run), title, notes)
+    record_evaluation(client, found, decision, (challenger_run, baseline_run, base_run), title, notes)
     create_markdown_artifact(
         key=REPORT_ARTIFACT_KEY,
         markdown=evaluation_markdown(decision, title, notes, challenger_run),
@@ -79,4 +93,5 @@ def evaluate(
         gates=decision.results,
         challenger_run=challenger_run,
         baseline_run=baseline_run,
+        base_model_run=base_run,
     )

@@ -63,6 +63,7 @@ def promote(
         recorded.baseline_scores,
         config.evaluation.judge_capable,
         recorded.baseline_label,
+        recorded.base_model_scores,
     )
     save_decision(client, found, decision)
     result = PromotionResult(

@@ -107,10 +107,21 @@ def test_evaluate_promote_block_compare_rollback(prefect_api, lifecycle_state):
     promoted = promote(overrides=overrides)
     assert promoted.promoted and version_by_alias(client, name, CHAMPION) == first.version
 
-    # A second challenger, compared with the champion this time; the base model's scores are reused.
+    # A second challenger, compared with the champion this time. A gate that asks to beat the base model
+    # compares it with the base model as well, whose measurement from the first evaluation is reused.
+    base_run = evaluation.baseline_run
+    assert evaluation.base_model_run == base_run  # the baseline was the base model
     second = fine_tune(overrides={**overrides, "fine_tune.lora.r": 4})
+    gates.write_text(LENIENT_GATES % "0.0" + BEAT_THE_BASE_MODEL)
     evaluation = evaluate(overrides=overrides)
     assert evaluation.baseline == f"champion version {first.version}"
+    assert evaluation.base_model_run == base_run != evaluation.baseline_run
+    assert client.get_model_version(name, second.version).tags["gates.base_model_run"] == base_run
+    [facts] = [g for g in evaluation.gates if g.metric == "fact_recall"]
+    assert facts.reason.startswith("vs the base model: paired diff") and facts.n == 40
+    champion_facts = recorded_scores(client, evaluation.baseline_run).values["fact_recall"]
+    assert facts.champion_value == pytest.approx(champion_facts)  # the table's columns stay the champion's
+    gates.write_text(LENIENT_GATES % "0.0")
 
     # A threshold raised in the gates file blocks the promotion: no alias moves.
     gates.write_text(LENIENT_GATES % "0.99")
@@ -132,6 +143,12 @@ def test_evaluate_promote_block_compare_rollback(prefect_api, lifecycle_state):
 
     back = rollback(overrides=overrides)
     assert back.champion == first.version and back.previous_champion == second.version
+
+
+# Advisory: the tiny models state no facts, so "better than the base model" is not expected of them.
+BEAT_THE_BASE_MODEL = """  - {metric: fact_recall, direction: higher, threshold: null, max_regression: null,
+     min_improvement: 0.0, improvement_over: base_model, blocking: false}
+"""
 
 
 def _eval_sets() -> EvalSets:

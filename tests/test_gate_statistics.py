@@ -55,6 +55,7 @@ def test_better_than_fails_when_the_lower_bound_is_below_the_margin_though_the_p
         threshold=None,
         max_regression=None,
         min_improvement=0.0,
+        improvement_over="baseline",
         blocking=True,
     )
     decision = decide(config(gate), scores("fact_recall", noisy), scores("fact_recall", baseline), True, "v1")
@@ -67,6 +68,67 @@ def test_better_than_fails_when_the_lower_bound_is_below_the_margin_though_the_p
     steady = baseline + np.array([0.06, 0.04] * 20)  # the same gain, item after item
     passing = decide(config(gate), scores("fact_recall", steady), scores("fact_recall", baseline), True, "v1")
     assert passing.promote and passing.results[0].diff_ci_low > 0.0
+
+
+def test_better_than_the_base_model_is_tested_against_it_even_when_the_baseline_is_a_champion():
+    base = np.linspace(0.0, 0.3, 40)
+    champion = base + np.array([0.3, 0.2] * 20)  # learned the facts
+    gate = Gate(
+        metric="fact_recall",
+        direction="higher",
+        threshold=None,
+        max_regression=0.05,
+        min_improvement=0.0,
+        improvement_over="base_model",
+        blocking=True,
+    )
+    as_good = decide(
+        config(gate),
+        scores("fact_recall", champion),
+        scores("fact_recall", champion),
+        True,
+        "v1",
+        scores("fact_recall", base),
+    )
+    [result] = as_good.results
+    assert as_good.promote and result.champion_value == pytest.approx(float(np.mean(champion)))
+    assert result.diff == pytest.approx(0.0)  # the table's diff columns are against the champion
+    assert "lower bound >= -0.05" in result.reason and "vs the base model: paired diff +0.25" in result.reason
+
+    [unlearned] = decide(
+        config(gate),
+        scores("fact_recall", base),
+        scores("fact_recall", base),
+        True,
+        "v1",
+        scores("fact_recall", base),
+    ).results
+    assert not unlearned.passed and "vs the base model: paired diff +0" in unlearned.reason
+    assert "not shown better" in unlearned.reason
+
+    # When the baseline is the base model, the one comparison tests both.
+    [first] = decide(
+        config(gate), scores("fact_recall", champion), scores("fact_recall", base), True, "base model"
+    ).results
+    assert first.passed and "vs the base model" not in first.reason and "better, lower bound" in first.reason
+
+    missing = decide(config(gate), scores("fact_recall", champion), None, True, "v1", {})
+    assert (
+        not missing.promote
+        and "no base model value: an improvement cannot be shown" in missing.results[0].reason
+    )
+
+
+def test_a_better_than_gate_must_say_better_than_what():
+    with pytest.raises(ValueError, match="min_improvement and improvement_over"):
+        Gate(
+            metric="fact_recall",
+            direction="higher",
+            threshold=None,
+            max_regression=None,
+            min_improvement=0.0,
+            blocking=True,
+        )
 
 
 def test_max_regression_uses_the_paired_interval_in_both_directions():
@@ -110,6 +172,7 @@ def test_items_that_do_not_pair_and_a_missing_baseline_fail_a_better_than_gate()
         threshold=None,
         max_regression=None,
         min_improvement=0.0,
+        improvement_over="baseline",
         blocking=True,
     )
     unpaired = decide(
@@ -152,3 +215,5 @@ def test_shipped_gates_keep_the_pii_gate_and_configure_statistics():
     assert shipped.statistics.confidence == 0.95 and shipped.statistics.min_items <= 40  # the golden set
     assert {"fact_recall", "placeholder_rate"} <= {g.metric for g in shipped.gates}
     assert any(g.min_improvement is not None for g in shipped.gates)
+    over = {g.metric: g.improvement_over for g in shipped.gates if g.min_improvement is not None}
+    assert over == {"fact_recall": "base_model", "drifted_rouge_l": "baseline"}

@@ -282,6 +282,7 @@ def test_a_gate_on_the_drifted_slice_applies_only_when_it_was_measured():
         threshold=None,
         max_regression=None,
         min_improvement=0.0,
+        improvement_over="baseline",
         blocking=True,
         when_measured=True,
     )

@@ -219,7 +219,7 @@ def test_the_canary_fires_when_the_served_weights_change(prefect_api, lifecycle_
 
 DRIFTED_GATE = """
   - {metric: drifted_rouge_l, direction: higher, threshold: null, max_regression: null, min_improvement: 0.0,
-     blocking: true, when_measured: true}
+     improvement_over: baseline, blocking: true, when_measured: true}
 """
 
 

@@ -35,8 +35,13 @@ class Gate(BaseModel):
     direction: Literal["higher", "lower"]
     threshold: float | None
     max_regression: float | None = Field(ge=0.0)
-    # A "better than the baseline" test; absent in a gate that does not make that claim.
+    # A "better than" test; absent in a gate that does not make that claim. `improvement_over` says better
+    # than what: `base_model`, the model the adapter was trained on (a fine-tune must beat its base; a later
+    # challenger no better than an equally good champion still passes), or `baseline`, what the challenger
+    # is compared with (the champion, else the base model: a drift retrain must beat the champion on the
+    # drifted topic).
     min_improvement: float | None = Field(default=None, ge=0.0)
+    improvement_over: Literal["base_model", "baseline"] | None = None
     blocking: bool
     judge: bool = False  # scored by the judge LLM: advisory unless the judge is marked capable
     # Measured only on some evaluations (the drifted slice exists only in a drift-triggered retrain):
@@ -48,6 +53,11 @@ class Gate(BaseModel):
         if self.threshold is None and self.max_regression is None and self.min_improvement is None:
             raise ValueError(
                 f"gate {self.metric!r} has neither a threshold nor a max_regression nor a min_improvement"
+            )
+        if (self.min_improvement is None) != (self.improvement_over is None):
+            raise ValueError(
+                f"gate {self.metric!r}: min_improvement and improvement_over (base_model | baseline) go "
+                "together: say what the challenger must be better than"
             )
         return self
 
@@ -152,19 +162,29 @@ def decide(
     champion: Scores | Mapping[str, float] | None,
     judge_capable: bool,
     baseline: str,
+    base_model: Scores | Mapping[str, float] | None = None,
 ) -> Decision:
-    """The gate table. `challenger` and `champion` are `Scores` (point values and per-item scores), or
-    a plain mapping of point values: then every gate compares point values, as its reason says."""
+    """The gate table. `challenger` and `champion` (the baseline: the champion, else the base model) are
+    `Scores` (point values and per-item scores), or a plain mapping of point values: then every gate
+    compares point values, as its reason says. `base_model`: the base model's scores when the baseline is
+    a champion, for the gates whose improvement is over the base model; None when the baseline is the base
+    model itself."""
     mine, theirs = Scores.of(challenger), Scores.of(champion)
+    base = theirs if base_model is None else Scores.of(base_model)
     return Decision(
-        [_check(gate, mine, theirs, judge_capable, config.statistics) for gate in config.gates],
+        [_check(gate, mine, theirs, base, judge_capable, config.statistics) for gate in config.gates],
         baseline,
         config.statistics.confidence,
     )
 
 
 def _check(
-    gate: Gate, challenger: Scores, champion: Scores, judge_capable: bool, stats: StatisticsConfig
+    gate: Gate,
+    challenger: Scores,
+    champion: Scores,
+    base: Scores,
+    judge_capable: bool,
+    stats: StatisticsConfig,
 ) -> GateResult:
     blocking = gate.blocking and (judge_capable or not gate.judge)
     advisory_note = " (advisory: the judge is not marked capable)" if gate.judge and not judge_capable else ""
@@ -208,36 +228,81 @@ def _check(
             else f"{value:.4g} not {sign} {gate.threshold:.4g}"
         )
 
-    compares = gate.max_regression is not None or gate.min_improvement is not None
-    paired: Interval | None = None
-    if compares and reference is not None and not math.isnan(reference):
-        statistics["diff"] = value - reference
-        if items and reference_items:
-            if len(items) != len(reference_items):
-                reasons.append(
-                    f"per-item scores do not pair (n={len(items)} vs the baseline's {len(reference_items)})"
-                )
-                return result(False, "; ".join(reasons), **statistics)
-            paired = paired_difference(items, reference_items, stats.confidence, stats.resamples, stats.seed)
-            statistics |= {"diff": paired.estimate, "diff_ci_low": paired.low, "diff_ci_high": paired.high}
-        elif items:
-            reasons.append("the baseline has no per-item scores: compared on point values")
-        for ok, reason in _comparisons(gate, value, reference, paired, level):
-            passed &= ok
-            reasons.append(reason)
-    elif compares:
-        if gate.max_regression is not None:
-            reasons.append("no baseline value to compare with")
-        if gate.min_improvement is not None:
-            passed = False  # "better than the baseline" needs a baseline to be better than
-            reasons.append("no baseline value: an improvement cannot be shown")
+    # Against the baseline: max_regression, and min_improvement unless it is over a base model that is not
+    # the baseline; against the base model (when the baseline is a champion): min_improvement only.
+    over_base = gate.improvement_over == "base_model" and base is not champion
+    comparisons = [
+        ("", champion, gate.model_copy(update={"min_improvement": None}) if over_base else gate),
+        *([("the base model", base, gate.model_copy(update={"max_regression": None}))] if over_base else []),
+    ]
+    compares = False
+    for against, scores, tests in comparisons:
+        if tests.max_regression is None and tests.min_improvement is None:
+            continue
+        compares = True
+        comparison = _compare(tests, value, items, scores, against, stats, level)
+        if not against:  # the table's diff columns are against the baseline
+            statistics |= comparison.statistics
+        passed &= comparison.passed
+        reasons.extend(comparison.reasons)
+        if comparison.unpaired:
+            return result(False, "; ".join(reasons), **statistics)
     if interval is None and (gate.threshold is not None or compares):
         reasons.append("point values: no per-item scores")
     return result(passed, "; ".join(reasons), **statistics)
 
 
+@dataclass(frozen=True)
+class _Comparison:
+    passed: bool
+    reasons: list[str]
+    statistics: dict
+    unpaired: bool = False  # per-item scores on both sides that do not pair: the gate fails outright
+
+
+def _compare(
+    tests: Gate,
+    value: float,
+    items: Sequence[float] | None,
+    other: Scores,
+    against: str,
+    stats: StatisticsConfig,
+    level: str,
+) -> _Comparison:
+    """`tests`' max_regression and min_improvement against one reference: the baseline (`against` empty)
+    or the base model, whose reasons then start "vs the base model: "."""
+    other_items = other.items.get(tests.metric)
+    reference = _mean(other_items) if other_items else other.values.get(tests.metric)
+    prefix, whose = (f"vs {against}: ", against) if against else ("", "the baseline")
+    name = whose.removeprefix("the ")
+    if reference is None or math.isnan(reference):
+        reasons, passed = [], True
+        if tests.max_regression is not None:
+            reasons.append(f"no {name} value to compare with")
+        if tests.min_improvement is not None:
+            passed = False  # "better than" needs something to be better than
+            reasons.append(f"no {name} value: an improvement cannot be shown")
+        return _Comparison(passed, reasons, {})
+    statistics: dict = {"diff": value - reference}
+    paired: Interval | None = None
+    reasons = []
+    if items and other_items:
+        if len(items) != len(other_items):
+            note = f"per-item scores do not pair (n={len(items)} vs {whose}'s {len(other_items)})"
+            return _Comparison(False, [prefix + note], statistics, unpaired=True)
+        paired = paired_difference(items, other_items, stats.confidence, stats.resamples, stats.seed)
+        statistics |= {"diff": paired.estimate, "diff_ci_low": paired.low, "diff_ci_high": paired.high}
+    elif items:
+        reasons.append(f"{prefix}{whose} has no per-item scores: compared on point values")
+    passed = True
+    for ok, reason in _comparisons(tests, value, reference, paired, level, whose):
+        passed &= ok
+        reasons.append(prefix + reason)
+    return _Comparison(passed, reasons, statistics)
+
+
 def _comparisons(
-    gate: Gate, value: float, reference: float, paired: Interval | None, level: str
+    gate: Gate, value: float, reference: float, paired: Interval | None, level: str, whose: str
 ) -> list[tuple[bool, str]]:
     """(passed, reason) for the gate's max_regression and min_improvement tests. With a paired interval
     the test is on its bound on the worse side (the lower bound of the gain, where gain = difference for
@@ -268,9 +333,9 @@ def _comparisons(
             out.append(
                 (
                     ok,
-                    f"within {limit:.4g} of the baseline's {reference:.4g}"
+                    f"within {limit:.4g} of {whose}'s {reference:.4g}"
                     if ok
-                    else f"regressed beyond {limit:.4g} from the baseline's {reference:.4g}",
+                    else f"regressed beyond {limit:.4g} from {whose}'s {reference:.4g}",
                 )
             )
     if gate.min_improvement is not None:
@@ -292,9 +357,9 @@ def _comparisons(
             out.append(
                 (
                     ok,
-                    f"better than the baseline's {reference:.4g} by more than {margin:.4g}"
+                    f"better than {whose}'s {reference:.4g} by more than {margin:.4g}"
                     if ok
-                    else f"not better than the baseline's {reference:.4g} by more than {margin:.4g}",
+                    else f"not better than {whose}'s {reference:.4g} by more than {margin:.4g}",
                 )
             )
     return out

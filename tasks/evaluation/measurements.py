@@ -37,12 +37,18 @@ def challenger_subject(found: RegisteredVersion) -> Subject:
     )
 
 
+def base_model_subject(challenger: RegisteredVersion) -> Subject:
+    """The bare base model the challenger's adapter was trained on."""
+    base_model = challenger.tags["base_model"]
+    return Subject(f"base model {base_model}", f"base:{base_model}", base_model, None)
+
+
 def baseline_subject(client: MlflowClient, config: FineflowConfig, challenger: RegisteredVersion) -> Subject:
     """The champion, or the bare base model when there is no champion yet (or the challenger is it)."""
-    name, base_model = challenger.name, challenger.tags["base_model"]
+    name = challenger.name
     champion = version_by_alias(client, name, config.registry.champion_alias)
     if champion is None or champion == challenger.version:
-        return Subject(f"base model {base_model}", f"base:{base_model}", base_model, None)
+        return base_model_subject(challenger)
     tags = lineage_tags(name, champion, client.get_model_version(name, champion).tags)
     found = RegisteredVersion(name, champion, tags)
     return Subject(f"champion version {champion}", version_key(champion), tags["base_model"], found.uri)

@@ -32,6 +32,7 @@ from tasks.evaluation.measure import version_key
 from tasks.evaluation.measurements import SUBJECT_TAG, recorded_scores
 
 EVAL_RUN_TAG, BASELINE_RUN_TAG, BASELINE_TAG = "gates.eval_run", "gates.baseline_run", "gates.baseline"
+BASE_MODEL_RUN_TAG = "gates.base_model_run"
 PROMOTED_EVENT = "fineflow.model.promoted"
 
 
@@ -46,6 +47,9 @@ class RecordedEvaluation:
 
     challenger_scores: Scores
     baseline_scores: Scores
+    # The base model's scores when the baseline is a champion and a gate compared with the base model;
+    # None when the baseline is the base model (or the evaluation predates the tag).
+    base_model_scores: Scores | None
     baseline_label: str  # "champion version N" / "base model X", as the gate table names it
     evaluated_against: str  # the baseline's subject key, e.g. "version:1"
 
@@ -72,17 +76,19 @@ def record_evaluation(
     client: MlflowClient,
     found: RegisteredVersion,
     decision: Decision,
-    runs: tuple[str, str],
+    runs: tuple[str, str, str],
     title: str,
     notes: list[str],
 ) -> None:
-    """decision.json and report.html in the challenger's run; the decision and both runs on the version."""
-    challenger_run, baseline_run = runs
+    """decision.json and report.html in the challenger's run; the decision and the challenger's, the
+    baseline's and the base model's runs on the version (the baseline's twice when it is the base model)."""
+    challenger_run, baseline_run, base_model_run = runs
     client.log_text(challenger_run, json.dumps(decision.as_json(), indent=2), "decision.json")
     client.log_text(challenger_run, render_html(decision, title, notes), "report.html")
     record_decision(client, found.name, found.version, decision)
     client.set_model_version_tag(found.name, found.version, EVAL_RUN_TAG, challenger_run)
     client.set_model_version_tag(found.name, found.version, BASELINE_RUN_TAG, baseline_run)
+    client.set_model_version_tag(found.name, found.version, BASE_MODEL_RUN_TAG, base_model_run)
 
 
 def recorded_evaluation(client: MlflowClient, found: RegisteredVersion) -> RecordedEvaluation:
@@ -92,9 +98,13 @@ def recorded_evaluation(client: MlflowClient, found: RegisteredVersion) -> Recor
             f"{found.name} version {found.version} has no recorded evaluation: run `fineflow evaluate` first"
         )
     baseline = client.get_run(found.tags[BASELINE_RUN_TAG])
+    base_model_run = found.tags.get(BASE_MODEL_RUN_TAG, baseline.info.run_id)
     return RecordedEvaluation(
         challenger_scores=recorded_scores(client, found.tags[EVAL_RUN_TAG]),
         baseline_scores=recorded_scores(client, baseline.info.run_id),
+        base_model_scores=(
+            None if base_model_run == baseline.info.run_id else recorded_scores(client, base_model_run)
+        ),
         baseline_label=found.tags.get(BASELINE_TAG, "baseline"),
         evaluated_against=baseline.data.tags.get(SUBJECT_TAG, ""),
     )

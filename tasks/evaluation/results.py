@@ -15,6 +15,7 @@ class EvaluationResult(BaseModel):
     gates: list[GateResult]
     challenger_run: str  # MLflow run holding the measurement, decision.json and report.html
     baseline_run: str
+    base_model_run: str  # the base model's measurement (the baseline's run when that is the base model)
 
     @property
     def decision(self) -> Decision:
