@@ -624,11 +624,17 @@ class ReviewConfig(Strict):
     max_batches: int = Field(ge=1, description="batches one review run asks for; the rest stay pending")
     timeout_s: int = Field(ge=1, description="a form not answered in time ends the run")
     poll_s: int = Field(ge=1, description="how often the paused flow checks for the answer")
+    max_attempts: int = Field(
+        ge=1, description="invalid submissions of one batch's form (re-shown, errors named) before failing"
+    )
     shown_chars: int = Field(ge=1, description="each turn shown in the form is cut to this many characters")
     holdout_fraction: float = Field(
         gt=0.0, lt=1.0, description="share of reviewed prompts held out of a retrain: the drifted slice"
     )
     holdout_seed: int = Field(description="a prompt stays on its side of the split while this is unchanged")
+    retrain_min_rows: int = Field(
+        ge=1, description="approved and corrected conversations no retrain has read that ask for a retrain"
+    )
 
 
 class FineflowConfig(Strict):
