@@ -77,7 +77,7 @@ def _ask_for_retrain(store, config, reviewer: str) -> None:
         emit_event(**reviewed_event(config, backlog, reviewer, "reviewed with fineflow traffic review"))
         console.print(f"retrain asked: fineflow.traffic.reviewed on traffic commit {backlog.commit}")
     else:
-        console.print(f"no Prefect API to ask: fineflow lifecycle --traffic-commit {backlog.commit}")
+        console.print(f"no Prefect API to ask; retrain with: fineflow run --traffic-commit {backlog.commit}")
 
 
 def read_decisions(path: Path, reviewer: str | None) -> ReviewBatch:

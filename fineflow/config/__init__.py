@@ -559,7 +559,9 @@ class CanaryConfig(Strict):
     )
 
 
-LiveSignal = Literal["refusal_rate", "pii_rate", "repetition", "answer_words", "injection_followed"]
+LiveSignal = Literal[
+    "refusal_rate", "pii_rate", "repetition", "answer_words", "injection_followed", "judge_answer_relevancy"
+]
 
 
 class LiveSignalConfig(Strict):
@@ -577,6 +579,9 @@ class LiveQualityConfig(Strict):
     sample_size: int = Field(ge=1, description="captured records of the window scored (seeded sample)")
     seed: int
     repetition_ngram: int = Field(ge=1, description="word n-gram length of the repetition signal")
+    judge_sample: int = Field(
+        ge=0, description="answers per side the judge scores when it is marked capable (several calls each)"
+    )
     min_items: int = Field(ge=2, description="fewer answers on either side: reported, not decided")
     confidence: float = Field(gt=0.0, lt=1.0)
     resamples: int = Field(ge=100)
