@@ -65,7 +65,7 @@ def review_traffic(
             break
         result = record_review(store, config, batch, answer, datetime.now(UTC))
         results.append(result)
-        if result.commit and event_id is None:  # one retrain a run: later batches wait for the next
+        if result.commit and retrain_commit is None:  # one retrain a run: later batches wait for the next
             backlog = reviewed_backlog(store, config)
             if backlog.asks_for_retrain(config):
                 event = emit_event(**reviewed_event(config, backlog, answer.reviewer, reason))
