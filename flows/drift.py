@@ -7,7 +7,7 @@ live quality scores the answers it actually served (refusals, PII, repetition, l
 followed) against the answers its evaluation gave.
 The check is one MLflow run in the drift experiment (metrics, report.html, drift.json) and a Prefect
 markdown artifact. On drift it emits the `fineflow.drift.detected` event that an automation turns into a
-lifecycle (retrain) run.
+review-traffic run: people review the traffic, and the review asks for the retrain (flows/review.py).
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ def lifecycle(
         config: every knob of configs/default.yaml (the form in the Prefect UI).
         overrides: dotted config keys applied on top of `config`, e.g. {"fine_tune.training.max_steps": 10}.
         traffic_commit: a commit of the traffic branch whose reviewed records join the training data
-            (set by the drift automation).
+            (set by the automation on `fineflow.traffic.reviewed`, which a review emits after drift).
         reason: why this run started (a schedule, a person, drift); recorded with the run.
     """
     config = apply_overrides(config, overrides)

@@ -15,15 +15,18 @@ from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
+from prefect.events import emit_event
 from prefect.exceptions import FlowPauseTimeout
-from prefect.flow_runs import pause_flow_run
 from pydantic import BaseModel
 
 from fineflow.config import DEFAULT_CONFIG, FineflowConfig, load_config
 from fineflow.runtime import step_logger
 from fineflow.store import open_store
-from tasks.review.decisions import ReviewBatch, ReviewDecision
-from tasks.review.traffic import ReviewResult, batches, read_pending, record_review, review_markdown
+from tasks.review.decisions import InvalidSubmission, ReviewBatch, ReviewError, submitted_batch
+from tasks.review.display import escape_markdown
+from tasks.review.form import pause_key, review_form, wait_for_submission
+from tasks.review.retrain import reviewed_backlog, reviewed_event
+from tasks.review.traffic import ReviewResult, batches, read_pending, record_review
 
 ARTIFACT_KEY = "traffic-review"
 
@@ -32,6 +35,8 @@ class ReviewSummary(BaseModel):
     pending_at_start: int
     batches: list[ReviewResult]
     timed_out: bool
+    retrain_event_id: str | None  # the fineflow.traffic.reviewed event this run emitted, if any
+    retrain_commit: str | None  # the traffic commit it asked a retrain on
 
     @property
     def decided(self) -> int:
@@ -40,13 +45,17 @@ class ReviewSummary(BaseModel):
 
 @flow(name="review-traffic", log_prints=True)
 def review_traffic(
-    config_path: str = str(DEFAULT_CONFIG), overrides: dict[str, Any] | None = None
+    config_path: str = str(DEFAULT_CONFIG),
+    overrides: dict[str, Any] | None = None,
+    reason: str | None = None,
 ) -> ReviewSummary:
-    """Show pending captured conversations in batches and record each batch of decisions."""
+    """Show pending captured conversations in batches, record each batch of decisions, and ask for a
+    retrain once enough reviewed conversations wait for one. `reason`: why this review started (the drift
+    automation sets it); it is passed on to the retrain."""
     config = load_config(config_path, overrides)
     store = open_store(config)
     pending = read_pending(store, config)
-    results, timed_out = [], False
+    results, timed_out, event_id, retrain_commit = [], False, None, None
     for number, batch in enumerate(batches(pending.records, config.review.batch_size), 1):
         if number > config.review.max_batches:
             break
@@ -54,8 +63,20 @@ def review_traffic(
         if answer is None:
             timed_out = True
             break
-        results.append(record_review(store, config, batch, answer, datetime.now(UTC)))
-    summary = ReviewSummary(pending_at_start=len(pending.records), batches=results, timed_out=timed_out)
+        result = record_review(store, config, batch, answer, datetime.now(UTC))
+        results.append(result)
+        if result.commit and retrain_commit is None:  # one retrain a run: later batches wait for the next
+            backlog = reviewed_backlog(store, config)
+            if backlog.asks_for_retrain(config):
+                event = emit_event(**reviewed_event(config, backlog, answer.reviewer, reason))
+                event_id, retrain_commit = (str(event.id) if event else None), backlog.commit
+    summary = ReviewSummary(
+        pending_at_start=len(pending.records),
+        batches=results,
+        timed_out=timed_out,
+        retrain_event_id=event_id,
+        retrain_commit=retrain_commit,
+    )
     create_markdown_artifact(
         key=ARTIFACT_KEY, markdown=summary_markdown(summary), description="traffic review"
     )
@@ -63,24 +84,36 @@ def review_traffic(
 
 
 def ask(records: list[dict], number: int, config: FineflowConfig) -> ReviewBatch | None:
-    """Pause for a reviewer's decisions on one batch; None when nobody answered in time."""
-    form = ReviewBatch.with_initial_data(
-        description=review_markdown(records, number, config.review.shown_chars),
-        reviewer="",
-        decisions=[ReviewDecision(id=record["id"]) for record in records],
+    """Pause for a reviewer's decisions on one batch; None when nobody answered in time. An invalid
+    submission is shown again with its problems named; ReviewError after review.max_attempts of them."""
+    settings, logger = config.review, step_logger()
+    ids = {record["id"] for record in records}
+    problems: list[str] = []
+    submitted: object = None
+    for attempt in range(1, settings.max_attempts + 1):
+        form = review_form(records, number, settings, problems, submitted)
+        try:
+            submitted = wait_for_submission(form, pause_key(number, attempt), settings)
+        except FlowPauseTimeout:
+            logger.warning(
+                "review batch %d: no answer within %d s; it stays pending", number, settings.timeout_s
+            )
+            return None
+        try:
+            return submitted_batch(submitted, ids)
+        except InvalidSubmission as invalid:
+            problems = invalid.problems
+            logger.warning(
+                "review batch %d: submission %d of %d not recorded: %s",
+                number,
+                attempt,
+                settings.max_attempts,
+                invalid,
+            )
+    raise ReviewError(
+        f"review batch {number}: {settings.max_attempts} invalid submissions (review.max_attempts), nothing "
+        f"written; its {len(records)} conversation(s) stay pending. The last one: {'; '.join(problems)}"
     )
-    try:
-        return pause_flow_run(
-            wait_for_input=form,
-            timeout=config.review.timeout_s,
-            poll_interval=config.review.poll_s,
-            key=f"review-batch-{number}",
-        )
-    except FlowPauseTimeout:
-        step_logger().warning(
-            "review batch %d: no answer within %d s; it stays pending", number, config.review.timeout_s
-        )
-        return None
 
 
 def summary_markdown(summary: ReviewSummary) -> str:
@@ -92,9 +125,14 @@ def summary_markdown(summary: ReviewSummary) -> str:
     for result in summary.batches:
         c = result.counts
         lines.append(
-            f"| {result.reviewer} | {c['approve']} | {c['correct']} | {c['reject']} | {c['skip']} | "
-            f"{result.commit or '-'} |"
+            f"| {escape_markdown(result.reviewer)} | {c['approve']} | {c['correct']} | {c['reject']} | "
+            f"{c['skip']} | {result.commit or '-'} |"
         )
     if summary.timed_out:
         lines += ["", "_A batch was not answered in time: it stays pending._"]
+    if summary.retrain_commit:
+        lines += [
+            "",
+            f"Retrain asked (fineflow.traffic.reviewed) on traffic commit {summary.retrain_commit}.",
+        ]
     return "\n".join(lines)

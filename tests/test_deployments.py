@@ -1,8 +1,9 @@
 """The deployed lifecycle on a real local stack: `fineflow.stack.up` starts a Prefect server and an MLflow
 server on loopback, deploys prefect.yaml (this checkout's HEAD commit) and starts a process worker.
 Through the Prefect REST API, as the UI does, the tests check the cron schedules produced scheduled
-runs, that a `fineflow.drift.detected` event starts a `lifecycle` run through the automation, and that a
-`lifecycle` run with a parameter override runs on the worker, on tiny models, to completion."""
+runs, that a `fineflow.drift.detected` event starts a `review-traffic` run and a
+`fineflow.traffic.reviewed` event a `lifecycle` run through the automations, and that a `lifecycle` run
+with a parameter override runs on the worker, on tiny models, to completion."""
 
 from __future__ import annotations
 
@@ -137,31 +138,53 @@ def _scheduled_runs(stack, deployment_id: str) -> list[dict]:
     return []
 
 
-def test_drift_event_starts_a_lifecycle_run(stack):
-    lifecycle = _deployment(stack, "lifecycle")
+def _emit(stack, event: str, resource: dict[str, str]) -> None:
+    emit = f"from prefect.events import emit_event\nemit_event(event={event!r}, resource={resource!r})\n"
+    env = {**os.environ, "PREFECT_API_URL": stack.api_url}
+    subprocess.run([sys.executable, "-c", emit], env=env, check=True, timeout=120)
+
+
+def _started_run(stack, deployment_id: str, parameter: str) -> dict:
+    """The run of the deployment that an automation created (the one with `parameter`), within 90 s."""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        started = [r for r in _runs(stack, deployment_id) if r["parameters"].get(parameter)]
+        if started:
+            return started[0]
+        time.sleep(1)
+    raise AssertionError(f"no run of deployment {deployment_id} followed the event")
+
+
+def test_drift_starts_a_review_and_a_reviewed_event_starts_a_retrain(stack):
+    """Shifted traffic -> drift -> review -> retrain, through the automations of prefect.yaml: a
+    `fineflow.drift.detected` event starts a `review-traffic` run (not a retrain), and the
+    `fineflow.traffic.reviewed` event a review emits starts a `lifecycle` run on its traffic commit."""
+    review, lifecycle = _deployment(stack, "review-traffic"), _deployment(stack, "lifecycle")
     pool = f"/work_pools/{stack.work_pool}"
-    _api(stack, "PATCH", pool, json={"is_paused": True})  # the run is looked at, not executed
+    _api(stack, "PATCH", pool, json={"is_paused": True})  # the runs are looked at, not executed
     try:
-        emit = (
-            "from prefect.events import emit_event\n"
-            "emit_event(event='fineflow.drift.detected', resource={"
-            "'prefect.resource.id': 'fineflow.model.acme-support-assistant', "
-            "'model.name': 'acme-support-assistant', 'model.version': '3', "
-            "'traffic.commit': 'c0ffee12', 'drift.reason': 'input drift: MMD p=0.001'})\n"
-        )
-        env = {**os.environ, "PREFECT_API_URL": stack.api_url}
-        subprocess.run([sys.executable, "-c", emit], env=env, check=True, timeout=120)
-        deadline = time.monotonic() + 90
-        started = []
-        while not started and time.monotonic() < deadline:
-            started = [r for r in _runs(stack, lifecycle["id"]) if r["parameters"].get("traffic_commit")]
-            time.sleep(1)
-        assert started, "no lifecycle run followed the drift event"
-        assert started[0]["parameters"] == {
-            "traffic_commit": "c0ffee12",
-            "reason": "drift detected on version 3: input drift: MMD p=0.001",
+        model = {"prefect.resource.id": "fineflow.model.acme-support-assistant", "model.version": "3"}
+        drift = {**model, "model.name": "acme-support-assistant", "traffic.commit": "c0ffee12"}
+        _emit(stack, "fineflow.drift.detected", {**drift, "drift.reason": "input drift: MMD p=0.001"})
+        reviewing = _started_run(stack, review["id"], "reason")
+        assert reviewing["parameters"] == {"reason": "drift detected on version 3: input drift: MMD p=0.001"}
+        assert not [r for r in _runs(stack, lifecycle["id"]) if r["parameters"].get("traffic_commit")]
+
+        reviewed = {
+            "prefect.resource.id": "fineflow.traffic.fineflow-data.traffic",
+            "traffic.commit": "5eed5eed",
+            "review.untrained": "24",
+            "review.reviewer": "ann",
+            "review.reason": reviewing["parameters"]["reason"],
         }
-        _api(stack, "DELETE", f"/flow_runs/{started[0]['id']}")
+        _emit(stack, "fineflow.traffic.reviewed", reviewed)
+        retraining = _started_run(stack, lifecycle["id"], "traffic_commit")
+        assert retraining["parameters"] == {
+            "traffic_commit": "5eed5eed",
+            "reason": f"24 reviewed conversations by ann; {reviewing['parameters']['reason']}",
+        }
+        for run in (reviewing, retraining):
+            _api(stack, "DELETE", f"/flow_runs/{run['id']}")
     finally:
         _api(stack, "PATCH", pool, json={"is_paused": False})
 

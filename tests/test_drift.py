@@ -400,6 +400,11 @@ def test_live_quality_drift_fires_on_served_answers_while_input_drift_does_not(p
     assert {"live_refusal_rate_delta", "live_repetition_delta", "live_pii_rate_delta"} <= set(by_name)
     assert f"served answers compared with evaluation run {run_id}" in " ".join(healthy.notes)
     assert any("injection_followed not compared" in note for note in healthy.notes)  # no flagged prompts
+    assert any(  # the default judge is not marked capable: its signal is skipped, and the report says why
+        "judge_answer_relevancy skipped: the judge" in note and "is not marked capable" in note
+        for note in healthy.notes
+    ), healthy.notes
+    assert "live_judge_answer_relevancy_delta" not in by_name
 
     looping = "I'm sorry, but I can't help with that. " * 5
     write_captured(config, [(messages, looping) for messages, _ in served], now - timedelta(minutes=20))
@@ -415,3 +420,25 @@ def test_live_quality_drift_fires_on_served_answers_while_input_drift_does_not(p
     [event] = _drift_events(started, wait_s=60, run_id=broken.mlflow_run_id)
     assert "live quality: live_refusal_rate_delta" in event.resource["drift.reason"]
     assert "live_repetition_delta" in {s["name"] for s in event.payload["statistics"]}
+
+
+def test_live_judge_scores_when_the_judge_is_forced_capable(prefect_api, champion, tiny_model_dir):
+    """Forced capable by config (the tiny model as judge): the sampled served answers and the recorded
+    evaluation answers go through the one judge adapter. (Not capable, the default, the signal is skipped:
+    see the test above.) The tiny model's context is shorter than deepeval's prompt, so it fails every
+    verdict: each failure is counted, none averaged in, and with nothing judged the signal is a note,
+    never decided."""
+    from flows.drift import drift
+
+    config, overrides = champion["config"], champion["overrides"]
+    record_evaluation(champion, synthetic.support_conversations(70, seed=9), synthetic.REFUSAL)
+    write_captured(config, synthetic.support_conversations(60, seed=2), datetime.now(UTC))
+    capable = {"evaluation.judge.capable": True, "evaluation.judge.model": str(tiny_model_dir)}
+    quick = {"drift.live_quality.judge_sample": 1, "drift.domain_classifier.enabled": False}
+    judged = drift(overrides={**overrides, **capable, **quick})
+    notes = " ".join(judged.notes)
+    assert f"the judge (embedded {tiny_model_dir}, marked capable) scored answer relevancy of 0 of 1" in notes
+    assert "and 0 of 1 answers the evaluation recorded" in notes
+    assert "judge_answer_relevancy not compared (0 live and 0 evaluation answers" in notes
+    assert "live_judge_answer_relevancy_delta" not in {s.name for s in judged.statistics}
+    assert judged.verdict == "no drift", judged.reasons

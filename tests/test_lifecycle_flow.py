@@ -5,7 +5,6 @@ failing stage names itself and leaves the champion where it was; a tracking call
 from __future__ import annotations
 
 import json
-import threading
 
 import pytest
 from mlflow import MlflowClient
@@ -267,18 +266,24 @@ def test_a_drift_retrain_holds_out_its_drifted_slice_and_is_gated_on_it(prefect_
 def test_shifted_traffic_to_drift_to_review_to_a_retrain_measured_on_the_new_topic(
     prefect_api, lifecycle_overrides
 ):
-    """End to end on tiny models: the champion serves traffic on a new topic (cooking and tax), drift
-    fires and emits its event; a reviewer corrects every answer through the review flow's form (the API
-    the UI calls); the retrain the event asks for (run here by hand: no automation runs in tests) trains
-    on the reviewed traffic less its drifted slice, and the new version is measured on that slice."""
-    from datetime import UTC, datetime
+    """End to end on tiny models, in the issue's order: the champion serves traffic on a new topic
+    (cooking and tax); drift fires and its event starts the review (prefect.yaml's trigger on
+    review-traffic); a reviewer corrects every answer through the review flow's forms (the API the UI
+    calls), and the batch that brings the reviewed conversations to review.retrain_min_rows emits
+    fineflow.traffic.reviewed, whose trigger starts the retrain (lifecycle) on that commit; the retrain
+    trains on the reviewed traffic less its drifted slice, and the new version is measured on that
+    slice. No worker runs deployments in tests: each automation is applied by hand, its parameters
+    rendered from prefect.yaml and the emitted event (tests/automations.py)."""
+    from datetime import UTC, datetime, timedelta
 
     from flows.drift import drift
     from flows.lifecycle import lifecycle
-    from flows.review import review_traffic
+    from tasks.drift.record import EVENT as DRIFT_EVENT
     from tasks.evaluation.measurements import recorded_details
+    from tasks.review.retrain import EVENT as REVIEWED_EVENT
+    from tests.automations import read_events, triggered_parameters
     from tests.test_drift import synthetic, write_captured
-    from tests.test_review import answer_paused_forms
+    from tests.test_review import answer_paused_forms, review_in_thread
 
     with open(lifecycle_overrides["evaluation.gates_file"], "a") as handle:
         handle.write(DRIFTED_GATE)
@@ -286,6 +291,7 @@ def test_shifted_traffic_to_drift_to_review_to_a_retrain_measured_on_the_new_top
     champion = lifecycle(config=config)
     assert champion.promoted
 
+    started = datetime.now(UTC) - timedelta(seconds=5)
     shifted = synthetic.shifted_conversations(40, seed=3)
     write_captured(config, shifted, datetime.now(UTC))
     checks = {"drift.min_traffic": 20, "drift.mmd.permutations": 200, "drift.canary.enabled": False}
@@ -293,10 +299,16 @@ def test_shifted_traffic_to_drift_to_review_to_a_retrain_measured_on_the_new_top
     assert found.verdict == "drift" and found.event_emitted
     assert any(reason.startswith("input drift: mmd_p_value") for reason in found.reasons)
 
-    review = {**lifecycle_overrides, "review.batch_size": 40, "review.poll_s": 1, "review.timeout_s": 120}
-    result: dict = {}
-    worker = threading.Thread(target=lambda: result.update(summary=review_traffic(overrides=review)))
-    worker.start()
+    # Drift starts a review, never the retrain itself.
+    [drift_event] = [e for e in read_events(DRIFT_EVENT, started, 60) if str(e.id) == found.event_id]
+    started_by_drift = triggered_parameters(drift_event)
+    assert set(started_by_drift) == {"review-traffic"}
+    reason = started_by_drift["review-traffic"]["reason"]
+    assert reason.startswith(f"drift detected on version {champion.version}: input drift")
+
+    review = {**lifecycle_overrides, "review.batch_size": 20, "review.poll_s": 1, "review.timeout_s": 120}
+    review |= {"review.retrain_min_rows": 40}
+    worker, outcome = review_in_thread(review, reason=reason)
 
     def correct(ids: list[str]) -> dict:
         fix = "Acme support covers the Nimbus thermostat; for recipes and taxes ask a specialist."
@@ -305,14 +317,24 @@ def test_shifted_traffic_to_drift_to_review_to_a_retrain_measured_on_the_new_top
             "decisions": [{"id": i, "decision": "correct", "corrected_answer": fix} for i in ids],
         }
 
-    [form] = answer_paused_forms(correct, forms=1)
+    forms = answer_paused_forms(correct, forms=2)
     worker.join(timeout=120)
-    assert len(form) == 40 and result["summary"].decided == 40
+    summary = outcome["summary"]
+    assert [len(form) for form in forms] == [20, 20] and summary.decided == 40
+    # 20 corrected after the first form: below review.retrain_min_rows, no retrain asked; 40 after the second.
+    assert summary.retrain_commit == summary.batches[1].commit and summary.retrain_event_id
 
-    store = open_store(config)
-    traffic_commit = store.resolve(config.store.repo, config.serve.traffic.branch)
-    retrain = lifecycle(config=config, traffic_commit=traffic_commit, reason=f"drift: {found.reasons[0]}")
-    assert retrain.trained and retrain.version != champion.version
+    [reviewed_event] = [
+        e for e in read_events(REVIEWED_EVENT, started, 60) if str(e.id) == summary.retrain_event_id
+    ]
+    started_by_review = triggered_parameters(reviewed_event)
+    assert set(started_by_review) == {"lifecycle"}
+    parameters = started_by_review["lifecycle"]
+    assert parameters["traffic_commit"] == summary.retrain_commit
+    assert parameters["reason"] == f"40 reviewed conversations by ann; {reason}"
+
+    retrain = lifecycle(config=config, **parameters)
+    assert retrain.trained and retrain.version != champion.version and retrain.reason == parameters["reason"]
     client = MlflowClient(tracking_uri(config))
     items = recorded_details(client, retrain.evaluation_run)["item_scores"]["drifted_rouge_l"]
     [gate] = [g for g in retrain.gates if g.metric == "drifted_rouge_l"]

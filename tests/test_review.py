@@ -9,6 +9,7 @@ import json
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -65,33 +66,57 @@ def files(config, directory: str) -> list[dict]:
     ]
 
 
+@dataclass(frozen=True)
+class PausedForm:
+    """A review form as the Prefect UI shows it: the paused run, its pause key, its run-input schema
+    (pre-filled defaults included) and its Markdown description."""
+
+    run_id: uuid.UUID
+    key: str
+    schema: dict
+    description: str
+
+    @property
+    def ids(self) -> list[str]:
+        return [row["id"] for row in self.defaults["decisions"]]
+
+    @property
+    def defaults(self) -> dict:
+        return {name: field.get("default") for name, field in self.schema["properties"].items()}
+
+
+def next_paused_form(client, answered: set[str], timeout_s: float = 120) -> PausedForm:
+    """The first paused review form whose key is not in `answered`, once one appears."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateName
+
+    paused = FlowRunFilter(state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Paused"])))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        runs = [r for r in client.read_flow_runs(flow_run_filter=paused) if r.state.state_details.pause_key]
+        run = next((r for r in runs if r.state.state_details.pause_key not in answered), None)
+        if run is not None:
+            keyset = run.state.state_details.run_input_keyset
+            schema = json.loads(client.read_flow_run_input(run.id, keyset["schema"]))
+            description = json.loads(client.read_flow_run_input(run.id, keyset["description"]))
+            return PausedForm(run.id, run.state.state_details.pause_key, schema, description)
+        assert time.monotonic() < deadline, f"no new review form within {timeout_s} s"
+        time.sleep(0.3)
+
+
 def answer_paused_forms(decide, forms: int, timeout_s: float = 120) -> list[list[str]]:
     """What a reviewer does in the UI, `forms` times: open the paused review run, read its form (the
     run-input schema the flow saved, pre-filled with the batch's ids) and submit decisions. Returns the
     ids of each form."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateName
 
-    paused = FlowRunFilter(state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Paused"])))
     seen: list[list[str]] = []
     answered: set[str] = set()
-    deadline = time.monotonic() + timeout_s
     with get_client(sync_client=True) as client:
         while len(seen) < forms:
-            assert time.monotonic() < deadline, f"only {len(seen)} of {forms} review forms appeared"
-            runs = [
-                r for r in client.read_flow_runs(flow_run_filter=paused) if r.state.state_details.pause_key
-            ]
-            run = next((r for r in runs if r.state.state_details.pause_key not in answered), None)
-            if run is None:
-                time.sleep(0.3)
-                continue
-            keyset = run.state.state_details.run_input_keyset
-            schema = json.loads(client.read_flow_run_input(run.id, keyset["schema"]))
-            ids = [row["id"] for row in schema["properties"]["decisions"]["default"]]
-            seen.append(ids)
-            answered.add(run.state.state_details.pause_key)
-            client.resume_flow_run(run.id, run_input=decide(ids))
+            form = next_paused_form(client, answered, timeout_s)
+            seen.append(form.ids)
+            answered.add(form.key)
+            client.resume_flow_run(form.run_id, run_input=decide(form.ids))
     return seen
 
 
@@ -246,3 +271,234 @@ def test_reviewed_rows_are_split_before_training_and_the_slice_stays_put(publish
     assert holdout <= read(later.holdout_uri) and train <= read(later.train_uri)  # nothing moved sides
     [meta] = [c.metadata for c in store.log(repo, branch, limit=1)]
     assert meta["kind"] == "reviewed-split" and meta["holdout_fraction"] == "0.3"
+
+
+# ------------------------------------------------------------------------- what a reviewer is shown
+
+HOSTILE = [
+    "![x](http://evil.example/beacon.png)",  # an image: fetched from the attacker when the form opens
+    "<img src=x onerror=alert(document.cookie)>",
+    "[click](javascript:alert(1))",
+    "<http://evil.example> and <script>alert(1)</script>",
+    "**bold** `code` # heading | table | &lt;img src=x&gt; \\*",
+    "[ref]: http://evil.example",
+]
+
+
+def _rendered(markdown: str):
+    """Render as a CommonMark renderer with raw HTML allowed does (the most permissive case): the HTML and
+    the inline tokens."""
+    from markdown_it import MarkdownIt
+
+    parser = MarkdownIt("commonmark")
+    tokens = parser.parse(markdown)
+    inline = [child for token in tokens for child in (token.children or [])]
+    return parser.render(markdown), tokens, inline
+
+
+def test_captured_text_renders_as_typed_in_the_review_form():
+    """Prompts and answers are attacker-controlled: in the form's description they render as the
+    characters typed, never as a link, an image or HTML."""
+    from tasks.review.display import escape_markdown, review_markdown
+
+    for hostile in HOSTILE:
+        _, tokens, inline = _rendered(escape_markdown(hostile))
+        assert [t.type for t in inline] == ["text"], (hostile, inline)  # one run of plain text
+        assert inline[0].content == hostile  # exactly what was typed
+
+    records = [
+        {
+            "id": "r-1",
+            "timestamp": "2026-12-01T10:00:00Z",
+            "messages": [{"role": "user", "content": hostile}],
+            "response": HOSTILE[(index + 1) % len(HOSTILE)],
+        }
+        for index, hostile in enumerate(HOSTILE)
+    ]
+    records[0]["messages"][0]["content"] += "\x1b[2J\u202e hidden"  # a terminal escape, a bidi override
+    problems = ["decisions.0: <img src=y onerror=alert(2)> [x](javascript:alert(3))"]
+    html, tokens, inline = _rendered(review_markdown(records, 1, 1500, problems))
+    kinds = {t.type for t in [*tokens, *inline]}
+    assert not kinds & {"link_open", "image", "html_inline", "html_block"}, kinds
+    assert "<img" not in html and "<a " not in html and "<script" not in html
+    assert "&lt;img src=x onerror=alert(document.cookie)&gt;" in html  # shown, as text
+    assert "\x1b" not in html and "\u202e" not in html and "\ufffd[2J\ufffd hidden" in html
+
+
+def test_the_cli_shows_captured_text_without_interpreting_it(publish_splits):
+    from fineflow.cli import app
+
+    publish_splits({"train": []})
+    config = load_config()
+    capture(config, 1)
+    store = open_store(config)
+    [record] = pending_records(store, config).records
+    hostile = {**record, "id": uuid.uuid4().hex, "response": "[link=http://evil.example]click[/link] [/bold]"}
+    traffic.write_captured(store, config, [hostile], datetime.now(UTC))
+    traffic.commit_captured(store, config, 1)
+    # Unescaped, rich would fail on the stray closing tag, or make the rest a terminal hyperlink.
+    listed = CliRunner().invoke(app, ["traffic", "review", "--list"])
+    assert listed.exit_code == 0, listed.output
+    assert "[/bold]" in listed.output
+    asked = CliRunner().invoke(app, ["traffic", "review", "--reviewer", "bob"], input="s\ns\n")
+    assert asked.exit_code == 0, asked.output
+    assert "served answer: [link=http://evil.example]click[/link] [/bold]" in asked.output
+
+
+# ------------------------------------------------------------------------------- invalid submissions
+
+
+def review_in_thread(overrides: dict, reason: str | None = None) -> tuple[threading.Thread, dict]:
+    """The review-traffic flow running (it pauses for forms) while the test answers them."""
+    from flows.review import review_traffic
+
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["summary"] = review_traffic(overrides=overrides, reason=reason)
+        except Exception as exc:  # the test asserts on it
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, daemon=True)  # a failed test leaves no run blocking the exit
+    worker.start()
+    return worker, outcome
+
+
+def test_an_invalid_submission_is_shown_again_with_its_problems_and_nothing_is_written(
+    prefect_api, publish_splits
+):
+    """Through the API the UI calls: a decision outside the allowed set is refused by Prefect against the
+    form's schema (the run stays on the same form); unknown ids, a correction without its answer and no
+    reviewer are found by the flow, which shows the form again, pre-filled with what was sent and its
+    problems named, having written nothing; the corrected submission is recorded."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.responses import SetStateStatus
+
+    publish_splits({"train": []})
+    overrides = {"review.batch_size": 3, "review.poll_s": 1, "review.timeout_s": 120}
+    config = load_config(overrides=overrides)
+    ids = capture(config, 3)
+    worker, outcome = review_in_thread(overrides)
+    with get_client(sync_client=True) as client:
+        first = next_paused_form(client, set())
+        assert first.ids == ids and "not recorded" not in first.description
+
+        outside = {"reviewer": "ann", "decisions": [{"id": ids[0], "decision": "delete"}]}
+        refused = client.resume_flow_run(first.run_id, run_input=outside)
+        assert refused.status == SetStateStatus.REJECT and "delete" in refused.details.reason
+        assert client.read_flow_run(first.run_id).state.state_details.pause_key == first.key  # still there
+
+        invalid = {
+            "reviewer": " ",
+            "decisions": [
+                {"id": "nope", "decision": "approve"},
+                {"id": ids[1], "decision": "correct", "corrected_answer": ""},
+                {"id": ids[2], "decision": "reject", "reason": "spam"},
+            ],
+        }
+        accepted = client.resume_flow_run(first.run_id, run_input=invalid)
+        assert accepted.status == SetStateStatus.ACCEPT
+        again = next_paused_form(client, {first.key})
+        assert files(config, "decisions") == [] and files(config, "reviewed") == []  # nothing written
+        shown = _rendered(again.description)[0]
+        for problem in ("name the reviewer", "not pending: ['nope']", "a correction needs corrected_answer"):
+            assert problem in shown, shown
+        assert again.ids == ids  # the batch, whole, in its order
+        rows = {row["id"]: row for row in again.defaults["decisions"]}
+        assert rows[ids[2]]["decision"] == "reject" and rows[ids[2]]["reason"] == "spam"  # kept
+        assert rows[ids[1]]["decision"] == "correct" and rows[ids[0]]["decision"] == "skip"
+
+        fixed = {
+            "reviewer": "ann",
+            "decisions": [
+                {"id": ids[1], "decision": "correct", "corrected_answer": "Hold the button for 5 s."},
+                {"id": ids[2], "decision": "reject", "reason": "spam"},
+            ],
+        }
+        client.resume_flow_run(again.run_id, run_input=fixed)
+    worker.join(timeout=120)
+    assert not worker.is_alive() and "error" not in outcome, outcome
+    assert outcome["summary"].decided == 2
+    assert {row["id"] for row in files(config, "decisions")} == {ids[1], ids[2]}
+    assert [r["id"] for r in pending_records(open_store(config), config).records] == [ids[0]]
+
+
+def test_too_many_invalid_submissions_fail_the_run_with_nothing_written(prefect_api, publish_splits):
+    from prefect.client.orchestration import get_client
+
+    publish_splits({"train": []})
+    overrides = {
+        "review.batch_size": 2,
+        "review.poll_s": 1,
+        "review.timeout_s": 120,
+        "review.max_attempts": 2,
+    }
+    config = load_config(overrides=overrides)
+    ids = capture(config, 2)
+    worker, outcome = review_in_thread(overrides)
+    answered: set[str] = set()
+    with get_client(sync_client=True) as client:
+        for _ in range(2):
+            form = next_paused_form(client, answered)
+            answered.add(form.key)
+            unknown = {"reviewer": "ann", "decisions": [{"id": "nope", "decision": "approve"}]}
+            client.resume_flow_run(form.run_id, run_input=unknown)
+    worker.join(timeout=120)
+    assert not worker.is_alive()
+    error = outcome["error"]
+    assert isinstance(error, ReviewError)
+    assert "review batch 1: 2 invalid submissions (review.max_attempts), nothing written" in str(error)
+    assert "its 2 conversation(s) stay pending" in str(error) and "not pending: ['nope']" in str(error)
+    assert files(config, "decisions") == [] and files(config, "reviewed") == []
+    assert [r["id"] for r in pending_records(open_store(config), config).records] == ids
+
+
+# -------------------------------------------------------------------------- review -> retrain
+
+
+def test_a_review_asks_for_a_retrain_once_enough_reviewed_conversations_wait_for_one(
+    prefect_api, publish_splits
+):
+    """review.retrain_min_rows=3: a first batch of 2 approvals asks for nothing; the batch that brings the
+    conversations no retrain has read to 3 emits fineflow.traffic.reviewed on its commit (a rejection
+    counts for nothing), and prefect.yaml's automation runs the lifecycle on that commit. Once a retrain
+    has split that commit, nothing waits for one any more."""
+    from tasks.review.retrain import EVENT, count_backlog
+    from tasks.review.slices import split_reviewed
+    from tests.automations import read_events, triggered_parameters
+
+    publish_splits({"train": []})
+    overrides = {"review.batch_size": 2, "review.poll_s": 1, "review.timeout_s": 120}
+    overrides |= {"review.retrain_min_rows": 3}
+    config = load_config(overrides=overrides)
+    ids = capture(config, 4)
+    started = datetime.now(UTC) - timedelta(seconds=5)
+    plan = {
+        ids[0]: {"decision": "approve"},
+        ids[1]: {"decision": "correct", "corrected_answer": "Hold the button for 5 s."},
+        ids[2]: {"decision": "reject", "reason": "spam"},
+        ids[3]: {"decision": "approve"},
+    }
+    worker, outcome = review_in_thread(overrides)
+    answer_paused_forms(
+        lambda forms: {"reviewer": "ann", "decisions": [{"id": i, **plan[i]} for i in forms]}, 2
+    )
+    worker.join(timeout=120)
+    summary = outcome["summary"]
+    [_, second] = [result.commit for result in summary.batches]  # the first batch asked for nothing
+    assert summary.retrain_commit == second and summary.retrain_event_id
+
+    [event] = read_events(EVENT, started, wait_s=60)
+    assert str(event.id) == summary.retrain_event_id
+    assert event.resource["traffic.commit"] == second and event.resource["review.untrained"] == "3"
+    assert triggered_parameters(event) == {
+        "lifecycle": {
+            "traffic_commit": second,
+            "reason": "3 reviewed conversations by ann; review started by hand",
+        }
+    }
+    store = open_store(config)
+    assert count_backlog(store, config).untrained == 3
+    split_reviewed(store, config, second)  # what the retrain does first
+    assert count_backlog(store, config).untrained == 0

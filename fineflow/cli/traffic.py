@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from fineflow.cli.common import ConfigOption, SetOption, console, load
@@ -49,11 +50,34 @@ def review_command(
         else _ask(pending.records, reviewer, loaded.review.shown_chars)
     )
     result = write_review(store, loaded, pending.records, batch, datetime.now(UTC))
-    console.print(f"review by {result.reviewer}: {result.counts}")
+    console.print(f"review by {escape(result.reviewer)}: {result.counts}")
     if result.commit:
         console.print(
             f"commit {result.commit}: {result.decisions_file}, reviewed rows in {result.reviewed_file}"
         )
+        _ask_for_retrain(store, loaded, result.reviewer)
+
+
+def _ask_for_retrain(store, config, reviewer: str) -> None:
+    """As the review flow does: enough reviewed conversations no retrain has read emit
+    `fineflow.traffic.reviewed` (the automation runs the lifecycle on them) when a Prefect API is there."""
+    from prefect.events import emit_event
+    from prefect.settings import PREFECT_API_URL
+
+    from tasks.review.retrain import count_backlog, reviewed_event
+
+    backlog = count_backlog(store, config)
+    console.print(
+        f"{backlog.untrained} reviewed conversation(s) not read by any retrain yet "
+        f"(review.retrain_min_rows={config.review.retrain_min_rows})"
+    )
+    if not backlog.asks_for_retrain(config):
+        return
+    if PREFECT_API_URL.value():
+        emit_event(**reviewed_event(config, backlog, reviewer, "reviewed with fineflow traffic review"))
+        console.print(f"retrain asked: fineflow.traffic.reviewed on traffic commit {backlog.commit}")
+    else:
+        console.print(f"no Prefect API to ask; retrain with: fineflow run --traffic-commit {backlog.commit}")
 
 
 def read_decisions(path: Path, reviewer: str | None) -> ReviewBatch:
@@ -80,16 +104,18 @@ def read_decisions(path: Path, reviewer: str | None) -> ReviewBatch:
 
 
 def _print_pending(records: list[dict], shown_chars: int) -> None:
+    from tasks.review.display import terminal_text
+
     table = Table(title=f"{len(records)} conversation(s) pending review")
     table.add_column("id", no_wrap=True)  # whole, to copy into a decisions file
     for column in ("captured", "prompt", "served answer"):
         table.add_column(column, overflow="fold")
     for record in records:
-        table.add_row(
-            record["id"],
-            record.get("timestamp", ""),
-            record["messages"][-1].get("content", "")[:shown_chars],
-            record["response"][:shown_chars],
+        table.add_row(  # captured text is attacker-controlled: no rich markup or control codes from it
+            terminal_text(record["id"], shown_chars),
+            terminal_text(record.get("timestamp", ""), shown_chars),
+            terminal_text(record["messages"][-1].get("content", ""), shown_chars),
+            terminal_text(record["response"], shown_chars),
         )
     console.print(table)
 
@@ -103,11 +129,13 @@ def _ask(records: list[dict], reviewer: str | None, shown_chars: int) -> ReviewB
 
 def _ask_one(record: dict, shown_chars: int) -> ReviewDecision:
     from tasks.review.decisions import ReviewDecision
+    from tasks.review.display import terminal_text
 
-    console.rule(record["id"])
+    console.rule(terminal_text(record["id"], shown_chars))
     for message in record["messages"]:
-        console.print(f"[bold]{message.get('role')}[/bold]: {str(message.get('content'))[:shown_chars]}")
-    console.print(f"[bold]served answer[/bold]: {record['response'][:shown_chars]}")
+        role, content = (terminal_text(message.get(key), shown_chars) for key in ("role", "content"))
+        console.print(f"[bold]{role}[/bold]: {content}")
+    console.print(f"[bold]served answer[/bold]: {terminal_text(record['response'], shown_chars)}")
     choice = typer.prompt("[a]pprove, [c]orrect, [r]eject, [s]kip", default="s")
     verdict = {"a": "approve", "c": "correct", "r": "reject"}.get(choice.strip().lower()[:1], "skip")
     corrected = typer.prompt("corrected answer") if verdict == "correct" else ""

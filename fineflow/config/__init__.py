@@ -559,7 +559,9 @@ class CanaryConfig(Strict):
     )
 
 
-LiveSignal = Literal["refusal_rate", "pii_rate", "repetition", "answer_words", "injection_followed"]
+LiveSignal = Literal[
+    "refusal_rate", "pii_rate", "repetition", "answer_words", "injection_followed", "judge_answer_relevancy"
+]
 
 
 class LiveSignalConfig(Strict):
@@ -577,6 +579,9 @@ class LiveQualityConfig(Strict):
     sample_size: int = Field(ge=1, description="captured records of the window scored (seeded sample)")
     seed: int
     repetition_ngram: int = Field(ge=1, description="word n-gram length of the repetition signal")
+    judge_sample: int = Field(
+        ge=0, description="answers per side the judge scores when it is marked capable (several calls each)"
+    )
     min_items: int = Field(ge=2, description="fewer answers on either side: reported, not decided")
     confidence: float = Field(gt=0.0, lt=1.0)
     resamples: int = Field(ge=100)
@@ -624,11 +629,17 @@ class ReviewConfig(Strict):
     max_batches: int = Field(ge=1, description="batches one review run asks for; the rest stay pending")
     timeout_s: int = Field(ge=1, description="a form not answered in time ends the run")
     poll_s: int = Field(ge=1, description="how often the paused flow checks for the answer")
+    max_attempts: int = Field(
+        ge=1, description="invalid submissions of one batch's form (re-shown, errors named) before failing"
+    )
     shown_chars: int = Field(ge=1, description="each turn shown in the form is cut to this many characters")
     holdout_fraction: float = Field(
         gt=0.0, lt=1.0, description="share of reviewed prompts held out of a retrain: the drifted slice"
     )
     holdout_seed: int = Field(description="a prompt stays on its side of the split while this is unchanged")
+    retrain_min_rows: int = Field(
+        ge=1, description="approved and corrected conversations no retrain has read that ask for a retrain"
+    )
 
 
 class FineflowConfig(Strict):

@@ -17,14 +17,16 @@ from fineflow.registry.refs import RegisteredVersion
 from fineflow.runtime import IO_RETRIES
 from tasks.drift.canary import KIND as CANARY_KIND
 from tasks.drift.canary import canary_statistics, golden_answers, recorded_golden
-from tasks.drift.live_quality import KIND as LIVE_KIND
 from tasks.drift.live_quality import (
+    JUDGE_SIGNAL,
     compare_signals,
     evaluation_answers,
+    judge_signal_scores,
     served_sample,
     signal_scores,
     sorted_by_rules,
 )
+from tasks.drift.live_quality import KIND as LIVE_KIND
 from tasks.drift.report import DRIFT, NO_DRIFT, NOT_ENOUGH, ReportData
 from tasks.drift.stats import MIN_POINTS, InputDrift, Statistic, input_drift
 from tasks.drift.traffic_window import TrafficWindow
@@ -133,18 +135,25 @@ def measure_live_quality(
         why = "no recorded evaluation" if not run_id else f"evaluation run {run_id} kept no answered prompts"
         return LiveQualityCheck(notes=[f"Live quality skipped: version {found.version} has {why}."])
     refusals = load_eval_prompts(config.evaluation.classic_metrics.prompts_file).refusal_regexes
-    live = sorted_by_rules(*served_sample(window.records, config.drift.live_quality), rules)
-    statistics, notes = compare_signals(
-        signal_scores(live, config, refusals),
-        signal_scores(recorded, config, refusals),
-        config.drift.live_quality,
-    )
-    notes.insert(0, f"Live quality: served answers compared with evaluation run {run_id}.")
-    if not config.evaluation.judge_capable:
-        notes.append("Live quality: no judge scores (the judge is not marked capable).")
-    else:
-        notes.append("Live quality: judge scoring of served answers is not implemented yet.")
-    return LiveQualityCheck(statistics, notes)
+    settings = config.drift.live_quality
+    live = sorted_by_rules(*served_sample(window.records, settings), rules)
+    now, then = signal_scores(live, config, refusals), signal_scores(recorded, config, refusals)
+    notes = [f"Live quality: served answers compared with evaluation run {run_id}."]
+    if JUDGE_SIGNAL in settings.signals:
+        if config.evaluation.judge_capable:
+            now[JUDGE_SIGNAL], then[JUDGE_SIGNAL], note = judge_signal_scores(
+                live.ordinary, recorded.ordinary, config
+            )
+            notes.append(note)
+        else:
+            notes.append(
+                f"Live quality: {JUDGE_SIGNAL} skipped: the judge ({config.evaluation.judge.model}) is not "
+                "marked capable (evaluation.judge.capable: false), so its scores would be noise."
+            )
+            signals = {k: v for k, v in settings.signals.items() if k != JUDGE_SIGNAL}
+            settings = settings.model_copy(update={"signals": signals})
+    statistics, compared = compare_signals(now, then, settings)
+    return LiveQualityCheck(statistics, notes + compared)
 
 
 def add_live_quality(report: ReportData, live: LiveQualityCheck) -> None:

@@ -14,6 +14,13 @@ Captured traffic has no reference answers, so only what an answer shows by itsel
 - `injection_followed`: on prompts the safety rules flag as prompt injection or jailbreak, the answer does
   not refuse. It overcounts (an answer that ignores the attack and helps also counts), the same way on
   both sides: the evaluation side is the answers to the injection payloads.
+- `judge_answer_relevancy`: only when the configured judge is marked capable (`evaluation.judge.capable`;
+  a person decides that, seeing `judge_fact_agreement` and the judge's verdicts: the embedded 135M judge is
+  not). deepeval's answer relevancy needs no reference answer, which served traffic lacks; the correctness
+  the evaluation judged needs one, so its recorded scores cannot be compared with served answers. Both
+  sides are therefore scored now by the same judge, through the one judge adapter: a seeded sample
+  (`judge_sample`) of the served answers and of the answers the evaluation recorded. A verdict the judge
+  fails to give is counted and never averaged in.
 
 The two sides are different items, so each is summarised by its bootstrap interval and compared by the
 unpaired two-sample bootstrap of the difference (live - evaluation). A signal whose whole interval of the
@@ -117,7 +124,38 @@ def signal_scores(
         "answer_words": lambda: [float(len(a.split())) for a in ordinary.answers],
         "injection_followed": lambda: [float(not is_refusal(a, refusals)) for a in sets.injection.answers],
     }
-    return {name: signals[name]() for name in settings.signals}
+    return {name: signals[name]() for name in settings.signals if name in signals}
+
+
+JUDGE_SIGNAL = "judge_answer_relevancy"
+JUDGE_METRIC = "answer_relevancy"  # deepeval's: needs no reference answer
+
+
+def judge_signal_scores(
+    live: Answered, recorded: Answered, config: FineflowConfig
+) -> tuple[list[float], list[float], str]:
+    """The judge's answer relevancy of a seeded sample of each side (its failures to judge left out), and
+    a note saying how many it judged."""
+    from tasks.evaluation.judge_metrics import get_judge, judge_verdicts
+
+    settings, judge_config = config.drift.live_quality, config.evaluation.judge
+    judge = get_judge(judge_config, config.data_dir / "models")
+
+    def judged(side: Answered) -> tuple[list[float], int]:
+        picked = random.Random(settings.seed).sample(
+            range(len(side.answers)), min(settings.judge_sample, len(side.answers))
+        )
+        questions, answers = [side.prompts[i] for i in picked], [side.answers[i] for i in picked]
+        verdicts = judge_verdicts(judge, [JUDGE_METRIC], questions, answers, ["" for _ in picked])
+        return [v for v in verdicts[JUDGE_METRIC] if v is not None], len(picked)
+
+    (now, asked_now), (then, asked_then) = judged(live), judged(recorded)
+    note = (
+        f"Live quality: the judge ({judge_config.kind} {judge_config.model}, marked capable) scored answer "
+        f"relevancy of {len(now)} of {asked_now} sampled served answers and {len(then)} of {asked_then} "
+        "answers the evaluation recorded (the rest: failures to judge, left out)."
+    )
+    return now, then, note
 
 
 def _interval(interval: Interval) -> str:

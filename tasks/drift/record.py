@@ -86,7 +86,7 @@ def summary(found: RegisteredVersion, traffic_commit: str, report: ReportData) -
 
 def drift_event(found: RegisteredVersion, traffic_commit: str, report: ReportData, run_id: str) -> dict:
     """emit_event's arguments for the contract's `fineflow.drift.detected` event, which an automation
-    turns into a lifecycle (retrain) run."""
+    turns into a review-traffic run (the review then asks for the retrain)."""
     return {
         "event": EVENT,
         "resource": {

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Literal
 
 from prefect.input import RunInput
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Verdict = Literal["approve", "correct", "reject", "skip"]
 DECIDED: tuple[Verdict, ...] = ("approve", "correct", "reject")
@@ -23,6 +23,14 @@ DECIDED: tuple[Verdict, ...] = ("approve", "correct", "reject")
 
 class ReviewError(ValueError):
     """Decisions that cannot be recorded (an unknown id, a correction without an answer...)."""
+
+
+class InvalidSubmission(ReviewError):
+    """A submitted batch of decisions that cannot be recorded, with every problem named."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
 class ReviewDecision(BaseModel):
@@ -59,13 +67,42 @@ class ReviewBatch(RunInput):
         return value.strip()
 
 
-def check_ids(decisions: list[ReviewDecision], pending: set[str]) -> None:
-    """Every decision names a pending record, once."""
-    ids = [d.id for d in decisions]
+def id_problems(ids: list[str], pending: set[str]) -> list[str]:
+    """What is wrong with the decided ids: one not pending (or not in the batch), one decided twice."""
     unknown = sorted(set(ids) - pending)
     twice = sorted({i for i in ids if ids.count(i) > 1})
-    if unknown or twice:
-        problems = ([f"not pending: {unknown}"] if unknown else []) + (
-            [f"decided twice: {twice}"] if twice else []
-        )
-        raise ReviewError("; ".join(problems))
+    return ([f"not pending: {unknown}"] if unknown else []) + ([f"decided twice: {twice}"] if twice else [])
+
+
+def check_ids(decisions: list[ReviewDecision], pending: set[str]) -> None:
+    """Every decision names a pending record, once."""
+    if problems := id_problems([d.id for d in decisions], pending):
+        raise InvalidSubmission(problems)
+
+
+def submitted_batch(submitted: object, pending: set[str]) -> ReviewBatch:
+    """A submission as sent (a form, the API), checked against the strict form and the batch's ids.
+
+    The strict form, not the pre-filled one the reviewer saw: a pre-filled field has a default, and
+    pydantic does not validate defaults, so a submission leaving `reviewer` out would pass that one.
+    Raises InvalidSubmission naming every problem, those of the ids too.
+    """
+    problems = id_problems(_sent_ids(submitted), pending)
+    try:
+        batch = ReviewBatch.model_validate(submitted)
+    except ValidationError as exc:
+        raise InvalidSubmission([_problem(error) for error in exc.errors()] + problems) from None
+    if problems:
+        raise InvalidSubmission(problems)
+    return batch
+
+
+def _sent_ids(submitted: object) -> list[str]:
+    rows = submitted.get("decisions") if isinstance(submitted, dict) else None
+    rows = rows if isinstance(rows, list) else []
+    return [row["id"] for row in rows if isinstance(row, dict) and isinstance(row.get("id"), str)]
+
+
+def _problem(error) -> str:
+    where = ".".join(str(part) for part in error["loc"]) or "the form"
+    return f"{where}: {error['msg']}"

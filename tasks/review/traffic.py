@@ -84,7 +84,7 @@ def reviewable(record: dict) -> bool:
         and isinstance(record.get("response"), str)
         and isinstance(messages, list)
         and bool(messages)
-        and isinstance(messages[-1], dict)
+        and all(isinstance(message, dict) for message in messages)
         and messages[-1].get("role") == "user"
     )
 
@@ -180,27 +180,3 @@ def _jsonl(rows: list[dict]) -> bytes:
 
 def batches(records: list[dict], size: int) -> list[list[dict]]:
     return [records[start : start + size] for start in range(0, len(records), size)]
-
-
-def review_markdown(records: list[dict], number: int, shown_chars: int) -> str:
-    """The form's description: each conversation of the batch (masked at capture), with its id."""
-    lines = [
-        f"# Review batch {number}",
-        "",
-        "For each conversation choose **approve** (the answer is right: train on it), **correct** (write "
-        "the right answer in `corrected_answer`), **reject** (never train on it; give a `reason`) or "
-        "**skip** (decide later). Text is PII-masked.",
-        "",
-    ]
-    for record in records:
-        lines += [f"## `{record['id']}` ({record.get('timestamp', '?')})", ""]
-        lines += [
-            f"- **{m.get('role')}**: {_cut(str(m.get('content')), shown_chars)}" for m in record["messages"]
-        ]
-        lines += [f"- **served answer**: {_cut(record['response'], shown_chars)}", ""]
-    return "\n".join(lines)
-
-
-def _cut(text: str, limit: int) -> str:
-    text = " ".join(text.split())  # one line per turn in the list
-    return text if len(text) <= limit else text[:limit] + " …"
