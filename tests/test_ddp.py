@@ -116,4 +116,23 @@ def test_two_process_ddp_trains_one_adapter_on_the_global_batch(prefect_api, pub
     [run] = client.search_runs([experiment.experiment_id])
     assert run.info.run_id == version.run_id == result.mlflow_run_id
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3, 4]
-    assert run.data.params["training.distributed"] == str(config.fine_tune.training.distributed.model_dump())
+    distributed = json.loads(run.data.params["training.distributed"])
+    assert distributed == config.fine_tune.training.distributed.model_dump()
+
+
+def test_the_backend_and_fsdp_flags_follow_the_world_and_the_strategy(monkeypatch):
+    """Under torchrun (WORLD_SIZE > 1) the collective backend is said outright, nccl on GPUs and gloo on
+    CPUs, and `strategy: fsdp` asks the Trainer for full sharding; a plain process gets none of it. FSDP
+    itself is not run here (it needs GPUs): these are the flags it would be started with."""
+    from fineflow.models.hardware import Hardware
+    from tasks.training.train import distributed_flags
+
+    hardware = Hardware(cuda=False, cuda_bf16=False, cpu_flags=frozenset())
+    gpu = Hardware(cuda=True, cuda_bf16=True, cpu_flags=frozenset())
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert distributed_flags("ddp", hardware) == {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert distributed_flags("ddp", hardware) == {"ddp_backend": "gloo"}
+    fsdp = distributed_flags("fsdp", hardware)
+    assert fsdp["fsdp"] == "full_shard auto_wrap" and fsdp["ddp_backend"] == "gloo"
+    assert distributed_flags("ddp", gpu) == {"ddp_backend": "nccl"}

@@ -218,7 +218,9 @@ OPTIMIZER_PROBE = textwrap.dedent(
         "task_on_lambda": optimize(["Lambda"]),
         "on_demand_on_lambda": optimize(["Lambda"], lambda t: {r.copy(use_spot=False) for r in t.resources}),
         "unknown_gpu": optimize(["RunPod", "Lambda"], lambda t: sky.Resources(accelerators="NOPE-GPU:1")),
-        "two_nodes_of_two_gpus": optimize(["RunPod", "Lambda"], task_file=sys.argv[2]),
+        "two_nodes_of_two_gpus": optimize(
+            ["Lambda"], lambda t: {r.copy(use_spot=False) for r in t.resources}, task_file=sys.argv[2]
+        ),
     }
     print("PROBE " + json.dumps(cases))
     """
@@ -275,10 +277,11 @@ def test_optimizer_rejects_an_unknown_gpu(optimizer_cases):
 
 
 def test_optimizer_places_two_nodes_of_two_gpus(optimizer_cases):
-    # Only RunPod lists a 2-GPU spot offer of a listed GPU in the fixture catalog (Lambda sells no spot).
+    # The task as build_task sizes it for 2 nodes x 2 GPUs, on demand: Lambda (multi-node, no spot) offers
+    # a 2-GPU A100 machine in the fixture catalog, and the optimizer takes two of them.
     best = optimizer_cases["two_nodes_of_two_gpus"]
-    assert (best["cloud"], best["instance_type"]) == ("RunPod", "2x_L4_SECURE")
-    assert best["accelerators"] == {"L4": 2} and best["num_nodes"] == 2 and best["use_spot"] is True
+    assert (best["cloud"], best["instance_type"]) == ("Lambda", "gpu_2x_a100_sxm4")
+    assert best["accelerators"] == {"A100": 2} and best["num_nodes"] == 2 and best["use_spot"] is False
 
 
 # --- multi-node: the task's size from config, and what its run script starts on each node ----------------
@@ -295,7 +298,8 @@ def multi_node_config(nodes: int = 2, gpus: int = 2):
 
 
 def test_build_task_sizes_the_job_from_config(tmp_path):
-    task = build_task(make_spec(tmp_path), multi_node_config(nodes=3, gpus=4))
+    spec = make_spec(tmp_path, **{"distributed.processes_per_node": 4})  # the spec and the task, one config
+    task = build_task(spec, multi_node_config(nodes=3, gpus=4))
     assert task.num_nodes == 3
     assert {str(r.accelerators) for r in task.resources} == {"{'L4': 4}", "{'A10G': 4}", "{'A100': 4}"}
     assert uploaded_spec(task).training.distributed.processes_per_node == 4
