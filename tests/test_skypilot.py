@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 from prefect.exceptions import TerminationSignal
-from pydantic import Field, create_model
+from pydantic import BaseModel, Field, create_model
 
 from fineflow.config import ConfigError, LoraConfig, TrainingConfig, load_config
 from tasks.training import train as train_module
@@ -45,6 +45,7 @@ from tasks.training.compute_skypilot import (
     build_task,
     clean_log_line,
     run_on_skypilot,
+    scaled_task,
     split_bucket,
 )
 from tasks.training.train import EVENT_PREFIX, METRIC_PREFIX, TrainSpec, read_spec
@@ -110,8 +111,10 @@ def test_task_yaml_passes_skypilots_own_schema_validation():
     assert outputs.mode == sky.StorageMode.MOUNT_CACHED
     assert outputs.source == raw["envs"]["OUTPUT_BUCKET"]  # $OUTPUT_BUCKET substituted by SkyPilot
     assert "uv sync --frozen" in raw["setup"]
-    # The same entry point as local compute (tasks/training/compute_local.py), on the uploaded spec.
-    assert f"python -m tasks.training.train --spec {SPEC_FILE_ON_VM}" in raw["run"]
+    # The same entry point as local compute (tasks/training/compute_local.py), on the uploaded spec, under
+    # torchrun on every node (tested below by running the script).
+    assert f"-m tasks.training.train --spec {SPEC_FILE_ON_VM}" in raw["run"]
+    assert task.num_nodes == 1
 
 
 def test_an_unknown_field_in_the_task_yaml_is_rejected():
@@ -162,7 +165,7 @@ def test_a_yaml_out_of_step_with_the_code_is_refused_before_launch(tmp_path):
     config = load_config(
         overrides={"fine_tune.skypilot.bucket": BUCKET, "fine_tune.skypilot.task_file": str(task_file)}
     )
-    with pytest.raises(SkyPilotError, match="run must call `python -m tasks.training.train --spec"):
+    with pytest.raises(SkyPilotError, match="run must call `torchrun ... -m tasks.training.train --spec"):
         build_task(make_spec(tmp_path), config)
     del broken["file_mounts"][SPEC_FILE_ON_VM]
     task_file.write_text(yaml.safe_dump(broken))
@@ -195,10 +198,10 @@ OPTIMIZER_PROBE = textwrap.dedent(
     server_common.make_authenticated_request = offline  # no SkyPilot API server on this path
     requests.Session.request = offline  # no catalog download either
 
-    def optimize(clouds, resources=None):
+    def optimize(clouds, resources=None, task_file=sys.argv[1]):
         enabled = [getattr(sky.clouds, c)() for c in clouds]
         check.get_cached_enabled_clouds_or_refresh = lambda *a, **k: enabled
-        task = sky.Task.from_yaml(sys.argv[1])
+        task = sky.Task.from_yaml(task_file)
         if resources is not None:
             task.set_resources(resources(task))
         with sky.Dag() as dag:
@@ -208,13 +211,16 @@ OPTIMIZER_PROBE = textwrap.dedent(
         except exceptions.ResourcesUnavailableError as exc:
             return {"error": str(exc).splitlines()[0]}
         return {"cloud": str(best.cloud), "instance_type": best.instance_type, "region": best.region,
-                "accelerators": best.accelerators, "use_spot": best.use_spot}
+                "accelerators": best.accelerators, "use_spot": best.use_spot, "num_nodes": task.num_nodes}
 
     cases = {
         "task_on_runpod": optimize(["RunPod"]),
         "task_on_lambda": optimize(["Lambda"]),
         "on_demand_on_lambda": optimize(["Lambda"], lambda t: {r.copy(use_spot=False) for r in t.resources}),
         "unknown_gpu": optimize(["RunPod", "Lambda"], lambda t: sky.Resources(accelerators="NOPE-GPU:1")),
+        "two_nodes_of_two_gpus": optimize(
+            ["Lambda"], lambda t: {r.copy(use_spot=False) for r in t.resources}, task_file=sys.argv[2]
+        ),
     }
     print("PROBE " + json.dumps(cases))
     """
@@ -233,8 +239,11 @@ def optimizer_cases(tmp_path_factory) -> dict:
         "HTTPS_PROXY": "http://127.0.0.1:9",  # belt and braces: anything that slips through fails locally
         "HTTP_PROXY": "http://127.0.0.1:9",
     }
+    # The task as build_task sizes it for 2 nodes of 2 GPUs (fine_tune.skypilot.num_nodes, processes per node)
+    multi_node = home / "finetune-2x2.yaml"
+    multi_node.write_text(yaml.safe_dump(scaled_task(raw_yaml(), multi_node_config())))
     done = subprocess.run(
-        [sys.executable, "-c", OPTIMIZER_PROBE, str(TASK_YAML)],
+        [sys.executable, "-c", OPTIMIZER_PROBE, str(TASK_YAML), str(multi_node)],
         env=env,
         cwd=REPO_ROOT,
         capture_output=True,
@@ -265,6 +274,64 @@ def test_optimizer_honours_spot_lambda_sells_none(optimizer_cases):
 
 def test_optimizer_rejects_an_unknown_gpu(optimizer_cases):
     assert "NOPE-GPU" in optimizer_cases["unknown_gpu"]["error"]
+
+
+def test_optimizer_places_two_nodes_of_two_gpus(optimizer_cases):
+    # The task as build_task sizes it for 2 nodes x 2 GPUs, on demand: Lambda (multi-node, no spot) offers
+    # a 2-GPU A100 machine in the fixture catalog, and the optimizer takes two of them.
+    best = optimizer_cases["two_nodes_of_two_gpus"]
+    assert (best["cloud"], best["instance_type"]) == ("Lambda", "gpu_2x_a100_sxm4")
+    assert best["accelerators"] == {"A100": 2} and best["num_nodes"] == 2 and best["use_spot"] is False
+
+
+# --- multi-node: the task's size from config, and what its run script starts on each node ----------------
+
+
+def multi_node_config(nodes: int = 2, gpus: int = 2):
+    return load_config(
+        overrides={
+            "fine_tune.skypilot.bucket": BUCKET,
+            "fine_tune.skypilot.num_nodes": nodes,
+            "fine_tune.training.distributed.processes_per_node": gpus,
+        }
+    )
+
+
+def test_build_task_sizes_the_job_from_config(tmp_path):
+    spec = make_spec(tmp_path, **{"distributed.processes_per_node": 4})  # the spec and the task, one config
+    task = build_task(spec, multi_node_config(nodes=3, gpus=4))
+    assert task.num_nodes == 3
+    assert {str(r.accelerators) for r in task.resources} == {"{'L4': 4}", "{'A10G': 4}", "{'A100': 4}"}
+    assert uploaded_spec(task).training.distributed.processes_per_node == 4
+
+
+# TEST DOUBLE of torchrun: no GPU node can run here. It records the arguments the run script gives it.
+TORCHRUN_DOUBLE = '#!/bin/sh\nprintf \'%s\\n\' "$@" > "$TORCHRUN_ARGS"\n'
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_every_node_starts_torchrun_with_rank_0_on_the_first_node(tmp_path, rank):
+    """The YAML's run script as SkyPilot runs it on node `rank` of 2 with 4 GPUs each, SkyPilot's own
+    environment variables set: both nodes name the first IP as the master, and each its own rank."""
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "torchrun").write_text(TORCHRUN_DOUBLE)
+    (bin_dir / "torchrun").chmod(0o755)
+    env = {
+        "PATH": os.environ["PATH"],
+        "TORCHRUN_ARGS": str(tmp_path / "args"),
+        "SKYPILOT_NODE_IPS": "10.0.0.5\n10.0.0.9\n",
+        "SKYPILOT_NUM_NODES": "2",
+        "SKYPILOT_NODE_RANK": str(rank),
+        "SKYPILOT_NUM_GPUS_PER_NODE": "4",
+    }
+    subprocess.run(["bash", "-c", raw_yaml()["run"]], cwd=tmp_path, env=env, check=True)
+    args = (tmp_path / "args").read_text().split()
+    assert args == [
+        "--nnodes", "2", "--node_rank", str(rank), "--nproc_per_node", "4",
+        "--master_addr", "10.0.0.5", "--master_port", "29500",
+        "-m", "tasks.training.train", "--spec", SPEC_FILE_ON_VM,
+    ]  # fmt: skip
 
 
 # --- c. launch / logs / status / cancel against a TEST DOUBLE of the SDK boundary -------------------------
@@ -514,7 +581,10 @@ def test_the_spec_file_round_trips_to_the_same_spec(tmp_path):
 
 def non_default(value, annotation=None):
     """A valid value other than `value`, of the same type (every knob must visibly travel); for a Literal
-    field, another of its allowed values."""
+    field, another of its allowed values; for a nested section, every field of it changed."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        fields = annotation.model_fields
+        return annotation(**{f: non_default(v, fields[f].annotation) for f, v in value.items()})
     choices = [choice for choice in typing.get_args(annotation) if choice != value]
     if typing.get_origin(annotation) is typing.Literal and choices:
         return choices[0]

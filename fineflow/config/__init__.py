@@ -207,6 +207,18 @@ class LoraConfig(Strict):
     )
 
 
+class DistributedConfig(Strict):
+    processes_per_node: int = Field(
+        ge=1,
+        description="training processes per node, one per GPU: 1 runs the entry point plainly; N > 1 runs "
+        "N under torchrun (DDP; gloo on a CPU, nccl on GPUs). On SkyPilot: GPUs per node",
+    )
+    strategy: Literal["ddp", "fsdp"] = Field(
+        description="ddp: a full replica per process; fsdp: the base sharded across processes (bases that "
+        "do not fit one GPU)"
+    )
+
+
 class TrainingConfig(Strict):
     learning_rate: float = Field(gt=0.0)
     lr_scheduler: str
@@ -232,6 +244,7 @@ class TrainingConfig(Strict):
     precision: Precision = Field(
         description="auto: bf16 autocast on a GPU or CPU that computes bf16 natively, else fp32"
     )
+    distributed: DistributedConfig
 
 
 class SkyPilotConfig(Strict):
@@ -241,6 +254,9 @@ class SkyPilotConfig(Strict):
     )
     job_name: str
     poll_seconds: float = Field(gt=0)
+    num_nodes: int = Field(
+        ge=1, description="nodes of the job; each runs training.distributed.processes_per_node processes"
+    )
 
 
 class FineTuneConfig(Strict):

@@ -2,7 +2,8 @@
 
 A separate process means a crash, an out-of-memory kill or a CUDA error in training cannot take the
 orchestrator down; the flow sees a failed task with the last lines of the trainer's output. Cancelling
-the flow terminates the child.
+the flow terminates the child. With `training.distributed.processes_per_node` > 1 the child is torchrun,
+which starts that many trainers (DDP) and stops them all when it is terminated or one of them fails.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from tasks.training.train import ENTRY_MODULE, TrainSpec
+from tasks.training.train import TrainSpec, entry_command
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TAIL_LINES = 30  # trainer output kept for the error message when training fails
@@ -30,7 +31,7 @@ def run_locally(spec: TrainSpec, on_line: Callable[[str], None]) -> Path:
     output.mkdir(parents=True, exist_ok=True)
     spec_file = output / "spec.json"
     spec_file.write_text(spec.model_dump_json(indent=2))
-    command = [sys.executable, "-m", ENTRY_MODULE, "--spec", str(spec_file)]
+    command = entry_command(sys.executable, spec_file, spec.training.distributed.processes_per_node)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     process = subprocess.Popen(

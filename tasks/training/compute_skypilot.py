@@ -8,6 +8,10 @@ logs into on_line, line by line, in the same FINEFLOW_METRIC / FINEFLOW_EVENT pr
 -> poll its status until it ends -> copy `adapter/` and `train_result.json` from the bucket into
 spec.output_dir.
 
+The job has fine_tune.skypilot.num_nodes nodes of training.distributed.processes_per_node GPUs each
+(`scaled_task`); the YAML's `run` starts torchrun on every node, one trainer per GPU (DDP), with rank 0 on
+the first node of $SKYPILOT_NODE_IPS.
+
 Checkpoints live in the bucket (<bucket>/<run id>/checkpoint-N), so a spot preemption, or a rerun of the
 same run id, resumes from the last one. Interrupting the caller (Ctrl-C, a Prefect cancellation) cancels
 the job before the exception goes on.
@@ -49,7 +53,9 @@ TRAIN_FILE_ON_VM = "/fineflow/data/train.jsonl"  # file_mounts destination of $T
 SPEC_FILE_ON_VM = "/fineflow/data/spec.json"  # file_mounts destination of $TRAIN_SPEC, beside the split
 OUTPUT_MOUNT = "/outputs"  # file_mounts destination of the output bucket (MOUNT_CACHED)
 MODEL_CACHE_ON_VM = "~/.cache/fineflow/models"  # expanded on the VM by tasks.training.train.read_spec
-ENTRY_POINT = f"python -m {ENTRY_MODULE} --spec {SPEC_FILE_ON_VM}"  # what local compute runs too
+# What local compute runs too; on SkyPilot always under torchrun (one trainer per GPU, on every node).
+ENTRY_POINT = f"-m {ENTRY_MODULE} --spec {SPEC_FILE_ON_VM}"
+LAUNCHER = "torchrun"
 SPEC_FILE = "sky-spec.json"  # the VM's spec, written locally into spec.output_dir before the launch
 BUCKET_SCHEMES = ("s3", "gs", "r2")  # what fine_tune.skypilot.bucket documents, and cloud_stores syncs down
 # sky.jobs.ManagedJobStatus values that end a job (a test checks this against SkyPilot's own list).
@@ -208,13 +214,28 @@ def build_task(spec: TrainSpec, config: FineflowConfig):
     sky_config = config.fine_tune.skypilot
     bucket_root, prefix = split_bucket(sky_config.bucket)
     task_file = _resolve(sky_config.task_file)
-    raw = yaml.safe_load(task_file.read_text())
+    raw = scaled_task(yaml.safe_load(task_file.read_text()), config)
     raw["workdir"] = str(REPO_ROOT)  # the repository, wherever the flow was started from
     uploads = {"TRAIN_SPLIT": Path(spec.train_file).resolve(), "TRAIN_SPEC": write_vm_spec(spec, prefix)}
     envs = {name: str(path) for name, path in uploads.items()} | {"OUTPUT_BUCKET": bucket_root}
     task = sky.Task.from_yaml_config(raw, env_overrides=list(envs.items()))
     _check_contract(task, task_file, uploads, bucket_root)
     return task
+
+
+def scaled_task(raw: dict, config: FineflowConfig) -> dict:
+    """The task YAML at the configured size: num_nodes nodes, each with processes_per_node GPUs of
+    whichever accelerator the optimizer picks (SkyPilot then sets SKYPILOT_NUM_GPUS_PER_NODE, which the
+    YAML's torchrun starts that many trainers from)."""
+    gpus = config.fine_tune.training.distributed.processes_per_node
+    resources = dict(raw.get("resources") or {})
+    accelerators = resources.get("accelerators")
+    if not isinstance(accelerators, dict) or not accelerators:
+        raise SkyPilotError(
+            "the SkyPilot task file must list its GPUs as resources.accelerators {NAME: count}"
+        )
+    resources["accelerators"] = {name: gpus for name in accelerators}
+    return {**raw, "num_nodes": config.fine_tune.skypilot.num_nodes, "resources": resources}
 
 
 def spec_on_vm(spec: TrainSpec, prefix: str) -> TrainSpec:
@@ -240,8 +261,10 @@ def _check_contract(task, task_file: Path, uploads: dict[str, Path], bucket_root
     storage = (task.storage_mounts or {}).get(OUTPUT_MOUNT)
     if storage is None or storage.source != bucket_root:
         raise SkyPilotError(f"{task_file}: file_mounts must mount source $OUTPUT_BUCKET at {OUTPUT_MOUNT}")
-    if ENTRY_POINT not in (task.run or ""):
-        raise SkyPilotError(f"{task_file}: run must call `{ENTRY_POINT}`, the entry point local compute runs")
+    if ENTRY_POINT not in (task.run or "") or LAUNCHER not in (task.run or ""):
+        raise SkyPilotError(
+            f"{task_file}: run must call `{LAUNCHER} ... {ENTRY_POINT}`, the entry point local compute runs"
+        )
 
 
 def split_bucket(bucket: str | None) -> tuple[str, str]:

@@ -43,6 +43,8 @@ class TrainingSummary(_Frozen):
     resumed_from: str | None  # the checkpoint the trainer resumed from
     adapter_dir: str  # on this machine
     resumed_from_step: int | None
+    world_size: int  # training processes (all nodes): the global batch is batch_size x world_size
+    replica_checksums: list[float] | None  # DDP: each process's adapter checksum, equal (checked); else None
     remote_adapter_dir: str | None = None  # SkyPilot only: the adapter in the bucket
 
 

@@ -10,6 +10,10 @@ down) and on SkyPilot GPUs. It reports through stdout lines the parent parses, o
 
 and leaves in `output_dir`: `checkpoint-N/` every `save_steps` (a rerun with the same run id resumes from
 the last one), `adapter/` (LoRA weights and tokenizer, not the base model) and `train_result.json`.
+
+Many GPUs: `entry_command` runs it under torchrun, one process per GPU (`training.distributed`), on one node
+or many (SkyPilot). Every process trains; only the world's rank 0 prints the protocol lines, writes the
+adapter and the summary. The flow that reads them (and writes MLflow and the lineage) is one process.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from fineflow.models.hardware import Hardware, detect_hardware, resolve_precisio
 from fineflow.store.jsonl import parse_jsonl
 
 ENTRY_MODULE = "tasks.training.train"  # `python -m <this> --spec <file>` on every compute
+TORCHRUN_MODULE = "torch.distributed.run"  # torchrun, as a module of the interpreter that runs fineflow
 METRIC_PREFIX = "FINEFLOW_METRIC "
 EVENT_PREFIX = "FINEFLOW_EVENT "
 
@@ -44,6 +49,20 @@ class TrainSpec(BaseModel):
     output_dir: str
     lora: LoraConfig
     training: TrainingConfig
+
+
+def entry_command(python: str, spec_file: str | Path, processes_per_node: int) -> list[str]:
+    """The command that trains a spec on this machine: the entry point itself for one process, or
+    torchrun starting `processes_per_node` of them (a single-node rendezvous on a free local port)."""
+    entry = ["-m", ENTRY_MODULE, "--spec", str(spec_file)]
+    if processes_per_node == 1:
+        return [python, *entry]
+    return [python, "-m", TORCHRUN_MODULE, "--standalone", f"--nproc_per_node={processes_per_node}", *entry]
+
+
+def world_size() -> int:
+    """Processes in this training run: torchrun sets WORLD_SIZE in each one; a plain process is alone."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def emit(prefix: str, payload: dict) -> None:
@@ -93,7 +112,9 @@ def build_trainer(spec: TrainSpec, callbacks: list | None = None, hardware: Hard
         callbacks=callbacks or [],
     )
     autocast_dtype = AUTOCAST_DTYPES.get(resolve_precision(training.precision, hardware))
-    if autocast_dtype is not None and spec.lora.base_quantization == "none":
+    # FSDP flattens parameters into shards of one dtype: frozen weights cast alone would not fit them
+    fsdp = training.distributed.strategy == "fsdp" and world_size() > 1
+    if autocast_dtype is not None and spec.lora.base_quantization == "none" and not fsdp:
         store_frozen_weights_as(trainer.model, getattr(torch, autocast_dtype))
     trainer.cast_norm_hooks = (
         cast_norm_outputs_once(trainer.model, getattr(torch, autocast_dtype)) if autocast_dtype else []
@@ -183,9 +204,24 @@ def training_arguments(spec: TrainSpec, hardware: Hardware) -> dict:
         logging_steps=training.logging_steps,
         dataloader_num_workers=training.dataloader_workers,
         **precision_flags(training.precision, hardware),
+        **distributed_flags(training.distributed.strategy, hardware),
         report_to="none",
         disable_tqdm=True,  # the parent draws the progress bar from FINEFLOW_METRIC lines
     )
+
+
+def distributed_flags(strategy: str, hardware: Hardware) -> dict:
+    """Under torchrun: the collective backend said outright (nccl between GPUs, gloo between CPU
+    processes; left to itself accelerate would take MPI or oneCCL where they happen to be installed), and
+    FSDP's sharding when asked for. A single process gets none of it."""
+    if world_size() == 1:
+        return {}
+    flags = {"ddp_backend": "nccl" if hardware.cuda else "gloo"}
+    if strategy == "fsdp":
+        # full_shard: parameters, gradients and optimizer state sharded; auto_wrap: one FSDP unit per
+        # transformer block, so only one block is gathered at a time
+        flags |= {"fsdp": "full_shard auto_wrap", "fsdp_config": {"use_orig_params": True}}
+    return flags
 
 
 def model_load_kwargs(spec: TrainSpec, hardware: Hardware, torch) -> dict:
@@ -266,7 +302,10 @@ def _trainer_class():
 
     class FineflowSFTTrainer(SFTTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if return_outputs or _use_triton(self.args.device) or self.aux_loss_enabled:
+            # Several processes: the model is wrapped (DDP/FSDP), and only a forward through the wrapper
+            # synchronises gradients, so trl's own path is taken; the backbone is not called directly.
+            distributed = self.accelerator.num_processes > 1
+            if return_outputs or _use_triton(self.args.device) or self.aux_loss_enabled or distributed:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             labels = inputs["labels"][:, 1:]
             mask = labels != -100
@@ -332,7 +371,8 @@ def _metrics_callback():
             self.last_tokens = 0.0
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if not logs or "loss" not in logs:
+            # the logged loss is already the mean over every process; one process reports it
+            if not logs or "loss" not in logs or not state.is_world_process_zero:
                 return
             now = time.perf_counter()
             tokens = float(logs.get("num_tokens", 0.0))
@@ -367,15 +407,21 @@ def train(spec: TrainSpec) -> dict:
     output = Path(spec.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     trainer = build_trainer(spec, callbacks=[_metrics_callback()])
-    found = last_complete_checkpoint(output)
+    lead = trainer.is_world_process_zero()
+    found = last_complete_checkpoint(output)  # every process resumes from the same one
     checkpoint = found[0] if found else None
-    if found:
+    if found and lead:
         emit(EVENT_PREFIX, {"event": "resume", "checkpoint": found[0], "step": found[1]})
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
+    replicas = replica_checksums(trainer, spec.training.distributed.strategy)
     adapter_dir = output / "adapter"
-    trainer.model.save_pretrained(adapter_dir)
-    trainer.processing_class.save_pretrained(adapter_dir)
+    # The Trainer's save: written by rank 0 alone, and under FSDP from the gathered full state; every
+    # process must call it (FSDP gathers collectively).
+    trainer.save_model(str(adapter_dir))
+    if not lead:
+        return {}
+    (adapter_dir / TRAINING_ARGS_FILE).unlink(missing_ok=True)  # the Trainer's pickle: not part of an adapter
     summary = {
         "run_id": spec.run_id,
         "global_step": result.global_step,
@@ -384,11 +430,37 @@ def train(spec: TrainSpec) -> dict:
         "num_tokens": trainer.state.num_input_tokens_seen or _logged_tokens(trainer),
         "resumed_from": checkpoint,
         "adapter_dir": str(adapter_dir),
+        "world_size": trainer.args.world_size,
+        "replica_checksums": replicas,
     }
     summary["tokens_per_second"] = round(summary["num_tokens"] / max(summary["train_runtime_s"], 1e-9), 2)
     (output / "train_result.json").write_text(json.dumps(summary, indent=2))
     emit(EVENT_PREFIX, {"event": "done", **summary})
     return summary
+
+
+TRAINING_ARGS_FILE = "training_args.bin"
+
+
+class ReplicasDivergedError(RuntimeError):
+    """DDP processes ended with different adapters: their gradients were not synchronised."""
+
+
+def replica_checksums(trainer, strategy: str) -> list[float] | None:
+    """Under DDP every process must end with the same adapter, or the one rank 0 saves is not what was
+    trained on the whole batch. Each process sums its trainable weights (float64); the sums are gathered and
+    compared. Returns them, one per rank; None for one process or FSDP (each process holds only a shard)."""
+    import torch.distributed as dist
+
+    if trainer.args.world_size == 1 or strategy != "ddp":
+        return None
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    local = sum(p.detach().double().sum().item() for p in model.parameters() if p.requires_grad)
+    gathered: list[float | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, local)
+    if len(set(gathered)) != 1:
+        raise ReplicasDivergedError(f"DDP replicas ended with different adapters: checksums {gathered}")
+    return [float(value) for value in gathered]
 
 
 def _mean_logged_loss(trainer) -> float | None:
