@@ -347,7 +347,8 @@ class FinetuneTracker:
                     "model_cache": str(model_cache),
                     "max_new_tokens": int(max_new_tokens),
                     "batch_size": int(batch_size),
-                    "system_prompt": system_prompt,
+                    # absent, not null, without one: MLflow logs model_config as run params
+                    **({"system_prompt": system_prompt} if system_prompt else {}),
                 },
                 code_paths=[str(package_dir)],  # loads where fineflow is not installed
                 # MLflow 3.17 copies uv.lock/pyproject.toml from the working directory when it finds them:
