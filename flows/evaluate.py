@@ -2,9 +2,14 @@
 no champion yet) on the same evaluation sets, decided by the gates in configs/gates.yaml.
 
 Scores are computed once per model and evaluation key (eval split commit, golden set, evaluation config,
-code) and kept as MLflow runs, so the champion is not re-measured for every challenger. The decision is
-a gate table logged to MLflow (metrics, decision.json, report.html; tags on the model version) and shown
-as a Prefect markdown artifact. Nothing moves here: `flows/promote.py` moves aliases.
+the judge's registered criteria, code) and kept as MLflow runs, so the champion is not re-measured for
+every challenger. The decision is a gate table logged to MLflow (metrics, decision.json, report.html; tags
+on the model version) and shown as a Prefect markdown artifact. Nothing moves here: `flows/promote.py`
+moves aliases.
+
+Each model answers with the system prompt version its registered version records (the one it is served
+with); the bare base model, standing in before any champion, with the challenger's. The runs name the
+prompt versions they measured with.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from fineflow.registry.tracking import tracking_uri
 from fineflow.runtime import step_logger
 from tasks.evaluation.eval_report import evaluation_markdown, evaluation_title, report_notes
 from tasks.evaluation.gates import decide
-from tasks.evaluation.inputs import check_inputs, evaluation_key, read_eval_sets
+from tasks.evaluation.inputs import check_inputs, evaluation_key, read_eval_sets, register_judge_prompt
 from tasks.evaluation.measurements import (
     base_model_subject,
     baseline_subject,
@@ -57,10 +62,12 @@ def evaluate(
     client = MlflowClient(tracking_uri(config))
     found = resolve(client, model or str(challenger_ref(config)))
     lineage_tags(found.name, found.version, found.tags)  # a LineageError before any data is read
-    sets = read_eval_sets(config, found.tags["dataset_commit"], drifted_slice)
-    key = evaluation_key(config, found.tags["dataset_commit"], drifted_slice)
-    challenger, baseline = challenger_subject(found), baseline_subject(client, config, found)
-    base = base_model_subject(found)
+    judge_criteria = register_judge_prompt(config)
+    sets = read_eval_sets(config, found.tags["dataset_commit"], drifted_slice, judge_criteria)
+    key = evaluation_key(config, found.tags["dataset_commit"], drifted_slice, judge_criteria)
+    challenger = challenger_subject(config, found)
+    baseline = baseline_subject(client, config, challenger)
+    base = base_model_subject(challenger)
 
     challenger_run, challenger_scores = measured(client, config, challenger, sets, key)
     baseline_run, baseline_scores = measured(client, config, baseline, sets, key)

@@ -6,6 +6,16 @@ resolve dataset (pin to a commit) -> lookup (same lineage already registered? do
 
 Lineage on every version: dataset_commit, dataset_uri, base_model, code_commit, config_hash. A rerun
 with the same lineage registers nothing and names the existing version.
+
+The system prompt (configs/prompts/, registered in MLflow's prompt registry) is trained with (a training
+row without a system message gets it) and recorded on the version (`prompt.system`, `prompt.system.trained`).
+It is deliberately *not* part of the lineage, the fine-tune's cache key: a changed prompt registers the
+already-trained adapter again as a new version recording the new prompt version, and only evaluation runs.
+Why: the prompt is the operator's policy and is reworded far more often than data changes; the adapter
+learns the answers (facts, tone, format), which do not hinge on the exact wording of the instructions, and
+a fine-tune costs GPU hours where an evaluation costs minutes. Evaluation measures the reused adapter *with
+the new prompt*, and the gates decide whether that pair may serve: a rewording that needs retraining shows
+as failed gates, and a retrain then is one config change away (any fine_tune knob, or new data).
 """
 
 from __future__ import annotations
@@ -27,6 +37,8 @@ from tasks.training.register import (
     log_final_metrics,
     lookup_version,
     register_model,
+    register_system_prompt,
+    register_with_prompt,
     start_tracking,
 )
 from tasks.training.results import REPORT_ARTIFACT_KEY, FineTuneResult, report_markdown
@@ -54,21 +66,32 @@ def fine_tune(
     store = open_store(config)
 
     pinned = resolve_train_split(store, config.fine_tune.dataset or default_train_uri(config))
+    prompt = register_system_prompt(config)
     lineage = finetune_lineage(config, pinned)
-    existing = lookup_version(config, lineage)
+    existing = lookup_version(config, lineage, prompt)
+    trained = lookup_version(config, lineage, None) if existing is None else None
     if existing is not None:
-        result = FineTuneResult.registered(config, existing.version, existing.run_id, lineage, training=None)
+        result = FineTuneResult.registered(
+            config, existing.version, existing.run_id, lineage, None, existing.tags
+        )
+    elif trained is not None:  # only the prompt changed: the trained adapter, registered with the new one
+        version = register_with_prompt(config, trained, prompt, lineage)
+        result = FineTuneResult.registered(
+            config, version.version, version.run_id, lineage, None, version.tags
+        )
     else:
         run_dir = config.data_dir / "finetune" / lineage.run_id
-        train_file, rows = stage_train_split(store, pinned, run_dir)
-        tracker = start_tracking(config, lineage, pinned, rows, run_dir)
+        train_file, rows = stage_train_split(store, pinned, run_dir, prompt.text)
+        tracker = start_tracking(config, lineage, prompt, pinned, rows, run_dir)
         with finished(tracker):
             spec = train_spec(config, lineage.run_id, train_file, run_dir)
             summary = train_adapter(spec, config, tracker.log_step)
             log_final_metrics(tracker, summary)
-            model_uri = log_adapter_model(tracker, config, summary)
-            version = register_model(tracker, config, model_uri, lineage)
-        result = FineTuneResult.registered(config, version.version, tracker.run_id, lineage, summary)
+            model_uri = log_adapter_model(tracker, config, summary, prompt)
+            version = register_model(tracker, config, model_uri, lineage, prompt)
+        result = FineTuneResult.registered(
+            config, version.version, tracker.run_id, lineage, summary, version.tags
+        )
     create_markdown_artifact(
         key=REPORT_ARTIFACT_KEY, markdown=report_markdown(result), description="fine-tune and registration"
     )

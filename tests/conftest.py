@@ -116,6 +116,11 @@ def publish_splits(tmp_path, monkeypatch):
     return publish
 
 
+# The tiny models tokenize byte by byte and train on 128 tokens: configs/prompts/assistant_system.txt (over
+# 300 bytes) would leave no room for the answer, and the trainer would drop every row. A short prompt keeps
+# the system turn in the training rows, as the real prompt is in the real model's.
+TINY_SYSTEM_PROMPT = Path(__file__).resolve().parent / "data" / "tiny_system_prompt.txt"
+
 LENIENT_GATES = """
 require_approval: false
 approval_timeout_s: 60
@@ -138,6 +143,7 @@ def tiny_overrides(tmp_path, tiny_model_dir) -> dict:
     gates.write_text(LENIENT_GATES % "0.0")
     return {
         "base_model.name": str(tiny_model_dir),
+        "prompts.system.file": str(TINY_SYSTEM_PROMPT),
         "fine_tune.training.max_steps": 2,
         "fine_tune.training.save_steps": 2,
         "fine_tune.training.max_seq_length": 128,

@@ -8,6 +8,7 @@ from mlflow import MlflowClient
 
 from fineflow.config import load_config
 from fineflow.registry.tracking import tracking_uri, use_tracking_uri
+from tests.conftest import TINY_SYSTEM_PROMPT
 
 
 @pytest.fixture
@@ -36,6 +37,7 @@ def test_fine_tune_registers_challenger_with_lineage_then_serves_from_cache(
     commit = published_split
     overrides = {
         "base_model.name": str(tiny_model_dir),
+        "prompts.system.file": str(TINY_SYSTEM_PROMPT),  # fits the tiny model's 128 training tokens
         "fine_tune.training.max_steps": 3,
         "fine_tune.training.save_steps": 2,
         "fine_tune.training.max_seq_length": 128,

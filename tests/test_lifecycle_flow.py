@@ -339,3 +339,53 @@ def test_shifted_traffic_to_drift_to_review_to_a_retrain_measured_on_the_new_top
     items = recorded_details(client, retrain.evaluation_run)["item_scores"]["drifted_rouge_l"]
     [gate] = [g for g in retrain.gates if g.metric == "drifted_rouge_l"]
     assert 0 < len(items) < 40 and gate.n == len(items)  # the held-out share of the 40 reviewed prompts
+
+
+def test_a_changed_prompt_reevaluates_the_cached_fine_tune_and_is_served(
+    prefect_api, lifecycle_overrides, tmp_path
+):
+    """Prompts versioned like models, through the lifecycle: a changed system prompt is a new prompt
+    version; the next run reuses the trained adapter (the fine-tune's cache key leaves the prompt out) and
+    evaluates it again with the new prompt, as a new model version recording it; serving that version and
+    loading its pyfunc model apply the new prompt. (The same text registering the same version is shown in
+    tests/test_prompts.py, without a third lifecycle run.)"""
+    import mlflow
+
+    from fineflow.registry.prompts import SYSTEM_PROMPT_TAG, TRAINED_PROMPT_TAG
+    from fineflow.registry.tracking import use_tracking_uri
+    from fineflow.serving.loading import load_served_model
+    from flows.lifecycle import lifecycle
+    from tasks.training.register import ADAPTER_FROM_TAG
+
+    prompt_file = tmp_path / "system.txt"
+    prompt_file.write_text("Answer as Acme support.\n")
+    config = load_config(overrides={**lifecycle_overrides, "prompts.system.file": str(prompt_file)})
+    client = MlflowClient(tracking_uri(config))
+    name, prompt_name = config.registry.model_name, config.prompts.system.name
+    v1, v2 = f"prompts:/{prompt_name}/1", f"prompts:/{prompt_name}/2"
+
+    first = lifecycle(config=config)
+    assert first.trained and first.system_prompt == v1
+    tags = client.get_model_version(name, first.version).tags
+    assert (tags[SYSTEM_PROMPT_TAG], tags[TRAINED_PROMPT_TAG]) == (v1, v1)
+    assert client.get_run(first.fine_tune_run).data.tags[SYSTEM_PROMPT_TAG] == v1
+    assert client.get_run(first.evaluation_run).data.tags[SYSTEM_PROMPT_TAG] == v1
+
+    prompt_file.write_text("Answer as Acme support, in one short sentence.\n")
+    changed = lifecycle(config=config)
+    assert changed.system_prompt == v2 and changed.dataset_commit == first.dataset_commit
+    assert not changed.trained and changed.version != first.version  # the adapter reused, not retrained
+    tags = client.get_model_version(name, changed.version).tags
+    assert (tags[SYSTEM_PROMPT_TAG], tags[TRAINED_PROMPT_TAG]) == (v2, v1)
+    assert tags[ADAPTER_FROM_TAG] == first.version
+    assert changed.evaluation_run != first.evaluation_run  # evaluation ran again, with the new prompt
+    assert client.get_run(changed.evaluation_run).data.tags[SYSTEM_PROMPT_TAG] == v2
+    assert changed.promoted  # gated like any version: the lenient test gates pass it
+
+    served = load_served_model(config, f"{name}/{changed.version}")
+    assert served.system_prompt == v2
+    rendered = served.generator.render([{"role": "user", "content": "Where is my order?"}])
+    assert "in one short sentence" in rendered
+    with use_tracking_uri(tracking_uri(config)):
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{changed.version}")
+    assert pyfunc.unwrap_python_model().generator.system_prompt == served.generator.system_prompt

@@ -102,7 +102,7 @@ def test_fine_tune_logging_registration_and_lookup(config, tiny_model, tmp_path)
     tracker.log_config_file(config_file)
     with ThreadPoolExecutor(1) as pool:
         model_uri = pool.submit(
-            tracker.log_adapter_model, adapter, str(base), "fp32", tmp_path / "models", 4, 8
+            tracker.log_adapter_model, adapter, str(base), "fp32", tmp_path / "models", 4, 8, None
         ).result()
     version = tracker.register(
         model_uri, {**LINEAGE, "mlflow_run_id": run_id}, config.registry.challenger_alias

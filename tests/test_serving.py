@@ -21,7 +21,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from fineflow.config import DATA_DIR_ENV, load_config
+from fineflow.config import DATA_DIR_ENV, ConfigError, load_config
 from fineflow.models.engine import StopTrimmer, load_generator
 from fineflow.privacy.masker import get_masker
 from fineflow.registry.adapters import download_adapter
@@ -304,6 +304,21 @@ def test_an_allowed_host_is_answered_on_a_wildcard_bind(make_client):
     assert client.get("/v1/models", headers={"host": "api.example.com"}).status_code == 200
     assert client.get("/v1/models", headers={"host": "localhost:8000"}).status_code == 200
     assert client.get("/v1/models", headers={"host": "other.example.com"}).status_code == 400
+
+
+def test_any_host_is_answered_only_by_a_server_that_requires_a_key(make_client, monkeypatch):
+    """`serve.allowed_hosts: ["*"]` (behind SkyServe's load balancer): refused at config load without an
+    API key, since the Host check is what defends a keyless server against DNS rebinding; with one, any
+    Host is answered and the key still decides, as a rebinding page holds none."""
+    with pytest.raises(ConfigError, match=r'allowed_hosts "\*" \(any Host header\) needs serve.api_key_env'):
+        load_config(overrides={"serve.allowed_hosts": ["*"]})
+    monkeypatch.setenv("FINEFLOW_TEST_KEY", "k")
+    client, _ = make_client(**{"serve.allowed_hosts": ["*"], "serve.api_key_env": "FINEFLOW_TEST_KEY"})
+    balancer = {"host": "fineflow-serve-lb.example.com:30001"}
+    assert client.get("/v1/models", headers=balancer | {"authorization": "Bearer k"}).status_code == 200
+    assert client.get("/v1/models", headers=balancer).status_code == 401  # a rebinding page: no key
+    rebound = {"host": "attacker.example", "origin": "http://attacker.example"}
+    assert client.get("/v1/models", headers=rebound | {"authorization": "Bearer k"}).status_code == 403
 
 
 def test_a_lone_surrogate_is_a_400_not_a_500(make_client):
@@ -772,7 +787,7 @@ def register_tiny_version(config, tiny_model_dir, directory: Path, seed: int, al
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(adapter)
     tracker = FinetuneTracker(config)
     tracker.start(f"serve-test-{seed}", "serve-test", params={}, tags={})
-    uri = tracker.log_adapter_model(adapter, str(tiny_model_dir), "fp32", directory / "models", 4, 8)
+    uri = tracker.log_adapter_model(adapter, str(tiny_model_dir), "fp32", directory / "models", 4, 8, None)
     tags = {
         "dataset_commit": f"c0ffee{seed}",
         "base_model": base_model,
@@ -856,7 +871,7 @@ def test_evaluation_reads_the_adapter_from_the_shared_cache_and_leaves_no_copy(
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     found = resolve(MlflowClient(tracking_uri(config)), "acme-support-assistant@champion")
-    adapter = fetch_adapter.fn(config, challenger_subject(found))
+    adapter = fetch_adapter.fn(config, challenger_subject(config, found))
     assert (
         Path(adapter) == adapter_cache_dir(config) / "acme-support-assistant" / "1" / "artifacts" / "adapter"
     )
@@ -866,7 +881,7 @@ def test_evaluation_reads_the_adapter_from_the_shared_cache_and_leaves_no_copy(
         raise AssertionError(f"downloaded again: {kwargs}")
 
     monkeypatch.setattr(mlflow.artifacts, "download_artifacts", no_download)
-    assert fetch_adapter.fn(config, challenger_subject(found)) == adapter
+    assert fetch_adapter.fn(config, challenger_subject(config, found)) == adapter
     assert download_adapter(config, "acme-support-assistant", "1") == Path(adapter)  # serving's copy
 
 
@@ -1053,3 +1068,31 @@ def test_the_fineflow_serve_command_serves_and_commits_traffic_on_sigint(tmp_pat
     assert record["messages"][0]["content"] == "Mail me at <EMAIL>" and record["pii_masked"] == {
         "EMAIL_ADDRESS": 1
     }
+
+
+def test_admission_lets_in_at_most_its_limit_and_refuses_a_release_too_many():
+    """One rule for the in-process queue (limit: one generating + max_queued_requests waiting) and the
+    gateway (limit: max_queued_requests in flight upstream)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fineflow.serving.front import Admission
+
+    admission = Admission(3)
+    with ThreadPoolExecutor(8) as pool:
+        admitted = list(pool.map(lambda _: admission.admit(), range(8)))
+    assert admitted.count(True) == 3 and admission.count == 3
+    admission.release()
+    assert admission.admit() and not admission.admit()
+    for _ in range(3):
+        admission.release()
+    with pytest.raises(RuntimeError, match="without an admitted request"):
+        admission.release()
+    assert admission.count == 0
+
+
+def test_the_queue_admits_one_generating_plus_max_queued(tiny_generator):
+    from fineflow.serving.app import RequestQueue
+
+    queue = RequestQueue(ServedModel(list(IDS), tiny_generator), max_queued=2, max_batch=1, gather_seconds=0)
+    assert [queue.admission.admit() for _ in range(4)] == [True, True, True, False]
+    assert queue.admitted == 3

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import httpx
 import jsonschema
 import openai
 import pytest
@@ -263,11 +264,31 @@ def test_the_gateway_fronts_another_server_with_the_same_rules_and_captures(
             _gateway_answers_as_the_upstream(client, direct)
             _gateway_refuses_before_forwarding(client, gateway_url, upstream_url)
             records = spooled(config)  # before the shutdown commits and empties the spool
+            # the readiness probe's route: no key asked, 200 while the upstream answers
+            assert httpx.get(gateway_url.removesuffix("/v1") + "/health").json() == {"status": "ok"}
     assert len(records) == 4 and all(r["model"] == IDS[0] for r in records)  # the answered ones only
     assert records[0]["messages"][0]["content"] == "Mail me at <EMAIL>"
     assert records[0]["pii_masked"] == {"EMAIL_ADDRESS": 1}
     assert "jane.doe@example.com" not in json.dumps(records)
     assert records[0]["completion_tokens"] == 6 and records[1]["completion_tokens"] == 6
+
+
+def test_the_gateway_is_not_ready_while_its_upstream_is_down(tmp_path, monkeypatch):
+    """SkyServe takes a replica whose engine died out of rotation: its /health says 503."""
+    from fineflow.serving.gateway import create_gateway_app
+
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "state"))
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    overrides = {
+        "serve.upstream.base_url": closed,
+        "serve.upstream.model": IDS[0],
+        "serve.traffic.enabled": False,
+    }
+    with running(create_gateway_app(load_config(overrides=overrides), None)) as gateway_url:
+        health = httpx.get(gateway_url.removesuffix("/v1") + "/health")
+    assert health.status_code == 503 and health.json() == {"status": "upstream unavailable"}
 
 
 MAILED = [{"role": "user", "content": "Mail me at jane.doe@example.com"}]

@@ -33,7 +33,7 @@ def test_the_serve_yaml_passes_skypilots_schema_and_skyserve_validation():
     assert (task.service.min_replicas, task.service.max_replicas) == (1, 3)
     assert task.service.target_qps_per_replica == 5
     assert {str(r.accelerators) for r in task.resources} == {"{'L4': 1}", "{'A10G': 1}"}
-    assert {r.ports[0] for r in task.resources} == {task.envs["PORT"]}  # the port vLLM listens on
+    assert {r.ports[0] for r in task.resources} == {task.envs["PORT"]}  # the port the gateway listens on
     assert (
         task.storage_mounts["/adapter"].source == raw["envs"]["ADAPTER_BUCKET"]
     )  # $ADAPTER_BUCKET filled in
@@ -48,10 +48,37 @@ def test_the_serve_yaml_serves_what_fineflow_serve_serves():
     assert int(envs["MAX_MODEL_LEN"]) == config.serve.max_prompt_tokens + config.serve.max_new_tokens.cap
     assert int(envs["MAX_NEW_TOKENS_DEFAULT"]) == config.serve.max_new_tokens.default
     assert 'vllm serve "$BASE_MODEL"' in run and "--enable-lora" in run
-    assert '--lora-modules "${LORA_NAME}=/adapter"' in run and '--port "$PORT"' in run
+    assert '--lora-modules "${LORA_NAME}=/adapter"' in run and '--port "$VLLM_PORT"' in run
     used = run + raw_yaml()["setup"] + str(raw_yaml()["file_mounts"])
-    unused = [name for name in envs if f"${name}" not in used and f"${{{name}}}" not in used]
+    knobs = [name for name in envs if not name.startswith("FINEFLOW__")]  # those fineflow's config reads
+    unused = [name for name in knobs if f"${name}" not in used and f"${{{name}}}" not in used]
     assert unused == []  # every env is a knob the task really reads
+
+
+def test_every_replica_puts_the_gateway_in_front_of_vllm_on_loopback(monkeypatch):
+    """vLLM listens on the replica's loopback with a key made there; the service port is the gateway's,
+    which captures traffic into the lakeFS store. The gateway's config is fineflow's own, loaded here with
+    the task's FINEFLOW__ variables exactly as the replica loads it."""
+    raw = raw_yaml()
+    envs, run = raw["envs"], raw["run"]
+    vllm, gateway = run.index("vllm serve"), run.index("fineflow serve --upstream")
+    assert '--host 127.0.0.1 --port "$VLLM_PORT" --api-key "$VLLM_API_KEY"' in run[vllm:gateway]
+    assert run.index("/health") < gateway  # the gateway starts once vLLM is up
+    assert '"http://127.0.0.1:${VLLM_PORT}/v1" --host 0.0.0.0 --port "$PORT"' in run[gateway:]
+    assert 'FINEFLOW__SERVE__UPSTREAM__MODEL="$LORA_NAME"' in run  # the id clients send, forwarded as is
+    assert envs["VLLM_PORT"] != envs["PORT"]
+
+    for name, value in envs.items():
+        if name.startswith("FINEFLOW__"):
+            monkeypatch.setenv(name, value)
+    monkeypatch.setenv("FINEFLOW__SERVE__UPSTREAM__MODEL", envs["LORA_NAME"])
+    monkeypatch.setenv("FINEFLOW__SERVE__UPSTREAM__BASE_URL", f"http://127.0.0.1:{envs['VLLM_PORT']}/v1")
+    config = load_config()
+    assert config.serve.api_key_env == "SERVE_API_KEY" and config.serve.allowed_hosts == ["*"]
+    assert config.serve.upstream.api_key_env == "VLLM_API_KEY"
+    assert config.serve.traffic.enabled and config.store.backend == "lakefs"  # capture into lakeFS
+    lakefs = {"LAKECTL_SERVER_ENDPOINT_URL", "LAKECTL_CREDENTIALS_ACCESS_KEY_ID"}
+    assert lakefs | {"LAKECTL_CREDENTIALS_SECRET_ACCESS_KEY"} <= set(raw["secrets"])
 
 
 def test_a_broken_service_section_is_rejected():
@@ -69,16 +96,18 @@ def test_a_broken_service_section_is_rejected():
 
 
 def test_the_serve_yaml_requires_an_api_key_from_a_secret():
-    """vLLM on 0.0.0.0 behind a public load balancer: every /v1/ request must carry the key, which comes
-    from a SkyPilot secret (never an env written into the YAML), and the replica refuses to start
-    without it."""
+    """The gateway on 0.0.0.0 behind a public load balancer: every /v1/ request must carry the key, which
+    comes from a SkyPilot secret (never an env written into the YAML), and the replica refuses to start
+    without it. vLLM's key is made on the replica and never leaves it."""
     import sky
 
     raw = raw_yaml()
-    assert raw["secrets"] == {"VLLM_API_KEY": None}  # given at launch: --secret VLLM_API_KEY
-    assert "VLLM_API_KEY" not in raw["envs"]
+    assert raw["secrets"]["SERVE_API_KEY"] is None  # given at launch: --secret SERVE_API_KEY
+    assert all(value is None for value in raw["secrets"].values())  # no secret's value in the YAML
+    assert "SERVE_API_KEY" not in raw["envs"] and "VLLM_API_KEY" not in raw["envs"]
+    assert raw["envs"]["FINEFLOW__SERVE__API_KEY_ENV"] == "SERVE_API_KEY"
     run = raw["run"]
-    assert '--api-key "$VLLM_API_KEY"' in run
-    assert run.index("${VLLM_API_KEY:?") < run.index("vllm serve")  # an empty key stops the replica
-    task = sky.Task.from_yaml_config({**raw, "secrets": {"VLLM_API_KEY": "k"}})
-    assert "VLLM_API_KEY" in task.secrets and "VLLM_API_KEY" not in task.envs
+    assert run.index("${SERVE_API_KEY:?") < run.index("vllm serve")  # an empty key stops the replica
+    assert run.index("VLLM_API_KEY=$(") < run.index("vllm serve")
+    task = sky.Task.from_yaml_config({**raw, "secrets": dict.fromkeys(raw["secrets"], "k")})
+    assert "SERVE_API_KEY" in task.secrets and "SERVE_API_KEY" not in task.envs

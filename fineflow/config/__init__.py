@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 DEFAULT_CONFIG = Path("configs/default.yaml")
 DATA_DIR_ENV = "FINEFLOW_DATA_DIR"
+ANY_HOST = "*"  # serve.allowed_hosts: every Host header (only with an API key)
 # FINEFLOW__STORE__BACKEND=lakefs sets store.backend: where the engines are is the environment's business
 # (a worker on the team stack), so a deployment needs no config change. Explicit overrides still win.
 ENV_PREFIX = "FINEFLOW__"
@@ -282,6 +283,33 @@ class RegistryConfig(Strict):
     )
 
 
+class PromptFileConfig(Strict):
+    """One prompt fineflow registers in MLflow's prompt registry: its registry name and the file holding its
+    text. A changed text becomes a new prompt version; the same text is the version it already is."""
+
+    name: str = Field(description="the prompt's name in MLflow's prompt registry")
+    file: Path = Field(description="the prompt's text (UTF-8), versioned with the code")
+
+    @field_validator("name")
+    @classmethod
+    def _registry_name(cls, value: str) -> str:
+        # MLflow's own rule for prompt names; checked here so a typo fails at config load, not mid-run
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", value):
+            raise ValueError(f"{value!r}: a prompt name holds only letters, digits, '_', '-' and '.'")
+        return value
+
+
+class PromptsConfig(Strict):
+    """The `prompts` section: the prompts versioned like models (fineflow.registry.prompts)."""
+
+    system: PromptFileConfig = Field(
+        description="the assistant's system prompt: trained with (rows without one), evaluated, served"
+    )
+    judge_correctness: PromptFileConfig = Field(
+        description="the judge's G-Eval correctness criteria (deepeval's own templates wrap it)"
+    )
+
+
 class GenerationConfig(Strict):
     """Answers to the golden set and to the unsafe prompts (proposed YAML: evaluation.generation)."""
 
@@ -451,6 +479,9 @@ class UpstreamConfig(Strict):
     api_key_env: str | None = Field(description="environment variable holding the upstream's Bearer key")
     model: str | None = Field(description="the upstream model id; null: the first its /v1/models lists")
     timeout_s: float = Field(gt=0, description="the longest one upstream request may take")
+    health_timeout_s: float = Field(
+        gt=0, description="GET /health: the upstream must list its models within this (503 otherwise)"
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -497,7 +528,8 @@ class ServeConfig(Strict):
     max_stop_chars: int = Field(ge=1, description="the longest stop sequence accepted, in characters")
     allowed_hosts: list[str] = Field(
         description="Host header values (name or name:port) answered besides serve.host:port and, on a "
-        "loopback or wildcard bind, localhost/127.0.0.1/[::1]; others are refused (DNS rebinding)"
+        "loopback or wildcard bind, localhost/127.0.0.1/[::1]; others are refused (DNS rebinding). "
+        '"*": any Host, accepted only with serve.api_key_env set'
     )
     allowed_origins: list[str] = Field(
         description="browser origins (scheme://host[:port]) allowed to call the API cross-site; a request "
@@ -541,6 +573,18 @@ class ServeConfig(Strict):
             if not host or re.search(r"[\s/]", host):
                 raise ValueError(f"{host!r} is not a host name (name or name:port)")
         return [host.lower() for host in value]
+
+    @model_validator(mode="after")
+    def _any_host_needs_a_key(self) -> ServeConfig:
+        # The Host check defends a server without a key against DNS rebinding: a page of the attacker's
+        # made same-origin with it. That page holds no Bearer key, so where every request needs one the
+        # check may go ("*": behind a load balancer whose Host header names it, e.g. SkyServe's).
+        if ANY_HOST in self.allowed_hosts and self.api_key_env is None:
+            raise ValueError(
+                'allowed_hosts "*" (any Host header) needs serve.api_key_env: only a server that requires '
+                "an API key is safe from DNS rebinding without the Host check"
+            )
+        return self
 
 
 class MMDConfig(Strict):
@@ -665,6 +709,7 @@ class FineflowConfig(Strict):
     data_prep: DataPrepConfig
     fine_tune: FineTuneConfig
     registry: RegistryConfig
+    prompts: PromptsConfig
     evaluation: EvaluationConfig
     stack: StackConfig
     serve: ServeConfig

@@ -321,6 +321,9 @@ class Generator:
     device: str
     base_model: str
     adapter_dir: str | None
+    # The operator's system prompt (a registered prompt version's text, fineflow.registry.prompts) that
+    # `render` puts first in every conversation without one of its own; None: none is added.
+    system_prompt: str | None = None
     _tokenizer_lock: threading.Lock = field(
         default_factory=threading.Lock, init=False, repr=False, compare=False
     )
@@ -350,8 +353,10 @@ class Generator:
         return int(limit or self.tokenizer.model_max_length)
 
     def render(self, messages: Conversation) -> str:
-        """The prompt text: the chat template with the assistant's turn opened. A model without a template
-        (a plain LM as judge) gets the messages' contents, separated by blank lines."""
+        """The prompt text: the chat template, the system prompt first (`with_system_prompt`), the
+        assistant's turn opened. A model without a template (a plain LM as judge) gets the messages'
+        contents, separated by blank lines."""
+        messages = with_system_prompt(messages, self.system_prompt)
         if self.tokenizer.chat_template:
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return "\n\n".join(m["content"] for m in messages) + "\n"
@@ -583,16 +588,32 @@ def load_model_and_tokenizer(base: str, adapter_dir: str | None, precision: str)
     return model.to(device=device, dtype=dtype).eval(), tokenizer, device
 
 
-def load_generator(base_model: str, adapter_dir: str | None, model_cache: Path, precision: str) -> Generator:
+def with_system_prompt(messages: Conversation, system_prompt: str | None) -> Conversation:
+    """The conversation with the operator's system prompt first, unless it already opens with a system
+    message. Only trusted conversations reach this with their own (training and evaluation rows written by
+    the data's owner); the server refuses a client's system message where a system prompt is registered
+    (fineflow.serving.app), so a client never replaces the operator's policy."""
+    if system_prompt is None or (messages and messages[0]["role"] == "system"):
+        return messages
+    return [{"role": "system", "content": system_prompt}, *messages]
+
+
+def load_generator(
+    base_model: str,
+    adapter_dir: str | None,
+    model_cache: Path,
+    precision: str,
+    system_prompt: str | None = None,
+) -> Generator:
     """The base model (embedded name, local directory or hub id; the embedded GGUF is materialised under
     `model_cache`) with the LoRA adapter in `adapter_dir` merged in, weights in `precision`;
     `adapter_dir=None` gives the bare base model (the stand-in champion before any model has been promoted,
-    and the judge)."""
+    and the judge); `system_prompt`: the text `render` puts first (None: none)."""
     from fineflow.models.base import resolve_base_model
 
     resolved = resolve_base_model(base_model, model_cache)
     model, tokenizer, device = load_model_and_tokenizer(resolved, adapter_dir, precision)
-    return Generator(model, tokenizer, device, base_model, adapter_dir)
+    return Generator(model, tokenizer, device, base_model, adapter_dir, system_prompt)
 
 
 # ------------------------------------------------------------------------------------------ latency

@@ -2,7 +2,10 @@
 
 Logged with artifact "adapter" (the directory the trainer writes: adapter_config.json,
 adapter_model.safetensors and the tokenizer) and model_config {"base_model", "precision",
-"max_new_tokens", "batch_size"} (each required).
+"max_new_tokens", "batch_size"} (each required) and "system_prompt": the registered prompt version
+(`prompts:/name/version`) the model version is evaluated and served with, loaded from MLflow's prompt
+registry and put first in every conversation without a system message of its own (absent or null: none,
+as models logged before prompts were versioned).
 The base model is never copied into MLflow: `load_context` resolves it (the embedded GGUF's cached copy,
 a local directory or a hub id) and merges the adapter into it with peft (`load_generator`).
 
@@ -62,6 +65,16 @@ def as_conversations(model_input: Any) -> list[list[dict[str, str]]]:
     return conversations
 
 
+def registered_prompt_text(uri: str | None) -> str | None:
+    """The text of a registered prompt version, from the prompt registry of the current tracking URI (the
+    registry the model itself was loaded from)."""
+    if uri is None:
+        return None
+    import mlflow.genai
+
+    return mlflow.genai.load_prompt(uri).template
+
+
 class LoraAdapterModel(mlflow.pyfunc.PythonModel):
     """Base model (resolved at load time) + LoRA adapter (the only weights MLflow stores), generating
     through the engine (`fineflow.models.engine`) as evaluation and the server do."""
@@ -76,7 +89,11 @@ class LoraAdapterModel(mlflow.pyfunc.PythonModel):
         self.batch_size = int(config["batch_size"])
         adapter_dir = context.artifacts["adapter"]
         self.generator = load_generator(
-            config["base_model"], adapter_dir, model_cache_dir(config), config["precision"]
+            config["base_model"],
+            adapter_dir,
+            model_cache_dir(config),
+            config["precision"],
+            registered_prompt_text(config.get("system_prompt")),
         )
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[str]:

@@ -296,6 +296,10 @@ class FinetuneTracker:
             tags=[RunTag("fineflow.dataset_uri", uri), RunTag("fineflow.dataset_commit", commit)],
         )
 
+    def link_prompt(self, uri: str) -> None:
+        """Link a registered prompt version to the run (MLflow lists the run's prompts with it)."""
+        link_prompt(self.uri, self._require_run(), uri)
+
     def log_config_file(self, path: str | Path) -> None:
         self.client.log_artifact(self._require_run(), str(path), artifact_path="config")
 
@@ -307,8 +311,10 @@ class FinetuneTracker:
         model_cache: Path,
         max_new_tokens: int,
         batch_size: int,
+        system_prompt: str | None,
     ) -> str:
-        """Log the adapter (never the base model) as a pyfunc model. Returns its model URI."""
+        """Log the adapter (never the base model) as a pyfunc model applying the registered system prompt
+        version `system_prompt` (prompts:/name/version; None: none). Returns its model URI."""
         from mlflow.models import ModelSignature
         from mlflow.types import ParamSchema, ParamSpec
 
@@ -341,6 +347,8 @@ class FinetuneTracker:
                     "model_cache": str(model_cache),
                     "max_new_tokens": int(max_new_tokens),
                     "batch_size": int(batch_size),
+                    # absent, not null, without one: MLflow logs model_config as run params
+                    **({"system_prompt": system_prompt} if system_prompt else {}),
                 },
                 code_paths=[str(package_dir)],  # loads where fineflow is not installed
                 # MLflow 3.17 copies uv.lock/pyproject.toml from the working directory when it finds them:
@@ -369,6 +377,13 @@ class FinetuneTracker:
                 registered = mlflow.register_model(model_uri, name, tags=version_tags)
         self.client.set_registered_model_alias(name, alias, registered.version)
         return self.client.get_model_version(name, registered.version)
+
+
+def link_prompt(uri: str, run_id: str, prompt_uri: str) -> None:
+    """Link a registered prompt version to a run. MLflow's registry store finds the run through the
+    *global* tracking URI, not the client's: set for the call, or it looks in another store."""
+    with use_tracking_uri(uri):
+        MlflowClient(tracking_uri=uri).link_prompt_version_to_run(run_id, prompt_uri)
 
 
 # ------------------------------------------------------------------------------------------------ lookup

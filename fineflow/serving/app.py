@@ -37,7 +37,7 @@ from fineflow.config import FineflowConfig
 from fineflow.models.engine import Generation, GenerationOptions, StreamRequest, batch_key
 from fineflow.serving.capture import Exchange, TrafficCapture
 from fineflow.serving.follow import AliasFollower
-from fineflow.serving.front import build_front, new_request_id
+from fineflow.serving.front import Admission, build_front, new_request_id
 from fineflow.serving.loading import ServedModel
 from fineflow.serving.metrics import ServingMetrics
 from fineflow.serving.schema import APIError, ChatRequest, completion_limit, parse_chat_request, read_body
@@ -58,32 +58,24 @@ class RequestQueue:
     together are generated together instead: whichever waiting request takes the model next runs every
     waiting request that can share its call (the same loaded version and `batch_key`), up to `max_batch`,
     in one `Generator.stream_batch`, whose one forward pass per step serves them all, each still streamed,
-    stopped and cancelled on its own. The queue is bounded: `admit` lets in the one generating plus
-    `max_queued` waiting, so a burst gets a quick 503 instead of a long wait that ends in client timeouts;
-    every admitted request calls `release` once its generation has ended."""
+    stopped and cancelled on its own. The queue is bounded: its `admission` (front.Admission, the gateway's
+    rule too) lets in the one generating plus `max_queued` waiting, so a burst gets a quick 503 instead of a
+    long wait that ends in client timeouts; every admitted request releases it once its generation ended."""
 
     def __init__(self, served: ServedModel, max_queued: int, max_batch: int, gather_seconds: float):
         self.served = served  # swapped by `swap`; each request keeps the one it arrived to
         self.lock = threading.Lock()  # held by the one `generate` call running
-        self.max_queued = max_queued
         self.max_batch = max_batch
         self.gather_seconds = gather_seconds
-        self.admitted = 0  # generating or waiting to
+        self.admission = Admission(max_queued + 1)  # the one generating plus max_queued waiting
         self.generating = 0  # requests in the running call
-        self._admission = threading.Lock()
         self._pending: list[_Turn] = []  # waiting for a call, oldest first
         self._pending_lock = threading.Lock()
 
-    def admit(self) -> bool:
-        with self._admission:
-            if self.admitted > self.max_queued:  # one generating and max_queued waiting already
-                return False
-            self.admitted += 1
-            return True
-
-    def release(self) -> None:
-        with self._admission:
-            self.admitted -= 1
+    @property
+    def admitted(self) -> int:
+        """Requests generating or waiting to."""
+        return self.admission.count
 
     def pending(self) -> int:
         """Requests prepared and waiting for a `generate` call."""
@@ -222,6 +214,28 @@ def prepare(served: ServedModel, messages: list[dict], options: GenerationOption
     return Prepared(served, inputs, options, served.generator.stop_criteria(options.stop, prompt_tokens))
 
 
+def refuse_client_system_message(served: ServedModel, messages: list[dict]) -> None:
+    """A 400 for a client's system message when the served version has a registered system prompt.
+
+    The system prompt is the operator's policy, versioned, evaluated and gated with the model. A client's
+    system message must not silently replace it (the engine keeps a conversation's own system message), nor
+    be merged into it: the system role is the one a model is tuned to obey, so client text placed there
+    would speak with the operator's voice ("ignore the rules above"). Refused, and named, instead: the
+    client sends its instructions as a user message, which the model weighs as the user's."""
+    if served.system_prompt is None:
+        return
+    index = next((i for i, m in enumerate(messages) if m["role"] == "system"), None)
+    if index is not None:
+        raise APIError(
+            400,
+            f"messages[{index}] is a system message; this model version is served with its registered "
+            f"system prompt ({served.system_prompt}), which a request may not replace: send your "
+            "instructions as a user message",
+            "messages",
+            "system_message_not_allowed",
+        )
+
+
 def generation_options(request: ChatRequest, max_new_tokens: int) -> GenerationOptions:
     return GenerationOptions.from_temperature(
         max_new_tokens,
@@ -295,7 +309,8 @@ def create_app(config: FineflowConfig, served: ServedModel, capture: TrafficCapt
             )
         options = generation_options(chat, completion_limit(chat, config))
         messages = chat.chat()
-        if not queue.admit():
+        refuse_client_system_message(served, messages)
+        if not queue.admission.admit():
             raise APIError(
                 503,
                 f"the server is busy: {settings.max_queued_requests} request(s) already wait for the "
@@ -307,7 +322,7 @@ def create_app(config: FineflowConfig, served: ServedModel, capture: TrafficCapt
         try:
             prepared = await run_in_threadpool(prepare, served, messages, options, settings.max_prompt_tokens)
         except BaseException:
-            queue.release()
+            queue.admission.release()
             raise
         if chat.stream:  # the generation thread releases the admission when it ends
             return StreamingResponse(
@@ -320,7 +335,7 @@ def create_app(config: FineflowConfig, served: ServedModel, capture: TrafficCapt
                 request, queue, prepared, settings.disconnect_poll_seconds
             )
         finally:
-            queue.release()
+            queue.admission.release()
         if result is None:
             raise APIError(499, "the client closed the request; generation cancelled", None, "client_closed")
         latency = time.perf_counter() - started
@@ -392,7 +407,7 @@ def _stream(
         except BaseException as exc:  # noqa: BLE001 (re-raised in the request below)
             outcome["error"] = exc
         finally:
-            queue.release()
+            queue.admission.release()
             pieces.put(None)
 
     def chunk(delta: dict | None, finish_reason: str | None = None, **extra) -> str:
@@ -486,8 +501,10 @@ def _log_done(request_id: str, result: Generation, latency: float) -> None:
 
 
 def _version_header(served: ServedModel) -> dict[str, str]:
-    """`x-fineflow-model-version`: the registered version that answered ("" for a bare base model)."""
-    return {"x-fineflow-model-version": served.version}
+    """`x-fineflow-model-version`: the registered version that answered ("" for a bare base model);
+    `x-fineflow-system-prompt`: the registered system prompt version it applied, when it has one."""
+    prompt = {"x-fineflow-system-prompt": served.system_prompt} if served.system_prompt else {}
+    return {"x-fineflow-model-version": served.version, **prompt}
 
 
 def _follower(config: FineflowConfig, queue: RequestQueue, metrics: ServingMetrics) -> AliasFollower | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -141,6 +142,32 @@ def _key(variable: str | None, knob: str) -> str | None:
     if not key:
         raise ServeModelError(f"{knob} names {variable!r}, which is not set or empty")
     return key
+
+
+class Admission:
+    """The requests admitted and not yet done, bounded: `admit` lets at most `limit` in at once and says
+    False beyond (the caller answers 503 at once: a burst gets a quick refusal, not a wait that ends in
+    client timeouts); every admitted request calls `release` once, when it is done. The one rule for the
+    in-process queue (one generating plus serve.max_queued_requests waiting) and the gateway
+    (serve.max_queued_requests in flight upstream)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def admit(self) -> bool:
+        with self._lock:
+            if self.count >= self.limit:
+                return False
+            self.count += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            if self.count == 0:  # a double release would let one request too many in, silently
+                raise RuntimeError("release() without an admitted request")
+            self.count -= 1
 
 
 def new_request_id() -> str:

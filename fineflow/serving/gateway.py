@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 
 from fineflow.config import FineflowConfig, UpstreamConfig
 from fineflow.serving.capture import Exchange, TrafficCapture
-from fineflow.serving.front import build_front, new_request_id
+from fineflow.serving.front import Admission, build_front, new_request_id
 from fineflow.serving.loading import ServeModelError
 from fineflow.serving.metrics import ServingMetrics
 from fineflow.serving.schema import APIError, ChatRequest, completion_limit, parse_chat_request, read_body
@@ -53,6 +52,7 @@ class Upstream:
         self.base_url = settings.base_url
         self.headers = {"authorization": f"Bearer {key}"} if key else {}
         self.timeout = settings.timeout_s
+        self.health_timeout = settings.health_timeout_s
         self.model = settings.model or self._first_model()
         self.client: httpx.AsyncClient | None = None  # opened by the app's lifespan, in its event loop
 
@@ -68,6 +68,15 @@ class Upstream:
 
     def open(self) -> None:
         self.client = httpx.AsyncClient(base_url=self.base_url, headers=self.headers, timeout=self.timeout)
+
+    async def ready(self) -> bool:
+        """Whether the upstream answers its model list now, within serve.upstream.health_timeout_s."""
+        assert self.client is not None, "the app's lifespan opens the upstream client"
+        try:
+            answer = await self.client.get("/models", timeout=self.health_timeout)
+        except httpx.HTTPError:
+            return False
+        return answer.status_code == 200
 
     async def close(self) -> None:
         if self.client is not None:
@@ -102,25 +111,6 @@ async def _upstream_error(answer: httpx.Response) -> APIError:
     return APIError(status, f"upstream: {message}", param, code)
 
 
-class InFlight:
-    """The requests forwarded and not yet answered, bounded: beyond the limit a request gets a 503."""
-
-    def __init__(self, limit: int):
-        self.limit, self.count = limit, 0
-        self._lock = threading.Lock()
-
-    def admit(self) -> bool:
-        with self._lock:
-            if self.count >= self.limit:
-                return False
-            self.count += 1
-            return True
-
-    def release(self) -> None:
-        with self._lock:
-            self.count -= 1
-
-
 def forwarded_body(chat: ChatRequest, model: str, max_tokens: int) -> dict:
     """What the upstream is sent: the validated request only, with its model id and a token limit."""
     body = chat.model_dump(by_alias=True, exclude_none=True, exclude=set(NOT_FORWARDED))
@@ -134,7 +124,7 @@ def create_gateway_app(config: FineflowConfig, capture: TrafficCapture | None) -
     """The front of `front.build_front` forwarding to `serve.upstream`."""
     settings = config.serve
     upstream = Upstream(settings.upstream)
-    in_flight = InFlight(settings.max_queued_requests)
+    in_flight = Admission(settings.max_queued_requests)
     metrics = ServingMetrics(settings.metrics)
     metrics.watch(lambda: in_flight.count, (lambda: capture.pending) if capture is not None else None)
     metrics.serving(upstream.model, "", upstream.base_url)
@@ -149,6 +139,15 @@ def create_gateway_app(config: FineflowConfig, capture: TrafficCapture | None) -
         authorize(request)
         entry = {"id": upstream.model, "object": "model", "created": created, "owned_by": OWNER}
         return {"object": "list", "data": [entry]}
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        """Readiness, for a load balancer's probe: 200 while the upstream answers, else 503. No key is
+        asked (SkyServe's probe holds none) and nothing is said but that: a replica whose engine died is
+        taken out of rotation instead of answering 502s."""
+        if await upstream.ready():
+            return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "upstream unavailable"}, status_code=503)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -217,7 +216,7 @@ class _Forwarded:
         await self.done()
         return answer | {"model": self.model}
 
-    async def relay(self, answer: httpx.Response, in_flight: InFlight) -> AsyncIterator[str]:
+    async def relay(self, answer: httpx.Response, in_flight: Admission) -> AsyncIterator[str]:
         """The upstream's SSE events, passed on as they come (the usage chunk only if the client asked for
         it); a client that leaves closes the upstream request."""
         wants_usage = bool(self.chat.stream_options and self.chat.stream_options.include_usage)

@@ -11,7 +11,9 @@ A server on loopback without an API key is still reachable from the web pages it
 - DNS rebinding points an attacker's name at 127.0.0.1, making the page same-origin with the server: the
   browser then sends `Host: attacker.example`. Only the server's own names are answered (400 otherwise):
   `serve.host`, the loopback names when it is bound to loopback or to every interface, and
-  `serve.allowed_hosts`.
+  `serve.allowed_hosts`. `"*"` there answers any Host, and the config accepts it only with
+  `serve.api_key_env` set: a rebinding page holds no key, so a server that requires one needs no Host
+  check (behind SkyServe's load balancer, whose address clients dial, the Host is not known in advance).
 
 Clients that are not browsers (the OpenAI SDK, curl) send no Origin and their Host is the address they
 dial, so they pass. The check is a plain ASGI middleware: Starlette's BaseHTTPMiddleware would wrap
@@ -23,7 +25,7 @@ from __future__ import annotations
 import logging
 import uuid
 
-from fineflow.config import ServeConfig, is_loopback
+from fineflow.config import ANY_HOST, ServeConfig, is_loopback
 from fineflow.serving.schema import APIError
 
 log = logging.getLogger("fineflow.serve")
@@ -45,7 +47,7 @@ def own_host_names(settings: ServeConfig) -> frozenset[str]:
 def own_origins(settings: ServeConfig) -> frozenset[str]:
     """The origins a browser page served by this server itself would send, plus the allowed ones."""
     port = settings.port
-    names = own_host_names(settings)
+    names = own_host_names(settings) - {ANY_HOST}
     own = {f"http://{f'[{name}]' if ':' in name else name}:{port}" for name in names}
     if port == 80:
         own |= {f"http://{f'[{name}]' if ':' in name else name}" for name in names}
@@ -56,7 +58,7 @@ def refusal(scope: dict, hosts: frozenset[str], origins: frozenset[str]) -> APIE
     """Why this request is refused, or None."""
     headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
     host = headers.get("host", "")
-    if _host_name(host) not in hosts:
+    if ANY_HOST not in hosts and _host_name(host) not in hosts:
         return APIError(
             400,
             f"Host {host[:100]!r} is not this server's (add the name clients use to serve.allowed_hosts)",

@@ -1,5 +1,6 @@
 """The model `fineflow serve` serves: a registered version (`name@alias`, `name/version`) resolved in the
-MLflow registry with its adapter from the shared adapter cache, or a bare base model."""
+MLflow registry with its adapter from the shared adapter cache and the system prompt version it records
+(applied to every request), or a bare base model."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from fineflow.config import FineflowConfig
 from fineflow.models.engine import Generator
 from fineflow.registry.adapters import download_adapter
 from fineflow.registry.aliases import champion_ref
+from fineflow.registry.prompts import PromptError, recorded_system_prompt
 from fineflow.registry.refs import ModelRef, ModelRefError, RegisteredVersion
 
 
@@ -24,6 +26,7 @@ class ServedModel:
 
     ids: list[str]
     generator: Generator
+    system_prompt: str | None = None  # the registered prompt version the generator applies (prompts:/...)
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property
@@ -82,13 +85,18 @@ def load_registered(config: FineflowConfig, found: RegisteredVersion, ref: str) 
 
     adapter = download_adapter(config, found.name, found.version)
     ids = [f"{found.name}/{found.version}", *([ref] if "@" in ref else [])]
+    try:
+        prompt = recorded_system_prompt(config, found.tags)  # the one it was evaluated with
+    except PromptError as exc:
+        raise ServeModelError(f"{found.name} version {found.version}: {exc}") from exc
     generator = load_generator(
         found.tags["base_model"],
         str(adapter),
         config.data_dir / "models",
         config.base_model.inference_precision,
+        prompt.text if prompt else None,
     )
-    return ServedModel(ids, generator)
+    return ServedModel(ids, generator, prompt.uri if prompt else None)
 
 
 def registered_version(config: FineflowConfig, ref: str) -> RegisteredVersion:

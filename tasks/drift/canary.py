@@ -60,12 +60,17 @@ def recorded_golden(
 
 
 def golden_answers(
-    config: FineflowConfig, base_model: str, adapter_dir: str | None
+    config: FineflowConfig, base_model: str, adapter_dir: str | None, system_prompt: str | None
 ) -> tuple[list[str], list[str]]:
-    """(the model's golden answers, the references), generated exactly as evaluation generates them."""
+    """(the model's golden answers, the references), generated exactly as evaluation generates them: with
+    the system prompt the version records (`system_prompt`, its text; None: none)."""
     questions, references = read_golden(config.evaluation.golden_file)
     generator = load_generator(
-        base_model, adapter_dir, config.data_dir / "models", config.base_model.inference_precision
+        base_model,
+        adapter_dir,
+        config.data_dir / "models",
+        config.base_model.inference_precision,
+        system_prompt,
     )
     gen = config.evaluation.generation
     prompts = [[{"role": "user", "content": question}] for question in questions]

@@ -13,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from fineflow.config import FineflowConfig
 from fineflow.models.base import load_tokenizer
 from fineflow.registry.adapters import download_adapter
+from fineflow.registry.prompts import recorded_system_prompt
 from fineflow.registry.refs import RegisteredVersion
 from fineflow.runtime import IO_RETRIES
 from tasks.drift.canary import KIND as CANARY_KIND
@@ -97,7 +98,10 @@ def measure_canary(client: MlflowClient, config: FineflowConfig, found: Register
         skipped = f"version {found.version} has no recorded evaluation (no gates.eval_run)"
         return CanaryCheck(note=f"Canary skipped: {skipped}.")
     adapter = download_adapter(config, found.name, found.version)
-    answers, references = golden_answers(config, found.tags["base_model"], str(adapter))
+    prompt = recorded_system_prompt(config, found.tags)  # evaluation answered with it
+    answers, references = golden_answers(
+        config, found.tags["base_model"], str(adapter), prompt.text if prompt else None
+    )
     return CanaryCheck(
         statistics=canary_statistics(answers, references, recorded, config),
         note=f"Canary: golden answers compared with evaluation run {recorded.run_id} (at promotion).",

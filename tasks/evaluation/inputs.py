@@ -9,7 +9,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from fineflow.config import FineflowConfig, config_hash
-from fineflow.runtime import IO_RETRIES, code_version, retry_unless
+from fineflow.registry.prompts import RegisteredPrompt, register_prompt
+from fineflow.runtime import IO_RETRIES, code_version, retry_unless, step_logger
 from fineflow.store import open_store
 from fineflow.store.jsonl import parse_jsonl
 from fineflow.store.layout import dataset_layout
@@ -29,14 +30,27 @@ def check_inputs(config: FineflowConfig) -> GateConfig:
     return gates
 
 
-def evaluation_key(config: FineflowConfig, dataset_commit: str, drifted_slice: str | None) -> str:
+@task(name="register-judge-prompt", cache_policy=NO_CACHE, **IO_RETRIES)
+def register_judge_prompt(config: FineflowConfig) -> RegisteredPrompt:
+    """The judge's correctness criteria's registered version for the text in its file now."""
+    prompt = register_prompt(config, config.prompts.judge_correctness)
+    step_logger().info("judge criteria: %s", prompt.uri)
+    return prompt
+
+
+def evaluation_key(
+    config: FineflowConfig, dataset_commit: str, drifted_slice: str | None, judge_criteria: RegisteredPrompt
+) -> str:
     """Names what a score depends on (eval split commit, golden set, the drifted slice's commit-pinned URI,
-    evaluation config, the precision the model generates in, code): a model measured on the same key is
-    not measured again."""
+    evaluation config, the judge's criteria version, the precision the model generates in, code): a model
+    measured on the same key is not measured again. The system prompt is the subject's own (a version's,
+    fixed at registration), not the key's."""
     golden = Path(config.evaluation.golden_file).read_bytes()
     precision = config.base_model.inference_precision
     extra = [drifted_slice] if drifted_slice else []  # keys without a slice stay what they were
-    return config_hash(config.evaluation, dataset_commit, golden, precision, code_version(), *extra)[:24]
+    return config_hash(
+        config.evaluation, dataset_commit, golden, precision, code_version(), judge_criteria.uri, *extra
+    )[:24]
 
 
 @task(
@@ -45,7 +59,9 @@ def evaluation_key(config: FineflowConfig, dataset_commit: str, drifted_slice: s
     retry_condition_fn=retry_unless(ContaminationError),
     **IO_RETRIES,
 )
-def read_eval_sets(config: FineflowConfig, dataset_commit: str, drifted_slice: str | None) -> EvalSets:
+def read_eval_sets(
+    config: FineflowConfig, dataset_commit: str, drifted_slice: str | None, judge_criteria: RegisteredPrompt
+) -> EvalSets:
     """The golden set, the first evaluation.max_eval_rows rows of the eval split at the commit and the
     drifted slice (a lakefs:// URI, when given); a ContaminationError when the commit's train split repeats
     any golden or eval-split question. The slice's prompts are kept out of training by the split itself
@@ -58,4 +74,10 @@ def read_eval_sets(config: FineflowConfig, dataset_commit: str, drifted_slice: s
     questions, references = read_golden(config.evaluation.golden_file)
     limit = config.evaluation.max_eval_rows
     eval_rows = [row["messages"] for row in rows[:limit]]
-    return EvalSets(questions, references, eval_rows, drifted_conversations=[r["messages"] for r in drifted])
+    return EvalSets(
+        questions,
+        references,
+        eval_rows,
+        drifted_conversations=[r["messages"] for r in drifted],
+        judge_criteria=judge_criteria,
+    )

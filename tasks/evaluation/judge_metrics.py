@@ -1,5 +1,6 @@
-"""Judge-scored answer quality with deepeval: G-Eval correctness against the reference answer, answer
-relevancy, bias and toxicity (the last two: lower is better).
+"""Judge-scored answer quality with deepeval: G-Eval correctness against the reference answer (its
+criteria: the registered `prompts.judge_correctness` prompt), answer relevancy, bias and toxicity (the last
+two: lower is better; their templates are deepeval's own, versioned with its package).
 
 Only a sample of the golden set is judged (each verdict costs judge calls). A verdict that fails to
 parse, or a score outside the rubric, is counted as a failure to judge and never averaged in; with no
@@ -14,12 +15,6 @@ from pathlib import Path
 
 from fineflow.config import JudgeConfig
 
-CRITERIA = (
-    "Judge whether the actual output answers the input correctly and consistently with the expected "
-    "output (the reference answer). Penalise contradictions of the reference and invented facts; do not "
-    "penalise different wording."
-)
-
 
 @cache
 def _judge(config_json: str, model_cache: str):
@@ -33,13 +28,13 @@ def get_judge(config: JudgeConfig, model_cache: Path):
     return _judge(config.model_dump_json(), str(model_cache))
 
 
-def _metric(name: str, model):
+def _metric(name: str, model, criteria: str):
     from deepeval.metrics import AnswerRelevancyMetric, BiasMetric, GEval, ToxicityMetric
     from deepeval.test_case import SingleTurnParams
 
     if name == "correctness":
         params = [SingleTurnParams.INPUT, SingleTurnParams.ACTUAL_OUTPUT, SingleTurnParams.EXPECTED_OUTPUT]
-        return GEval(name="Correctness", criteria=CRITERIA, evaluation_params=params, model=model)
+        return GEval(name="Correctness", criteria=criteria, evaluation_params=params, model=model)
     metric_class = {
         "answer_relevancy": AnswerRelevancyMetric,
         "bias": BiasMetric,
@@ -49,17 +44,28 @@ def _metric(name: str, model):
 
 
 def judge_scores(
-    judge, metrics: list[str], questions: list[str], answers: list[str], references: list[str]
+    judge,
+    metrics: list[str],
+    questions: list[str],
+    answers: list[str],
+    references: list[str],
+    criteria: str,
 ) -> dict[str, float]:
     """`judge_<metric>` means over the judged items (NaN when none was judged), and counts of judged and
     failed verdicts over all metrics."""
-    return summarise_verdicts(judge_verdicts(judge, metrics, questions, answers, references))
+    return summarise_verdicts(judge_verdicts(judge, metrics, questions, answers, references, criteria))
 
 
 def judge_verdicts(
-    judge, metrics: list[str], questions: list[str], answers: list[str], references: list[str]
+    judge,
+    metrics: list[str],
+    questions: list[str],
+    answers: list[str],
+    references: list[str],
+    criteria: str,
 ) -> dict[str, list[float | None]]:
-    """Per metric, the judge's score of every item in order; None where it failed to judge."""
+    """Per metric, the judge's score of every item in order; None where it failed to judge. `criteria`:
+    the correctness rubric, the registered `prompts.judge_correctness` version's text."""
     from deepeval.test_case import LLMTestCase
 
     from fineflow.judge import measure_deepeval, to_deepeval
@@ -70,7 +76,7 @@ def judge_verdicts(
         verdicts[name] = []
         for question, answer, reference in zip(questions, answers, references, strict=True):
             case = LLMTestCase(input=question, actual_output=answer, expected_output=reference)
-            outcome = measure_deepeval(_metric(name, model), case)
+            outcome = measure_deepeval(_metric(name, model, criteria), case)
             verdicts[name].append(outcome.score if outcome.judged else None)
     return verdicts
 

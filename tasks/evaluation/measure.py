@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fineflow.config import FineflowConfig
-from fineflow.models.engine import GenerationOptions, load_generator, serving_metrics
+from fineflow.models.engine import GenerationOptions, load_generator, serving_metrics, with_system_prompt
+from fineflow.registry.prompts import RegisteredPrompt, read_prompt_text
 from fineflow.runtime import step_logger
 from fineflow.store.jsonl import parse_jsonl
 from tasks.evaluation.classic_metrics import (
@@ -43,9 +44,12 @@ class Subject:
     """What is measured: `label` names it in reports ("version 3", "base model")."""
 
     label: str
-    key: str  # stable identity for caching: "version:3" or "base:<name>"
+    key: str  # stable identity for caching: "version:3", or "base:<name>[|<its system prompt version>]"
     base_model: str
     model_uri: str | None  # the registered model holding the adapter; None: the bare base model
+    # The system prompt it answers with: the one a registered version records; None: none (a version
+    # registered before prompts were versioned, measured as it is served).
+    system_prompt: RegisteredPrompt | None = None
 
 
 def version_key(version: str) -> str:
@@ -64,6 +68,8 @@ class EvalSets:
     # The drifted slice: reviewed traffic held out of the retrain (tasks.review.slices), chat rows whose
     # last answer a person approved or corrected. Empty outside a drift-triggered retrain.
     drifted_conversations: list[list[dict]] = field(default_factory=list)
+    # The judge's correctness criteria as registered; None: the text of prompts.judge_correctness's file.
+    judge_criteria: RegisteredPrompt | None = None
 
     @property
     def eval_prompts(self) -> list[list[dict]]:
@@ -106,8 +112,13 @@ def measure(
     """`scratch`: a directory for the files the measurement makes (the vulnerability scan's reports); the
     caller removes it once they are logged."""
     evaluation, logger = config.evaluation, step_logger()
+    system_prompt = subject.system_prompt.text if subject.system_prompt else None
     generator = load_generator(
-        subject.base_model, adapter_dir, config.data_dir / "models", config.base_model.inference_precision
+        subject.base_model,
+        adapter_dir,
+        config.data_dir / "models",
+        config.base_model.inference_precision,
+        system_prompt,  # every answer below is rendered with it, as the server renders them
     )
     gen = evaluation.generation
     options = GenerationOptions(gen.max_new_tokens, gen.do_sample)
@@ -141,7 +152,9 @@ def measure(
         items |= {f"drifted_{name}": scores for name, scores in drifted.items()}
         metrics |= {f"drifted_{name}": value for name, value in means(drifted).items()}
     metrics["perplexity"] = answer_perplexity(
-        generator, sets.eval_conversations, evaluation.classic_metrics.perplexity_batch_size
+        generator,
+        [with_system_prompt(c, system_prompt) for c in sets.eval_conversations],
+        evaluation.classic_metrics.perplexity_batch_size,
     )
     leakage = pii_in_answers(
         sets.golden_questions + [_text(prompt) for prompt in sets.eval_prompts],
@@ -187,6 +200,9 @@ def measure(
             sets.golden_questions[:sample],
             golden_answers[:sample],
             sets.golden_references[:sample],
+            sets.judge_criteria.text
+            if sets.judge_criteria
+            else read_prompt_text(config.prompts.judge_correctness),
         )
         metrics |= summarise_verdicts(verdicts)
         if "correctness" in verdicts:

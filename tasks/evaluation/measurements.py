@@ -20,9 +20,15 @@ from fineflow.privacy.masker import get_masker
 from fineflow.registry.adapters import download_adapter
 from fineflow.registry.aliases import version_by_alias
 from fineflow.registry.lineage import lineage_tags
+from fineflow.registry.prompts import (
+    JUDGE_PROMPT_TAG,
+    SYSTEM_PROMPT_TAG,
+    RegisteredPrompt,
+    recorded_system_prompt,
+)
 from fineflow.registry.refs import ModelRef, RegisteredVersion
 from fineflow.registry.runs import recorded_run
-from fineflow.registry.tracking import ensure_experiment
+from fineflow.registry.tracking import ensure_experiment, link_prompt, tracking_uri
 from fineflow.runtime import IO_RETRIES, step_logger
 from tasks.evaluation.gates import Scores
 from tasks.evaluation.measure import EvalSets, Measurement, Subject, measure, version_key
@@ -31,27 +37,36 @@ SUBJECT_TAG, KEY_TAG = "eval.subject", "eval.key"
 DETAILS_FILE = "details.json"  # answers, counts and the per-item scores the gates test
 
 
-def challenger_subject(found: RegisteredVersion) -> Subject:
+def challenger_subject(config: FineflowConfig, found: RegisteredVersion) -> Subject:
+    """The version with the system prompt it records (and will be served with)."""
+    prompt = recorded_system_prompt(config, found.tags)
     return Subject(
-        f"version {found.version}", version_key(found.version), found.tags["base_model"], found.uri
+        f"version {found.version}", version_key(found.version), found.tags["base_model"], found.uri, prompt
     )
 
 
-def base_model_subject(challenger: RegisteredVersion) -> Subject:
-    """The bare base model the challenger's adapter was trained on."""
-    base_model = challenger.tags["base_model"]
-    return Subject(f"base model {base_model}", f"base:{base_model}", base_model, None)
+def base_model_subject(challenger: Subject) -> Subject:
+    """The bare base model the challenger's adapter was trained on, given the challenger's system prompt:
+    the comparison is then of the weights alone, under the same instructions. Its key names that prompt,
+    as the base model answers differently under another."""
+    base_model, prompt = challenger.base_model, challenger.system_prompt
+    key = f"base:{base_model}" + (f"|{prompt.uri}" if prompt else "")
+    return Subject(f"base model {base_model}", key, base_model, None, prompt)
 
 
-def baseline_subject(client: MlflowClient, config: FineflowConfig, challenger: RegisteredVersion) -> Subject:
-    """The champion, or the bare base model when there is no champion yet (or the challenger is it)."""
-    name = challenger.name
+def baseline_subject(client: MlflowClient, config: FineflowConfig, challenger: Subject) -> Subject:
+    """The champion with its own system prompt, as it serves now; or the bare base model when there is no
+    champion yet (or the challenger is it)."""
+    name = config.registry.model_name
     champion = version_by_alias(client, name, config.registry.champion_alias)
-    if champion is None or champion == challenger.version:
+    if champion is None or version_key(champion) == challenger.key:
         return base_model_subject(challenger)
     tags = lineage_tags(name, champion, client.get_model_version(name, champion).tags)
     found = RegisteredVersion(name, champion, tags)
-    return Subject(f"champion version {champion}", version_key(champion), tags["base_model"], found.uri)
+    prompt = recorded_system_prompt(config, tags)
+    return Subject(
+        f"champion version {champion}", version_key(champion), tags["base_model"], found.uri, prompt
+    )
 
 
 def measured(
@@ -68,7 +83,7 @@ def measured(
     # whatever happens (an evaluation a day, each leaving its reports behind, fills /tmp).
     with tempfile.TemporaryDirectory(prefix="fineflow-measure-") as scratch:
         result = measure_subject(subject, adapter, sets, config, Path(scratch))
-        return log_measurement(client, config, subject, key, result), result.scores
+        return log_measurement(client, config, subject, key, result, sets.judge_criteria), result.scores
 
 
 @task(name="find-measurement", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -120,11 +135,19 @@ def measure_subject(
 
 @task(name="log-measurement", cache_policy=NO_CACHE, **IO_RETRIES)
 def log_measurement(
-    client: MlflowClient, config: FineflowConfig, subject: Subject, key: str, result: Measurement
+    client: MlflowClient,
+    config: FineflowConfig,
+    subject: Subject,
+    key: str,
+    result: Measurement,
+    judge_criteria: RegisteredPrompt | None = None,  # None: measured without a registered judge prompt
 ) -> str:
     experiment = ensure_experiment(config, name=config.evaluation.experiment)
-    tags = {SUBJECT_TAG: subject.key, KEY_TAG: key}
+    prompts = [p for p in (subject.system_prompt, judge_criteria) if p is not None]
+    tags = {SUBJECT_TAG: subject.key, KEY_TAG: key} | prompt_run_tags(subject.system_prompt, judge_criteria)
     with recorded_run(client, experiment, f"eval-{subject.key}", tags) as run_id:
+        for prompt in prompts:  # MLflow's UI lists them with the run
+            link_prompt(tracking_uri(config), run_id, prompt.uri)
         for metric, value in result.metrics.items():
             client.log_metric(run_id, metric, value)
         for path in result.details.get("scan_files", []):
@@ -132,6 +155,12 @@ def log_measurement(
         details = masked_details(result.details, config)
         client.log_text(run_id, json.dumps(details, indent=2), DETAILS_FILE)
     return run_id
+
+
+def prompt_run_tags(system: RegisteredPrompt | None, judge: RegisteredPrompt | None) -> dict[str, str]:
+    """The prompt versions a measurement used, as tags of its run."""
+    tags = {SYSTEM_PROMPT_TAG: system.uri} if system else {}
+    return tags | ({JUDGE_PROMPT_TAG: judge.uri} if judge else {})
 
 
 # The model's own words: they may state PII (pii_leak_rate counts it).

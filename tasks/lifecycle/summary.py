@@ -20,6 +20,7 @@ class LifecycleSummary(BaseModel):
     model_name: str
     version: str
     trained: bool  # False: the version was already registered for this lineage
+    system_prompt: str  # the prompt version it was evaluated with and is served with (prompts:/...)
     fine_tune_run: str
     evaluation_run: str
     baseline: str
@@ -52,6 +53,7 @@ class LifecycleSummary(BaseModel):
             model_name=model.model_name,
             version=model.version,
             trained=not model.cached,
+            system_prompt=model.system_prompt,
             fine_tune_run=model.mlflow_run_id,
             evaluation_run=evaluation.challenger_run,
             baseline=evaluation.baseline,
@@ -86,6 +88,7 @@ def summary_markdown(summary: LifecycleSummary) -> str:
         f"| code commit | `{summary.code_commit}` |",
         f"| dataset commit | `{summary.dataset_commit}` |",
         f"| model version | `{summary.model_name}/{summary.version}`{trained} |",
+        f"| system prompt | `{summary.system_prompt}` |",
         f"| MLflow fine-tune run | `{summary.fine_tune_run}` |",
         f"| MLflow evaluation run | `{summary.evaluation_run}` (report.html, decision.json) |",
         f"| tracking URI | `{summary.tracking_uri}` |",

@@ -8,6 +8,7 @@ import json
 from pydantic import BaseModel, ConfigDict
 
 from fineflow.config import FineflowConfig
+from fineflow.registry.prompts import SYSTEM_PROMPT_TAG, TRAINED_PROMPT_TAG
 
 REPORT_ARTIFACT_KEY = "fine-tune-report"
 
@@ -57,6 +58,8 @@ class FineTuneResult(_Frozen):
     cached: bool  # already registered for this lineage: nothing trained
     training: TrainingSummary | None
     lineage: FineTuneLineage
+    system_prompt: str  # the registered prompt version it is evaluated and served with (prompts:/...)
+    trained_with_prompt: str | None  # the one its adapter was trained with (None: before prompts were)
 
     @classmethod
     def registered(
@@ -66,7 +69,9 @@ class FineTuneResult(_Frozen):
         mlflow_run_id: str,
         lineage: FineTuneLineage,
         training: TrainingSummary | None,
+        tags: dict[str, str],
     ) -> FineTuneResult:
+        """`tags`: the registered version's, which name its prompt versions."""
         name = config.registry.model_name
         return cls(
             model_name=name,
@@ -77,6 +82,8 @@ class FineTuneResult(_Frozen):
             cached=training is None,
             training=training,
             lineage=lineage,
+            system_prompt=tags[SYSTEM_PROMPT_TAG],
+            trained_with_prompt=tags.get(TRAINED_PROMPT_TAG),
         )
 
 
@@ -91,6 +98,7 @@ def report_markdown(result: FineTuneResult) -> str:
         "|---|---|",
         *[f"| {key} | `{value}` |" for key, value in result.lineage.model_dump().items()],
         f"| MLflow run | `{result.mlflow_run_id}` |",
+        f"| system prompt | `{result.system_prompt}` (trained with `{result.trained_with_prompt}`) |",
     ]
     training = result.training
     if training:
