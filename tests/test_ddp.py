@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 
 from fineflow.config import load_config
 from fineflow.registry.tracking import tracking_uri
+from tests.conftest import TINY_SYSTEM_PROMPT
 
 pytestmark = pytest.mark.slow
 ROWS, BATCH, PROCESSES = 16, 2, 2
@@ -85,6 +86,8 @@ def ddp_overrides(tiny_model_dir: Path) -> dict:
         "fine_tune.training.num_epochs": 1,
         "fine_tune.training.save_steps": 2,
         "fine_tune.training.max_seq_length": 128,
+        # the tiny byte-level model's 128 tokens hold no row after the real system prompt (over 300 bytes)
+        "prompts.system.file": str(TINY_SYSTEM_PROMPT),
     }
 
 
