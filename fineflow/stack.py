@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -322,14 +322,27 @@ def _stop(processes: list[Process], timeout_s: float, log) -> list[str]:
             continue
         log(f"stopping {process.name} (pid {process.pid})")
         os.killpg(process.pid, signal.SIGTERM)
-        try:
+        deadline = time.monotonic() + timeout_s
+        with suppress(psutil.TimeoutExpired, psutil.NoSuchProcess):
             psutil.Process(process.pid).wait(timeout=timeout_s)
-        except psutil.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
+        # A server's workers can outlive it for a moment (or for good): wait for its whole process group.
+        while _group_members(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _group_members(process.pid):
+            with suppress(ProcessLookupError):  # the last of them may exit in between
+                os.killpg(process.pid, signal.SIGKILL)
         stopped.append(process.name)
     return stopped
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of a process group."""
+    members = []
+    for found in psutil.process_iter(["pid", "status"]):
+        with suppress(ProcessLookupError, psutil.NoSuchProcess):
+            if os.getpgid(found.info["pid"]) == pgid and found.info["status"] != psutil.STATUS_ZOMBIE:
+                members.append(found.info["pid"])
+    return members
 
 
 def _alive(process: Process) -> bool:

@@ -32,11 +32,15 @@ def test_every_deployment_entrypoint_is_a_flow_and_the_trigger_fills_its_paramet
     deployments = {d["name"]: d for d in _yaml("prefect.yaml")["deployments"]}
     for deployment in deployments.values():
         assert isinstance(import_object(deployment["entrypoint"]), Flow), deployment["entrypoint"]
-    lifecycle = import_object(deployments["lifecycle"]["entrypoint"])
-    parameters = set(inspect.signature(lifecycle.fn).parameters)
-    (trigger,) = deployments["lifecycle"]["triggers"]
-    assert trigger["expect"] == ["fineflow.drift.detected"]
-    assert set(trigger["parameters"]) <= parameters
+    # Drift starts a review; a committed review with enough reviewed rows starts the retrain.
+    expected = {"review-traffic": "fineflow.drift.detected", "lifecycle": "fineflow.traffic.reviewed"}
+    for name, event in expected.items():
+        flow = import_object(deployments[name]["entrypoint"])
+        parameters = set(inspect.signature(flow.fn).parameters)
+        (trigger,) = deployments[name]["triggers"]
+        assert trigger["expect"] == [event]
+        assert set(trigger["parameters"]) <= parameters
+    parameters = set(inspect.signature(import_object(deployments["lifecycle"]["entrypoint"]).fn).parameters)
     for schedule in deployments["lifecycle"]["schedules"]:
         assert set(schedule["parameters"]) <= parameters
 

@@ -35,7 +35,7 @@ import psutil
 import pytest
 
 from fineflow.config import DATA_DIR_ENV, load_config
-from fineflow.stack import Process, _alive, _start, _stop, _wait_healthy
+from fineflow.stack import Process, _alive, _group_members, _start, _stop, _wait_healthy
 from tests.conftest import SMALL_LIFECYCLE
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
@@ -88,24 +88,25 @@ def started_here() -> Iterator[list[Process]]:
     for process in started:  # a server that exited by itself is still our child: reap it, leave no zombie
         _reap(process.pid)
     groups = {process.pid for process in started}  # each server leads a process group of its own
-    left = [
-        " ".join(proc.info["cmdline"] or [proc.info["name"]])
-        for proc in psutil.process_iter(["pid", "name", "cmdline"])
-        if _process_group(proc.info["pid"]) in groups
-    ]
+    # Zombies are not running: an exited worker whose parent exited first waits for PID 1 to reap it.
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while any(_group_members(group) for group in groups) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [_describe(pid) for group in groups for pid in _group_members(group)]
     assert not left, f"left running after the team-stack tests: {left}"
+
+
+def _describe(pid: int) -> str:
+    try:
+        found = psutil.Process(pid)
+        return f"{pid} {found.status()} {' '.join(found.cmdline()) or found.name()}"
+    except psutil.NoSuchProcess:
+        return f"{pid} (exited)"
 
 
 def _reap(pid: int) -> None:
     with contextlib.suppress(ChildProcessError):  # already reaped (by subprocess or psutil)
         os.waitpid(pid, os.WNOHANG)
-
-
-def _process_group(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except ProcessLookupError:
-        return None
 
 
 @pytest.fixture(scope="module")

@@ -136,6 +136,7 @@ def judge_signal_scores(
 ) -> tuple[list[float], list[float], str]:
     """The judge's answer relevancy of a seeded sample of each side (its failures to judge left out), and
     a note saying how many it judged."""
+    from fineflow.registry.prompts import read_prompt_text
     from tasks.evaluation.judge_metrics import get_judge, judge_verdicts
 
     settings, judge_config = config.drift.live_quality, config.evaluation.judge
@@ -146,7 +147,9 @@ def judge_signal_scores(
             range(len(side.answers)), min(settings.judge_sample, len(side.answers))
         )
         questions, answers = [side.prompts[i] for i in picked], [side.answers[i] for i in picked]
-        verdicts = judge_verdicts(judge, [JUDGE_METRIC], questions, answers, ["" for _ in picked])
+        # answer relevancy needs no reference; the correctness criteria are passed as evaluation passes them
+        criteria = read_prompt_text(config.prompts.judge_correctness)
+        verdicts = judge_verdicts(judge, [JUDGE_METRIC], questions, answers, ["" for _ in picked], criteria)
         return [v for v in verdicts[JUDGE_METRIC] if v is not None], len(picked)
 
     (now, asked_now), (then, asked_then) = judged(live), judged(recorded)
