@@ -79,6 +79,10 @@ def test_every_replica_puts_the_gateway_in_front_of_vllm_on_loopback(monkeypatch
     assert config.serve.traffic.enabled and config.store.backend == "lakefs"  # capture into lakeFS
     lakefs = {"LAKECTL_SERVER_ENDPOINT_URL", "LAKECTL_CREDENTIALS_ACCESS_KEY_ID"}
     assert lakefs | {"LAKECTL_CREDENTIALS_SECRET_ACCESS_KEY"} <= set(raw["secrets"])
+    # the version vLLM serves (the adapter's), whose registered system prompt the gateway reads from MLflow
+    assert config.serve.model == envs["LORA_NAME"] and config.serve.follow_alias_poll_s == 0
+    mlflow = {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
+    assert mlflow <= set(raw["secrets"])
 
 
 def test_a_broken_service_section_is_rejected():

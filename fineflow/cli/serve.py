@@ -29,7 +29,8 @@ def serve_command(
         typer.Option(
             "--upstream",
             help="Gateway mode: forward to this OpenAI-compatible /v1 URL (vLLM, another fineflow serve) "
-            "instead of loading a model; the same API key, limits, validation, capture and metrics apply.",
+            "instead of loading a model; the same API key, limits, validation, capture and metrics apply, "
+            "and the registered system prompt of the version --model names (what the upstream serves).",
         ),
     ] = None,
     host: Annotated[str | None, typer.Option(help="Bind address (default: serve.host).")] = None,
@@ -96,12 +97,15 @@ def _app(loaded: FineflowConfig, ref: str, capture):
     """(app, what it serves in words): the model `ref` names loaded here, or a gateway to serve.upstream."""
     from fineflow.serving.app import create_app
     from fineflow.serving.gateway import create_gateway_app
-    from fineflow.serving.loading import load_served_model
+    from fineflow.serving.loading import load_served_model, served_version
 
     upstream = loaded.serve.upstream
     if upstream.base_url is not None:
-        app_ = create_gateway_app(loaded, capture)
-        return app_, f"{app_.state.upstream_model} (gateway to {upstream.base_url})"
+        served = served_version(loaded, ref)  # the version the upstream serves, for its system prompt
+        app_ = create_gateway_app(loaded, served, capture)
+        version = f"{served.name}/{served.version}" if served.version else f"{served.name}, bare"
+        prompt = served.system_prompt_uri or "no registered system prompt"
+        return app_, f"{app_.state.upstream_model} ({version}, {prompt}; gateway to {upstream.base_url})"
     console.print(f"loading {ref} ...")
     served = load_served_model(loaded, ref)
     return create_app(loaded, served, capture), ", ".join(served.ids)

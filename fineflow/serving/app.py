@@ -41,6 +41,7 @@ from fineflow.serving.front import Admission, build_front, new_request_id
 from fineflow.serving.loading import ServedModel
 from fineflow.serving.metrics import ServingMetrics
 from fineflow.serving.schema import APIError, ChatRequest, completion_limit, parse_chat_request, read_body
+from fineflow.serving.system_prompt import refuse_client_system_message, version_headers
 
 log = logging.getLogger("fineflow.serve")
 
@@ -214,28 +215,6 @@ def prepare(served: ServedModel, messages: list[dict], options: GenerationOption
     return Prepared(served, inputs, options, served.generator.stop_criteria(options.stop, prompt_tokens))
 
 
-def refuse_client_system_message(served: ServedModel, messages: list[dict]) -> None:
-    """A 400 for a client's system message when the served version has a registered system prompt.
-
-    The system prompt is the operator's policy, versioned, evaluated and gated with the model. A client's
-    system message must not silently replace it (the engine keeps a conversation's own system message), nor
-    be merged into it: the system role is the one a model is tuned to obey, so client text placed there
-    would speak with the operator's voice ("ignore the rules above"). Refused, and named, instead: the
-    client sends its instructions as a user message, which the model weighs as the user's."""
-    if served.system_prompt is None:
-        return
-    index = next((i for i, m in enumerate(messages) if m["role"] == "system"), None)
-    if index is not None:
-        raise APIError(
-            400,
-            f"messages[{index}] is a system message; this model version is served with its registered "
-            f"system prompt ({served.system_prompt}), which a request may not replace: send your "
-            "instructions as a user message",
-            "messages",
-            "system_message_not_allowed",
-        )
-
-
 def generation_options(request: ChatRequest, max_new_tokens: int) -> GenerationOptions:
     return GenerationOptions.from_temperature(
         max_new_tokens,
@@ -309,7 +288,7 @@ def create_app(config: FineflowConfig, served: ServedModel, capture: TrafficCapt
             )
         options = generation_options(chat, completion_limit(chat, config))
         messages = chat.chat()
-        refuse_client_system_message(served, messages)
+        refuse_client_system_message(served.system_prompt, messages)
         if not queue.admission.admit():
             raise APIError(
                 503,
@@ -501,10 +480,7 @@ def _log_done(request_id: str, result: Generation, latency: float) -> None:
 
 
 def _version_header(served: ServedModel) -> dict[str, str]:
-    """`x-fineflow-model-version`: the registered version that answered ("" for a bare base model);
-    `x-fineflow-system-prompt`: the registered system prompt version it applied, when it has one."""
-    prompt = {"x-fineflow-system-prompt": served.system_prompt} if served.system_prompt else {}
-    return {"x-fineflow-model-version": served.version, **prompt}
+    return version_headers(served.version, served.system_prompt)
 
 
 def _follower(config: FineflowConfig, queue: RequestQueue, metrics: ServingMetrics) -> AliasFollower | None:

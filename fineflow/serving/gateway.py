@@ -3,6 +3,14 @@
 /metrics) in front of any OpenAI-compatible upstream (vLLM, another `fineflow serve`), streaming included;
 every answered exchange is captured PII-masked as the in-process server captures it.
 
+The registered version the upstream serves is named as the in-process server names what it loads
+(`serve.model`, `--model`; null: `<registry.model_name>@champion`), resolved in the registry at start-up
+(`loading.served_version`), and its registered system prompt is applied by the same rule
+(`system_prompt`): put first in every forwarded conversation, a client's system message refused with a 400
+naming it, responses naming it in `x-fineflow-system-prompt`. The gateway does not follow the alias: the
+upstream's weights (vLLM's adapter) are fixed when it starts, and a prompt that moved on without them would
+pair one version's policy with another's adapter; restart the replica (or pin `name/version`) instead.
+
 A request is validated here before it costs the upstream anything, then forwarded rebuilt from the
 validated fields only (nothing the client sent beyond them reaches the upstream), with `max_tokens` always
 set (`serve.max_new_tokens`) and the model id the upstream knows. Streams ask the upstream for usage, so
@@ -25,11 +33,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from fineflow.config import FineflowConfig, UpstreamConfig
+from fineflow.models.engine import with_system_prompt
 from fineflow.serving.capture import Exchange, TrafficCapture
 from fineflow.serving.front import Admission, build_front, new_request_id
-from fineflow.serving.loading import ServeModelError
+from fineflow.serving.loading import ServedVersion, ServeModelError
 from fineflow.serving.metrics import ServingMetrics
 from fineflow.serving.schema import APIError, ChatRequest, completion_limit, parse_chat_request, read_body
+from fineflow.serving.system_prompt import refuse_client_system_message, version_headers
 
 log = logging.getLogger("fineflow.serve")
 
@@ -111,34 +121,49 @@ async def _upstream_error(answer: httpx.Response) -> APIError:
     return APIError(status, f"upstream: {message}", param, code)
 
 
-def forwarded_body(chat: ChatRequest, model: str, max_tokens: int) -> dict:
-    """What the upstream is sent: the validated request only, with its model id and a token limit."""
+def forwarded_body(chat: ChatRequest, model: str, max_tokens: int, system_prompt: str | None) -> dict:
+    """What the upstream is sent: the validated request only, with its model id, a token limit and the
+    served version's system prompt text first (None: the conversation as sent)."""
     body = chat.model_dump(by_alias=True, exclude_none=True, exclude=set(NOT_FORWARDED))
     body |= {"model": model, "max_tokens": max_tokens}
+    body["messages"] = with_system_prompt(body["messages"], system_prompt)
     if chat.stream:
         body["stream_options"] = {"include_usage": True}  # for capture and metrics
     return body
 
 
-def create_gateway_app(config: FineflowConfig, capture: TrafficCapture | None) -> FastAPI:
-    """The front of `front.build_front` forwarding to `serve.upstream`."""
+def create_gateway_app(
+    config: FineflowConfig, served: ServedVersion, capture: TrafficCapture | None
+) -> FastAPI:
+    """The front of `front.build_front` forwarding to `serve.upstream`, which serves `served`
+    (`loading.served_version`): its registered system prompt is applied to every request."""
     settings = config.serve
+    if settings.follow_alias_poll_s > 0:
+        raise ServeModelError(
+            f"serve.follow_alias_poll_s is {settings.follow_alias_poll_s}, but a gateway cannot follow the "
+            "alias: its upstream loaded its weights itself, and moving the system prompt to a new version "
+            "without them would pair one version's prompt with another's adapter. Set it to 0 and restart "
+            "the upstream and the gateway on the new version"
+        )
     upstream = Upstream(settings.upstream)
     in_flight = Admission(settings.max_queued_requests)
     metrics = ServingMetrics(settings.metrics)
     metrics.watch(lambda: in_flight.count, (lambda: capture.pending) if capture is not None else None)
-    metrics.serving(upstream.model, "", upstream.base_url)
+    metrics.serving(served.name, served.version, upstream.base_url)
+    prompt_text = served.system_prompt.text if served.system_prompt else None
+    served_headers = version_headers(served.version, served.system_prompt_uri)
     front = build_front(config, capture, metrics, on_start=upstream.open, on_stop=upstream.close)
     app, authorize = front.app, front.authorize
     app.state.in_flight = in_flight
     app.state.upstream_model = upstream.model
+    app.state.served = served
     created = int(time.time())
 
     @app.get("/v1/models")
-    async def models(request: Request) -> dict:
+    async def models(request: Request) -> JSONResponse:
         authorize(request)
         entry = {"id": upstream.model, "object": "model", "created": created, "owned_by": OWNER}
-        return {"object": "list", "data": [entry]}
+        return JSONResponse({"object": "list", "data": [entry]}, headers=served_headers)
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -162,7 +187,8 @@ def create_gateway_app(config: FineflowConfig, capture: TrafficCapture | None) -
                 "model",
                 "model_not_found",
             )
-        body = forwarded_body(chat, upstream.model, completion_limit(chat, config))
+        refuse_client_system_message(served.system_prompt_uri, chat.chat())  # before the upstream sees it
+        body = forwarded_body(chat, upstream.model, completion_limit(chat, config), prompt_text)
         if not in_flight.admit():
             raise APIError(
                 503,
@@ -178,7 +204,7 @@ def create_gateway_app(config: FineflowConfig, capture: TrafficCapture | None) -
         except BaseException:
             in_flight.release()
             raise
-        headers = {"x-request-id": request_id}
+        headers = {"x-request-id": request_id, **served_headers}
         if chat.stream:
             events = exchange.relay(answer, in_flight)
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)

@@ -1,6 +1,7 @@
 """The model `fineflow serve` serves: a registered version (`name@alias`, `name/version`) resolved in the
 MLflow registry with its adapter from the shared adapter cache and the system prompt version it records
-(applied to every request), or a bare base model."""
+(applied to every request), or a bare base model. In gateway mode nothing is loaded: `served_version`
+resolves the same reference to the version the upstream serves, for the prompt it records."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from fineflow.config import FineflowConfig
 from fineflow.models.engine import Generator
 from fineflow.registry.adapters import download_adapter
 from fineflow.registry.aliases import champion_ref
-from fineflow.registry.prompts import PromptError, recorded_system_prompt
+from fineflow.registry.prompts import PromptError, RegisteredPrompt, recorded_system_prompt
 from fineflow.registry.refs import ModelRef, ModelRefError, RegisteredVersion
 
 
@@ -47,6 +48,21 @@ class ServedModel:
     @property
     def _registered(self) -> bool:
         return ModelRef.is_ref(self.ids[0]) and ModelRef.parse(self.ids[0]).version is not None
+
+
+@dataclass(frozen=True)
+class ServedVersion:
+    """What a gateway's upstream serves, as the registry knows it: the registered version and the system
+    prompt it records (the gateway applies it as the in-process server does); for a base model served
+    bare, its name, version "" and no prompt."""
+
+    name: str
+    version: str
+    system_prompt: RegisteredPrompt | None
+
+    @property
+    def system_prompt_uri(self) -> str | None:
+        return self.system_prompt.uri if self.system_prompt else None
 
 
 def is_registry_ref(ref: str) -> bool:
@@ -85,10 +101,7 @@ def load_registered(config: FineflowConfig, found: RegisteredVersion, ref: str) 
 
     adapter = download_adapter(config, found.name, found.version)
     ids = [f"{found.name}/{found.version}", *([ref] if "@" in ref else [])]
-    try:
-        prompt = recorded_system_prompt(config, found.tags)  # the one it was evaluated with
-    except PromptError as exc:
-        raise ServeModelError(f"{found.name} version {found.version}: {exc}") from exc
+    prompt = version_system_prompt(config, found)
     generator = load_generator(
         found.tags["base_model"],
         str(adapter),
@@ -97,6 +110,26 @@ def load_registered(config: FineflowConfig, found: RegisteredVersion, ref: str) 
         prompt.text if prompt else None,
     )
     return ServedModel(ids, generator, prompt.uri if prompt else None)
+
+
+def served_version(config: FineflowConfig, ref: str | None = None) -> ServedVersion:
+    """The version `ref` (default: serve.model, else the champion) names now, with the system prompt it
+    records, resolved as `load_served_model` resolves it but without loading anything: what a gateway in
+    front of an engine serving that version applies. Any other ref is a base model served bare."""
+    ref = ref or default_model_ref(config)
+    if not is_registry_ref(ref):
+        return ServedVersion(ref, "", None)
+    found = registered_version(config, ref)
+    return ServedVersion(found.name, found.version, version_system_prompt(config, found))
+
+
+def version_system_prompt(config: FineflowConfig, found: RegisteredVersion) -> RegisteredPrompt | None:
+    """The system prompt version `found` records (the one it was evaluated with), loaded from the prompt
+    registry; None for a version registered without one."""
+    try:
+        return recorded_system_prompt(config, found.tags)
+    except PromptError as exc:
+        raise ServeModelError(f"{found.name} version {found.version}: {exc}") from exc
 
 
 def registered_version(config: FineflowConfig, ref: str) -> RegisteredVersion:
