@@ -30,6 +30,7 @@ from tasks.evaluation.eval_report import evaluation_markdown, evaluation_title, 
 from tasks.evaluation.gates import decide
 from tasks.evaluation.inputs import check_inputs, evaluation_key, read_eval_sets, register_judge_prompt
 from tasks.evaluation.measurements import (
+    also_measure_base,
     base_model_subject,
     baseline_subject,
     challenger_subject,
@@ -71,8 +72,7 @@ def evaluate(
 
     challenger_run, challenger_scores = measured(client, config, challenger, sets, key)
     baseline_run, baseline_scores = measured(client, config, baseline, sets, key)
-    # The base model too, when the baseline is a champion and a gate asks to beat the base model.
-    also_base = baseline.key != base.key and any(g.improvement_over == "base_model" for g in gates.gates)
+    also_base = also_measure_base(baseline, base, gates)
     base_run, base_scores = measured(client, config, base, sets, key) if also_base else (baseline_run, None)
     decision = decide(
         gates,

@@ -30,7 +30,7 @@ from fineflow.registry.refs import ModelRef, RegisteredVersion
 from fineflow.registry.runs import recorded_run
 from fineflow.registry.tracking import ensure_experiment, link_prompt, tracking_uri
 from fineflow.runtime import IO_RETRIES, step_logger
-from tasks.evaluation.gates import Scores
+from tasks.evaluation.gates import GateConfig, Scores
 from tasks.evaluation.measure import EvalSets, Measurement, Subject, measure, version_key
 
 SUBJECT_TAG, KEY_TAG = "eval.subject", "eval.key"
@@ -67,6 +67,14 @@ def baseline_subject(client: MlflowClient, config: FineflowConfig, challenger: S
     return Subject(
         f"champion version {champion}", version_key(champion), tags["base_model"], found.uri, prompt
     )
+
+
+def also_measure_base(baseline: Subject, base: Subject, gates: GateConfig) -> bool:
+    """Whether the bare base model is measured besides the baseline: only when the baseline is a champion
+    (with no champion, the baseline already is the base model, measured once) and a gate claims an
+    improvement over the base model, which needs the base model's own scores. Otherwise its minutes of
+    model time buy nothing the gates read."""
+    return baseline.key != base.key and any(g.improvement_over == "base_model" for g in gates.gates)
 
 
 def measured(
