@@ -1009,6 +1009,19 @@ def test_serve_start_up_failures_are_one_line_and_exit_1(serve_cli, monkeypatch,
     assert "Traceback" not in result.output
 
 
+def test_a_gateway_whose_version_is_not_registered_refuses_to_start(serve_cli, monkeypatch):
+    """`fineflow serve --upstream` resolves the version its upstream serves (serve.model; null: the
+    champion) before serving: without it the operator's system prompt could not be applied, so nothing is
+    forwarded and the command says which reference named nothing."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    result = serve_cli(
+        "--upstream", f"http://127.0.0.1:{_free_port()}/v1", "--set", "serve.traffic.enabled=false"
+    )
+    assert result.exit_code == 2, result.output
+    assert "no registered model version 'acme-support-assistant@champion'" in " ".join(result.output.split())
+    assert "Traceback" not in result.output
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
