@@ -17,7 +17,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from fineflow.config import DEFAULT_CONFIG, load_config
 from fineflow.store import open_store
-from tasks.data.cache import start_prep_run
+from tasks.data.cache import start_prep_run, training_system_prompt
 from tasks.data.checks import check_setup
 from tasks.data.decontaminate import decontaminate_splits
 from tasks.data.dedup import deduplicate
@@ -66,7 +66,11 @@ def data_prep(
             deduped = deduplicate(masked[0], prep.dedup)
             safe = filter_unsafe(deduped.rows, prep.safety)
             limited = enforce_token_limit(
-                safe.rows, config.base_model.name, config.data_dir / "models", prep.token_limit
+                safe.rows,
+                config.base_model.name,
+                config.data_dir / "models",
+                prep.token_limit,
+                training_system_prompt(config),
             )
             splits, contaminated, overlap = decontaminate_splits(split_rows(limited.rows, prep.split), config)
             filters = {

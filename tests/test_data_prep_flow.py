@@ -127,6 +127,41 @@ def test_sample_dataset_end_to_end_then_cached(prefect_api, data_dir, overrides)
     assert _task_states(changed.state_details.flow_run_id)["split"] == "Completed"
 
 
+def test_a_changed_system_prompt_is_counted_and_keeps_the_commit_while_the_rows_stay(
+    prefect_api, data_dir, overrides, tmp_path
+):
+    """The token limit counts the system prompt training adds, so its text is part of prep's config hash:
+    a changed prompt measures the rows again. When the same rows are kept, the published commit stays
+    the dataset (the fine-tune, keyed on it, does not train again on the same data); a prompt that pushes
+    rows over the limit publishes a new commit without them."""
+    from flows.data_prep import data_prep
+    from tasks.data.cache import prep_config_hash
+
+    prompt = tmp_path / "system.txt"
+    prompt.write_text("Be brief.\n")
+    settings = {**overrides, "prompts.system.file": str(prompt)}
+    chats = ["sample_data/acme_support/chat.jsonl"]  # one of the sample's files: enough rows, half the time
+    first = data_prep(inputs=chats, overrides=settings)
+    first_hash = prep_config_hash(load_config(overrides=settings))
+
+    prompt.write_text("Be brief, please.\n")  # 8 bytes more: every sample row still fits 2048 tokens
+    reworded = data_prep(inputs=chats, overrides=settings, return_state=True)
+    assert prep_config_hash(load_config(overrides=settings)) != first_hash
+    assert _task_states(reworded.state_details.flow_run_id)["token-limit"] == "Completed"  # measured again
+    assert reworded.result().commit == first.commit
+    assert reworded.result().report.counts == first.report.counts
+
+    prompt.write_text("Be brief. " * 100)  # 1,000 bytes: the longest rows without a system message of
+    longer = data_prep(inputs=chats, overrides=settings)  # their own no longer fit
+    over = "over_token_limit"
+    assert longer.commit != first.commit
+    assert longer.report.removed_by_reason[over] > first.report.removed_by_reason.get(over, 0)
+    assert (
+        longer.report.counts.train + longer.report.counts.eval
+        < first.report.counts.train + first.report.counts.eval
+    )
+
+
 def test_unseen_file_quarantines_masks_and_failed_audit_keeps_target(
     prefect_api, data_dir, overrides, tmp_path
 ):

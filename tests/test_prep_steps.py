@@ -26,7 +26,7 @@ from tasks.data.pii import mask_pii
 from tasks.data.records import Quarantined, make_row, row_id
 from tasks.data.safety import filter_unsafe, load_rules
 from tasks.data.split import split_rows
-from tasks.data.token_limit import enforce_token_limit, templated_length
+from tasks.data.token_limit import enforce_token_limit, templated_length, trained_length
 from tests.tiny_tokenizer import build_tiny_classifier, build_tiny_tokenizer, words
 
 REPO = Path(__file__).resolve().parents[1]
@@ -625,7 +625,7 @@ def test_token_limit_drop(word_tokenizer_dir, tmp_path):
     exact = chat(words(0, 5), words(5, 13), "k:2")  # 20 tokens
     long = chat(words(0, 5), words(5, 30), "k:3")  # 37 tokens
     result = enforce_token_limit.fn(
-        [short, exact, long], str(word_tokenizer_dir), tmp_path / "cache", limit_cfg(20, "drop")
+        [short, exact, long], str(word_tokenizer_dir), tmp_path / "cache", limit_cfg(20, "drop"), None
     )
     assert result.rows == [short, exact]
     assert [(r.source, r.reason, r.detail) for r in result.removed] == [
@@ -649,7 +649,11 @@ def test_token_limit_truncate_last_answer(word_tokenizer_dir, tmp_path):
     )  # 5 roles + 44 words = 49 tokens
     hopeless = chat(words(0, 40), words(50, 5), "k:3")  # the user turn alone is over the limit
     result = enforce_token_limit.fn(
-        [short, long, hopeless], str(word_tokenizer_dir), tmp_path / "cache", limit_cfg(30, "truncate")
+        [short, long, hopeless],
+        str(word_tokenizer_dir),
+        tmp_path / "cache",
+        limit_cfg(30, "truncate"),
+        None,
     )
     assert [row["source"] for row in result.rows] == ["k:1", "k:2"]
     assert result.rows[0] == short
@@ -661,6 +665,76 @@ def test_token_limit_truncate_last_answer(word_tokenizer_dir, tmp_path):
     assert templated_length(tokenizer, truncated["messages"]) <= 30
     assert truncated["id"] == row_id(truncated["messages"]) != long["id"]
     assert [(r.source, r.reason) for r in result.removed] == [("k:3", "over_token_limit")]
+
+
+def test_the_token_limit_counts_the_system_prompt_training_adds(word_tokenizer_dir, tmp_path):
+    """Training puts the system prompt first in every row without a system message of its own: a row that
+    fits only without it would overflow fine_tune.max_seq_length, so it is removed with the usual reason,
+    or its last answer truncated until it fits with the prompt (the row itself stays without it)."""
+    from transformers import AutoTokenizer
+
+    prompt = words(100, 3)  # a system turn: 1 role + 3 words = 4 tokens
+    fits_bare = chat(words(0, 5), words(5, 13), "k:1")  # 20 tokens, 24 with the prompt
+    own = make_row(  # its own system message (the data owner's), which training keeps: 20 tokens as it is
+        "k:2",
+        [
+            {"role": "system", "content": words(200, 1)},
+            {"role": "user", "content": words(0, 5)},
+            {"role": "assistant", "content": words(5, 11)},
+        ],
+    )
+    short = chat(words(0, 5), words(5, 9), "k:3")  # 16 tokens, 20 with the prompt
+    cache, tokenizer_dir = tmp_path / "cache", str(word_tokenizer_dir)
+    tokenizer = AutoTokenizer.from_pretrained(word_tokenizer_dir)
+    assert trained_length(tokenizer, fits_bare["messages"], prompt) == 24
+    assert enforce_token_limit.fn([fits_bare], tokenizer_dir, cache, limit_cfg(20, "drop"), None).rows == [
+        fits_bare
+    ]  # without a prompt it fits
+
+    dropped = enforce_token_limit.fn(
+        [fits_bare, own, short], tokenizer_dir, cache, limit_cfg(20, "drop"), prompt
+    )
+    assert dropped.rows == [own, short]
+    assert [(r.source, r.reason, r.detail) for r in dropped.removed] == [
+        ("k:1", "over_token_limit", "24 tokens > 20")
+    ]
+
+    [cut] = enforce_token_limit.fn([fits_bare], tokenizer_dir, cache, limit_cfg(20, "truncate"), prompt).rows
+    assert cut["messages"][0] == fits_bare["messages"][0] and len(cut["messages"]) == 2  # no prompt stored
+    answer = cut["messages"][1]["content"]
+    assert answer and words(5, 13).startswith(answer) and answer != words(5, 13)
+    assert trained_length(tokenizer, cut["messages"], prompt) <= 20
+
+
+def test_write_outputs_leaves_a_target_that_already_publishes_the_rows(store):
+    """Nothing new is published when the target already holds these rows: the same train, eval and
+    quarantine bytes and the same rows removed for the same reasons, a removal's detail aside (the token
+    count a reworded system prompt changes). Any other difference is a new dataset commit."""
+    from fineflow.store.jsonl import to_jsonl
+    from tasks.data.publish import _rows_already_published
+
+    removal = {"row_id": "a" * 64, "source": "k:3", "reason": "over_token_limit", "detail": "37 tokens > 20"}
+    outputs = {
+        "train": to_jsonl([chat("q1", "a1", "k:1")]),
+        "eval": to_jsonl([chat("q2", "a2", "k:2")]),
+        "quarantine": to_jsonl([{"source": "k:9", "reason": "invalid_json"}]),
+        "removed": to_jsonl([removal]),
+    }
+    paths = {name: f"prepared/{name}.jsonl" for name in outputs}
+    store.create_repo("acme")
+    assert not _rows_already_published(store, "acme", "main", paths, outputs)  # nothing published yet
+    for name, data in outputs.items():
+        store.write("acme", "main", paths[name], data)
+    store.commit("acme", "main", "data-prep outputs")
+
+    assert _rows_already_published(store, "acme", "main", paths, outputs)
+    recounted = to_jsonl([{**removal, "detail": "41 tokens > 20"}])
+    assert _rows_already_published(store, "acme", "main", paths, {**outputs, "removed": recounted})
+    other_reason = to_jsonl([{**removal, "reason": "unsafe"}])
+    assert not _rows_already_published(store, "acme", "main", paths, {**outputs, "removed": other_reason})
+    more = outputs["train"] + to_jsonl([chat("q3", "a3", "k:4")])
+    assert not _rows_already_published(store, "acme", "main", paths, {**outputs, "train": more})
+    assert not _rows_already_published(store, "acme", "main", paths, {**outputs, "quarantine": b""})
 
 
 # --------------------------------------------------------------------------------------------- split

@@ -2,10 +2,10 @@
 
 The run key hashes everything that decides the outputs: the store's location, the inputs pinned to
 commits and the config hash (the stage's config, where it publishes, the tokenizer, the safety rules'
-text, the code version). Rerunning on unchanged inputs with an unchanged config is then served from
-Prefect's cache, step by step from mask-pii on: those steps carry `PREP_STEP_CACHE` on their
-definitions, and the raw steps before masking are never persisted (`RAW_STEP`). The flow names the run
-(and whether to refresh) for the steps it calls with `PrepRun.cached_steps`.
+text, the system prompt's text, the code version). Rerunning on unchanged inputs with an unchanged config
+is then served from Prefect's cache, step by step from mask-pii on: those steps carry `PREP_STEP_CACHE` on
+their definitions, and the raw steps before masking are never persisted (`RAW_STEP`). The flow names the
+run (and whether to refresh) for the steps it calls with `PrepRun.cached_steps`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from prefect.cache_policies import NO_CACHE, CachePolicy
 from prefect.settings import PREFECT_TASKS_REFRESH_CACHE, temporary_settings
 
 from fineflow.config import FineflowConfig, config_hash
+from fineflow.registry.prompts import read_prompt_text
 from fineflow.runtime import code_version, step_logger
 from fineflow.store import DatasetStore
 
@@ -33,10 +34,17 @@ RUN_KEY_TAG = "data-prep-run:"
 
 def prep_config_hash(config: FineflowConfig) -> str:
     """Everything that decides the outputs: the stage's config, where it publishes, the tokenizer,
-    the safety rules' text and the code version."""
+    the safety rules' text, the system prompt's text (the token limit counts it, as training adds it) and
+    the code version."""
     rules = Path(config.data_prep.safety.rules_file).read_bytes()
     scope = f"{config.store.repo}:{config.store.main_branch}:{config.base_model.name}"
-    return config_hash(config.data_prep, scope, rules, code_version())
+    return config_hash(config.data_prep, scope, rules, training_system_prompt(config), code_version())
+
+
+def training_system_prompt(config: FineflowConfig) -> str:
+    """The system prompt text training puts first in a row without one: the file's text, which is what the
+    fine-tune registers (`register_prompt`) and trains with."""
+    return read_prompt_text(config.prompts.system)
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,12 @@ def write_outputs(
         "removed": to_jsonl([r.as_json() for r in prepared.removed]),
     }
     paths = {name: layout.path(name) for name in outputs} | {"report": layout.report}
+    if _rows_already_published(store, repo, config.store.main_branch, paths, outputs):
+        step_logger().info(
+            "write-outputs: %r already publishes these rows; its commit stays the dataset",
+            config.store.main_branch,
+        )
+        return WrittenOutputs(branch, store.resolve(repo, branch), paths)  # the branch is at its head
     for name, data in outputs.items():
         store.write(repo, branch, paths[name], data)
     store.write(repo, branch, paths["report"], prepared.report.to_json())
@@ -137,6 +143,26 @@ def is_published(store: DatasetStore, config: FineflowConfig, commit: str) -> bo
         step_logger().warning("published commit %s is not in the store", commit[:12])
         return False
     return True
+
+
+def _rows_already_published(
+    store: DatasetStore, repo: str, target: str, paths: dict[str, str], outputs: dict[str, bytes]
+) -> bool:
+    """Whether `target` already publishes these rows: train, eval and quarantine byte for byte, and the
+    same rows removed for the same reasons. Only a removal's measured detail may differ: a changed system
+    prompt that keeps the same rows changes the token counts the token limit reports, and publishing that
+    alone would make a new dataset commit of the same data, which the fine-tune (keyed on the dataset
+    commit) would train on again. The target's commit, with the report of the run that made it, stays."""
+    try:
+        published = {name: store.read(repo, target, paths[name]) for name in outputs}
+    except NotFoundError:
+        return False
+    same_files = all(published[name] == outputs[name] for name in ("train", "eval", "quarantine"))
+    return same_files and _removed_rows(published["removed"]) == _removed_rows(outputs["removed"])
+
+
+def _removed_rows(removed: bytes) -> list[tuple[str, str, str]]:
+    return [(r["row_id"], r["source"], r["reason"]) for r in parse_jsonl(removed)]
 
 
 def _read_rows(store: DatasetStore, repo: str, ref: str, path: str) -> list[Row]:

@@ -1,6 +1,10 @@
 """Step 6: keep rows within the base model's context budget: drop them, or truncate the last answer.
 
-Length is measured the way training sees a row: the base model's chat template applied, in its tokens.
+Length is measured the way training feeds a row: the registered system prompt first where training puts
+it (a row without a system message of its own gets it: `with_system_prompt`, as `stage_train_split` does),
+the base model's chat template applied, in its tokens. A row that fits only without the prompt would
+overflow `fine_tune.max_seq_length` in training. The prompt is the file's text (`read_prompt_text`), which
+is the text the fine-tune registers and trains with; it is part of prep's config hash (tasks/data/cache.py).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from prefect import task
 
 from fineflow.config import TokenLimitConfig
 from fineflow.models.base import load_tokenizer
+from fineflow.models.engine import with_system_prompt
 from fineflow.runtime import step_logger
 from tasks.data.cache import PREP_STEP_CACHE
 from tasks.data.records import Removal, Row, StepResult, with_messages
@@ -22,18 +27,27 @@ def templated_length(tokenizer, messages: list[dict]) -> int:
     return len(ids)
 
 
-def truncate_last_answer(tokenizer, messages: list[dict], max_tokens: int) -> list[dict] | None:
-    """Shorten the last assistant turn until the row fits; None when even an empty answer cannot."""
+def trained_length(tokenizer, messages: list[dict], system_prompt: str | None) -> int:
+    """The row's length as training feeds it: `system_prompt` first unless the row has a system message of
+    its own (None: no prompt added), the chat template applied."""
+    return templated_length(tokenizer, with_system_prompt(messages, system_prompt))
+
+
+def truncate_last_answer(
+    tokenizer, messages: list[dict], max_tokens: int, system_prompt: str | None
+) -> list[dict] | None:
+    """Shorten the last assistant turn until the row, as training feeds it, fits; None when even an empty
+    answer cannot. The row keeps its own messages: training adds the prompt."""
     last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
     answer_ids = tokenizer(messages[last]["content"], add_special_tokens=False)["input_ids"]
-    overflow = templated_length(tokenizer, messages) - max_tokens
+    overflow = trained_length(tokenizer, messages, system_prompt) - max_tokens
     keep = len(answer_ids) - overflow
     while keep > 0:
         candidate = [
             *messages[:last],
             {**messages[last], "content": tokenizer.decode(answer_ids[:keep]).strip()},
         ]
-        if candidate[last]["content"] and templated_length(tokenizer, candidate) <= max_tokens:
+        if candidate[last]["content"] and trained_length(tokenizer, candidate, system_prompt) <= max_tokens:
             return candidate
         keep -= max(1, overflow // 10)  # re-tokenising at the cut can add a token or two
     return None
@@ -41,17 +55,23 @@ def truncate_last_answer(tokenizer, messages: list[dict], max_tokens: int) -> li
 
 @task(name="token-limit", cache_policy=PREP_STEP_CACHE, persist_result=True)
 def enforce_token_limit(
-    rows: list[Row], base_model: str, model_cache: Path, config: TokenLimitConfig
+    rows: list[Row],
+    base_model: str,
+    model_cache: Path,
+    config: TokenLimitConfig,
+    system_prompt: str | None,
 ) -> StepResult:
+    """Rows within `config.max_tokens` as training feeds them, `system_prompt` (the text training adds;
+    None: none) counted."""
     tokenizer = load_tokenizer(base_model, model_cache)
     kept, removed, truncated = [], [], 0
     for row in rows:
-        length = templated_length(tokenizer, row["messages"])
+        length = trained_length(tokenizer, row["messages"], system_prompt)
         if length <= config.max_tokens:
             kept.append(row)
             continue
         shorter = (
-            truncate_last_answer(tokenizer, row["messages"], config.max_tokens)
+            truncate_last_answer(tokenizer, row["messages"], config.max_tokens, system_prompt)
             if config.action == "truncate"
             else None
         )
