@@ -6,10 +6,10 @@ every answered exchange is captured PII-masked as the in-process server captures
 The registered version the upstream serves is named as the in-process server names what it loads
 (`serve.model`, `--model`; null: `<registry.model_name>@champion`), resolved in the registry at start-up
 (`loading.served_version`), and its registered system prompt is applied by the same rule
-(`system_prompt`): put first in every forwarded conversation, a client's system message refused with a 400
-naming it, responses naming it in `x-fineflow-system-prompt`. The gateway does not follow the alias: the
-upstream's weights (vLLM's adapter) are fixed when it starts, and a prompt that moved on without them would
-pair one version's policy with another's adapter; restart the replica (or pin `name/version`) instead.
+(`serving.system_prompt`): put first in every forwarded conversation, a client's system message refused
+with a 400 naming it, responses naming it in `x-fineflow-system-prompt`. The gateway does not follow the
+alias: the upstream's weights (vLLM's adapter) are fixed when it starts, and a prompt that moved on without
+them would pair one version's policy with another's adapter; restart the replica (or pin `name/version`).
 
 A request is validated here before it costs the upstream anything, then forwarded rebuilt from the
 validated fields only (nothing the client sent beyond them reaches the upstream), with `max_tokens` always
@@ -156,7 +156,6 @@ def create_gateway_app(
     app, authorize = front.app, front.authorize
     app.state.in_flight = in_flight
     app.state.upstream_model = upstream.model
-    app.state.served = served
     created = int(time.time())
 
     @app.get("/v1/models")
