@@ -42,15 +42,9 @@ def parse_and_validate(files: dict[str, bytes], config: ValidationConfig) -> Par
     per_file: dict[str, int] = {}
     for path, data in files.items():
         count = 0
-        for source, record, raw_text in _records(path, data, config):
+        for item in parsed_records(path, data, config):
             count += 1
-            if isinstance(record, Quarantined):
-                quarantined.append(record)
-                continue
-            try:
-                rows.append(make_row(source, to_messages(record, config)))
-            except RecordError as exc:
-                quarantined.append(Quarantined(source, exc.reason, exc.detail, raw_text))
+            (quarantined if isinstance(item, Quarantined) else rows).append(item)
         per_file[path] = count
     result = ParseResult(rows, quarantined, sum(per_file.values()), per_file)
     step_logger().info(
@@ -61,6 +55,18 @@ def parse_and_validate(files: dict[str, bytes], config: ValidationConfig) -> Par
         result.quarantined_by_reason(),
     )
     return result
+
+
+def parsed_records(path: str, data: bytes, config: ValidationConfig) -> Iterator[Row | Quarantined]:
+    """Every record of one file in file order: a valid row, or a quarantined record with its reason."""
+    for source, record, raw_text in _records(path, data, config):
+        if isinstance(record, Quarantined):
+            yield record
+            continue
+        try:
+            yield make_row(source, to_messages(record, config))
+        except RecordError as exc:
+            yield Quarantined(source, exc.reason, exc.detail, raw_text)
 
 
 def _records(

@@ -5,7 +5,9 @@ and keeps the branch for inspection.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -20,7 +22,7 @@ from fineflow.store import DatasetStore, NotFoundError, NothingToCommitError
 from fineflow.store.jsonl import parse_jsonl, to_jsonl
 from fineflow.store.layout import dataset_layout
 from tasks.data.cache import PREP_STEP_CACHE
-from tasks.data.records import Row, format_counts
+from tasks.data.records import format_counts
 from tasks.data.results import PrepLineage
 
 if TYPE_CHECKING:
@@ -62,8 +64,8 @@ def write_outputs(
         store.delete_branch(repo, branch)  # a kept branch from an earlier failed run with the same inputs
     store.create_branch(repo, branch, config.store.main_branch)
     outputs = {
-        "train": to_jsonl(prepared.splits["train"]),
-        "eval": to_jsonl(prepared.splits["eval"]),
+        "train": prepared.train_file.read_bytes(),
+        "eval": prepared.eval_file.read_bytes(),
         "quarantine": to_jsonl([q.as_json() for q in prepared.quarantined]),
         "removed": to_jsonl([r.as_json() for r in prepared.removed]),
     }
@@ -82,35 +84,77 @@ def write_outputs(
 
 @task(name="audit", cache_policy=PREP_STEP_CACHE, persist_result=True, **IO_RETRIES)
 def audit_outputs(
-    store: DatasetStore, config: FineflowConfig, written: WrittenOutputs, rows_in: int, quarantined: int
+    store: DatasetStore, config: FineflowConfig, written: WrittenOutputs, prepared: PreparedOutputs
 ) -> AuditReport:
-    """Audit what was written (read back from the branch), not what we meant to write."""
+    """Audit what was written (read back from the branch), not what we meant to write.
+
+    Zero PII, proven without a second Presidio pass over every row (it cost as much as the masking):
+    - train, eval and quarantine: every line read back is byte-identical (sha256) to a line a shard
+      emitted from the masker's output (`prepared.emitted`: mask-pii masks every finding of the one
+      masker; a row the token limit truncates is masked again). A second scan would run the same
+      analyzer on the same bytes and find what the first one masked; the merge, the split and the
+      writer can only select or drop lines, and any line they altered or made up fails this check.
+      What a rescan alone could still catch is an entity that masking itself forms by joining the
+      text on either side of a placeholder; that is the guarantee given up for the 2x.
+    - removed: never holds row text, only ids, sources and reason details. Row ids must be sha256 hex;
+      every input path is scanned, and the other strings are scanned once per distinct skeleton (the
+      string with each `<input path>:<line>` reference replaced), so a value no template made shows up.
+    - report: every string is scanned (one small file).
+    """
     audit, repo = config.data_prep.audit, config.store.repo
-    train = _read_rows(store, repo, written.commit, written.paths["train"])
-    evaluation = _read_rows(store, repo, written.commit, written.paths["eval"])
+    counts = prepared.report.counts
     reasons, checks = [], {}
-    total = len(train) + len(evaluation)
+    lines = {name: _lines(store, repo, written.commit, written.paths[name]) for name in ("train", "eval")}
+    total = len(lines["train"]) + len(lines["eval"])
     checks["rows"] = f"{total} (minimum {audit.min_rows})"
     if total < audit.min_rows:
         reasons.append(f"only {total} rows published, minimum is {audit.min_rows}")
-    checks["eval rows"] = f"{len(evaluation)} (minimum {audit.min_eval_rows})"
-    if len(evaluation) < audit.min_eval_rows:
-        reasons.append(f"only {len(evaluation)} eval rows, minimum is {audit.min_eval_rows}")
-    share = quarantined / rows_in if rows_in else 1.0
+    checks["eval rows"] = f"{len(lines['eval'])} (minimum {audit.min_eval_rows})"
+    if len(lines["eval"]) < audit.min_eval_rows:
+        reasons.append(f"only {len(lines['eval'])} eval rows, minimum is {audit.min_eval_rows}")
+    share = counts.quarantined / counts.rows_in if counts.rows_in else 1.0
     checks["quarantine share"] = f"{share:.1%} (maximum {audit.max_quarantine_share:.1%})"
     if share > audit.max_quarantine_share:
         reasons.append(f"{share:.1%} of rows quarantined, maximum is {audit.max_quarantine_share:.1%}")
     if audit.require_zero_pii:  # every file the run publishes, not only the splits
-        texts = [
-            text for path in written.paths.values() for text in _published_texts(store, repo, written, path)
-        ]
-        found = scan_for_pii(texts, config.data_prep.pii)
+        lines["quarantine"] = _lines(store, repo, written.commit, written.paths["quarantine"])
+        unmasked = sum(
+            hashlib.sha256(line).digest() not in prepared.emitted for part in lines.values() for line in part
+        )
+        checks["lines not from the masker"] = str(unmasked)
+        if unmasked:
+            reasons.append(f"{unmasked} published line(s) are not lines the masker emitted")
+        found = _scan_removed_and_report(store, config, written, prepared, reasons)
         checks["PII in output"] = format_counts(found, empty="none")
         if found:
-            reasons.append(f"second PII scan found {sum(found.values())} item(s) in the output: {found}")
+            reasons.append(f"PII scan found {sum(found.values())} item(s) in the output: {found}")
     report = AuditReport(not reasons, reasons, checks)
     step_logger().info("audit: %s %s", "passed" if report.passed else "FAILED", checks)
     return report
+
+
+_ROW_ID = re.compile(r"[0-9a-f]{64}")
+
+
+def _scan_removed_and_report(
+    store: DatasetStore, config: FineflowConfig, written: WrittenOutputs, prepared: PreparedOutputs, reasons
+) -> dict[str, int]:
+    repo = config.store.repo
+    inputs = sorted(prepared.report.rows_in_by_file, key=len, reverse=True)
+    reference = re.compile("(" + "|".join(map(re.escape, inputs)) + r")(:row \d+|:\d+)") if inputs else None
+    skeletons: set[str] = set()
+    bad_ids = 0
+    for record in parse_jsonl(store.read(repo, written.commit, written.paths["removed"])):
+        bad_ids += not (isinstance(record.get("row_id"), str) and _ROW_ID.fullmatch(record["row_id"]))
+        for key, value in record.items():
+            if key != "row_id":
+                skeletons |= {
+                    reference.sub("<SOURCE>", text) if reference else text for text in _strings(value)
+                }
+    if bad_ids:
+        reasons.append(f"{bad_ids} removal record(s) carry a row_id that is not a sha256 hex digest")
+    texts = inputs + sorted(skeletons) + _published_texts(store, repo, written, written.paths["report"])
+    return scan_for_pii(texts, config.data_prep.pii)
 
 
 @task(name="publish", cache_policy=PREP_STEP_CACHE, persist_result=True, **IO_RETRIES)
@@ -139,8 +183,9 @@ def is_published(store: DatasetStore, config: FineflowConfig, commit: str) -> bo
     return True
 
 
-def _read_rows(store: DatasetStore, repo: str, ref: str, path: str) -> list[Row]:
-    return parse_jsonl(store.read(repo, ref, path))
+def _lines(store: DatasetStore, repo: str, ref: str, path: str) -> list[bytes]:
+    """The file's lines as written, each with its newline (as the shards hashed them)."""
+    return store.read(repo, ref, path).splitlines(keepends=True)
 
 
 def _published_texts(store: DatasetStore, repo: str, written: WrittenOutputs, path: str) -> list[str]:
