@@ -40,8 +40,7 @@ def parse_count(text: str) -> int:
 def generate(rows: int, path: Path, seed: int = 0) -> None:
     """Write `rows` JSONL records (chat format) to `path`."""
     rng = random.Random(seed)
-    templates = [json.loads(line)["messages"] for line in SAMPLE.read_text().splitlines() if line.strip()]
-    templates = [t for t in templates if isinstance(t, list)]
+    templates = _sample_conversations()
     words = sorted({w for t in templates for m in t for w in m["content"].split() if w.isalpha()})
     written: list[str] = []
     with path.open("w") as out:
@@ -62,6 +61,24 @@ def generate(rows: int, path: Path, seed: int = 0) -> None:
                 elif rng.random() < 0.01:
                     written[rng.randrange(5000)] = line
             out.write(line + "\n")
+
+
+def _sample_conversations() -> list[list[dict]]:
+    """The sample's well-formed chats (it also plants malformed lines, which are skipped here)."""
+    conversations = []
+    for line in SAMPLE.read_bytes().splitlines():
+        try:
+            messages = json.loads(line.decode())["messages"]
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+            continue
+        if (
+            isinstance(messages, list)
+            and all(isinstance(m, dict) and isinstance(m.get("content"), str) and m["content"] for m in messages)
+            and any(m.get("role") == "user" for m in messages)
+            and any(m.get("role") == "assistant" for m in messages)
+        ):
+            conversations.append(messages)
+    return conversations
 
 
 def _conversation(rng, templates, words, index: int, roll: float) -> list[dict]:

@@ -86,46 +86,63 @@ def _records(
         raise ValueError(f"{path}: unsupported file type (supported: {', '.join(SUPPORTED_SUFFIXES)})")
 
 
+def _lines(data: bytes) -> Iterator[bytes]:
+    """data.split(b"\n"), one line at a time: a large file is not held twice."""
+    start = 0
+    while (end := data.find(b"\n", start)) != -1:
+        yield data[start:end]
+        start = end + 1
+    yield data[start:]
+
+
 def _jsonl_records(path: str, data: bytes, config: ValidationConfig):
-    lines = data.split(b"\n")
-    while lines and lines[-1].strip() == b"":
-        lines.pop()  # blank lines at the end of a file open no record
-    for number, raw in enumerate(lines, start=1):
-        source = f"{path}:{number}"
+    blank: list[tuple[int, bytes]] = []  # blank lines at the end of a file open no record: held back
+    for number, raw in enumerate(_lines(data), start=1):
+        if raw.strip() == b"":
+            blank.append((number, raw))
+            continue
+        for held_number, held in blank:
+            yield from _jsonl_record(path, held_number, held, config)
+        blank.clear()
+        yield from _jsonl_record(path, number, raw, config)
+
+
+def _jsonl_record(path: str, number: int, raw: bytes, config: ValidationConfig):
+    source = f"{path}:{number}"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        excerpt = raw.decode("utf-8", errors="replace")
+        yield (
+            source,
+            Quarantined(source, "invalid_utf8", f"invalid UTF-8 at byte {exc.start}", excerpt),
+            "",
+        )
+        return
+    excerpt = text  # the whole record: mask-pii masks it, then cuts it to quarantine_excerpt_chars
+    if len(text) > config.max_row_chars:
+        detail = f"{len(text)} characters, limit {config.max_row_chars}"
+        yield source, Quarantined(source, "row_too_large", detail, excerpt), text
+    elif not text.strip():
+        yield source, Quarantined(source, "empty_line", "blank line"), text
+    else:
         try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            excerpt = raw.decode("utf-8", errors="replace")
+            record = json.loads(text)
+        except json.JSONDecodeError as exc:
             yield (
                 source,
-                Quarantined(source, "invalid_utf8", f"invalid UTF-8 at byte {exc.start}", excerpt),
-                "",
+                Quarantined(source, "invalid_json", f"{exc.msg} at column {exc.colno}", excerpt),
+                text,
             )
-            continue
-        excerpt = text  # the whole record: mask-pii masks it, then cuts it to quarantine_excerpt_chars
-        if len(text) > config.max_row_chars:
-            detail = f"{len(text)} characters, limit {config.max_row_chars}"
-            yield source, Quarantined(source, "row_too_large", detail, excerpt), text
-        elif not text.strip():
-            yield source, Quarantined(source, "empty_line", "blank line"), text
+            return
+        if not isinstance(record, dict):
+            yield (
+                source,
+                Quarantined(source, "not_an_object", f"a JSON {type(record).__name__}", excerpt),
+                text,
+            )
         else:
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield (
-                    source,
-                    Quarantined(source, "invalid_json", f"{exc.msg} at column {exc.colno}", excerpt),
-                    text,
-                )
-                continue
-            if not isinstance(record, dict):
-                yield (
-                    source,
-                    Quarantined(source, "not_an_object", f"a JSON {type(record).__name__}", excerpt),
-                    text,
-                )
-            else:
-                yield source, record, text
+            yield source, record, text
 
 
 def _read_csv(path: str, data: bytes) -> list[dict | Quarantined]:
