@@ -73,7 +73,8 @@ def _sample_conversations() -> list[list[dict]]:
             continue
         if (
             isinstance(messages, list)
-            and all(isinstance(m, dict) and isinstance(m.get("content"), str) and m["content"] for m in messages)
+            and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages)
+            and all(m["content"].strip() for m in messages)
             and any(m.get("role") == "user" for m in messages)
             and any(m.get("role") == "assistant" for m in messages)
         ):

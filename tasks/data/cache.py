@@ -3,9 +3,10 @@
 The run key hashes everything that decides the outputs: the store's location, the inputs pinned to
 commits and the config hash (the stage's config, where it publishes, the tokenizer, the safety rules'
 text, the code version). Rerunning on unchanged inputs with an unchanged config is then served from
-Prefect's cache, step by step from mask-pii on: those steps carry `PREP_STEP_CACHE` on their
-definitions, and the raw steps before masking are never persisted (`RAW_STEP`). The flow names the run
-(and whether to refresh) for the steps it calls with `PrepRun.cached_steps`.
+Prefect's cache: every shard (tasks/data/shards.py, whose persisted result holds masked rows only) and
+the steps after the merge, which carry `PREP_STEP_CACHE` on their definitions. The single-process raw
+steps (parse, normalise) are never persisted (`RAW_STEP`). The flow names the run (and whether to
+refresh) for the steps it calls with `PrepRun.cached_steps`.
 """
 
 from __future__ import annotations
