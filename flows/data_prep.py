@@ -18,7 +18,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from fineflow.config import DEFAULT_CONFIG, FineflowConfig, load_config
-from fineflow.store import DatasetStore, open_store
+from fineflow.store import open_store
 from tasks.data.cache import spool_directory, start_prep_run
 from tasks.data.checks import check_setup
 from tasks.data.engine import shard_task_runner
@@ -31,10 +31,11 @@ from tasks.data.shards import ShardSpool, prepare_in_shards
 
 
 @flow(name="data-prep-shards", log_prints=True)
-def prepare_shards(
-    store: DatasetStore, pinned: list[str], config: FineflowConfig, spool_dir: Path
-) -> ShardSpool:
+def prepare_shards(pinned: list[str], config: FineflowConfig, spool_dir: Path) -> ShardSpool:
     """Parse, normalise, mask, safety and token limit, shard by shard on the engine's workers."""
+    # The store is opened here, not passed in: Prefect ships the flow's parameters to every worker with
+    # each task, and a lakeFS client holds a connection pool that cannot travel.
+    store = open_store(config)
     prep = config.data_prep
     return prepare_in_shards(
         store, pinned, prep, config.base_model.name, config.data_dir / "models", spool_dir
@@ -68,7 +69,7 @@ def data_prep(
         with run.cached_steps(refresh):
             with spool_directory(config, run) as spool_dir:
                 shards = prepare_shards.with_options(task_runner=shard_task_runner(prep.scale_out))
-                spool = shards(store, list(run.pinned), config, spool_dir)
+                spool = shards(list(run.pinned), config, spool_dir)
                 prepared = merge_shards(run, config, spool, spool_dir)
                 written = write_outputs(store, config, run.branch, prepared)
             audit = audit_outputs(store, config, written, prepared)
