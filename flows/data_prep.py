@@ -27,7 +27,7 @@ from tasks.data.merge import merge_shards
 from tasks.data.publish import AuditFailedError, audit_outputs, is_published, publish_outputs, write_outputs
 from tasks.data.report import REPORT_ARTIFACT_KEY, report_markdown
 from tasks.data.results import DataPrepResult
-from tasks.data.shards import ShardSpool, prepare_in_shards
+from tasks.data.shards import ShardSpool, count_shards, prepare_in_shards
 
 
 @flow(name="data-prep-shards", log_prints=True)
@@ -68,7 +68,8 @@ def data_prep(
     for refresh in (refresh_cache, True):
         with run.cached_steps(refresh):
             with spool_directory(config, run) as spool_dir:
-                shards = prepare_shards.with_options(task_runner=shard_task_runner(prep.scale_out))
+                runner = shard_task_runner(prep.scale_out, count_shards(store, list(run.pinned), prep))
+                shards = prepare_shards.with_options(task_runner=runner)
                 spool = shards(list(run.pinned), config, spool_dir)
                 prepared = merge_shards(run, config, spool, spool_dir)
                 written = write_outputs(store, config, run.branch, prepared)

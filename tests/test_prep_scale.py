@@ -46,7 +46,7 @@ def _published(tmp_path: Path, monkeypatch, overrides: dict, name: str) -> dict[
     return {f: store.read(config.store.repo, commit, f"{config.data_prep.output_prefix}/{f}") for f in FILES}
 
 
-def test_same_bytes_for_one_or_two_workers_and_any_shard_size(
+def test_same_bytes_for_one_or_two_workers_any_shard_size_or_in_process(
     prefect_api, in_repo, tmp_path, monkeypatch, byte_tokenizer_dir
 ):
     base = {"base_model.name": str(byte_tokenizer_dir)}
@@ -62,7 +62,9 @@ def test_same_bytes_for_one_or_two_workers_and_any_shard_size(
         {**base, "data_prep.scale_out.workers": 2, "data_prep.scale_out.shard_rows": 170},
         "two-workers",
     )
-    assert one == two
+    # 450 records fit in one default shard: it runs in the flow's process, with no cluster.
+    in_process = _published(tmp_path, monkeypatch, base, "in-process")
+    assert one == two == in_process
     report = json.loads(one["report.json"])
     counts = report["counts"]
     assert (

@@ -19,12 +19,13 @@ import pickle
 from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from prefect import task
-from prefect.cache_policies import CachePolicy
+from prefect.cache_policies import NO_CACHE, CachePolicy
 
 from fineflow.config import DataPrepConfig
 from fineflow.runtime import step_logger
@@ -105,6 +106,12 @@ def iter_shards(store: DatasetStore, pinned: list[str], prep: DataPrepConfig) ->
         del data
     if shard.rows_in or shard.index == 0:
         yield shard
+
+
+@task(name="count-shards", cache_policy=NO_CACHE)
+def count_shards(store: DatasetStore, pinned: list[str], prep: DataPrepConfig) -> int:
+    """1 when every input record fits in one shard, else 2: it reads no further than the second shard."""
+    return sum(1 for _ in islice(iter_shards(store, pinned, prep), 2))
 
 
 @dataclass
