@@ -17,7 +17,7 @@ from fineflow.store.jsonl import parse_jsonl, to_jsonl
 from tasks.data.cache import PrepRun
 from tasks.data.decontaminate import ContaminationIndex, eval_questions, golden_questions
 from tasks.data.dedup import duplicate_verdicts
-from tasks.data.records import Removal, count_reasons
+from tasks.data.records import EmittedLines, Removal, count_reasons
 from tasks.data.report import PreparedOutputs, check_counts
 from tasks.data.results import PrepLineage, PrepReport, StepCounts
 from tasks.data.shards import ShardSpool
@@ -79,7 +79,8 @@ def merge_shards(run: PrepRun, config: FineflowConfig, spool: ShardSpool, workdi
         steps=_step_table(spool, removed, rows_out, len(contaminated)),
         eval_overlap=overlap,
     )
-    return PreparedOutputs(train_path, eval_path, spool.quarantined, all_removed, report, spool.emitted)
+    emitted = EmittedLines.merged(spool.emitted_parts)
+    return PreparedOutputs(train_path, eval_path, spool.quarantined, all_removed, report, emitted)
 
 
 def _decontaminate(candidates: Path, eval_rows: list, config: FineflowConfig, workdir: Path):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import PurePosixPath
 
 import pandas as pd
@@ -42,7 +42,7 @@ def parse_and_validate(files: dict[str, bytes], config: ValidationConfig) -> Par
     per_file: dict[str, int] = {}
     for path, data in files.items():
         count = 0
-        for item in parsed_records(path, data, config):
+        for item in parsed_records(path, io.BytesIO(data), config):
             count += 1
             (quarantined if isinstance(item, Quarantined) else rows).append(item)
         per_file[path] = count
@@ -57,9 +57,16 @@ def parse_and_validate(files: dict[str, bytes], config: ValidationConfig) -> Par
     return result
 
 
-def parsed_records(path: str, data: bytes, config: ValidationConfig) -> Iterator[Row | Quarantined]:
-    """Every record of one file in file order: a valid row, or a quarantined record with its reason."""
-    for source, record, raw_text in _records(path, data, config):
+def parsed_records(
+    path: str, lines: Iterable[bytes], config: ValidationConfig
+) -> Iterator[Row | Quarantined]:
+    """Every record of one file in file order: a valid row, or a quarantined record with its reason.
+
+    `lines` are the file's lines with their b"\\n" (a store's `read_lines`, or `io.BytesIO(data)`). JSONL
+    is parsed as the lines arrive, so a large file is never held whole; CSV and Parquet files are read
+    whole (a Parquet file's index is at its end).
+    """
+    for source, record, raw_text in _records(path, lines, config):
         if isinstance(record, Quarantined):
             yield record
             continue
@@ -70,15 +77,15 @@ def parsed_records(path: str, data: bytes, config: ValidationConfig) -> Iterator
 
 
 def _records(
-    path: str, data: bytes, config: ValidationConfig
+    path: str, lines: Iterable[bytes], config: ValidationConfig
 ) -> Iterator[tuple[str, dict | Quarantined, str]]:
     suffix = PurePosixPath(path).suffix.lower()
-    if suffix in (".jsonl", ".csv") and data.startswith(_BOM):
-        data = data[len(_BOM) :]  # spreadsheet exports often start with one; it is not part of the first row
     if suffix == ".jsonl":
-        yield from _jsonl_records(path, data, config)
-    elif suffix == ".csv":
-        yield from _table_records(path, _read_csv(path, data), config)
+        yield from _jsonl_records(path, lines, config)
+        return
+    data = b"".join(lines)
+    if suffix == ".csv":
+        yield from _table_records(path, _read_csv(path, data.removeprefix(_BOM)), config)
     elif suffix == ".parquet":
         frame = pd.read_parquet(io.BytesIO(data))
         yield from _table_records(path, frame.to_dict(orient="records"), config)
@@ -86,18 +93,14 @@ def _records(
         raise ValueError(f"{path}: unsupported file type (supported: {', '.join(SUPPORTED_SUFFIXES)})")
 
 
-def _lines(data: bytes) -> Iterator[bytes]:
-    """data.split(b"\n"), one line at a time: a large file is not held twice."""
-    start = 0
-    while (end := data.find(b"\n", start)) != -1:
-        yield data[start:end]
-        start = end + 1
-    yield data[start:]
-
-
-def _jsonl_records(path: str, data: bytes, config: ValidationConfig):
+def _jsonl_records(path: str, lines: Iterable[bytes], config: ValidationConfig):
     blank: list[tuple[int, bytes]] = []  # blank lines at the end of a file open no record: held back
-    for number, raw in enumerate(_lines(data), start=1):
+    for number, line in enumerate(lines, start=1):
+        raw = line.removesuffix(b"\n")
+        if number == 1:
+            raw = raw.removeprefix(
+                _BOM
+            )  # spreadsheet exports often start with one; it is not part of the row
         if raw.strip() == b"":
             blank.append((number, raw))
             continue

@@ -5,11 +5,11 @@ and keeps the branch for inspection.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import batched
 from typing import TYPE_CHECKING
 
 from prefect import task
@@ -27,6 +27,10 @@ from tasks.data.results import PrepLineage
 
 if TYPE_CHECKING:
     from tasks.data.report import PreparedOutputs
+
+
+# Lines hashed and looked up at a time: a batch's digests are a few MB whatever the file's size.
+AUDIT_BATCH_LINES = 50_000
 
 
 @dataclass
@@ -64,12 +68,13 @@ def write_outputs(
         store.delete_branch(repo, branch)  # a kept branch from an earlier failed run with the same inputs
     store.create_branch(repo, branch, config.store.main_branch)
     outputs = {
-        "train": prepared.train_file.read_bytes(),
-        "eval": prepared.eval_file.read_bytes(),
         "quarantine": to_jsonl([q.as_json() for q in prepared.quarantined]),
         "removed": to_jsonl([r.as_json() for r in prepared.removed]),
     }
-    paths = {name: layout.path(name) for name in outputs} | {"report": layout.report}
+    splits = {"train": prepared.train_file, "eval": prepared.eval_file}  # streamed from the merge's files
+    paths = {name: layout.path(name) for name in [*splits, *outputs]} | {"report": layout.report}
+    for name, local_file in splits.items():
+        store.write_file(repo, branch, paths[name], local_file)
     for name, data in outputs.items():
         store.write(repo, branch, paths[name], data)
     store.write(repo, branch, paths["report"], prepared.report.to_json())
@@ -86,16 +91,16 @@ def write_outputs(
 def audit_outputs(
     store: DatasetStore, config: FineflowConfig, written: WrittenOutputs, prepared: PreparedOutputs
 ) -> AuditReport:
-    """Audit what was written (read back from the branch), not what we meant to write.
+    """Audit what was written (read back from the branch, streamed), not what we meant to write.
 
     Zero PII, proven without a second Presidio pass over every row (it cost as much as the masking):
-    - train, eval and quarantine: every line read back is byte-identical (sha256) to a line a shard
-      emitted from the masker's output (`prepared.emitted`: mask-pii masks every finding of the one
-      masker; a row the token limit truncates is masked again). A second scan would run the same
-      analyzer on the same bytes and find what the first one masked; the merge, the split and the
-      writer can only select or drop lines, and any line they altered or made up fails this check.
-      What a rescan alone could still catch is an entity that masking itself forms by joining the
-      text on either side of a placeholder; that is the guarantee given up for the 2x.
+    - train, eval and quarantine: every line read back must be byte-identical (sha256) to a line a shard
+      emitted from the masker's output (`prepared.emitted`). The masker returns only text its last scan
+      found clean: text with no finding is returned as it was scanned, and masked text is scanned again
+      until a scan finds nothing (`PIIMasker.mask`; a row the token limit truncates is masked again).
+      So every such line was scanned clean exactly as written; a second scan of the same bytes would
+      run the same analyzer and find the same nothing. The merge, the split and the writer only select
+      or drop lines: a line they altered or made up fails this check.
     - removed: never holds row text, only ids, sources and reason details. Row ids must be sha256 hex;
       every input path is scanned, and the other strings are scanned once per distinct skeleton (the
       string with each `<input path>:<line>` reference replaced), so a value no template made shows up.
@@ -104,23 +109,23 @@ def audit_outputs(
     audit, repo = config.data_prep.audit, config.store.repo
     counts = prepared.report.counts
     reasons, checks = [], {}
-    lines = {name: _lines(store, repo, written.commit, written.paths[name]) for name in ("train", "eval")}
-    total = len(lines["train"]) + len(lines["eval"])
+    audited = ("train", "eval", "quarantine") if audit.require_zero_pii else ("train", "eval")
+    lines, unmasked = {}, 0
+    for name in audited:
+        lines[name], missing = _count_and_check(store, repo, written.commit, written.paths[name], prepared)
+        unmasked += missing
+    total = lines["train"] + lines["eval"]
     checks["rows"] = f"{total} (minimum {audit.min_rows})"
     if total < audit.min_rows:
         reasons.append(f"only {total} rows published, minimum is {audit.min_rows}")
-    checks["eval rows"] = f"{len(lines['eval'])} (minimum {audit.min_eval_rows})"
-    if len(lines["eval"]) < audit.min_eval_rows:
-        reasons.append(f"only {len(lines['eval'])} eval rows, minimum is {audit.min_eval_rows}")
+    checks["eval rows"] = f"{lines['eval']} (minimum {audit.min_eval_rows})"
+    if lines["eval"] < audit.min_eval_rows:
+        reasons.append(f"only {lines['eval']} eval rows, minimum is {audit.min_eval_rows}")
     share = counts.quarantined / counts.rows_in if counts.rows_in else 1.0
     checks["quarantine share"] = f"{share:.1%} (maximum {audit.max_quarantine_share:.1%})"
     if share > audit.max_quarantine_share:
         reasons.append(f"{share:.1%} of rows quarantined, maximum is {audit.max_quarantine_share:.1%}")
     if audit.require_zero_pii:  # every file the run publishes, not only the splits
-        lines["quarantine"] = _lines(store, repo, written.commit, written.paths["quarantine"])
-        unmasked = sum(
-            hashlib.sha256(line).digest() not in prepared.emitted for part in lines.values() for line in part
-        )
         checks["lines not from the masker"] = str(unmasked)
         if unmasked:
             reasons.append(f"{unmasked} published line(s) are not lines the masker emitted")
@@ -131,6 +136,17 @@ def audit_outputs(
     report = AuditReport(not reasons, reasons, checks)
     step_logger().info("audit: %s %s", "passed" if report.passed else "FAILED", checks)
     return report
+
+
+def _count_and_check(
+    store: DatasetStore, repo: str, ref: str, path: str, prepared: PreparedOutputs
+) -> tuple[int, int]:
+    """(lines in the file, lines the masker did not emit), read back in batches."""
+    lines = missing = 0
+    for batch in batched(store.read_lines(repo, ref, path), AUDIT_BATCH_LINES, strict=False):
+        lines += len(batch)
+        missing += prepared.emitted.count_missing(batch)
+    return lines, missing
 
 
 _ROW_ID = re.compile(r"[0-9a-f]{64}")
@@ -181,11 +197,6 @@ def is_published(store: DatasetStore, config: FineflowConfig, commit: str) -> bo
         step_logger().warning("published commit %s is not in the store", commit[:12])
         return False
     return True
-
-
-def _lines(store: DatasetStore, repo: str, ref: str, path: str) -> list[bytes]:
-    """The file's lines as written, each with its newline (as the shards hashed them)."""
-    return store.read(repo, ref, path).splitlines(keepends=True)
 
 
 def _published_texts(store: DatasetStore, repo: str, written: WrittenOutputs, path: str) -> list[str]:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.data.publish import AuditReport
-from tasks.data.records import Quarantined, Removal, format_counts
+from tasks.data.records import EmittedLines, Quarantined, Removal, format_counts
 from tasks.data.results import PrepCounts, PrepReport
 
 REPORT_ARTIFACT_KEY = "data-prep-report"
@@ -26,7 +26,7 @@ class PreparedOutputs:
     quarantined: list[Quarantined]
     removed: list[Removal]
     report: PrepReport
-    emitted: set[bytes]
+    emitted: EmittedLines
 
 
 def check_counts(

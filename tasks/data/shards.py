@@ -14,7 +14,6 @@ finish. Its persisted result holds masked rows only, as mask-pii's did.
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 from collections import Counter, deque
 from collections.abc import Iterator
@@ -37,7 +36,7 @@ from tasks.data.ingest import InputError
 from tasks.data.normalize import normalize_rows
 from tasks.data.parse import parsed_records
 from tasks.data.pii import mask_pii
-from tasks.data.records import Quarantined, Removal, Row, count_reasons
+from tasks.data.records import Quarantined, Removal, Row, count_reasons, line_digests
 from tasks.data.report import CountMismatchError
 from tasks.data.safety import filter_unsafe
 from tasks.data.token_limit import enforce_token_limit
@@ -78,12 +77,7 @@ class ShardResult:
     rows: list[Row]  # masked, in input order: what dedup judges
     signatures: np.ndarray  # (len(rows), num_perm) uint32
     verdicts: list[RowVerdict]  # one per row
-    emitted: set[bytes] = field(default_factory=set)  # sha256 of every line this shard's masker emitted
-
-
-def line_digest(record: dict) -> bytes:
-    """The content hash the audit checks published lines against: sha256 of the exact JSONL line."""
-    return hashlib.sha256(to_jsonl([record])).digest()
+    emitted: np.ndarray  # sha256 of every JSONL line of this shard's masker output (records.line_digests)
 
 
 def iter_shards(store: DatasetStore, pinned: list[str], prep: DataPrepConfig) -> Iterator[ShardInput]:
@@ -96,14 +90,14 @@ def iter_shards(store: DatasetStore, pinned: list[str], prep: DataPrepConfig) ->
         if uri.path in seen_paths:
             raise InputError(f"two inputs have the same path {uri.path!r}; rows could not be told apart")
         seen_paths.add(uri.path)
-        data = store.read(uri.repo, uri.ref, uri.path)
-        for record in parsed_records(uri.path, data, prep.validation):
+        for record in parsed_records(
+            uri.path, store.read_lines(uri.repo, uri.ref, uri.path), prep.validation
+        ):
             (shard.quarantined if isinstance(record, Quarantined) else shard.rows).append(record)
             shard.rows_in_by_file[uri.path] = shard.rows_in_by_file.get(uri.path, 0) + 1
             if shard.rows_in == size:
                 yield shard
                 shard = ShardInput(shard.index + 1, [], [], {})
-        del data
     if shard.rows_in or shard.index == 0:
         yield shard
 
@@ -147,8 +141,11 @@ def prepare_shard(shard: ShardInput, prep: DataPrepConfig, base_model: str, mode
         raise CountMismatchError(f"shard {shard.index}: {shard.rows_in} in, {accounted} accounted for")
     verdicts, remasked = _verdicts(rows, prep, base_model, model_cache)
     signatures = np.array([signature(row, prep.dedup) for row in rows], dtype=np.uint32)
-    emitted = {line_digest(v.row) for v in verdicts if v.row is not None}
-    emitted |= {line_digest(item.as_json()) for item in quarantined}
+    # The exact JSONL lines write-outputs will write, hashed for the audit (tasks/data/publish.py).
+    emitted = line_digests(
+        [to_jsonl([v.row]) for v in verdicts if v.row is not None]
+        + [to_jsonl([item.as_json()]) for item in quarantined]
+    )
     result = ShardResult(
         index=shard.index,
         rows_in=shard.rows_in,
@@ -221,7 +218,7 @@ class ShardSpool:
     ids: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     signature_parts: list[np.ndarray] = field(default_factory=list)
-    emitted: set[bytes] = field(default_factory=set)
+    emitted_parts: list[np.ndarray] = field(default_factory=list)
 
     def add(self, result: ShardResult) -> None:
         if result.index != self.shards:
@@ -238,7 +235,7 @@ class ShardSpool:
         self.ids += [row["id"] for row in result.rows]
         self.sources += [row["source"] for row in result.rows]
         self.signature_parts.append(result.signatures)
-        self.emitted |= result.emitted
+        self.emitted_parts.append(result.emitted)
         with self._path(result.index).open("wb") as handle:
             pickle.dump((result.rows, result.verdicts), handle, protocol=pickle.HIGHEST_PROTOCOL)
 
