@@ -238,3 +238,35 @@ def test_a_failing_shard_is_retried_and_a_rerun_resumes_from_finished_shards(
     assert {runs[f"prepare-shard-{i}"][0] for i in (0, 1, 2)} == {"Cached"}
     assert runs["prepare-shard-3"][0] == "Completed"
     assert len(runs) == 9  # 450 records in shards of 50
+
+
+def test_deciding_only_rows_that_share_a_band_key_gives_every_row_its_verdict():
+    """The merge's dedup (band keys in memory, signatures read back for suspects only) against the same
+    decision over every row's full signature, on rows with exact and near duplicates."""
+    import random
+
+    import numpy as np
+
+    from tasks.data.dedup import band_keys, duplicate_verdicts, rows_sharing_a_band, signature
+
+    config = load_config().data_prep.dedup
+    rng = random.Random(3)
+    words = [f"w{i}" for i in range(300)]
+    texts = [" ".join(rng.choices(words, k=25)) for _ in range(400)]
+    texts += [texts[i] for i in range(0, 400, 17)]  # exact repeats
+    texts += [texts[i] + " thanks" for i in range(5, 400, 13)]  # near repeats
+    rng.shuffle(texts)
+    rows = [
+        {"id": str(hash(t)), "source": f"raw/x.jsonl:{n}", "messages": [{"role": "user", "content": t}]}
+        for n, t in enumerate(texts)
+    ]
+    signatures = np.array([signature(row, config) for row in rows], dtype=np.uint32)
+    everyone = duplicate_verdicts([r["id"] for r in rows], [r["source"] for r in rows], signatures, config)
+
+    suspects = rows_sharing_a_band(band_keys(signatures, config))
+    decided = duplicate_verdicts(
+        [rows[i]["id"] for i in suspects], [rows[i]["source"] for i in suspects], signatures[suspects], config
+    )
+    assert {int(suspects[i]): r for i, r in decided.items()} == everyone
+    assert {r.reason for r in everyone.values()} == {"exact_duplicate", "near_duplicate"}
+    assert len(suspects) < len(rows) / 2  # most rows share no band and are never read back

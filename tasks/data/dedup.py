@@ -10,6 +10,12 @@ MinHashLSH pass gives (insert each kept row, query each new one): the same band 
 own `b`, `r`), candidates = earlier kept rows equal to the row in at least one band, the same Jaccard
 estimate and the same keep-first rule. Only rows that share a band with another row need the sequential
 pass; the bands are grouped for all rows at once with numpy.
+
+At scale the merge holds no signature: each shard folds every band to one uint64 (`band_keys`), the
+merge finds the rows whose key in some band is not unique (`rows_sharing_a_band`, 8 bytes a band a
+row), and reads back only those rows' signatures to decide them. Equal bands give equal keys, so no
+candidate is missed; `duplicate_verdicts` then compares the bands themselves, so a key collision adds
+no candidate.
 """
 
 from __future__ import annotations
@@ -57,11 +63,39 @@ def signature(row: Row, config: DedupConfig) -> np.ndarray:
     return minhash(row_text(row), config).hashvalues
 
 
+@cache
+def _hashranges(threshold: float, num_perm: int) -> tuple[tuple[int, int], ...]:
+    """datasketch's own band layout for this threshold (it integrates to choose it: once per process)."""
+    return tuple(MinHashLSH(threshold=threshold, num_perm=num_perm).hashranges)
+
+
+# An odd 64-bit multiplier for folding a band's values into one key (arithmetic wraps modulo 2**64).
+_FOLD = np.uint64(0x9E3779B97F4A7C15)
+
+
+def band_keys(signatures: np.ndarray, config: DedupConfig) -> np.ndarray:
+    """(rows, bands) uint64: each LSH band of each signature folded into one key."""
+    ranges = _hashranges(config.near_threshold, config.num_perm)
+    keys = np.zeros((len(signatures), len(ranges)), dtype=np.uint64)
+    for column, (start, end) in enumerate(ranges):
+        for value in signatures[:, start:end].astype(np.uint64).T:
+            keys[:, column] = keys[:, column] * _FOLD + value
+    return keys
+
+
+def rows_sharing_a_band(keys: np.ndarray) -> np.ndarray:
+    """Positions (ascending) of the rows whose key in some band another row also has."""
+    shared = np.zeros(len(keys), dtype=bool)
+    for column in keys.T:
+        _, inverse, counts = np.unique(column, return_inverse=True, return_counts=True)
+        shared |= counts[inverse] > 1
+    return np.flatnonzero(shared)
+
+
 def _band_groups(signatures: np.ndarray, config: DedupConfig) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per LSH band: each row's group (rows with byte-equal band values) and whether it shares it."""
-    layout = MinHashLSH(threshold=config.near_threshold, num_perm=config.num_perm)
     groups = []
-    for start, end in layout.hashranges:
+    for start, end in _hashranges(config.near_threshold, config.num_perm):
         band = np.ascontiguousarray(signatures[:, start:end])
         keys = band.view(np.dtype((np.void, band.itemsize * (end - start)))).ravel()
         _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)

@@ -11,12 +11,12 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from fineflow.config import FineflowConfig
+from fineflow.config import DedupConfig, FineflowConfig
 from fineflow.runtime import code_version, step_logger
 from fineflow.store.jsonl import parse_jsonl, to_jsonl
 from tasks.data.cache import PrepRun
 from tasks.data.decontaminate import ContaminationIndex, eval_questions, golden_questions
-from tasks.data.dedup import duplicate_verdicts
+from tasks.data.dedup import duplicate_verdicts, rows_sharing_a_band
 from tasks.data.records import EmittedLines, Removal, count_reasons
 from tasks.data.report import PreparedOutputs, check_counts
 from tasks.data.results import PrepLineage, PrepReport, StepCounts
@@ -29,9 +29,7 @@ FILTER_STEPS = ("deduplicate", "safety-filter", "token-limit")
 @task(name="merge-shards", cache_policy=NO_CACHE)  # its inputs are the (cached) shards' spooled results
 def merge_shards(run: PrepRun, config: FineflowConfig, spool: ShardSpool, workdir: Path) -> PreparedOutputs:
     prep = config.data_prep
-    signatures = spool.signatures(prep.dedup.num_perm)
-    duplicates = duplicate_verdicts(spool.ids, spool.sources, signatures, prep.dedup)
-    del signatures
+    duplicates = _global_duplicates(spool, prep.dedup)
     removed: dict[str, list[Removal]] = {step: [] for step in FILTER_STEPS}
     rows_out = dict.fromkeys(FILTER_STEPS, 0)
     eval_rows, train_candidates = [], workdir / "train-candidates.jsonl"
@@ -81,6 +79,17 @@ def merge_shards(run: PrepRun, config: FineflowConfig, spool: ShardSpool, workdi
     )
     emitted = EmittedLines.merged(spool.emitted_parts)
     return PreparedOutputs(train_path, eval_path, spool.quarantined, all_removed, report, emitted)
+
+
+def _global_duplicates(spool: ShardSpool, config: DedupConfig) -> dict[int, Removal]:
+    """Removals by masked-row position: only rows sharing a band key are read back and decided."""
+    suspects = rows_sharing_a_band(spool.band_keys())
+    ids, sources, signatures = spool.rows_at(suspects)
+    decided = duplicate_verdicts(ids, sources, signatures, config)
+    step_logger().info(
+        "deduplicate: %d of %d rows share an LSH band with another row", len(suspects), len(spool.band_keys())
+    )
+    return {int(suspects[local]): removal for local, removal in decided.items()}
 
 
 def _decontaminate(candidates: Path, eval_rows: list, config: FineflowConfig, workdir: Path):

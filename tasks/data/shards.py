@@ -31,7 +31,7 @@ from fineflow.runtime import step_logger
 from fineflow.store import DatasetStore, DatasetURI
 from fineflow.store.jsonl import to_jsonl
 from tasks.data.cache import RUN_KEY_TAG
-from tasks.data.dedup import signature
+from tasks.data.dedup import band_keys, signature
 from tasks.data.ingest import InputError
 from tasks.data.normalize import normalize_rows
 from tasks.data.parse import parsed_records
@@ -75,7 +75,8 @@ class ShardResult:
     pii_in_rows: dict[str, int]
     pii_in_quarantine: dict[str, int]
     rows: list[Row]  # masked, in input order: what dedup judges
-    signatures: np.ndarray  # (len(rows), num_perm) uint32
+    signatures: np.ndarray  # (len(rows), num_perm) uint32: spooled to disk, read back for suspects only
+    band_keys: np.ndarray  # (len(rows), bands) uint64: what the merge holds to find dedup's suspects
     verdicts: list[RowVerdict]  # one per row
     emitted: np.ndarray  # sha256 of every JSONL line of this shard's masker output (records.line_digests)
 
@@ -140,7 +141,9 @@ def prepare_shard(shard: ShardInput, prep: DataPrepConfig, base_model: str, mode
     if accounted != shard.rows_in:  # the count identity, per shard
         raise CountMismatchError(f"shard {shard.index}: {shard.rows_in} in, {accounted} accounted for")
     verdicts, remasked = _verdicts(rows, prep, base_model, model_cache)
-    signatures = np.array([signature(row, prep.dedup) for row in rows], dtype=np.uint32)
+    signatures = np.array([signature(row, prep.dedup) for row in rows], dtype=np.uint32).reshape(
+        len(rows), prep.dedup.num_perm
+    )
     # The exact JSONL lines write-outputs will write, hashed for the audit (tasks/data/publish.py).
     emitted = line_digests(
         [to_jsonl([v.row]) for v in verdicts if v.row is not None]
@@ -157,7 +160,8 @@ def prepare_shard(shard: ShardInput, prep: DataPrepConfig, base_model: str, mode
         pii_in_rows=dict(Counter(pii_in_rows) + Counter(remasked)),
         pii_in_quarantine=pii_in_quarantine,
         rows=rows,
-        signatures=signatures.reshape(len(rows), prep.dedup.num_perm),
+        signatures=signatures,
+        band_keys=band_keys(signatures, prep.dedup),
         verdicts=verdicts,
         emitted=emitted,
     )
@@ -215,9 +219,8 @@ class ShardSpool:
     quarantined: list[Quarantined] = field(default_factory=list)
     pii_in_rows: Counter = field(default_factory=Counter)
     pii_in_quarantine: Counter = field(default_factory=Counter)
-    ids: list[str] = field(default_factory=list)
-    sources: list[str] = field(default_factory=list)
-    signature_parts: list[np.ndarray] = field(default_factory=list)
+    shard_rows: list[int] = field(default_factory=list)  # masked rows per shard, in shard order
+    key_parts: list[np.ndarray] = field(default_factory=list)
     emitted_parts: list[np.ndarray] = field(default_factory=list)
 
     def add(self, result: ShardResult) -> None:
@@ -232,12 +235,12 @@ class ShardSpool:
         self.quarantined += result.quarantined
         self.pii_in_rows.update(result.pii_in_rows)
         self.pii_in_quarantine.update(result.pii_in_quarantine)
-        self.ids += [row["id"] for row in result.rows]
-        self.sources += [row["source"] for row in result.rows]
-        self.signature_parts.append(result.signatures)
+        self.shard_rows.append(len(result.rows))
+        self.key_parts.append(result.band_keys)
         self.emitted_parts.append(result.emitted)
         with self._path(result.index).open("wb") as handle:
-            pickle.dump((result.rows, result.verdicts), handle, protocol=pickle.HIGHEST_PROTOCOL)
+            spooled = (result.rows, result.verdicts, result.signatures)
+            pickle.dump(spooled, handle, protocol=pickle.HIGHEST_PROTOCOL)
 
     def pii_counts(self) -> dict[str, int]:
         """Findings by type, in order of first finding over all rows, then all quarantined records."""
@@ -245,16 +248,34 @@ class ShardSpool:
         counts.update(self.pii_in_quarantine)
         return dict(counts)
 
-    def signatures(self, num_perm: int) -> np.ndarray:
-        parts = [part.reshape(-1, num_perm) for part in self.signature_parts]
-        return np.concatenate(parts) if parts else np.zeros((0, num_perm), dtype=np.uint32)
+    def band_keys(self) -> np.ndarray:
+        """Every masked row's band keys, in input order."""
+        return np.concatenate(self.key_parts) if self.key_parts else np.zeros((0, 0), dtype=np.uint64)
+
+    def rows_at(self, positions: np.ndarray) -> tuple[list[str], list[str], np.ndarray]:
+        """Ids, sources and signatures of the masked rows at `positions` (ascending), from the spool."""
+        ids, sources, signatures = [], [], []
+        bounds = np.cumsum([0, *self.shard_rows])
+        for index in range(self.shards):
+            wanted = positions[(positions >= bounds[index]) & (positions < bounds[index + 1])] - bounds[index]
+            if not len(wanted):
+                continue
+            rows, _, shard_signatures = self._load(index)
+            ids += [rows[i]["id"] for i in wanted]
+            sources += [rows[i]["source"] for i in wanted]
+            signatures.append(shard_signatures[wanted])
+        width = signatures[0].shape[1] if signatures else 0
+        return ids, sources, np.concatenate(signatures) if signatures else np.zeros((0, width), np.uint32)
 
     def rows(self) -> Iterator[tuple[Row, RowVerdict]]:
         """Every masked row with its verdict, in input order, one shard in memory at a time."""
         for index in range(self.shards):
-            with self._path(index).open("rb") as handle:
-                rows, verdicts = pickle.load(handle)  # noqa: S301 (our own spool, written above)
+            rows, verdicts, _ = self._load(index)
             yield from zip(rows, verdicts, strict=True)
+
+    def _load(self, index: int) -> tuple[list[Row], list[RowVerdict], np.ndarray]:
+        with self._path(index).open("rb") as handle:
+            return pickle.load(handle)  # noqa: S301 (our own spool, written above)
 
     def _path(self, index: int) -> Path:
         return self.directory / f"shard-{index:07d}.pkl"
