@@ -6,9 +6,10 @@ Rows are generated from the shipped sample's conversations with a random tail, s
 text, plus planted work for every step: PII (emails, phones, cards, names) in about 20% of rows, exact
 duplicates (4%), near duplicates (4%), prompt injections (2%) and malformed lines (1%).
 Each worker count runs in a fresh process with a fresh store and Prefect home (no cache), on the default
-config with the real base model's tokenizer. Peak RSS is sampled every 0.2 s over the whole process
-tree (the flow, the Dask scheduler in it, the Dask nannies and workers, Prefect's ephemeral server) and
-reported both as the peak of the sum over the tree and as the largest single process.
+config with the real base model's tokenizer. Memory is sampled every 0.5 s over the whole process tree
+(the flow, the Dask scheduler in it, the Dask nannies and workers, Prefect's ephemeral server): the peak
+of the tree's summed PSS (its real footprint: shared pages counted once), of its summed RSS (shared pages
+counted in every process), and the largest single process's RSS.
 The 1-worker run is the baseline: `ratio 2 workers / 1 worker` is its wall time over the 2-worker one.
 """
 
@@ -130,12 +131,14 @@ def measure(rows_file: Path, workers: int, shard_rows: int | None, workdir: Path
     log = (workdir / f"run-{workers}.log").open("w")
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
     root = psutil.Process(process.pid)
-    peak_sum = peak_single = 0
+    peak_sum = peak_single = peak_pss = 0
     while process.poll() is None:
         tree = [root, *_children(root)]
-        sizes = [_rss(p) for p in tree]
-        peak_sum, peak_single = max(peak_sum, sum(sizes)), max(peak_single, *sizes)
-        time.sleep(0.2)
+        sizes = [_memory(p) for p in tree]
+        peak_sum = max(peak_sum, sum(rss for rss, _ in sizes))
+        peak_single = max(peak_single, *(rss for rss, _ in sizes))
+        peak_pss = max(peak_pss, sum(pss for _, pss in sizes))
+        time.sleep(0.5)
     elapsed = time.perf_counter() - start
     output = process.stdout.read()
     if process.returncode != 0:
@@ -146,6 +149,7 @@ def measure(rows_file: Path, workers: int, shard_rows: int | None, workdir: Path
         "seconds": elapsed,
         "peak_sum": peak_sum,
         "peak_single": peak_single,
+        "peak_pss": peak_pss,
         "counts": counts,
         "leftover": leftover,
     }
@@ -158,11 +162,14 @@ def _children(process: psutil.Process) -> list[psutil.Process]:
         return []
 
 
-def _rss(process: psutil.Process) -> int:
+def _memory(process: psutil.Process) -> tuple[int, int]:
+    """(RSS, PSS). RSS counts a page shared by N processes (torch's libraries, loaded by every worker
+    through Presidio) N times; PSS counts 1/N of it in each, so the PSS sum is the tree's real footprint."""
     try:
-        return process.memory_info().rss
+        info = process.memory_full_info()
+        return info.rss, info.pss
     except psutil.Error:
-        return 0
+        return 0, 0
 
 
 def _is_dask_worker_of(process: psutil.Process, workdir: Path) -> bool:
@@ -201,8 +208,9 @@ def main() -> None:
             results[workers] = outcome
             print(
                 f"{workers} worker(s): {outcome['seconds']:.1f} s, {rows / outcome['seconds']:.0f} rows/s, "
-                f"peak RSS {outcome['peak_sum'] / 2**30:.2f} GiB summed over the process tree "
-                f"(largest process {outcome['peak_single'] / 2**30:.2f} GiB), counts {outcome['counts']}, "
+                f"peak memory of the process tree {outcome['peak_pss'] / 2**30:.2f} GiB "
+                f"(PSS summed; RSS summed {outcome['peak_sum'] / 2**30:.2f} GiB), "
+                f"largest process {outcome['peak_single'] / 2**30:.2f} GiB RSS, counts {outcome['counts']}, "
                 f"leftover Dask processes: {outcome['leftover'] or 'none'}",
                 flush=True,
             )
