@@ -82,7 +82,8 @@ class ShardResult:
 
 
 def iter_shards(store: DatasetStore, pinned: list[str], prep: DataPrepConfig) -> Iterator[ShardInput]:
-    """The inputs' records in input order, cut every `shard_rows` records (across file boundaries)."""
+    """The inputs' records in input order, cut every `shard_rows` records (across file boundaries). Files
+    are streamed from the store line by line: the driver holds the shards in flight, never a whole file."""
     size = prep.scale_out.shard_rows
     shard = ShardInput(0, [], [], {})
     seen_paths: set[str] = set()
