@@ -1,7 +1,8 @@
 """Lifecycle stage 1, data prep: raw files in the dataset store -> a published, audited dataset commit.
 
-ingest -> parse/validate -> normalise -> mask PII -> deduplicate -> safety filter -> token limit
--> split -> decontaminate -> write on a branch -> audit -> merge (publish)
+ingest -> [per shard, on Dask: parse/validate -> normalise -> mask PII -> safety and token-limit verdicts
+-> dedup signatures] -> merge: deduplicate (global) -> safety filter -> token limit -> split
+-> decontaminate -> write on a branch -> audit -> merge (publish)
 
 Each step is a Prefect task that logs its counts. Steps are cached on (commit-pinned inputs, config
 hash): rerunning on unchanged inputs with an unchanged config is served from Prefect's cache. Every
@@ -10,27 +11,34 @@ row in leaves as kept, quarantined or removed with a reason, and the run checks 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from fineflow.config import DEFAULT_CONFIG, load_config
+from fineflow.config import DEFAULT_CONFIG, FineflowConfig, load_config
 from fineflow.store import open_store
-from tasks.data.cache import start_prep_run, training_system_prompt
+from tasks.data.cache import spool_directory, start_prep_run, training_system_prompt
 from tasks.data.checks import check_setup
-from tasks.data.decontaminate import decontaminate_splits
-from tasks.data.dedup import deduplicate
-from tasks.data.ingest import ingest_inputs, read_inputs
-from tasks.data.normalize import normalize_rows
-from tasks.data.parse import parse_and_validate
-from tasks.data.pii import mask_pii
+from tasks.data.engine import shard_task_runner
+from tasks.data.ingest import ingest_inputs
+from tasks.data.merge import merge_shards
 from tasks.data.publish import AuditFailedError, audit_outputs, is_published, publish_outputs, write_outputs
-from tasks.data.report import REPORT_ARTIFACT_KEY, assemble_outputs, report_markdown
+from tasks.data.report import REPORT_ARTIFACT_KEY, report_markdown
 from tasks.data.results import DataPrepResult
-from tasks.data.safety import filter_unsafe
-from tasks.data.split import split_rows
-from tasks.data.token_limit import enforce_token_limit
+from tasks.data.shards import ShardModel, ShardSpool, count_shards, prepare_in_shards
+
+
+@flow(name="data-prep-shards", log_prints=True)
+def prepare_shards(pinned: list[str], config: FineflowConfig, spool_dir: Path) -> ShardSpool:
+    """Parse, normalise, mask, safety and token limit, shard by shard on the engine's workers."""
+    # The store is opened here, not passed in: Prefect ships the flow's parameters to every worker with
+    # each task, and a lakeFS client holds a connection pool that cannot travel.
+    store = open_store(config)
+    prep = config.data_prep
+    model = ShardModel(config.base_model.name, config.data_dir / "models", training_system_prompt(config))
+    return prepare_in_shards(store, pinned, prep, model, spool_dir)
 
 
 @flow(name="data-prep", log_prints=True)
@@ -58,32 +66,13 @@ def data_prep(
     # A second pass, recomputed, only when the cache remembers a commit the store no longer has.
     for refresh in (refresh_cache, True):
         with run.cached_steps(refresh):
-            parsed = parse_and_validate(read_inputs(store, list(run.pinned)), prep.validation)
-            normalized = normalize_rows(parsed.rows, prep.normalize)
-            masked = mask_pii(  # rows, quarantine, counts
-                normalized.rows, parsed.quarantined, prep.pii, prep.validation.quarantine_excerpt_chars
-            )
-            deduped = deduplicate(masked[0], prep.dedup)
-            safe = filter_unsafe(deduped.rows, prep.safety)
-            limited = enforce_token_limit(
-                safe.rows,
-                config.base_model.name,
-                config.data_dir / "models",
-                prep.token_limit,
-                training_system_prompt(config),
-            )
-            splits, contaminated, overlap = decontaminate_splits(split_rows(limited.rows, prep.split), config)
-            filters = {
-                "normalize": normalized,
-                "deduplicate": deduped,
-                "safety-filter": safe,
-                "token-limit": limited,
-            }
-            decontamination = (contaminated, overlap)
-            prepared = assemble_outputs(run, config, parsed, masked, filters, splits, decontamination)
-            written = write_outputs(store, config, run.branch, prepared)
-            counts = prepared.report.counts
-            audit = audit_outputs(store, config, written, counts.rows_in, counts.quarantined)
+            with spool_directory(config, run) as spool_dir:
+                runner = shard_task_runner(prep.scale_out, count_shards(store, list(run.pinned), prep))
+                shards = prepare_shards.with_options(task_runner=runner)
+                spool = shards(list(run.pinned), config, spool_dir)
+                prepared = merge_shards(run, config, spool, spool_dir)
+                written = write_outputs(store, config, run.branch, prepared)
+            audit = audit_outputs(store, config, written, prepared)
             if not audit.passed:
                 markdown = report_markdown(prepared.report, audit, None, run.branch)
                 create_markdown_artifact(

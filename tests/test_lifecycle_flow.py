@@ -35,7 +35,14 @@ def _cached_tasks(flow_run_id: str) -> list[str]:
         stages = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id]))
         )
-        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [s.id for s in stages]}))
+        # and their own subflows (data prep runs its shards in one)
+        inner = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[s.id for s in stages])
+            )
+        )
+        runs = [s.id for s in [*stages, *inner]]
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": runs}))
     return [task.name for task in tasks if task.state.name == "Cached"]
 
 
@@ -68,11 +75,11 @@ def test_lifecycle_end_to_end_cached_rerun_and_changed_stage(prefect_api, lifecy
     assert (again.dataset_commit, again.version) == (first.dataset_commit, first.version)
     assert not again.trained and again.evaluation_run == first.evaluation_run
     cached = {name.rsplit("-", 1)[0] for name in _cached_tasks(again.flow_run_id)}
-    # Every data-prep step from mask-pii to publish. read-inputs, parse-validate and normalize hold raw
-    # rows, which Prefect never persists (issue 12), so they run again: cheap, and nothing raw is kept.
-    persisted = {"mask-pii", "deduplicate", "safety-filter", "token-limit", "split", "write-outputs", "audit"}
+    # Every data-prep shard (its persisted result holds masked rows only: nothing raw is kept, issue 12)
+    # and every step after the merge. The merge runs again from the cached shards (issue 13).
+    persisted = {"prepare-shard", "write-outputs", "audit"}
     assert persisted | {"publish"} <= cached, cached
-    assert not cached & {"read-inputs", "parse-validate", "normalize"}, cached
+    assert "merge-shards" not in cached, cached
 
     # An evaluation knob changed: data prep and fine-tune stay cached, evaluation measures again.
     changed = lifecycle(config=config, overrides={"evaluation.max_eval_rows": 3})

@@ -706,7 +706,7 @@ def test_the_token_limit_counts_the_system_prompt_training_adds(word_tokenizer_d
     assert trained_length(tokenizer, cut["messages"], prompt) <= 20
 
 
-def test_write_outputs_leaves_a_target_that_already_publishes_the_rows(store):
+def test_write_outputs_leaves_a_target_that_already_publishes_the_rows(store, tmp_path):
     """Nothing new is published when the target already holds these rows: the same train, eval and
     quarantine bytes and the same rows removed for the same reasons, a removal's detail aside (the token
     count a reworded system prompt changes). Any other difference is a new dataset commit."""
@@ -714,27 +714,31 @@ def test_write_outputs_leaves_a_target_that_already_publishes_the_rows(store):
     from tasks.data.publish import _rows_already_published
 
     removal = {"row_id": "a" * 64, "source": "k:3", "reason": "over_token_limit", "detail": "37 tokens > 20"}
+    split_bytes = {"train": to_jsonl([chat("q1", "a1", "k:1")]), "eval": to_jsonl([chat("q2", "a2", "k:2")])}
+    splits = {name: tmp_path / f"{name}.jsonl" for name in split_bytes}  # the merge's local split files
+    for name, data in split_bytes.items():
+        splits[name].write_bytes(data)
     outputs = {
-        "train": to_jsonl([chat("q1", "a1", "k:1")]),
-        "eval": to_jsonl([chat("q2", "a2", "k:2")]),
         "quarantine": to_jsonl([{"source": "k:9", "reason": "invalid_json"}]),
         "removed": to_jsonl([removal]),
     }
-    paths = {name: f"prepared/{name}.jsonl" for name in outputs}
+    paths = {name: f"prepared/{name}.jsonl" for name in [*splits, *outputs]}
     store.create_repo("acme")
-    assert not _rows_already_published(store, "acme", "main", paths, outputs)  # nothing published yet
-    for name, data in outputs.items():
+    assert not _rows_already_published(store, "acme", "main", paths, splits, outputs)  # nothing published yet
+    for name, data in {**split_bytes, **outputs}.items():
         store.write("acme", "main", paths[name], data)
     store.commit("acme", "main", "data-prep outputs")
 
-    assert _rows_already_published(store, "acme", "main", paths, outputs)
+    assert _rows_already_published(store, "acme", "main", paths, splits, outputs)
     recounted = to_jsonl([{**removal, "detail": "41 tokens > 20"}])
-    assert _rows_already_published(store, "acme", "main", paths, {**outputs, "removed": recounted})
+    assert _rows_already_published(store, "acme", "main", paths, splits, {**outputs, "removed": recounted})
     other_reason = to_jsonl([{**removal, "reason": "unsafe"}])
-    assert not _rows_already_published(store, "acme", "main", paths, {**outputs, "removed": other_reason})
-    more = outputs["train"] + to_jsonl([chat("q3", "a3", "k:4")])
-    assert not _rows_already_published(store, "acme", "main", paths, {**outputs, "train": more})
-    assert not _rows_already_published(store, "acme", "main", paths, {**outputs, "quarantine": b""})
+    assert not _rows_already_published(
+        store, "acme", "main", paths, splits, {**outputs, "removed": other_reason}
+    )
+    assert not _rows_already_published(store, "acme", "main", paths, splits, {**outputs, "quarantine": b""})
+    splits["train"].write_bytes(split_bytes["train"] + to_jsonl([chat("q3", "a3", "k:4")]))
+    assert not _rows_already_published(store, "acme", "main", paths, splits, outputs)
 
 
 # --------------------------------------------------------------------------------------------- split

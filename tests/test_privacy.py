@@ -81,6 +81,27 @@ def test_each_kind_is_masked_with_its_placeholder(masker, text, values, placehol
     assert [value for value in values if value in masked] == [], masked
 
 
+def test_masked_text_is_scanned_again_until_a_scan_finds_nothing():
+    from presidio_analyzer import Pattern, PatternRecognizer
+
+    from fineflow.privacy.masker import PIIMasker, PIIMaskingError
+
+    masker = PIIMasker(PII)  # its own analyzer: the recognizers added here must not reach other tests
+    # A value that exists only once the email inside it is masked, as a join around a placeholder could
+    # form one: the first pass masks the email, the second the value it made.
+    joined = Pattern("joined-by-masking", r"<EMAIL>, 7", 0.9)
+    masker.analyzer.registry.add_recognizer(PatternRecognizer(supported_entity="US_SSN", patterns=[joined]))
+    text, counts = masker.mask("write to ann@example.com, 7 days a week")
+    assert text == "write to <US_SSN> days a week"
+    assert counts == {"EMAIL_ADDRESS": 1, "US_SSN": 1}
+
+    # A recognizer that matches its own placeholder never converges: an error, not text to write.
+    own = Pattern("own-placeholder", r"<US_SSN>", 0.9)
+    masker.analyzer.registry.add_recognizer(PatternRecognizer(supported_entity="US_SSN", patterns=[own]))
+    with pytest.raises(PIIMaskingError, match="US_SSN"):
+        masker.mask("write to ann@example.com, 7 days a week")
+
+
 def test_what_must_survive(masker):
     kept = [
         "Does Away Assist need Nimbus Plus, and when does Auto-Schedule start learning?",

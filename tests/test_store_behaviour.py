@@ -191,3 +191,26 @@ def test_dataset_uri_round_trip():
     assert str(uri.with_ref("main")) == "lakefs://support-data/main/prepared/train.jsonl"
     with pytest.raises(ValueError, match="expected lakefs://"):
         DatasetURI.parse("s3://bucket/file")
+
+
+def test_streamed_reads_and_writes_match_whole_ones_across_chunk_boundaries(
+    store, repo, tmp_path, monkeypatch
+):
+    import fineflow.store.embedded as embedded
+    import fineflow.store.lakefs_store as lakefs_store
+
+    # Chunks of 7 bytes, so lines and the file's end fall inside and across chunks.
+    monkeypatch.setattr(embedded, "STREAM_CHUNK_BYTES", 7)
+    monkeypatch.setattr(lakefs_store, "STREAM_CHUNK_BYTES", 7)
+    data = b'{"a": 1}\n\n{"b": "two lines"}\nlast line, no newline'
+    source = tmp_path / "rows.jsonl"
+    source.write_bytes(data)
+    store.write_file(repo, "main", "rows.jsonl", source)
+    commit = store.commit(repo, "main", "streamed")
+
+    assert store.read(repo, commit, "rows.jsonl") == data
+    assert [len(chunk) for chunk in store.read_chunks(repo, commit, "rows.jsonl")][:2] == [7, 7]
+    assert b"".join(store.read_chunks(repo, commit, "rows.jsonl")) == data
+    assert list(store.read_lines(repo, commit, "rows.jsonl")) == data.splitlines(keepends=True)
+    with pytest.raises(NotFoundError):
+        list(store.read_lines(repo, commit, "missing.jsonl"))

@@ -173,6 +173,21 @@ class AuditConfig(Strict):
     require_zero_pii: bool
 
 
+class ScaleOutConfig(Strict):
+    """Where data prep's shards run. None of it changes the published bytes, so it stays out of the
+    prep config hash (tasks/data/cache.py)."""
+
+    engine: Literal["dask"] = Field(description="the engine Prefect's task runner submits shards to")
+    address: str | None = Field(
+        description="an existing Dask scheduler (tcp://host:8786); null starts an embedded LocalCluster"
+    )
+    workers: int = Field(ge=1, description="worker processes of the embedded cluster")
+    shard_rows: int = Field(ge=1, description="input records per shard: peak memory follows it")
+    max_pending_shards: int = Field(
+        ge=1, description="shards submitted and not yet collected: bounds the driver's memory"
+    )
+
+
 class DataPrepConfig(Strict):
     inputs: list[str] = Field(
         min_length=1, description="local files (ingested into the raw branch) or lakefs:// URIs"
@@ -189,6 +204,7 @@ class DataPrepConfig(Strict):
     split: SplitConfig
     decontamination: DecontaminationConfig
     audit: AuditConfig
+    scale_out: ScaleOutConfig
 
     @field_validator("raw_prefix", "output_prefix")
     @classmethod
@@ -788,9 +804,11 @@ def format_validation_error(exc: ValidationError, source: str | Path) -> str:
     return "\n".join(lines)
 
 
-def config_hash(config: BaseModel, *extra: str | bytes) -> str:
-    """A stable hash of a config section plus any extra inputs (file contents, code version)."""
-    digest = hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode())
+def config_hash(config: BaseModel, *extra: str | bytes, exclude: set[str] | None = None) -> str:
+    """A stable hash of a config section (less the `exclude` fields) plus any extra inputs (file
+    contents, code version)."""
+    dumped = config.model_dump(mode="json", exclude=exclude)
+    digest = hashlib.sha256(json.dumps(dumped, sort_keys=True).encode())
     for item in extra:
         digest.update(b"\0" + (item if isinstance(item, bytes) else item.encode()))
     return digest.hexdigest()

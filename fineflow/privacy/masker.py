@@ -38,6 +38,14 @@ from fineflow.privacy.recognizers import (
 from fineflow.privacy.text import normalize
 
 LOWER_LEMMA_PIPE = "fineflow_lower_lemma"
+# A masked text is scanned again until clean; placeholders are never findings, so a second pass finds
+# nothing unless masking joined a new value. More passes than this means a recognizer matches its own
+# placeholders: an error to fix, not text to write.
+MAX_MASK_PASSES = 3
+
+
+class PIIMaskingError(RuntimeError):
+    """Masking did not converge: a scan still finds PII in the masker's own output."""
 
 
 class NerModelMissingError(ValueError):
@@ -121,11 +129,23 @@ class PIIMasker:
         ]
 
     def mask(self, text: str) -> tuple[str, Counter]:
-        findings = self.find(text)
-        if not findings:
-            return text, Counter()
-        masked = self.anonymizer.anonymize(text=text, analyzer_results=findings, operators=self.operators)
-        return masked.text, Counter(item.entity_type for item in masked.items)
+        """`text` with every finding replaced by its placeholder, and the counts replaced by type.
+
+        Masked text is scanned again until a scan finds nothing: replacing values joins the text on either
+        side of a placeholder, which could form a new one. So what this returns is always text the last
+        scan found clean, which is what lets data prep's audit accept a line the masker emitted without
+        scanning it a second time (tasks/data/publish.py). Text with no finding is scanned once.
+        """
+        found: Counter = Counter()
+        for _ in range(MAX_MASK_PASSES):
+            findings = self.find(text)
+            if not findings:
+                return text, found
+            masked = self.anonymizer.anonymize(text=text, analyzer_results=findings, operators=self.operators)
+            found.update(item.entity_type for item in masked.items)
+            text = masked.text
+        left = sorted({finding.entity_type for finding in self.find(text)})
+        raise PIIMaskingError(f"PII still found after {MAX_MASK_PASSES} masking passes: {left}")
 
 
 @cache

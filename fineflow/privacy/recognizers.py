@@ -69,22 +69,33 @@ class SecretsRecognizer(_Recognizer):
             (classes[name](**({"limit": limits[name]} if name in limits else {})), entity)
             for name, entity in config.plugins.items()
         ]
+        _use_default_detect_secrets_settings()
         super().__init__(sorted(set(config.plugins.values())), language)
 
     def spans(self, text: str) -> Iterator[tuple[str, int, int]]:
-        from detect_secrets.settings import default_settings
-
         offset = 0
-        with default_settings():  # the plugins read their filters from detect-secrets' global settings
-            for line in text.splitlines(keepends=True):
-                for plugin, entity in self.plugins:
-                    for secret in plugin.analyze_line(filename=_SECRET_FILE, line=line, line_number=0):
-                        if type(plugin).__name__ == PRIVATE_KEY_PLUGIN:
-                            yield entity, offset + line.find("-----BEGIN"), _pem_end(text, offset)
-                            continue
-                        for start, end in _occurrences(line, secret.secret_value):
-                            yield entity, offset + start, offset + end
-                offset += len(line)
+        for line in text.splitlines(keepends=True):
+            for plugin, entity in self.plugins:
+                for secret in plugin.analyze_line(filename=_SECRET_FILE, line=line, line_number=0):
+                    if type(plugin).__name__ == PRIVATE_KEY_PLUGIN:
+                        yield entity, offset + line.find("-----BEGIN"), _pem_end(text, offset)
+                        continue
+                    for start, end in _occurrences(line, secret.secret_value):
+                        yield entity, offset + start, offset + end
+            offset += len(line)
+
+
+def _use_default_detect_secrets_settings() -> None:
+    """The plugins read their filters from detect-secrets' global settings: set its defaults (what its
+    `default_settings()` sets) once for the process. Entering `default_settings()` around every text, as
+    before, rebuilt its plugin and filter caches twice per text: an eighth of masking a row
+    (benchmarks/data_prep_scale.py rows, cProfile). fineflow is detect-secrets' only user in a process."""
+    from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
+    from detect_secrets.settings import cache_bust, configure_settings_from_baseline
+
+    cache_bust()
+    plugins = [{"name": cls.__name__} for cls in get_mapping_from_secret_type_to_class().values()]
+    configure_settings_from_baseline({"plugins_used": plugins})
 
 
 def _occurrences(line: str, value: str) -> Iterator[tuple[int, int]]:
@@ -223,15 +234,28 @@ class StreetAddressRecognizer(_Recognizer):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", SyntaxWarning)  # pyap's patterns hold invalid escapes
             from pyap import parser
+            from pyap.utils import DEFAULT_FLAGS
 
-        self.parsers = [parser.AddressParser(country) for country in countries]
+        # pyap hands its pattern strings to `re` on every call. phonenumbers' many patterns push them out
+        # of `re`'s cache, so they were compiled again for most texts (17 ms each, a third of masking a
+        # row): compile them once and run pyap's own parse steps on the compiled patterns.
+        self.parsers = [
+            (
+                address_parser,
+                re.compile(address_parser.rules, DEFAULT_FLAGS),
+                re.compile(address_parser.single_street_rules, DEFAULT_FLAGS),
+            )
+            for address_parser in map(parser.AddressParser, countries)
+        ]
         super().__init__([STREET_ADDRESS], language)
 
     def spans(self, text: str) -> Iterator[tuple[str, int, int]]:
         if not _STREET_DIGIT.search(text):
             return
-        for address_parser in self.parsers:
-            for address in [*address_parser.parse(text), *address_parser.parse_single_street(text)]:
+        for address_parser, full_address, single_street in self.parsers:
+            clean = address_parser._normalize_string(text)  # what pyap's parse() matches in
+            matches = [*full_address.finditer(clean), *single_street.finditer(clean)]
+            for address in map(address_parser._parse_address, matches):
                 if not _plausible_street(address):
                     continue
                 # pyap matches in a copy with spaces and dashes tidied: find the span in the text itself

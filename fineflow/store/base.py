@@ -13,10 +13,16 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 ChangeType = Literal["added", "removed", "changed"]
+
+# How much of an object a streamed read holds at a time: large enough that a lakeFS range request's own
+# cost is small beside the transfer, small enough that a worker's memory follows its shard, not the file.
+STREAM_CHUNK_BYTES = 8 * 2**20
 
 
 class StoreError(Exception):
@@ -128,6 +134,14 @@ class DatasetStore(ABC):
     def read(self, repo: str, ref: str, path: str) -> bytes: ...
 
     @abstractmethod
+    def read_chunks(self, repo: str, ref: str, path: str) -> Iterator[bytes]:
+        """The object's bytes in order, `STREAM_CHUNK_BYTES` at a time: never the whole object at once."""
+
+    @abstractmethod
+    def write_file(self, repo: str, branch: str, path: str, source: Path) -> None:
+        """Stage the local file `source` at `path` on `branch`, streamed rather than held in memory."""
+
+    @abstractmethod
     def list(self, repo: str, ref: str, prefix: str = "") -> list[str]:
         """Object paths under `prefix` at `ref`, sorted."""
 
@@ -169,6 +183,17 @@ class DatasetStore(ABC):
         """Commits reachable from `ref`, newest first."""
 
     # Helpers every backend gets from the primitives above.
+
+    def read_lines(self, repo: str, ref: str, path: str) -> Iterator[bytes]:
+        """The object's lines, each with its b"\\n" (the last one may have none), streamed."""
+        pending = b""
+        for chunk in self.read_chunks(repo, ref, path):
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            for line in lines:
+                yield line + b"\n"
+        if pending:
+            yield pending
 
     def read_uri(self, uri: str | DatasetURI) -> bytes:
         parsed = DatasetURI.parse(uri) if isinstance(uri, str) else uri

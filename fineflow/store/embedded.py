@@ -20,15 +20,18 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from filelock import FileLock
 
 from fineflow.store.base import (
+    STREAM_CHUNK_BYTES,
     AlreadyExistsError,
     Change,
     Commit,
@@ -54,11 +57,24 @@ def _sha256(data: bytes) -> str:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
+    _atomic_fill(path, lambda handle: handle.write(data))
+
+
+def _atomic_copy(source: Path, path: Path) -> None:
+    def copy(handle: BinaryIO) -> None:
+        with source.open("rb") as reader:
+            shutil.copyfileobj(reader, handle, STREAM_CHUNK_BYTES)
+
+    _atomic_fill(path, copy)
+
+
+def _atomic_fill(path: Path, fill: Callable[[BinaryIO], object]) -> None:
+    """Write `path` through a temporary file renamed into place: readers see all of it or none."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            fill(handle)
             handle.flush()
             os.fsync(handle.fileno())  # durable before it is visible: a commit survives a power loss
         os.replace(tmp, path)
@@ -146,6 +162,22 @@ class EmbeddedStore(DatasetStore):
         if sha is None:
             raise NotFoundError(f"no object {path!r} at {repo}/{ref}")
         return self._object_file(repo, sha).read_bytes()
+
+    def read_chunks(self, repo: str, ref: str, path: str) -> Iterator[bytes]:
+        sha = self._tree_at(repo, ref).get(path)
+        if sha is None:
+            raise NotFoundError(f"no object {path!r} at {repo}/{ref}")
+        with self._object_file(repo, sha).open("rb") as handle:
+            while chunk := handle.read(STREAM_CHUNK_BYTES):
+                yield chunk
+
+    def write_file(self, repo: str, branch: str, path: str, source: Path) -> None:
+        _check_path(path)
+        sha = self._store_file(repo, source)
+        with self._lock(repo, branch):
+            head, staged = self._read_branch(repo, branch)
+            staged[path] = sha
+            self._write_branch(repo, branch, head, staged)
 
     def list(self, repo: str, ref: str, prefix: str = "") -> list[str]:
         return sorted(path for path in self._tree_at(repo, ref) if path.startswith(prefix))
@@ -278,6 +310,19 @@ class EmbeddedStore(DatasetStore):
         path = self._object_file(repo, sha)
         if not path.exists():  # same content, same name: a concurrent writer wrote the same bytes
             _atomic_write(path, data)
+        return sha
+
+    def _store_file(self, repo: str, source: Path) -> str:
+        """`_store_object` for a local file, hashed and copied chunk by chunk."""
+        self._require_repo(repo)
+        digest = hashlib.sha256()
+        with source.open("rb") as handle:
+            while chunk := handle.read(STREAM_CHUNK_BYTES):
+                digest.update(chunk)
+        sha = digest.hexdigest()
+        path = self._object_file(repo, sha)
+        if not path.exists():
+            _atomic_copy(source, path)
         return sha
 
     def _store_commit(

@@ -8,8 +8,10 @@ the store's own error classes whichever backend they run on.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import lakefs
 import urllib3
@@ -25,6 +27,7 @@ from lakefs.exceptions import (
 )
 
 from fineflow.store.base import (
+    STREAM_CHUNK_BYTES,
     AlreadyExistsError,
     Change,
     Commit,
@@ -158,6 +161,23 @@ class LakeFSStore(DatasetStore):
         obj = self._repo(repo).ref(ref).object(path)
         with self._errors(f"read {path!r} at {repo}/{ref}"), obj.reader("rb") as reader:
             return reader.read()
+
+    def read_chunks(self, repo: str, ref: str, path: str) -> Iterator[bytes]:
+        # Range requests of STREAM_CHUNK_BYTES: the SDK's readline() would fetch the whole object.
+        obj = self._repo(repo).ref(ref).object(path)
+        with self._errors(f"read {path!r} at {repo}/{ref}"), obj.reader("rb") as reader:
+            while chunk := reader.read(STREAM_CHUNK_BYTES):
+                yield chunk
+
+    def write_file(self, repo: str, branch: str, path: str, source: Path) -> None:
+        # The SDK's writer spools to a temporary file past a few MB and uploads it on close.
+        obj = self._repo(repo).branch(branch).object(path)
+        with (
+            self._errors(f"write {path!r} to {repo}/{branch}"),
+            source.open("rb") as reader,
+            obj.writer(mode="wb") as writer,
+        ):
+            shutil.copyfileobj(reader, writer, STREAM_CHUNK_BYTES)
 
     def list(self, repo: str, ref: str, prefix: str = "") -> list[str]:
         with self._errors(f"list {prefix!r} at {repo}/{ref}"):

@@ -3,14 +3,16 @@
 The run key hashes everything that decides the outputs: the store's location, the inputs pinned to
 commits and the config hash (the stage's config, where it publishes, the tokenizer, the safety rules'
 text, the system prompt's text, the code version). Rerunning on unchanged inputs with an unchanged config
-is then served from Prefect's cache, step by step from mask-pii on: those steps carry `PREP_STEP_CACHE` on
-their definitions, and the raw steps before masking are never persisted (`RAW_STEP`). The flow names the
-run (and whether to refresh) for the steps it calls with `PrepRun.cached_steps`.
+is then served from Prefect's cache: every shard (tasks/data/shards.py, whose persisted result holds masked
+rows only) and the steps after the merge, which carry `PREP_STEP_CACHE` on their definitions. The
+single-process raw steps (parse, normalise) are never persisted (`RAW_STEP`). The flow names the run (and
+whether to refresh) for the steps it calls with `PrepRun.cached_steps`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,10 +37,12 @@ RUN_KEY_TAG = "data-prep-run:"
 def prep_config_hash(config: FineflowConfig) -> str:
     """Everything that decides the outputs: the stage's config, where it publishes, the tokenizer,
     the safety rules' text, the system prompt's text (the token limit counts it, as training adds it) and
-    the code version."""
+    the code version. Not where the shards run nor how big they are (`scale_out`): the published bytes do
+    not depend on it, so the lineage must not either."""
     rules = Path(config.data_prep.safety.rules_file).read_bytes()
     scope = f"{config.store.repo}:{config.store.main_branch}:{config.base_model.name}"
-    return config_hash(config.data_prep, scope, rules, training_system_prompt(config), code_version())
+    prompt = training_system_prompt(config)
+    return config_hash(config.data_prep, scope, rules, prompt, code_version(), exclude={"scale_out"})
 
 
 def training_system_prompt(config: FineflowConfig) -> str:
@@ -90,3 +94,13 @@ PREP_STEP_CACHE = PrepStepCache()
 # result as a pickle under its home, outside the store's access control and never expiring: these steps
 # are recomputed on every run instead (parsing is cheap next to masking), and caching starts at mask-pii.
 RAW_STEP = {"cache_policy": NO_CACHE, "persist_result": False}
+
+
+@contextmanager
+def spool_directory(config: FineflowConfig, run: PrepRun) -> Iterator[Path]:
+    """A local working folder for one pass of a run (the shards' spooled results, the split files),
+    removed when the pass ends: the published commit and Prefect's cache are what persist."""
+    root = config.data_dir / "prep-spool"
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"{run.key[:12]}-", dir=root) as directory:
+        yield Path(directory)

@@ -72,30 +72,56 @@ def _signature(words: list[str], config: DecontaminationConfig) -> MinHash:
     return signature
 
 
+class ContaminationIndex:
+    """The evaluation questions, indexed once, for checking train rows in batches of any size."""
+
+    def __init__(self, questions: list[EvalQuestion], config: DecontaminationConfig):
+        self.questions, self.config = questions, config
+        self.exact = {" ".join(_words(q.text)): q.ref for q in questions}
+        self.lsh = MinHashLSH(threshold=config.near_threshold, num_perm=config.num_perm)
+        self.signatures = {}
+        for index, question in enumerate(questions):
+            self.signatures[index] = _signature(_words(question.text), config)
+            self.lsh.insert(index, self.signatures[index])
+        self.ngrams: dict[str, list[int]] = {}  # question n-grams, for the overlap share
+        for index, question in enumerate(questions):
+            words = _words(question.text)
+            if len(words) >= config.ngram_words:
+                for gram in _shingles(words, config.ngram_words):
+                    self.ngrams.setdefault(gram, []).append(index)
+        self.ngram_hits: set[int] = set()
+
+    def match(self, row: Row) -> Contamination | None:
+        """The closest evaluation question the row's user turns repeat, if any."""
+        words = _words(user_text(row["messages"]))
+        if (ref := self.exact.get(" ".join(words))) is not None:
+            return Contamination(row["source"], row["id"], ref, 1.0)
+        signature = _signature(words, self.config)
+        scored = [(self.signatures[i].jaccard(signature), i) for i in self.lsh.query(signature)]
+        scored = [(score, i) for score, i in scored if score >= self.config.near_threshold]
+        if not scored:
+            return None
+        score, index = max(scored)
+        return Contamination(row["source"], row["id"], self.questions[index].ref, score)
+
+    def note_ngrams(self, row: Row) -> None:
+        """Remember which questions share an n-gram with this train row (the report's overlap share)."""
+        words = _words(user_text(row["messages"]))
+        if len(words) >= self.config.ngram_words:
+            for gram in _shingles(words, self.config.ngram_words):
+                self.ngram_hits.update(self.ngrams.get(gram, ()))
+
+    def ngram_overlap(self) -> float:
+        return len(self.ngram_hits) / len(self.questions) if self.questions else 0.0
+
+
 def find_contamination(
     train: list[Row], questions: list[EvalQuestion], config: DecontaminationConfig
 ) -> list[Contamination]:
     """Every train row whose user turns exactly or nearly repeat an evaluation question, with the closest
     question it repeats; train rows in their order."""
-    exact = {" ".join(_words(q.text)): q.ref for q in questions}
-    lsh = MinHashLSH(threshold=config.near_threshold, num_perm=config.num_perm)
-    signatures = {}
-    for index, question in enumerate(questions):
-        signatures[index] = _signature(_words(question.text), config)
-        lsh.insert(index, signatures[index])
-    found = []
-    for row in train:
-        words = _words(user_text(row["messages"]))
-        if (ref := exact.get(" ".join(words))) is not None:
-            found.append(Contamination(row["source"], row["id"], ref, 1.0))
-            continue
-        signature = _signature(words, config)
-        scored = [(signatures[i].jaccard(signature), i) for i in lsh.query(signature)]
-        scored = [(score, i) for score, i in scored if score >= config.near_threshold]
-        if scored:
-            score, index = max(scored)
-            found.append(Contamination(row["source"], row["id"], questions[index].ref, score))
-    return found
+    index = ContaminationIndex(questions, config)
+    return [match for row in train if (match := index.match(row)) is not None]
 
 
 def ngram_overlap(train: list[Row], questions: list[EvalQuestion], size: int) -> float:

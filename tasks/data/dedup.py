@@ -3,12 +3,28 @@
 The first occurrence of a row wins; later copies are removed with the source of the row they repeat.
 LSH proposes candidates; a candidate counts only when its estimated Jaccard similarity reaches the
 threshold, so LSH's false positives do not remove rows.
+
+Sharded prep computes each row's MinHash signature in its shard (`signature`); `duplicate_verdicts`
+then decides globally, in input order, from the signatures alone. It gives the verdicts a sequential
+MinHashLSH pass gives (insert each kept row, query each new one): the same band layout (datasketch's
+own `b`, `r`), candidates = earlier kept rows equal to the row in at least one band, the same Jaccard
+estimate and the same keep-first rule. Only rows that share a band with another row need the sequential
+pass; the bands are grouped for all rows at once with numpy.
+
+At scale the merge holds no signature: each shard folds every band to one uint64 (`band_keys`), the
+merge finds the rows whose key in some band is not unique (`rows_sharing_a_band`, 8 bytes a band a
+row), and reads back only those rows' signatures to decide them. Equal bands give equal keys, so no
+candidate is missed; `duplicate_verdicts` then compares the bands themselves, so a key collision adds
+no candidate.
 """
 
 from __future__ import annotations
 
 import re
+from collections import defaultdict
+from functools import cache
 
+import numpy as np
 from datasketch import MinHash, MinHashLSH
 from prefect import task
 
@@ -18,6 +34,7 @@ from tasks.data.cache import PREP_STEP_CACHE
 from tasks.data.records import Removal, Row, StepResult, row_text
 
 _WORD = re.compile(r"\w+")
+_SEED = 1
 
 
 def shingles(text: str, size: int) -> set[str]:
@@ -27,38 +44,124 @@ def shingles(text: str, size: int) -> set[str]:
     return {" ".join(words[i : i + size]) for i in range(len(words) - size + 1)}
 
 
+@cache
+def _permutations(num_perm: int) -> tuple[np.ndarray, str]:
+    # Drawing the permutations costs four times the hashing of a typical row: draw them once per process.
+    reference = MinHash(num_perm=num_perm, seed=_SEED)
+    return reference.permutations, reference.scheme
+
+
 def minhash(text: str, config: DedupConfig) -> MinHash:
-    signature = MinHash(num_perm=config.num_perm, seed=1)
+    permutations, scheme = _permutations(config.num_perm)
+    signature = MinHash(num_perm=config.num_perm, seed=_SEED, permutations=permutations, scheme=scheme)
     signature.update_batch([s.encode() for s in shingles(text, config.shingle_words)])
     return signature
 
 
+def signature(row: Row, config: DedupConfig) -> np.ndarray:
+    """The row's MinHash values (uint32, as datasketch keeps them)."""
+    return minhash(row_text(row), config).hashvalues
+
+
+@cache
+def _hashranges(threshold: float, num_perm: int) -> tuple[tuple[int, int], ...]:
+    """datasketch's own band layout for this threshold (it integrates to choose it: once per process)."""
+    return tuple(MinHashLSH(threshold=threshold, num_perm=num_perm).hashranges)
+
+
+# An odd 64-bit multiplier for folding a band's values into one key (arithmetic wraps modulo 2**64).
+_FOLD = np.uint64(0x9E3779B97F4A7C15)
+
+
+def band_keys(signatures: np.ndarray, config: DedupConfig) -> np.ndarray:
+    """(rows, bands) uint64: each LSH band of each signature folded into one key."""
+    ranges = _hashranges(config.near_threshold, config.num_perm)
+    keys = np.zeros((len(signatures), len(ranges)), dtype=np.uint64)
+    for column, (start, end) in enumerate(ranges):
+        for value in signatures[:, start:end].astype(np.uint64).T:
+            keys[:, column] = keys[:, column] * _FOLD + value
+    return keys
+
+
+def rows_sharing_a_band(keys: np.ndarray) -> np.ndarray:
+    """Positions (ascending) of the rows whose key in some band another row also has."""
+    shared = np.zeros(len(keys), dtype=bool)
+    for column in keys.T:
+        _, inverse, counts = np.unique(column, return_inverse=True, return_counts=True)
+        shared |= counts[inverse] > 1
+    return np.flatnonzero(shared)
+
+
+def _band_groups(signatures: np.ndarray, config: DedupConfig) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per LSH band: each row's group (rows with byte-equal band values) and whether it shares it."""
+    groups = []
+    for start, end in _hashranges(config.near_threshold, config.num_perm):
+        band = np.ascontiguousarray(signatures[:, start:end])
+        keys = band.view(np.dtype((np.void, band.itemsize * (end - start)))).ravel()
+        _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+        groups.append((inverse, counts[inverse] > 1))
+    return groups
+
+
+def duplicate_verdicts(
+    ids: list[str], sources: list[str], signatures: np.ndarray, config: DedupConfig
+) -> dict[int, Removal]:
+    """Removals by row position (input order); rows not named are kept."""
+    groups = _band_groups(signatures, config)
+    members: list[dict[int, list[int]]] = []
+    suspects = np.zeros(len(ids), dtype=bool)
+    for inverse, shared in groups:
+        by_group: dict[int, list[int]] = defaultdict(list)
+        for position in np.flatnonzero(shared):  # ascending: members stay in input order
+            by_group[int(inverse[position])].append(int(position))
+        members.append(by_group)
+        suspects |= shared
+    kept = np.ones(len(ids), dtype=bool)
+    first_kept: dict[str, int] = {}  # row id -> position of its first (kept) occurrence
+    removals: dict[int, Removal] = {}
+    for position in map(int, np.flatnonzero(suspects)):
+        # A row sharing no band with any other row cannot repeat one: equal ids mean equal signatures.
+        removal = _verdict(position, ids, sources, signatures, groups, members, kept, first_kept, config)
+        if removal is None:
+            first_kept[ids[position]] = position
+        else:
+            kept[position] = False
+            removals[position] = removal
+    return removals
+
+
+def _verdict(position, ids, sources, signatures, groups, members, kept, first_kept, config):
+    row_id = ids[position]
+    if row_id in first_kept:
+        return Removal(row_id, sources[position], "exact_duplicate", f"of {sources[first_kept[row_id]]}")
+    candidates = {
+        other
+        for (inverse, _), by_group in zip(groups, members, strict=True)
+        for other in by_group.get(int(inverse[position]), ())
+        if other < position and kept[other]
+    }
+    similar = [
+        other for other in candidates if _jaccard(signatures, other, position) >= config.near_threshold
+    ]
+    if not similar:
+        return None
+    match = min(similar)  # the earliest kept row
+    detail = f"of {sources[match]} (similarity {_jaccard(signatures, match, position):.2f})"
+    return Removal(row_id, sources[position], "near_duplicate", detail)
+
+
+def _jaccard(signatures: np.ndarray, left: int, right: int) -> float:
+    # datasketch's MinHash.jaccard, on two rows of the signature matrix
+    return float(np.count_nonzero(signatures[left] == signatures[right])) / float(signatures.shape[1])
+
+
 @task(name="deduplicate", cache_policy=PREP_STEP_CACHE, persist_result=True)
 def deduplicate(rows: list[Row], config: DedupConfig) -> StepResult:
-    lsh = MinHashLSH(threshold=config.near_threshold, num_perm=config.num_perm)
-    first_source: dict[str, str] = {}  # row id -> source of its first occurrence
-    signatures: dict[str, MinHash] = {}
-    kept, removed = [], []
-    for row in rows:
-        if row["id"] in first_source:
-            removed.append(
-                Removal(row["id"], row["source"], "exact_duplicate", f"of {first_source[row['id']]}")
-            )
-            continue
-        signature = minhash(row_text(row), config)
-        similar = [
-            key for key in lsh.query(signature) if signatures[key].jaccard(signature) >= config.near_threshold
-        ]
-        if similar:
-            match = min(similar, key=list(first_source).index)  # the earliest kept row (dicts keep order)
-            similarity = signatures[match].jaccard(signature)
-            detail = f"of {first_source[match]} (similarity {similarity:.2f})"
-            removed.append(Removal(row["id"], row["source"], "near_duplicate", detail))
-            continue
-        first_source[row["id"]] = row["source"]
-        signatures[row["id"]] = signature
-        lsh.insert(row["id"], signature)
-        kept.append(row)
-    result = StepResult(kept, removed)
+    signatures = np.array([signature(row, config) for row in rows], dtype=np.uint32).reshape(
+        len(rows), config.num_perm
+    )
+    removals = duplicate_verdicts([r["id"] for r in rows], [r["source"] for r in rows], signatures, config)
+    kept = [row for position, row in enumerate(rows) if position not in removals]
+    result = StepResult(kept, list(removals.values()))
     step_logger().info("deduplicate: %d in, %d kept %s", len(rows), len(kept), result.removed_by_reason())
     return result

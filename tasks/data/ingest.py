@@ -15,7 +15,6 @@ from prefect.cache_policies import NO_CACHE
 from fineflow.config import FineflowConfig
 from fineflow.runtime import IO_RETRIES, step_logger
 from fineflow.store import DatasetStore, DatasetURI, NothingToCommitError
-from tasks.data.cache import RAW_STEP
 from tasks.data.parse import SUPPORTED_SUFFIXES
 
 
@@ -81,16 +80,3 @@ def ingest_inputs(store: DatasetStore, config: FineflowConfig, inputs: list[str]
         else:
             pinned.append(str(DatasetURI(repo, raw_commit, f"{prefix}/{Path(item).name}")))
     return pinned
-
-
-# Raw bytes stay in the store: this step is not cached, so Prefect never pickles them (see RAW_STEP).
-@task(name="read-inputs", **RAW_STEP, **IO_RETRIES)
-def read_inputs(store: DatasetStore, pinned: list[str]) -> dict[str, bytes]:
-    files: dict[str, bytes] = {}
-    for item in pinned:
-        uri = DatasetURI.parse(item)
-        if uri.path in files:
-            raise InputError(f"two inputs have the same path {uri.path!r}; rows could not be told apart")
-        files[uri.path] = store.read(uri.repo, uri.ref, uri.path)
-    step_logger().info("read-inputs: %d file(s), %d bytes", len(files), sum(map(len, files.values())))
-    return files

@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import PurePosixPath
 
 import pandas as pd
@@ -42,15 +42,9 @@ def parse_and_validate(files: dict[str, bytes], config: ValidationConfig) -> Par
     per_file: dict[str, int] = {}
     for path, data in files.items():
         count = 0
-        for source, record, raw_text in _records(path, data, config):
+        for item in parsed_records(path, io.BytesIO(data), config):
             count += 1
-            if isinstance(record, Quarantined):
-                quarantined.append(record)
-                continue
-            try:
-                rows.append(make_row(source, to_messages(record, config)))
-            except RecordError as exc:
-                quarantined.append(Quarantined(source, exc.reason, exc.detail, raw_text))
+            (quarantined if isinstance(item, Quarantined) else rows).append(item)
         per_file[path] = count
     result = ParseResult(rows, quarantined, sum(per_file.values()), per_file)
     step_logger().info(
@@ -63,16 +57,35 @@ def parse_and_validate(files: dict[str, bytes], config: ValidationConfig) -> Par
     return result
 
 
+def parsed_records(
+    path: str, lines: Iterable[bytes], config: ValidationConfig
+) -> Iterator[Row | Quarantined]:
+    """Every record of one file in file order: a valid row, or a quarantined record with its reason.
+
+    `lines` are the file's lines with their b"\\n" (a store's `read_lines`, or `io.BytesIO(data)`). JSONL
+    is parsed as the lines arrive, so a large file is never held whole; CSV and Parquet files are read
+    whole (a Parquet file's index is at its end).
+    """
+    for source, record, raw_text in _records(path, lines, config):
+        if isinstance(record, Quarantined):
+            yield record
+            continue
+        try:
+            yield make_row(source, to_messages(record, config))
+        except RecordError as exc:
+            yield Quarantined(source, exc.reason, exc.detail, raw_text)
+
+
 def _records(
-    path: str, data: bytes, config: ValidationConfig
+    path: str, lines: Iterable[bytes], config: ValidationConfig
 ) -> Iterator[tuple[str, dict | Quarantined, str]]:
     suffix = PurePosixPath(path).suffix.lower()
-    if suffix in (".jsonl", ".csv") and data.startswith(_BOM):
-        data = data[len(_BOM) :]  # spreadsheet exports often start with one; it is not part of the first row
     if suffix == ".jsonl":
-        yield from _jsonl_records(path, data, config)
-    elif suffix == ".csv":
-        yield from _table_records(path, _read_csv(path, data), config)
+        yield from _jsonl_records(path, lines, config)
+        return
+    data = b"".join(lines)
+    if suffix == ".csv":
+        yield from _table_records(path, _read_csv(path, data.removeprefix(_BOM)), config)
     elif suffix == ".parquet":
         frame = pd.read_parquet(io.BytesIO(data))
         yield from _table_records(path, frame.to_dict(orient="records"), config)
@@ -80,46 +93,59 @@ def _records(
         raise ValueError(f"{path}: unsupported file type (supported: {', '.join(SUPPORTED_SUFFIXES)})")
 
 
-def _jsonl_records(path: str, data: bytes, config: ValidationConfig):
-    lines = data.split(b"\n")
-    while lines and lines[-1].strip() == b"":
-        lines.pop()  # blank lines at the end of a file open no record
-    for number, raw in enumerate(lines, start=1):
-        source = f"{path}:{number}"
+def _jsonl_records(path: str, lines: Iterable[bytes], config: ValidationConfig):
+    blank: list[tuple[int, bytes]] = []  # blank lines at the end of a file open no record: held back
+    for number, line in enumerate(lines, start=1):
+        raw = line.removesuffix(b"\n")
+        if number == 1:
+            raw = raw.removeprefix(
+                _BOM
+            )  # spreadsheet exports often start with one; it is not part of the row
+        if raw.strip() == b"":
+            blank.append((number, raw))
+            continue
+        for held_number, held in blank:
+            yield from _jsonl_record(path, held_number, held, config)
+        blank.clear()
+        yield from _jsonl_record(path, number, raw, config)
+
+
+def _jsonl_record(path: str, number: int, raw: bytes, config: ValidationConfig):
+    source = f"{path}:{number}"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        excerpt = raw.decode("utf-8", errors="replace")
+        yield (
+            source,
+            Quarantined(source, "invalid_utf8", f"invalid UTF-8 at byte {exc.start}", excerpt),
+            "",
+        )
+        return
+    excerpt = text  # the whole record: mask-pii masks it, then cuts it to quarantine_excerpt_chars
+    if len(text) > config.max_row_chars:
+        detail = f"{len(text)} characters, limit {config.max_row_chars}"
+        yield source, Quarantined(source, "row_too_large", detail, excerpt), text
+    elif not text.strip():
+        yield source, Quarantined(source, "empty_line", "blank line"), text
+    else:
         try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            excerpt = raw.decode("utf-8", errors="replace")
+            record = json.loads(text)
+        except json.JSONDecodeError as exc:
             yield (
                 source,
-                Quarantined(source, "invalid_utf8", f"invalid UTF-8 at byte {exc.start}", excerpt),
-                "",
+                Quarantined(source, "invalid_json", f"{exc.msg} at column {exc.colno}", excerpt),
+                text,
             )
-            continue
-        excerpt = text  # the whole record: mask-pii masks it, then cuts it to quarantine_excerpt_chars
-        if len(text) > config.max_row_chars:
-            detail = f"{len(text)} characters, limit {config.max_row_chars}"
-            yield source, Quarantined(source, "row_too_large", detail, excerpt), text
-        elif not text.strip():
-            yield source, Quarantined(source, "empty_line", "blank line"), text
+            return
+        if not isinstance(record, dict):
+            yield (
+                source,
+                Quarantined(source, "not_an_object", f"a JSON {type(record).__name__}", excerpt),
+                text,
+            )
         else:
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield (
-                    source,
-                    Quarantined(source, "invalid_json", f"{exc.msg} at column {exc.colno}", excerpt),
-                    text,
-                )
-                continue
-            if not isinstance(record, dict):
-                yield (
-                    source,
-                    Quarantined(source, "not_an_object", f"a JSON {type(record).__name__}", excerpt),
-                    text,
-                )
-            else:
-                yield source, record, text
+            yield source, record, text
 
 
 def _read_csv(path: str, data: bytes) -> list[dict | Quarantined]:

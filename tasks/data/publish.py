@@ -5,9 +5,13 @@ and keeps the branch for inspection.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import batched
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prefect import task
@@ -20,11 +24,15 @@ from fineflow.store import DatasetStore, NotFoundError, NothingToCommitError
 from fineflow.store.jsonl import parse_jsonl, to_jsonl
 from fineflow.store.layout import dataset_layout
 from tasks.data.cache import PREP_STEP_CACHE
-from tasks.data.records import Row, format_counts
+from tasks.data.records import format_counts
 from tasks.data.results import PrepLineage
 
 if TYPE_CHECKING:
     from tasks.data.report import PreparedOutputs
+
+
+# Lines hashed and looked up at a time: a batch's digests are a few MB whatever the file's size.
+AUDIT_BATCH_LINES = 50_000
 
 
 @dataclass
@@ -62,18 +70,19 @@ def write_outputs(
         store.delete_branch(repo, branch)  # a kept branch from an earlier failed run with the same inputs
     store.create_branch(repo, branch, config.store.main_branch)
     outputs = {
-        "train": to_jsonl(prepared.splits["train"]),
-        "eval": to_jsonl(prepared.splits["eval"]),
         "quarantine": to_jsonl([q.as_json() for q in prepared.quarantined]),
         "removed": to_jsonl([r.as_json() for r in prepared.removed]),
     }
-    paths = {name: layout.path(name) for name in outputs} | {"report": layout.report}
-    if _rows_already_published(store, repo, config.store.main_branch, paths, outputs):
+    splits = {"train": prepared.train_file, "eval": prepared.eval_file}  # streamed from the merge's files
+    paths = {name: layout.path(name) for name in [*splits, *outputs]} | {"report": layout.report}
+    if _rows_already_published(store, repo, config.store.main_branch, paths, splits, outputs):
         step_logger().info(
             "write-outputs: %r already publishes these rows; its commit stays the dataset",
             config.store.main_branch,
         )
         return WrittenOutputs(branch, store.resolve(repo, branch), paths)  # the branch is at its head
+    for name, local_file in splits.items():
+        store.write_file(repo, branch, paths[name], local_file)
     for name, data in outputs.items():
         store.write(repo, branch, paths[name], data)
     store.write(repo, branch, paths["report"], prepared.report.to_json())
@@ -88,35 +97,88 @@ def write_outputs(
 
 @task(name="audit", cache_policy=PREP_STEP_CACHE, persist_result=True, **IO_RETRIES)
 def audit_outputs(
-    store: DatasetStore, config: FineflowConfig, written: WrittenOutputs, rows_in: int, quarantined: int
+    store: DatasetStore, config: FineflowConfig, written: WrittenOutputs, prepared: PreparedOutputs
 ) -> AuditReport:
-    """Audit what was written (read back from the branch), not what we meant to write."""
+    """Audit what was written (read back from the branch, streamed), not what we meant to write.
+
+    Zero PII, proven without a second Presidio pass over every row (it cost as much as the masking):
+    - train, eval and quarantine: every line read back must be byte-identical (sha256) to a line a shard
+      emitted from the masker's output (`prepared.emitted`). The masker returns only text its last scan
+      found clean: text with no finding is returned as it was scanned, and masked text is scanned again
+      until a scan finds nothing (`PIIMasker.mask`; a row the token limit truncates is masked again).
+      So every such line was scanned clean exactly as written; a second scan of the same bytes would
+      run the same analyzer and find the same nothing. The merge, the split and the writer only select
+      or drop lines: a line they altered or made up fails this check.
+    - removed: never holds row text, only ids, sources and reason details. Row ids must be sha256 hex;
+      every input path is scanned, and the other strings are scanned once per distinct skeleton (the
+      string with each `<input path>:<line>` reference replaced), so a value no template made shows up.
+    - report: every string is scanned (one small file).
+    """
     audit, repo = config.data_prep.audit, config.store.repo
-    train = _read_rows(store, repo, written.commit, written.paths["train"])
-    evaluation = _read_rows(store, repo, written.commit, written.paths["eval"])
+    counts = prepared.report.counts
     reasons, checks = [], {}
-    total = len(train) + len(evaluation)
+    audited = ("train", "eval", "quarantine") if audit.require_zero_pii else ("train", "eval")
+    lines, unmasked = {}, 0
+    for name in audited:
+        lines[name], missing = _count_and_check(store, repo, written.commit, written.paths[name], prepared)
+        unmasked += missing
+    total = lines["train"] + lines["eval"]
     checks["rows"] = f"{total} (minimum {audit.min_rows})"
     if total < audit.min_rows:
         reasons.append(f"only {total} rows published, minimum is {audit.min_rows}")
-    checks["eval rows"] = f"{len(evaluation)} (minimum {audit.min_eval_rows})"
-    if len(evaluation) < audit.min_eval_rows:
-        reasons.append(f"only {len(evaluation)} eval rows, minimum is {audit.min_eval_rows}")
-    share = quarantined / rows_in if rows_in else 1.0
+    checks["eval rows"] = f"{lines['eval']} (minimum {audit.min_eval_rows})"
+    if lines["eval"] < audit.min_eval_rows:
+        reasons.append(f"only {lines['eval']} eval rows, minimum is {audit.min_eval_rows}")
+    share = counts.quarantined / counts.rows_in if counts.rows_in else 1.0
     checks["quarantine share"] = f"{share:.1%} (maximum {audit.max_quarantine_share:.1%})"
     if share > audit.max_quarantine_share:
         reasons.append(f"{share:.1%} of rows quarantined, maximum is {audit.max_quarantine_share:.1%}")
     if audit.require_zero_pii:  # every file the run publishes, not only the splits
-        texts = [
-            text for path in written.paths.values() for text in _published_texts(store, repo, written, path)
-        ]
-        found = scan_for_pii(texts, config.data_prep.pii)
+        checks["lines not from the masker"] = str(unmasked)
+        if unmasked:
+            reasons.append(f"{unmasked} published line(s) are not lines the masker emitted")
+        found = _scan_removed_and_report(store, config, written, prepared, reasons)
         checks["PII in output"] = format_counts(found, empty="none")
         if found:
-            reasons.append(f"second PII scan found {sum(found.values())} item(s) in the output: {found}")
+            reasons.append(f"PII scan found {sum(found.values())} item(s) in the output: {found}")
     report = AuditReport(not reasons, reasons, checks)
     step_logger().info("audit: %s %s", "passed" if report.passed else "FAILED", checks)
     return report
+
+
+def _count_and_check(
+    store: DatasetStore, repo: str, ref: str, path: str, prepared: PreparedOutputs
+) -> tuple[int, int]:
+    """(lines in the file, lines the masker did not emit), read back in batches."""
+    lines = missing = 0
+    for batch in batched(store.read_lines(repo, ref, path), AUDIT_BATCH_LINES, strict=False):
+        lines += len(batch)
+        missing += prepared.emitted.count_missing(batch)
+    return lines, missing
+
+
+_ROW_ID = re.compile(r"[0-9a-f]{64}")
+
+
+def _scan_removed_and_report(
+    store: DatasetStore, config: FineflowConfig, written: WrittenOutputs, prepared: PreparedOutputs, reasons
+) -> dict[str, int]:
+    repo = config.store.repo
+    inputs = sorted(prepared.report.rows_in_by_file, key=len, reverse=True)
+    reference = re.compile("(" + "|".join(map(re.escape, inputs)) + r")(:row \d+|:\d+)") if inputs else None
+    skeletons: set[str] = set()
+    bad_ids = 0
+    for record in parse_jsonl(store.read(repo, written.commit, written.paths["removed"])):
+        bad_ids += not (isinstance(record.get("row_id"), str) and _ROW_ID.fullmatch(record["row_id"]))
+        for key, value in record.items():
+            if key != "row_id":
+                skeletons |= {
+                    reference.sub("<SOURCE>", text) if reference else text for text in _strings(value)
+                }
+    if bad_ids:
+        reasons.append(f"{bad_ids} removal record(s) carry a row_id that is not a sha256 hex digest")
+    texts = inputs + sorted(skeletons) + _published_texts(store, repo, written, written.paths["report"])
+    return scan_for_pii(texts, config.data_prep.pii)
 
 
 @task(name="publish", cache_policy=PREP_STEP_CACHE, persist_result=True, **IO_RETRIES)
@@ -146,27 +208,47 @@ def is_published(store: DatasetStore, config: FineflowConfig, commit: str) -> bo
 
 
 def _rows_already_published(
-    store: DatasetStore, repo: str, target: str, paths: dict[str, str], outputs: dict[str, bytes]
+    store: DatasetStore,
+    repo: str,
+    target: str,
+    paths: dict[str, str],
+    splits: dict[str, Path],
+    outputs: dict[str, bytes],
 ) -> bool:
     """Whether `target` already publishes these rows: train, eval and quarantine byte for byte, and the
     same rows removed for the same reasons. Only a removal's measured detail may differ: a changed system
     prompt that keeps the same rows changes the token counts the token limit reports, and publishing that
     alone would make a new dataset commit of the same data, which the fine-tune (keyed on the dataset
-    commit) would train on again. The target's commit, with the report of the run that made it, stays."""
+    commit) would train on again. The target's commit, with the report of the run that made it, stays.
+    The splits are compared by streamed sha256, never held whole."""
     try:
+        if any(
+            _stored_digest(store, repo, target, paths[name]) != _file_digest(local)
+            for name, local in splits.items()
+        ):
+            return False
         published = {name: store.read(repo, target, paths[name]) for name in outputs}
     except NotFoundError:
         return False
-    same_files = all(published[name] == outputs[name] for name in ("train", "eval", "quarantine"))
-    return same_files and _removed_rows(published["removed"]) == _removed_rows(outputs["removed"])
+    return published["quarantine"] == outputs["quarantine"] and _removed_rows(
+        published["removed"]
+    ) == _removed_rows(outputs["removed"])
+
+
+def _stored_digest(store: DatasetStore, repo: str, ref: str, path: str) -> bytes:
+    digest = hashlib.sha256()
+    for chunk in store.read_chunks(repo, ref, path):
+        digest.update(chunk)
+    return digest.digest()
+
+
+def _file_digest(path: Path) -> bytes:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").digest()
 
 
 def _removed_rows(removed: bytes) -> list[tuple[str, str, str]]:
     return [(r["row_id"], r["source"], r["reason"]) for r in parse_jsonl(removed)]
-
-
-def _read_rows(store: DatasetStore, repo: str, ref: str, path: str) -> list[Row]:
-    return parse_jsonl(store.read(repo, ref, path))
 
 
 def _published_texts(store: DatasetStore, repo: str, written: WrittenOutputs, path: str) -> list[str]:

@@ -3,24 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
-from fineflow.config import FineflowConfig
-from fineflow.runtime import code_version
-from tasks.data.cache import PrepRun
 from tasks.data.publish import AuditReport
-from tasks.data.records import (
-    ParseResult,
-    Quarantined,
-    Removal,
-    Row,
-    StepResult,
-    count_reasons,
-    format_counts,
-)
-from tasks.data.results import PrepCounts, PrepLineage, PrepReport, StepCounts
+from tasks.data.records import EmittedLines, Quarantined, Removal, format_counts
+from tasks.data.results import PrepCounts, PrepReport
 
 REPORT_ARTIFACT_KEY = "data-prep-report"
 
@@ -31,54 +18,24 @@ class CountMismatchError(RuntimeError):
 
 @dataclass
 class PreparedOutputs:
-    """Everything write-outputs writes: the splits, the quarantine, the removals and the report."""
+    """Everything write-outputs writes: the splits (local JSONL files, streamed there by the merge), the
+    quarantine, the removals and the report; and the hash of every line the shards' masker emitted."""
 
-    splits: dict[str, list[Row]]
+    train_file: Path
+    eval_file: Path
     quarantined: list[Quarantined]
     removed: list[Removal]
     report: PrepReport
+    emitted: EmittedLines
 
 
-@task(name="assemble-outputs", cache_policy=NO_CACHE)  # cheap, from the (cached) steps' results
-def assemble_outputs(
-    run: PrepRun,
-    config: FineflowConfig,
-    parsed: ParseResult,
-    masked: tuple[list[Row], list[Quarantined], dict[str, int]],
-    filters: dict[str, StepResult],
-    splits: dict[str, list[Row]],
-    decontamination: tuple[StepResult, dict[str, float | int]],
-) -> PreparedOutputs:
-    """`filters`: the row-removing steps by name, in order (normalize first; masking follows it);
-    `decontamination`: the train rows removed after the split, and the eval-vs-train overlap."""
-    masked_rows, quarantined, pii_counts = masked
-    contaminated, overlap = decontamination
-    removed = [removal for result in filters.values() for removal in result.removed]
-    removed += contaminated.removed
-    lineage = PrepLineage(
-        inputs=" ".join(run.pinned),
-        config_hash=run.config_hash,
-        code_commit=code_version(),
-        base_model=config.base_model.name,
-    )
-    report = PrepReport(
-        lineage=lineage,
-        counts=check_counts(parsed.rows_in, len(quarantined), removed, splits),
-        rows_in_by_file=parsed.rows_in_by_file,
-        quarantined_by_reason=parsed.quarantined_by_reason(),
-        removed_by_reason=count_reasons(removed),
-        pii_masked_by_type=pii_counts,
-        steps=step_table(parsed, filters, len(masked_rows), contaminated),
-        eval_overlap=overlap,
-    )
-    return PreparedOutputs(splits, quarantined, removed, report)
-
-
-def check_counts(rows_in: int, quarantined: int, removed: list[Removal], splits: dict) -> PrepCounts:
+def check_counts(
+    rows_in: int, quarantined: int, removed: list[Removal], splits: dict[str, int]
+) -> PrepCounts:
     counts = PrepCounts(
         rows_in=rows_in,
-        train=len(splits["train"]),
-        eval=len(splits["eval"]),
+        train=splits["train"],
+        eval=splits["eval"],
         quarantined=quarantined,
         removed=len(removed),
     )
@@ -86,34 +43,6 @@ def check_counts(rows_in: int, quarantined: int, removed: list[Removal], splits:
     if accounted != rows_in:
         raise CountMismatchError(f"{rows_in} rows in but {accounted} accounted for: {counts}")
     return counts
-
-
-def step_table(
-    parsed: ParseResult, filters: dict[str, StepResult], masked: int, contaminated: StepResult
-) -> list[StepCounts]:
-    table = [
-        StepCounts(
-            step="parse-validate",
-            rows_in=parsed.rows_in,
-            rows_out=len(parsed.rows),
-            dropped=parsed.quarantined_by_reason(),
-        )
-    ]
-    rows_before = len(parsed.rows)
-    for name, result in filters.items():
-        table.append(
-            StepCounts(
-                step=name, rows_in=rows_before, rows_out=len(result.rows), dropped=result.removed_by_reason()
-            )
-        )
-        rows_before = len(result.rows)
-        if name == "normalize":
-            table.append(StepCounts(step="mask-pii", rows_in=rows_before, rows_out=masked, dropped={}))
-    table.append(StepCounts(step="split", rows_in=rows_before, rows_out=rows_before, dropped={}))
-    dropped = contaminated.removed_by_reason()
-    rows_out = rows_before - len(contaminated.removed)
-    table.append(StepCounts(step="decontaminate", rows_in=rows_before, rows_out=rows_out, dropped=dropped))
-    return table
 
 
 def report_markdown(report: PrepReport, audit: AuditReport, published: str | None, branch: str) -> str:

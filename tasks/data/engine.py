@@ -1,0 +1,59 @@
+"""The engine data prep's shards run on: Dask, through prefect-dask's task runner.
+
+Dask over Ray (both have Python 3.13 wheels: dask/distributed 2026.8.0, ray 2.60.0): on a 2-core box
+Dask's LocalCluster starts its scheduler and worker processes in a second or two and adds only plain
+Python processes, where Ray starts a GCS server, a raylet, a dashboard and its agents before the first
+task (several seconds and several hundred MB on their own). The shards are independent pure-Python
+tasks with modest results, which is what Dask's distributed scheduler does with the least machinery.
+
+With no address, an embedded LocalCluster is started for the run and closed when the shards are done
+(prefect-dask closes a cluster it created). The scheduler binds loopback only and no dashboard is
+served: nothing listens beyond this machine. An address connects to an existing cluster instead (on
+SkyPilot: infra/sky/prep_cluster.yaml); its workers must have this project installed and reach the
+same Prefect API.
+
+Inputs that fit in one shard run in the flow's own process: a cluster would only add its start-up
+(each worker imports Presidio, and through it torch: several seconds) to a one-task run.
+"""
+
+from __future__ import annotations
+
+from prefect.context import FlowRunContext
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from prefect_dask import DaskTaskRunner
+
+from fineflow.config import ScaleOutConfig
+from fineflow.runtime import step_logger
+
+
+def shard_task_runner(scale_out: ScaleOutConfig, shards_expected: int) -> TaskRunner:
+    """Where the shards run: the flow's process for a single shard, else the configured Dask cluster."""
+    if shards_expected <= 1:
+        step_logger().info("prep: the inputs fit in one shard; it runs in this process, not on Dask")
+        return ThreadPoolTaskRunner(max_workers=1)
+    if scale_out.address:
+        step_logger().info("prep: shards run on the Dask cluster at %s", scale_out.address)
+        return DaskTaskRunner(address=scale_out.address)
+    step_logger().info("prep: shards run on an embedded Dask cluster of %d worker(s)", scale_out.workers)
+    return DaskTaskRunner(
+        cluster_class="distributed.LocalCluster",
+        cluster_kwargs={
+            "n_workers": scale_out.workers,
+            # Masking and tokenising hold the GIL: one thread per worker process, one process per core.
+            "threads_per_worker": 1,
+            "processes": True,
+            "host": "127.0.0.1",
+            "dashboard_address": None,
+            # The workers report their task runs to this flow's Prefect API. Without it each worker
+            # started a temporary server of its own on the same database: the shard runs were missing
+            # from the UI, and every worker paid that server's start-up.
+            "env": {"PREFECT_API_URL": _prefect_api_url()},
+        },
+    )
+
+
+def _prefect_api_url() -> str:
+    context = FlowRunContext.get()
+    if context is None or context.client is None:
+        raise RuntimeError("the shard task runner is chosen inside the data-prep flow run")
+    return str(context.client.api_url).rstrip("/")

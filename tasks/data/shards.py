@@ -1,0 +1,320 @@
+"""Sharded data prep: inputs are read in shards of `scale_out.shard_rows` records; each shard is parsed,
+normalised, masked, judged by the safety rules and the token limit, and signed for dedup on a worker
+of the engine (Dask, through Prefect's task runner). The driver spools each shard's result to disk as it
+arrives, so a worker holds one shard and the driver a few (`max_pending_shards`).
+
+Verdicts that need every row (dedup, decontamination) are not taken here: a shard only computes the
+per-row facts they need (signatures; the safety and token-limit verdicts of every masked row), and the
+merge (tasks/data/merge.py) applies them in today's order: dedup first, then safety, then token limit.
+
+A shard task is cached under the run key (inputs pinned to commits, the prep config hash), its index and
+the shard size, and retried on failure: a rerun after a crash recomputes only the shards that did not
+finish. Its persisted result holds masked rows only, as mask-pii's did.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections import Counter, deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NO_CACHE, CachePolicy
+
+from fineflow.config import DataPrepConfig
+from fineflow.runtime import step_logger
+from fineflow.store import DatasetStore, DatasetURI
+from fineflow.store.jsonl import to_jsonl
+from tasks.data.cache import RUN_KEY_TAG
+from tasks.data.dedup import band_keys, signature
+from tasks.data.ingest import InputError
+from tasks.data.normalize import normalize_rows
+from tasks.data.parse import parsed_records
+from tasks.data.pii import mask_pii
+from tasks.data.records import Quarantined, Removal, Row, count_reasons, line_digests
+from tasks.data.report import CountMismatchError
+from tasks.data.safety import filter_unsafe
+from tasks.data.token_limit import enforce_token_limit
+
+
+@dataclass(frozen=True)
+class ShardModel:
+    """What the token limit measures with: the base model's tokenizer and the system prompt training adds."""
+
+    base_model: str
+    model_cache: Path
+    system_prompt: str | None
+
+
+@dataclass
+class ShardInput:
+    index: int
+    rows: list[Row]  # raw: never persisted (a task's inputs are not)
+    quarantined: list[Quarantined]
+    rows_in_by_file: dict[str, int]
+
+    @property
+    def rows_in(self) -> int:
+        return len(self.rows) + len(self.quarantined)
+
+
+@dataclass
+class RowVerdict:
+    """What the steps after dedup make of one masked row: removed by a step, or the row to keep."""
+
+    step: str | None  # "safety-filter" or "token-limit" when removed
+    removal: Removal | None
+    row: Row | None  # the row as published (truncated when the token limit truncates)
+
+
+@dataclass
+class ShardResult:
+    index: int
+    rows_in: int
+    rows_in_by_file: dict[str, int]
+    parsed: int  # valid rows out of parse-validate
+    parse_quarantined_by_reason: dict[str, int]
+    normalize_removed: list[Removal]
+    quarantined: list[Quarantined]  # masked, cut to the excerpt length
+    pii_in_rows: dict[str, int]
+    pii_in_quarantine: dict[str, int]
+    rows: list[Row]  # masked, in input order: what dedup judges
+    signatures: np.ndarray  # (len(rows), num_perm) uint32: spooled to disk, read back for suspects only
+    band_keys: np.ndarray  # (len(rows), bands) uint64: what the merge holds to find dedup's suspects
+    verdicts: list[RowVerdict]  # one per row
+    emitted: np.ndarray  # sha256 of every JSONL line of this shard's masker output (records.line_digests)
+
+
+def iter_shards(store: DatasetStore, pinned: list[str], prep: DataPrepConfig) -> Iterator[ShardInput]:
+    """The inputs' records in input order, cut every `shard_rows` records (across file boundaries). Files
+    are streamed from the store line by line: the driver holds the shards in flight, never a whole file."""
+    size = prep.scale_out.shard_rows
+    shard = ShardInput(0, [], [], {})
+    seen_paths: set[str] = set()
+    for item in pinned:
+        uri = DatasetURI.parse(item)
+        if uri.path in seen_paths:
+            raise InputError(f"two inputs have the same path {uri.path!r}; rows could not be told apart")
+        seen_paths.add(uri.path)
+        for record in parsed_records(
+            uri.path, store.read_lines(uri.repo, uri.ref, uri.path), prep.validation
+        ):
+            (shard.quarantined if isinstance(record, Quarantined) else shard.rows).append(record)
+            shard.rows_in_by_file[uri.path] = shard.rows_in_by_file.get(uri.path, 0) + 1
+            if shard.rows_in == size:
+                yield shard
+                shard = ShardInput(shard.index + 1, [], [], {})
+    if shard.rows_in or shard.index == 0:
+        yield shard
+
+
+@task(name="count-shards", cache_policy=NO_CACHE)
+def count_shards(store: DatasetStore, pinned: list[str], prep: DataPrepConfig) -> int:
+    """1 when every input record fits in one shard, else 2: it reads no further than the second shard."""
+    return sum(1 for _ in islice(iter_shards(store, pinned, prep), 2))
+
+
+@dataclass
+class ShardCache(CachePolicy):
+    """`data-prep-shard-<run key>-<shard size>-<index>`: a rerun of the same run reuses finished shards."""
+
+    def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs):
+        keys = [t.removeprefix(RUN_KEY_TAG) for t in task_ctx.task_run.tags if t.startswith(RUN_KEY_TAG)]
+        if not keys:
+            return None
+        prep: DataPrepConfig = inputs["prep"]
+        return f"data-prep-shard-{keys[0]}-{prep.scale_out.shard_rows}-{inputs['shard'].index}"
+
+
+@task(
+    name="prepare-shard",
+    task_run_name="prepare-shard-{shard.index}",
+    cache_policy=ShardCache(),
+    persist_result=True,
+    retries=2,
+    retry_delay_seconds=[1, 5],
+)
+def prepare_shard(shard: ShardInput, prep: DataPrepConfig, model: ShardModel) -> ShardResult:
+    """Parse's output for one shard through normalise, mask, safety and token limit, plus signatures."""
+    logger = step_logger()
+    normalized = normalize_rows.fn(shard.rows, prep.normalize)
+    excerpt_chars = prep.validation.quarantine_excerpt_chars
+    # Rows and quarantine masked apart: the report counts types in order of first finding, rows first.
+    rows, _, pii_in_rows = mask_pii.fn(normalized.rows, [], prep.pii, excerpt_chars)
+    _, quarantined, pii_in_quarantine = mask_pii.fn([], shard.quarantined, prep.pii, excerpt_chars)
+    accounted = len(rows) + len(normalized.removed) + len(quarantined)
+    if accounted != shard.rows_in:  # the count identity, per shard
+        raise CountMismatchError(f"shard {shard.index}: {shard.rows_in} in, {accounted} accounted for")
+    verdicts, remasked = _verdicts(rows, prep, model)
+    signatures = np.array([signature(row, prep.dedup) for row in rows], dtype=np.uint32).reshape(
+        len(rows), prep.dedup.num_perm
+    )
+    # The exact JSONL lines write-outputs will write, hashed for the audit (tasks/data/publish.py).
+    emitted = line_digests(
+        [to_jsonl([v.row]) for v in verdicts if v.row is not None]
+        + [to_jsonl([item.as_json()]) for item in quarantined]
+    )
+    result = ShardResult(
+        index=shard.index,
+        rows_in=shard.rows_in,
+        rows_in_by_file=shard.rows_in_by_file,
+        parsed=len(shard.rows),
+        parse_quarantined_by_reason=count_reasons(shard.quarantined),
+        normalize_removed=normalized.removed,
+        quarantined=quarantined,
+        pii_in_rows=dict(Counter(pii_in_rows) + Counter(remasked)),
+        pii_in_quarantine=pii_in_quarantine,
+        rows=rows,
+        signatures=signatures,
+        band_keys=band_keys(signatures, prep.dedup),
+        verdicts=verdicts,
+        emitted=emitted,
+    )
+    logger.info(
+        "shard %d: %d records in: %d quarantined %s, %d removed by normalize, %d masked rows for dedup",
+        shard.index,
+        shard.rows_in,
+        len(quarantined),
+        result.parse_quarantined_by_reason,
+        len(normalized.removed),
+        len(rows),
+    )
+    return result
+
+
+def _verdicts(
+    rows: list[Row], prep: DataPrepConfig, model: ShardModel
+) -> tuple[list[RowVerdict], dict[str, int]]:
+    """Safety and token-limit verdicts for every masked row (sources are unique per input record)."""
+    safe = filter_unsafe.fn(rows, prep.safety)
+    limited = enforce_token_limit.fn(
+        safe.rows, model.base_model, model.model_cache, prep.token_limit, model.system_prompt
+    )
+    unsafe = {removal.source: removal for removal in safe.removed}
+    too_long = {removal.source: removal for removal in limited.removed}
+    kept = {row["source"]: row for row in limited.rows}
+    # A truncated answer is a new text: mask it again so every published row is the masker's output.
+    masked_ids = {row["id"] for row in rows}
+    truncated = [row for row in limited.rows if row["id"] not in masked_ids]
+    remasked_counts: dict[str, int] = {}
+    if truncated:
+        remasked, _, remasked_counts = mask_pii.fn(truncated, [], prep.pii, 0)
+        kept |= {row["source"]: row for row in remasked}
+    verdicts = []
+    for row in rows:
+        source = row["source"]
+        if source in unsafe:
+            verdicts.append(RowVerdict("safety-filter", unsafe[source], None))
+        elif source in too_long:
+            verdicts.append(RowVerdict("token-limit", too_long[source], None))
+        else:
+            verdicts.append(RowVerdict(None, None, kept[source]))
+    return verdicts, remasked_counts
+
+
+@dataclass
+class ShardSpool:
+    """What the merge needs from every shard: small facts in memory, rows and verdicts on disk."""
+
+    directory: Path
+    shards: int = 0
+    rows_in: int = 0
+    rows_in_by_file: Counter = field(default_factory=Counter)
+    parsed: int = 0
+    parse_quarantined_by_reason: Counter = field(default_factory=Counter)
+    normalize_removed: list[Removal] = field(default_factory=list)
+    quarantined: list[Quarantined] = field(default_factory=list)
+    pii_in_rows: Counter = field(default_factory=Counter)
+    pii_in_quarantine: Counter = field(default_factory=Counter)
+    shard_rows: list[int] = field(default_factory=list)  # masked rows per shard, in shard order
+    key_parts: list[np.ndarray] = field(default_factory=list)
+    emitted_parts: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, result: ShardResult) -> None:
+        if result.index != self.shards:
+            raise RuntimeError(f"shard {result.index} arrived while shard {self.shards} was expected")
+        self.shards += 1
+        self.rows_in += result.rows_in
+        self.rows_in_by_file.update(result.rows_in_by_file)
+        self.parsed += result.parsed
+        self.parse_quarantined_by_reason.update(result.parse_quarantined_by_reason)
+        self.normalize_removed += result.normalize_removed
+        self.quarantined += result.quarantined
+        self.pii_in_rows.update(result.pii_in_rows)
+        self.pii_in_quarantine.update(result.pii_in_quarantine)
+        self.shard_rows.append(len(result.rows))
+        self.key_parts.append(result.band_keys)
+        self.emitted_parts.append(result.emitted)
+        with self._path(result.index).open("wb") as handle:
+            spooled = (result.rows, result.verdicts, result.signatures)
+            pickle.dump(spooled, handle, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def pii_counts(self) -> dict[str, int]:
+        """Findings by type, in order of first finding over all rows, then all quarantined records."""
+        counts = Counter(self.pii_in_rows)
+        counts.update(self.pii_in_quarantine)
+        return dict(counts)
+
+    def band_keys(self) -> np.ndarray:
+        """Every masked row's band keys, in input order."""
+        return np.concatenate(self.key_parts) if self.key_parts else np.zeros((0, 0), dtype=np.uint64)
+
+    def rows_at(self, positions: np.ndarray) -> tuple[list[str], list[str], np.ndarray]:
+        """Ids, sources and signatures of the masked rows at `positions` (ascending), from the spool."""
+        ids, sources, signatures = [], [], []
+        bounds = np.cumsum([0, *self.shard_rows])
+        for index in range(self.shards):
+            wanted = positions[(positions >= bounds[index]) & (positions < bounds[index + 1])] - bounds[index]
+            if not len(wanted):
+                continue
+            rows, _, shard_signatures = self._load(index)
+            ids += [rows[i]["id"] for i in wanted]
+            sources += [rows[i]["source"] for i in wanted]
+            signatures.append(shard_signatures[wanted])
+        width = signatures[0].shape[1] if signatures else 0
+        return ids, sources, np.concatenate(signatures) if signatures else np.zeros((0, width), np.uint32)
+
+    def rows(self) -> Iterator[tuple[Row, RowVerdict]]:
+        """Every masked row with its verdict, in input order, one shard in memory at a time."""
+        for index in range(self.shards):
+            rows, verdicts, _ = self._load(index)
+            yield from zip(rows, verdicts, strict=True)
+
+    def _load(self, index: int) -> tuple[list[Row], list[RowVerdict], np.ndarray]:
+        with self._path(index).open("rb") as handle:
+            return pickle.load(handle)  # noqa: S301 (our own spool, written above)
+
+    def _path(self, index: int) -> Path:
+        return self.directory / f"shard-{index:07d}.pkl"
+
+
+def prepare_in_shards(
+    store: DatasetStore,
+    pinned: list[str],
+    prep: DataPrepConfig,
+    model: ShardModel,
+    spool_dir: Path,
+) -> ShardSpool:
+    """Submit every shard to the flow's task runner, at most `max_pending_shards` at a time, and spool
+    their results in input order."""
+    spool = ShardSpool(spool_dir)
+    pending: deque = deque()
+    logger = step_logger()
+    for shard in iter_shards(store, pinned, prep):
+        pending.append(prepare_shard.submit(shard, prep, model))
+        del shard  # the future holds it until the task has it
+        if len(pending) >= prep.scale_out.max_pending_shards:
+            _collect(pending.popleft(), spool, logger)
+    while pending:
+        _collect(pending.popleft(), spool, logger)
+    return spool
+
+
+def _collect(future, spool: ShardSpool, logger) -> None:
+    spool.add(future.result())
+    logger.info("prep: %d shard(s) done, %d records so far", spool.shards, spool.rows_in)
