@@ -19,7 +19,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from fineflow.config import DEFAULT_CONFIG, FineflowConfig, load_config
 from fineflow.store import open_store
-from tasks.data.cache import spool_directory, start_prep_run, training_system_prompt
+from tasks.data.cache import spool_directory, start_prep_run
 from tasks.data.checks import check_setup
 from tasks.data.engine import shard_task_runner
 from tasks.data.ingest import ingest_inputs
@@ -37,8 +37,7 @@ def prepare_shards(pinned: list[str], config: FineflowConfig, spool_dir: Path) -
     # each task, and a lakeFS client holds a connection pool that cannot travel.
     store = open_store(config)
     prep = config.data_prep
-    model = ShardModel(config.base_model.name, config.data_dir / "models", training_system_prompt(config))
-    return prepare_in_shards(store, pinned, prep, model, spool_dir)
+    return prepare_in_shards(store, pinned, prep, ShardModel.of(config), spool_dir)
 
 
 @flow(name="data-prep", log_prints=True)

@@ -26,11 +26,11 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE, CachePolicy
 
-from fineflow.config import DataPrepConfig
+from fineflow.config import DataPrepConfig, FineflowConfig
 from fineflow.runtime import step_logger
 from fineflow.store import DatasetStore, DatasetURI
 from fineflow.store.jsonl import to_jsonl
-from tasks.data.cache import RUN_KEY_TAG
+from tasks.data.cache import RUN_KEY_TAG, training_system_prompt
 from tasks.data.dedup import band_keys, signature
 from tasks.data.ingest import InputError
 from tasks.data.normalize import normalize_rows
@@ -49,6 +49,10 @@ class ShardModel:
     base_model: str
     model_cache: Path
     system_prompt: str | None
+
+    @classmethod
+    def of(cls, config: FineflowConfig) -> ShardModel:
+        return cls(config.base_model.name, config.data_dir / "models", training_system_prompt(config))
 
 
 @dataclass
