@@ -9,6 +9,9 @@ import tempfile
 # session, so tests neither read nor write a user's ~/.prefect.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="fineflow-test-prefect-")
 os.environ["PREFECT_LOCAL_STORAGE_PATH"] = os.path.join(os.environ["PREFECT_HOME"], "storage")
+# A test that forgets its own data directory, or undoes the fixture that set it, writes here: never into the
+# repository's .fineflow, which holds the registry and store of the person running the tests.
+os.environ["FINEFLOW_DATA_DIR"] = tempfile.mkdtemp(prefix="fineflow-test-data-")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")

@@ -159,7 +159,9 @@ def test_a_tracking_call_failing_once_is_retried_and_a_failing_stage_leaves_the_
     )
     assert len(client.search_model_versions(f"name = '{config.registry.model_name}'")) == 1
 
-    monkeypatch.undo()
+    # Only the injected fault is undone: monkeypatch.undo() would also undo the fixtures' data directory,
+    # and the second run would write into the repository's own .fineflow.
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", real)
     # A LoRA target the model does not have: peft refuses it inside the training process.
     with pytest.raises(StageFailedError) as failure:
         lifecycle(config=config, overrides={"fine_tune.lora.target_modules": ["no_such_module"]})
