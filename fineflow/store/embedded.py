@@ -151,33 +151,31 @@ class EmbeddedStore(DatasetStore):
 
     def write(self, repo: str, branch: str, path: str, data: bytes) -> None:
         _check_path(path)
-        sha = self._store_object(repo, data)
-        with self._lock(repo, branch):
-            head, staged = self._read_branch(repo, branch)
-            staged[path] = sha
-            self._write_branch(repo, branch, head, staged)
+        self._stage(repo, branch, path, self._store_object(repo, data))
 
     def read(self, repo: str, ref: str, path: str) -> bytes:
-        sha = self._tree_at(repo, ref).get(path)
-        if sha is None:
-            raise NotFoundError(f"no object {path!r} at {repo}/{ref}")
-        return self._object_file(repo, sha).read_bytes()
+        return self._object_at(repo, ref, path).read_bytes()
 
     def read_chunks(self, repo: str, ref: str, path: str) -> Iterator[bytes]:
-        sha = self._tree_at(repo, ref).get(path)
-        if sha is None:
-            raise NotFoundError(f"no object {path!r} at {repo}/{ref}")
-        with self._object_file(repo, sha).open("rb") as handle:
+        with self._object_at(repo, ref, path).open("rb") as handle:
             while chunk := handle.read(STREAM_CHUNK_BYTES):
                 yield chunk
 
     def write_file(self, repo: str, branch: str, path: str, source: Path) -> None:
         _check_path(path)
-        sha = self._store_file(repo, source)
+        self._stage(repo, branch, path, self._store_file(repo, source))
+
+    def _stage(self, repo: str, branch: str, path: str, sha: str) -> None:
         with self._lock(repo, branch):
             head, staged = self._read_branch(repo, branch)
             staged[path] = sha
             self._write_branch(repo, branch, head, staged)
+
+    def _object_at(self, repo: str, ref: str, path: str) -> Path:
+        sha = self._tree_at(repo, ref).get(path)
+        if sha is None:
+            raise NotFoundError(f"no object {path!r} at {repo}/{ref}")
+        return self._object_file(repo, sha)
 
     def list(self, repo: str, ref: str, prefix: str = "") -> list[str]:
         return sorted(path for path in self._tree_at(repo, ref) if path.startswith(prefix))
