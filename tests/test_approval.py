@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import UTC, datetime
 
 import pytest
 from mlflow import MlflowClient
@@ -51,8 +52,9 @@ def registry(tmp_path, monkeypatch):
     return client, name, overrides, Aliases.of(config).champion
 
 
-def decide_when_paused(decision: dict, timeout_s: float = 120) -> None:
-    """What a person does in the UI: find the paused promote run and answer its form."""
+def decide_when_paused(decision: dict, since: datetime, timeout_s: float = 120) -> None:
+    """What a person does in the UI: find the paused promote run (created after `since`: a failed test
+    on this worker's shared Prefect API may have left its own run paused) and answer its form."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateName
 
@@ -60,7 +62,7 @@ def decide_when_paused(decision: dict, timeout_s: float = 120) -> None:
     deadline = time.monotonic() + timeout_s
     with get_client(sync_client=True) as client:
         while time.monotonic() < deadline:
-            runs = client.read_flow_runs(flow_run_filter=paused)
+            runs = [r for r in client.read_flow_runs(flow_run_filter=paused) if r.created >= since]
             if runs:
                 client.resume_flow_run(runs[0].id, run_input=decision)
                 return
@@ -82,8 +84,10 @@ def run_promote(model: str, overrides: dict) -> tuple[dict, threading.Thread]:
 @pytest.mark.parametrize("approve", [True, False])
 def test_promotion_waits_for_a_person(prefect_api, registry, approve):
     client, name, overrides, CHAMPION = registry  # noqa: N806
+    since = datetime.now(UTC)
     result, worker = run_promote(f"{name}/2", overrides)
-    decide_when_paused({"approve": approve, "comment": "checked the report" if approve else "too risky"})
+    decision = {"approve": approve, "comment": "checked the report" if approve else "too risky"}
+    decide_when_paused(decision, since)
     worker.join(timeout=120)
     assert not worker.is_alive()
     assert result["promoted"] is approve

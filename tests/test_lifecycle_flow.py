@@ -281,6 +281,7 @@ def test_shifted_traffic_to_drift_to_review_to_a_retrain_measured_on_the_new_top
 
     review = {**lifecycle_overrides, "review.batch_size": 20, "review.poll_s": 1, "review.timeout_s": 120}
     review |= {"review.retrain_min_rows": 40}
+    since = datetime.now(UTC)
     worker, outcome = review_in_thread(review, reason=reason)
 
     def correct(ids: list[str]) -> dict:
@@ -290,7 +291,7 @@ def test_shifted_traffic_to_drift_to_review_to_a_retrain_measured_on_the_new_top
             "decisions": [{"id": i, "decision": "correct", "corrected_answer": fix} for i in ids],
         }
 
-    forms = answer_paused_forms(correct, forms=2)
+    forms = answer_paused_forms(correct, forms=2, since=since)
     worker.join(timeout=120)
     summary = outcome["summary"]
     assert [len(form) for form in forms] == [20, 20] and summary.decided == 40

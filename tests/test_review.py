@@ -85,25 +85,39 @@ class PausedForm:
         return {name: field.get("default") for name, field in self.schema["properties"].items()}
 
 
-def next_paused_form(client, answered: set[str], timeout_s: float = 120) -> PausedForm:
-    """The first paused review form whose key is not in `answered`, once one appears."""
+def next_paused_form(client, answered: set[str], since: datetime, timeout_s: float = 120) -> PausedForm:
+    """The first paused review form created after `since` whose key is not in `answered`, once one appears.
+
+    `since` keeps a test to its own runs: the session's Prefect API is shared by the tests of an xdist
+    worker, and a test that failed leaves its review run paused (until review.timeout_s) for the next one
+    to find. A form just paused may not be readable yet: Prefect proposes the Paused state first and saves
+    the form's schema and description after it (`pause_flow_run`), so a 404 on them means "try again"."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateName
+    from prefect.exceptions import PrefectHTTPStatusError
 
     paused = FlowRunFilter(state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Paused"])))
     deadline = time.monotonic() + timeout_s
     while True:
-        runs = [r for r in client.read_flow_runs(flow_run_filter=paused) if r.state.state_details.pause_key]
-        run = next((r for r in runs if r.state.state_details.pause_key not in answered), None)
-        if run is not None:
+        runs = [
+            r
+            for r in client.read_flow_runs(flow_run_filter=paused)
+            if r.created >= since and r.state.state_details.pause_key not in (None, *answered)
+        ]
+        for run in runs:
             keyset = run.state.state_details.run_input_keyset
-            schema = json.loads(client.read_flow_run_input(run.id, keyset["schema"]))
-            description = json.loads(client.read_flow_run_input(run.id, keyset["description"]))
+            try:
+                schema = json.loads(client.read_flow_run_input(run.id, keyset["schema"]))
+                description = json.loads(client.read_flow_run_input(run.id, keyset["description"]))
+            except PrefectHTTPStatusError as error:
+                if error.response.status_code != 404:
+                    raise
+                continue  # its form is not saved yet
             return PausedForm(run.id, run.state.state_details.pause_key, schema, description)
         assert time.monotonic() < deadline, f"no new review form within {timeout_s} s"
         time.sleep(0.3)
 
 
-def answer_paused_forms(decide, forms: int, timeout_s: float = 120) -> list[list[str]]:
+def answer_paused_forms(decide, forms: int, since: datetime, timeout_s: float = 120) -> list[list[str]]:
     """What a reviewer does in the UI, `forms` times: open the paused review run, read its form (the
     run-input schema the flow saved, pre-filled with the batch's ids) and submit decisions. Returns the
     ids of each form."""
@@ -113,7 +127,7 @@ def answer_paused_forms(decide, forms: int, timeout_s: float = 120) -> list[list
     answered: set[str] = set()
     with get_client(sync_client=True) as client:
         while len(seen) < forms:
-            form = next_paused_form(client, answered, timeout_s)
+            form = next_paused_form(client, answered, since, timeout_s)
             seen.append(form.ids)
             answered.add(form.key)
             client.resume_flow_run(form.run_id, run_input=decide(form.ids))
@@ -160,9 +174,10 @@ def test_review_flow_takes_decisions_from_the_ui_form_in_batches(prefect_api, pu
         return {"reviewer": "ann", "decisions": [{"id": i, **plan[i]} for i in batch]}
 
     result: dict = {}
+    since = datetime.now(UTC)
     worker = threading.Thread(target=lambda: result.update(summary=review_traffic(overrides=overrides)))
     worker.start()
-    forms = answer_paused_forms(decide, forms=3)
+    forms = answer_paused_forms(decide, forms=3, since=since)
     worker.join(timeout=120)
     assert not worker.is_alive()
 
@@ -379,9 +394,10 @@ def test_an_invalid_submission_is_shown_again_with_its_problems_and_nothing_is_w
     overrides = {"review.batch_size": 3, "review.poll_s": 1, "review.timeout_s": 120}
     config = load_config(overrides=overrides)
     ids = capture(config, 3)
+    since = datetime.now(UTC)
     worker, outcome = review_in_thread(overrides)
     with get_client(sync_client=True) as client:
-        first = next_paused_form(client, set())
+        first = next_paused_form(client, set(), since)
         assert first.ids == ids and "not recorded" not in first.description
 
         outside = {"reviewer": "ann", "decisions": [{"id": ids[0], "decision": "delete"}]}
@@ -399,7 +415,7 @@ def test_an_invalid_submission_is_shown_again_with_its_problems_and_nothing_is_w
         }
         accepted = client.resume_flow_run(first.run_id, run_input=invalid)
         assert accepted.status == SetStateStatus.ACCEPT
-        again = next_paused_form(client, {first.key})
+        again = next_paused_form(client, {first.key}, since)
         assert files(config, "decisions") == [] and files(config, "reviewed") == []  # nothing written
         shown = _rendered(again.description)[0]
         for problem in ("name the reviewer", "not pending: ['nope']", "a correction needs corrected_answer"):
@@ -436,11 +452,12 @@ def test_too_many_invalid_submissions_fail_the_run_with_nothing_written(prefect_
     }
     config = load_config(overrides=overrides)
     ids = capture(config, 2)
+    since = datetime.now(UTC)
     worker, outcome = review_in_thread(overrides)
     answered: set[str] = set()
     with get_client(sync_client=True) as client:
         for _ in range(2):
-            form = next_paused_form(client, answered)
+            form = next_paused_form(client, answered, since)
             answered.add(form.key)
             unknown = {"reviewer": "ann", "decisions": [{"id": "nope", "decision": "approve"}]}
             client.resume_flow_run(form.run_id, run_input=unknown)
@@ -480,9 +497,10 @@ def test_a_review_asks_for_a_retrain_once_enough_reviewed_conversations_wait_for
         ids[2]: {"decision": "reject", "reason": "spam"},
         ids[3]: {"decision": "approve"},
     }
+    since = datetime.now(UTC)
     worker, outcome = review_in_thread(overrides)
     answer_paused_forms(
-        lambda forms: {"reviewer": "ann", "decisions": [{"id": i, **plan[i]} for i in forms]}, 2
+        lambda forms: {"reviewer": "ann", "decisions": [{"id": i, **plan[i]} for i in forms]}, 2, since
     )
     worker.join(timeout=120)
     summary = outcome["summary"]
