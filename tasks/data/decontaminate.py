@@ -166,9 +166,16 @@ def remove_contaminated(
 
 def eval_questions(golden_questions: dict[str, str], eval_rows: list[Row]) -> list[EvalQuestion]:
     """The questions the evaluation sets ask: the golden set's by id, the eval split's by source."""
-    questions = [EvalQuestion(f"golden:{gid}", text) for gid, text in golden_questions.items()]
-    questions += [EvalQuestion(f"eval:{row['source']}", user_text(row["messages"])) for row in eval_rows]
-    return questions
+    return golden_set_questions(golden_questions) + [eval_question(row) for row in eval_rows]
+
+
+def golden_set_questions(golden_questions: dict[str, str]) -> list[EvalQuestion]:
+    return [EvalQuestion(f"golden:{gid}", text) for gid, text in golden_questions.items()]
+
+
+def eval_question(eval_row: Row) -> EvalQuestion:
+    """What an eval-split row asks, named by its source."""
+    return EvalQuestion(f"eval:{eval_row['source']}", user_text(eval_row["messages"]))
 
 
 class ContaminationError(ValueError):

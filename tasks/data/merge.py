@@ -1,7 +1,7 @@
 """Merge the shards: global dedup, then the shards' safety and token-limit verdicts, the split and
 decontamination, in input order and in today's order of reasons (a row that is both a duplicate and
 unsafe is removed as a duplicate). Rows stream from the spool into local JSONL files; only the eval
-split (what decontamination checks train against) and the removals stay in memory.
+split's questions (what decontamination checks train against) and the removals stay in memory.
 """
 
 from __future__ import annotations
@@ -15,7 +15,13 @@ from fineflow.config import DedupConfig, FineflowConfig
 from fineflow.runtime import code_version, step_logger
 from fineflow.store.jsonl import parse_jsonl, to_jsonl
 from tasks.data.cache import PrepRun
-from tasks.data.decontaminate import ContaminationIndex, eval_questions, golden_questions
+from tasks.data.decontaminate import (
+    ContaminationIndex,
+    EvalQuestion,
+    eval_question,
+    golden_questions,
+    golden_set_questions,
+)
 from tasks.data.dedup import duplicate_verdicts, rows_sharing_a_band
 from tasks.data.records import EmittedLines, Removal, count_reasons
 from tasks.data.report import PreparedOutputs, check_counts
@@ -32,8 +38,10 @@ def merge_shards(run: PrepRun, config: FineflowConfig, spool: ShardSpool, workdi
     duplicates = _global_duplicates(spool, prep.dedup)
     removed: dict[str, list[Removal]] = {step: [] for step in FILTER_STEPS}
     rows_out = dict.fromkeys(FILTER_STEPS, 0)
-    eval_rows, train_candidates = [], workdir / "train-candidates.jsonl"
-    with train_candidates.open("wb") as train_file:
+    # Eval rows go to their file as they come; decontamination needs only what each one asks.
+    asked: list[EvalQuestion] = []
+    train_candidates, eval_path = workdir / "train-candidates.jsonl", workdir / "eval.jsonl"
+    with train_candidates.open("wb") as train_file, eval_path.open("wb") as eval_file:
         for position, (_, verdict) in enumerate(spool.rows()):
             if position in duplicates:
                 removed["deduplicate"].append(duplicates[position])
@@ -48,18 +56,18 @@ def merge_shards(run: PrepRun, config: FineflowConfig, spool: ShardSpool, workdi
                 continue
             rows_out["token-limit"] += 1
             if eval_bucket(verdict.row["id"], prep.split.seed) < prep.split.eval_fraction:
-                eval_rows.append(verdict.row)
+                asked.append(eval_question(verdict.row))
+                eval_file.write(to_jsonl([verdict.row]))
             else:
                 train_file.write(to_jsonl([verdict.row]))
     for step in FILTER_STEPS:
         step_logger().info("%s: %d kept %s", step, rows_out[step], count_reasons(removed[step]))
-    train_path, contaminated, overlap = _decontaminate(train_candidates, eval_rows, config, workdir)
-    eval_path = workdir / "eval.jsonl"
-    eval_path.write_bytes(to_jsonl(eval_rows))
+    questions = golden_set_questions(golden_questions(config)) + asked
+    train_path, contaminated, overlap = _decontaminate(train_candidates, questions, config, workdir)
     all_removed = spool.normalize_removed + [r for step in FILTER_STEPS for r in removed[step]] + contaminated
     split_sizes = {
-        "train": rows_out["token-limit"] - len(eval_rows) - len(contaminated),
-        "eval": len(eval_rows),
+        "train": rows_out["token-limit"] - len(asked) - len(contaminated),
+        "eval": len(asked),
     }
     lineage = PrepLineage(
         inputs=" ".join(run.pinned),
@@ -92,10 +100,10 @@ def _global_duplicates(spool: ShardSpool, config: DedupConfig) -> dict[int, Remo
     return {int(suspects[local]): removal for local, removal in decided.items()}
 
 
-def _decontaminate(candidates: Path, eval_rows: list, config: FineflowConfig, workdir: Path):
+def _decontaminate(candidates: Path, questions: list[EvalQuestion], config: FineflowConfig, workdir: Path):
     """Train rows repeating a golden or eval-split question are removed (reason `contaminated`)."""
     settings = config.data_prep.decontamination
-    index = ContaminationIndex(eval_questions(golden_questions(config), eval_rows), settings)
+    index = ContaminationIndex(questions, settings)
     contaminated: list[Removal] = []
     train_path = workdir / "train.jsonl"
     with candidates.open("rb") as source, train_path.open("wb") as train_file:
