@@ -123,6 +123,11 @@ def test_a_name_without_a_cue_is_found_when_common_or_addressed(masker):
     # Fatima is beyond bare_name_max_rank, but she is addressed
     addressed = "Good question, Fatima. It is in Plus."
     assert masker.mask(addressed)[0] == "Good question, <PERSON>. It is in Plus."
+    # A served answer echoing the user's name at its start (seen in captured traffic: "Maria, welcome to
+    # the Acme Home"), or at a sentence's start
+    assert masker.mask("Maria, welcome to the Acme Home.")[0] == "<PERSON>, welcome to the Acme Home."
+    opening = "Thanks for waiting. David, your order shipped."
+    assert masker.mask(opening)[0] == "Thanks for waiting. <PERSON>, your order shipped."
 
 
 def test_masking_leaves_text_around_an_evasion_untouched(masker):

@@ -10,7 +10,8 @@ No NER model is installed or downloaded. A name is found where its context or th
   name (within `bare_name_max_rank` of either list) in the middle of a sentence with no cue at all
   ("I told David"); a listed given name followed by a listed surname anywhere ("Grace Kim"); at a
   sentence start, a listed given name before "here" or a verb a person does ("Rebecca can",
-  "Marcus was");
+  "Marcus was"), or a common one addressed before a comma ("Maria, welcome back": model answers open
+  so, echoing the name the user gave);
 - a line of capitalised words after a line ending in a comma (a signature: "Thanks so much,\nAmanda").
 A found name extends over the capitalised words right after it ("Lukas Schneider", "James O'Connor").
 
@@ -162,6 +163,8 @@ class NameRecognizer(EntityRecognizer):
             return length  # "Grace Kim" at a sentence start
         if _HERE.match(after) or _PERSON_VERB.match(after):
             return length
+        if first in self.common_given and after.startswith(","):
+            return length  # addressed at a sentence start: "Maria, welcome back."
         return 0
 
     def _extent(self, text: str, words: list[re.Match], index: int) -> int:
