@@ -80,12 +80,11 @@ class ContaminationIndex:
         self.exact = {" ".join(_words(q.text)): q.ref for q in questions}
         self.lsh = MinHashLSH(threshold=config.near_threshold, num_perm=config.num_perm)
         self.signatures = {}
-        for index, question in enumerate(questions):
-            self.signatures[index] = _signature(_words(question.text), config)
-            self.lsh.insert(index, self.signatures[index])
         self.ngrams: dict[str, list[int]] = {}  # question n-grams, for the overlap share
         for index, question in enumerate(questions):
             words = _words(question.text)
+            self.signatures[index] = _signature(words, config)
+            self.lsh.insert(index, self.signatures[index])
             if len(words) >= config.ngram_words:
                 for gram in _shingles(words, config.ngram_words):
                     self.ngrams.setdefault(gram, []).append(index)

@@ -87,8 +87,7 @@ def rows_sharing_a_band(keys: np.ndarray) -> np.ndarray:
     """Positions (ascending) of the rows whose key in some band another row also has."""
     shared = np.zeros(len(keys), dtype=bool)
     for column in keys.T:
-        _, inverse, counts = np.unique(column, return_inverse=True, return_counts=True)
-        shared |= counts[inverse] > 1
+        shared |= _groups(column)[1]
     return np.flatnonzero(shared)
 
 
@@ -97,10 +96,14 @@ def _band_groups(signatures: np.ndarray, config: DedupConfig) -> list[tuple[np.n
     groups = []
     for start, end in _hashranges(config.near_threshold, config.num_perm):
         band = np.ascontiguousarray(signatures[:, start:end])
-        keys = band.view(np.dtype((np.void, band.itemsize * (end - start)))).ravel()
-        _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
-        groups.append((inverse, counts[inverse] > 1))
+        groups.append(_groups(band.view(np.dtype((np.void, band.itemsize * (end - start)))).ravel()))
     return groups
+
+
+def _groups(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each value's group (equal values) and whether another value shares it."""
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    return inverse, counts[inverse] > 1
 
 
 def duplicate_verdicts(

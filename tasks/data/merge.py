@@ -91,11 +91,12 @@ def merge_shards(run: PrepRun, config: FineflowConfig, spool: ShardSpool, workdi
 
 def _global_duplicates(spool: ShardSpool, config: DedupConfig) -> dict[int, Removal]:
     """Removals by masked-row position: only rows sharing a band key are read back and decided."""
-    suspects = rows_sharing_a_band(spool.band_keys())
+    keys = spool.band_keys()  # every row's: concatenated once
+    suspects = rows_sharing_a_band(keys)
     ids, sources, signatures = spool.rows_at(suspects)
     decided = duplicate_verdicts(ids, sources, signatures, config)
     step_logger().info(
-        "deduplicate: %d of %d rows share an LSH band with another row", len(suspects), len(spool.band_keys())
+        "deduplicate: %d of %d rows share an LSH band with another row", len(suspects), len(keys)
     )
     return {int(suspects[local]): removal for local, removal in decided.items()}
 

@@ -98,9 +98,8 @@ def _jsonl_records(path: str, lines: Iterable[bytes], config: ValidationConfig):
     for number, line in enumerate(lines, start=1):
         raw = line.removesuffix(b"\n")
         if number == 1:
-            raw = raw.removeprefix(
-                _BOM
-            )  # spreadsheet exports often start with one; it is not part of the row
+            # spreadsheet exports often start with one; it is not part of the row
+            raw = raw.removeprefix(_BOM)
         if raw.strip() == b"":
             blank.append((number, raw))
             continue
