@@ -313,11 +313,8 @@ class EmbeddedStore(DatasetStore):
     def _store_file(self, repo: str, source: Path) -> str:
         """`_store_object` for a local file, hashed and copied chunk by chunk."""
         self._require_repo(repo)
-        digest = hashlib.sha256()
         with source.open("rb") as handle:
-            while chunk := handle.read(STREAM_CHUNK_BYTES):
-                digest.update(chunk)
-        sha = digest.hexdigest()
+            sha = hashlib.file_digest(handle, "sha256").hexdigest()
         path = self._object_file(repo, sha)
         if not path.exists():
             _atomic_copy(source, path)
