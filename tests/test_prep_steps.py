@@ -175,7 +175,7 @@ def test_parse_quarantines_each_malformed_jsonl_kind_with_reason_and_line():
     excerpts = {q.source: q.excerpt for q in result.quarantined}
     assert excerpts["raw/bad.jsonl:2"] == '{"prompt": "unterminated'
     assert excerpts["raw/bad.jsonl:3"].startswith('{"prompt": "caf\ufffd"')  # undecodable byte replaced
-    # The whole record: mask-pii masks it and then cuts it to quarantine_excerpt_chars.
+    # The whole record (shorter than quarantine_masked_chars): mask-pii masks it, then cuts the excerpt.
     assert len(excerpts["raw/bad.jsonl:14"]) > validation.quarantine_excerpt_chars
     cut = mask_pii.fn([], result.quarantined, CFG.data_prep.pii, validation.quarantine_excerpt_chars)[1]
     assert {len(q.excerpt) for q in cut} <= set(range(validation.quarantine_excerpt_chars + 1))
@@ -184,6 +184,30 @@ def test_parse_quarantines_each_malformed_jsonl_kind_with_reason_and_line():
         == validation.quarantine_excerpt_chars
     )
     assert result.quarantined_by_reason()["empty_content"] == 3
+
+
+def test_a_large_quarantined_record_is_masked_from_its_start_and_no_split_value_is_kept():
+    """Only a quarantined record's first quarantine_masked_chars are kept and masked: masking a large
+    record whole cost seconds. The excerpt stops before a run of characters the kept start cut in two."""
+    config = cfg(
+        data_prep__validation__max_row_chars=100,
+        data_prep__validation__quarantine_masked_chars=80,
+        data_prep__validation__quarantine_excerpt_chars=60,
+    )
+    validation = config.data_prep.validation
+    mail = '{"prompt": "mail jane.doe@example.com ' + "filler " * 20 + '"}'
+    token = '{"prompt": "mail jane.doe@example.com key ' + "k" * 200 + '"}'  # the token runs past 80
+    result = parse({"raw/big.jsonl": jsonl(mail.encode(), token.encode())}, validation)
+    kept = [(q.reason, len(q.excerpt), q.cut) for q in result.quarantined]
+    assert kept == [("row_too_large", 80, True)] * 2
+    assert "cut" not in result.quarantined[0].as_json()  # written out as before
+
+    _, masked, counts = mask_pii.fn([], result.quarantined, config.data_prep.pii, 60)
+    assert counts == {"EMAIL_ADDRESS": 2}
+    assert masked[0].excerpt == ('{"prompt": "mail <EMAIL> ' + "filler " * 20)[:60]
+    assert masked[1].excerpt == '{"prompt": "mail <EMAIL> key '  # not the token's first characters
+    with pytest.raises(ConfigError, match="quarantine_masked_chars must be at least"):
+        cfg(data_prep__validation__quarantine_masked_chars=10)
 
 
 def test_parse_assistant_turn_optional_by_config():

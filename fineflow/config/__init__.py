@@ -72,6 +72,15 @@ class ValidationConfig(Strict):
     allowed_roles: list[str] = Field(min_length=1)
     require_assistant_turn: bool
     quarantine_excerpt_chars: int = Field(ge=0, description="masked excerpt kept with a quarantined row")
+    quarantine_masked_chars: int = Field(
+        gt=0, description="characters of a quarantined record kept and masked, to cut its excerpt from"
+    )
+
+    @model_validator(mode="after")
+    def _masked_start_holds_the_excerpt(self) -> ValidationConfig:
+        if self.quarantine_masked_chars < self.quarantine_excerpt_chars:
+            raise ValueError("quarantine_masked_chars must be at least quarantine_excerpt_chars")
+        return self
 
 
 class NormalizeConfig(Strict):

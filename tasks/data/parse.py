@@ -13,6 +13,7 @@ import csv
 import io
 import json
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import PurePosixPath
 
 import pandas as pd
@@ -68,12 +69,20 @@ def parsed_records(
     """
     for source, record, raw_text in _records(path, lines, config):
         if isinstance(record, Quarantined):
-            yield record
+            yield _start_kept(record, config)
             continue
         try:
             yield make_row(source, to_messages(record, config))
         except RecordError as exc:
-            yield Quarantined(source, exc.reason, exc.detail, raw_text)
+            yield _start_kept(Quarantined(source, exc.reason, exc.detail, raw_text), config)
+
+
+def _start_kept(item: Quarantined, config: ValidationConfig) -> Quarantined:
+    """The quarantined record with only its start kept for the excerpt: a record of any size costs the
+    same to mask, and a shard carries at most `quarantine_masked_chars` of it."""
+    if len(item.excerpt) <= config.quarantine_masked_chars:
+        return item
+    return replace(item, excerpt=item.excerpt[: config.quarantine_masked_chars], cut=True)
 
 
 def _records(
@@ -121,7 +130,7 @@ def _jsonl_record(path: str, number: int, raw: bytes, config: ValidationConfig):
             "",
         )
         return
-    excerpt = text  # the whole record: mask-pii masks it, then cuts it to quarantine_excerpt_chars
+    excerpt = text  # parsed_records keeps its start; mask-pii masks that, then cuts the excerpt
     if len(text) > config.max_row_chars:
         detail = f"{len(text)} characters, limit {config.max_row_chars}"
         yield source, Quarantined(source, "row_too_large", detail, excerpt), text
@@ -169,7 +178,7 @@ def _table_records(path: str, records: list, config: ValidationConfig):
             continue
         record = {key: _plain(value) for key, value in record.items()}
         text = json.dumps(record, ensure_ascii=False, default=str)
-        excerpt = text  # masked whole by mask-pii, then cut
+        excerpt = text  # parsed_records keeps its start; mask-pii masks that, then cuts the excerpt
         if any(isinstance(v, str) and _has_surrogates(v) for v in record.values()):
             yield (
                 source,

@@ -18,8 +18,8 @@ from tasks.data.records import Quarantined, Row, with_messages
 def mask_pii(
     rows: list[Row], quarantined: list[Quarantined], config: PIIConfig, excerpt_chars: int
 ) -> tuple[list[Row], list[Quarantined], dict[str, int]]:
-    """Mask every message, and each quarantined record whole before cutting its excerpt to `excerpt_chars`
-    (the excerpts are written out too)."""
+    """Mask every message, and each quarantined record's kept start before cutting its excerpt to
+    `excerpt_chars` (the excerpts are written out too)."""
     masker = get_masker(config)
     found: Counter = Counter()
     masked_rows = []
@@ -34,7 +34,8 @@ def mask_pii(
     for item in quarantined:
         text, counts = masker.mask(item.excerpt)
         found.update(counts)
-        masked_quarantine.append(Quarantined(item.source, item.reason, item.detail, text[:excerpt_chars]))
+        excerpt = _excerpt(text, excerpt_chars, item.cut)
+        masked_quarantine.append(Quarantined(item.source, item.reason, item.detail, excerpt))
     rows_touched = sum(
         1 for before, after in zip(rows, masked_rows, strict=True) if before["id"] != after["id"]
     )
@@ -42,3 +43,12 @@ def mask_pii(
         "mask-pii: %d rows, %d with PII masked, by type %s", len(rows), rows_touched, dict(found)
     )
     return masked_rows, masked_quarantine, dict(found)
+
+
+def _excerpt(masked: str, chars: int, cut: bool) -> str:
+    """The masked record's first `chars` characters. Where only the record's start was masked (`cut`), its
+    last run of non-space characters may be a value the cut split, seen in part and maybe not recognised:
+    the excerpt ends before that run if the run starts within it."""
+    if cut and masked and not masked[-1].isspace():
+        chars = min(chars, len(masked) - len(masked.split()[-1]))
+    return masked[:chars]

@@ -51,9 +51,11 @@ class Quarantined:
     source: str
     reason: str  # a stable code to count by, e.g. invalid_json
     detail: str = ""  # what exactly, for a person reading the quarantine file
-    # The raw record; mask-pii masks it whole, then cuts it to quarantine_excerpt_chars (cutting first
-    # could split a value in two halves the masker no longer recognises). A detail never quotes raw values.
+    # The raw record's start (validation.quarantine_masked_chars); mask-pii masks it, then cuts it to
+    # quarantine_excerpt_chars (cutting first could split a value in two halves the masker no longer
+    # recognises). A detail never quotes raw values.
     excerpt: str = ""
+    cut: bool = False  # the record was longer than the start kept in `excerpt` (never written out)
 
     def as_json(self) -> dict:
         return {"source": self.source, "reason": self.reason, "detail": self.detail, "excerpt": self.excerpt}
