@@ -10,15 +10,13 @@ import pytest
 from fineflow.config import load_config
 from tasks.data.decontaminate import (
     ContaminationError,
+    ContaminationIndex,
     EvalQuestion,
     check_uncontaminated,
     eval_questions,
     find_contamination,
-    ngram_overlap,
-    overlap_report,
-    remove_contaminated,
 )
-from tasks.data.records import make_row
+from tasks.data.records import Removal, make_row
 
 CONFIG = load_config("configs/default.yaml").data_prep.decontamination
 
@@ -37,16 +35,19 @@ def test_exact_and_near_repeats_of_golden_and_eval_questions_are_removed_and_nam
         chat("a.jsonl:2", "How long does Auto-Schedule take to learn my routine at home?"),  # eval, near
         chat("a.jsonl:3", "How do I pair a Room Sensor with my thermostat?"),  # same topic, another ask
     ]
-    result = remove_contaminated(train, eval_questions(GOLDEN, [eval_row]), CONFIG)
+    index = ContaminationIndex(eval_questions(GOLDEN, [eval_row]), CONFIG)  # what the merge judges with
+    verdicts = [index.judge(row) for row in train]
+    removed: list[Removal] = [removal for removal in verdicts if removal is not None]
 
-    assert [row["source"] for row in result.rows] == ["a.jsonl:3"]
-    assert [(r.source, r.reason) for r in result.removed] == [
+    kept = [row["source"] for row, removal in zip(train, verdicts, strict=True) if removal is None]
+    assert kept == ["a.jsonl:3"]
+    assert [(r.source, r.reason) for r in removed] == [
         ("a.jsonl:1", "contaminated"),
         ("a.jsonl:2", "contaminated"),
     ]
-    assert result.removed[0].detail == "exact repeat of golden:golden-003"
-    assert result.removed[1].detail.startswith("near repeat, similarity ")
-    assert result.removed[1].detail.endswith("of eval:eval.jsonl:4")
+    assert removed[0].detail == "exact repeat of golden:golden-003"
+    assert removed[1].detail.startswith("near repeat, similarity ")
+    assert removed[1].detail.endswith("of eval:eval.jsonl:4")
 
 
 def test_only_user_turns_count_an_answer_quoting_the_question_is_not_contamination():
@@ -60,13 +61,15 @@ def test_overlap_report_counts_repeats_and_the_ngram_share_without_text():
         EvalQuestion("golden:2", "Which menu shows the energy history of my home"),
     ]
     train = [chat("t:1", "Tell me how do I reset the Nimbus thermostat to its factory settings after a move")]
-    report = overlap_report(train, questions, CONFIG)
+    index = ContaminationIndex(questions, CONFIG)
+    assert [index.judge(row) for row in train] == [None]  # an 8-word run in common is not a repeat
+    report = index.overlap()
 
     assert report["eval_questions"] == 2
     assert report["exact_repeats"] == 0
     assert report["ngram8_overlap"] == 0.5  # the first shares an 8-word run, the second shares nothing
     assert all(isinstance(value, int | float) for value in report.values())
-    assert ngram_overlap(train, [], 8) == 0.0
+    assert ContaminationIndex([], CONFIG).overlap()["ngram8_overlap"] == 0.0
 
 
 def test_evaluation_refuses_a_dataset_whose_train_split_repeats_a_golden_question():

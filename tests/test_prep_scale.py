@@ -18,15 +18,15 @@ from fineflow.config import DATA_DIR_ENV, load_config
 from fineflow.store import open_store
 from fineflow.store.jsonl import to_jsonl
 from tasks.data.cache import training_system_prompt
-from tasks.data.decontaminate import decontaminate_splits
+from tasks.data.decontaminate import ContaminationIndex, eval_questions, golden_questions
 from tasks.data.dedup import shingles
 from tasks.data.normalize import normalize_rows
 from tasks.data.parse import parse_and_validate
 from tasks.data.pii import mask_pii
 from tasks.data.records import Removal, StepResult, row_text
 from tasks.data.safety import filter_unsafe
-from tasks.data.split import split_rows
 from tasks.data.token_limit import enforce_token_limit
+from tests.whole_list_steps import split_rows
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FILES = ("train.jsonl", "eval.jsonl", "quarantine.jsonl", "removed.jsonl", "report.json")
@@ -127,10 +127,15 @@ def _sequential_outputs(config) -> dict[str, bytes]:
         prep.token_limit,
         training_system_prompt(config),
     )
-    splits, contaminated, _ = decontaminate_splits.fn(split_rows.fn(limited.rows, prep.split), config)
-    removed = [r for step in (normalized, deduped, safe, limited, contaminated) for r in step.removed]
+    splits = split_rows(limited.rows, prep.split)
+    questions = eval_questions(golden_questions(config), splits["eval"])
+    index = ContaminationIndex(questions, prep.decontamination)
+    verdicts = [index.judge(row) for row in splits["train"]]
+    train = [row for row, removal in zip(splits["train"], verdicts, strict=True) if removal is None]
+    contaminated = [removal for removal in verdicts if removal is not None]
+    removed = [r for step in (normalized, deduped, safe, limited) for r in step.removed] + contaminated
     return {
-        "train.jsonl": to_jsonl(splits["train"]),
+        "train.jsonl": to_jsonl(train),
         "eval.jsonl": to_jsonl(splits["eval"]),
         "quarantine.jsonl": to_jsonl([q.as_json() for q in quarantined]),
         "removed.jsonl": to_jsonl([r.as_json() for r in removed]),

@@ -19,15 +19,15 @@ from fineflow.privacy.masker import (
     get_masker,
     scan_for_pii,
 )
-from tasks.data.dedup import deduplicate, shingles
+from tasks.data.dedup import shingles
 from tasks.data.normalize import normalize_rows, normalize_text
 from tasks.data.parse import parse_and_validate
 from tasks.data.pii import mask_pii
 from tasks.data.records import Quarantined, make_row, row_id
 from tasks.data.safety import filter_unsafe, load_rules
-from tasks.data.split import split_rows
 from tasks.data.token_limit import enforce_token_limit, templated_length, trained_length
 from tests.tiny_tokenizer import build_tiny_classifier, build_tiny_tokenizer, words
+from tests.whole_list_steps import deduplicate, split_rows
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_data" / "acme_support"
@@ -469,7 +469,7 @@ def test_dedup_exact_near_and_distinct():
     exact = dict(chat("How do I reset it?", LONG, "b.csv:row 9"))
     distinct = chat("What is Eco mode?", " ".join(f"other{i}" for i in range(80)), "a.jsonl:3")
     short_a, short_b = chat("Hi", "Hello there", "a.jsonl:4"), chat("Hi", "Goodbye now", "a.jsonl:5")
-    result = deduplicate.fn([original, near, exact, distinct, short_a, short_b], DEDUP)
+    result = deduplicate([original, near, exact, distinct, short_a, short_b], DEDUP)
 
     assert [row["source"] for row in result.rows] == ["a.jsonl:1", "a.jsonl:3", "a.jsonl:4", "a.jsonl:5"]
     removed = {r.source: r for r in result.removed}
@@ -483,7 +483,7 @@ def test_dedup_exact_near_and_distinct():
 
 def test_dedup_first_occurrence_wins():
     first, second = chat("q", LONG, "z.jsonl:1"), chat("q", LONG, "a.jsonl:1")
-    result = deduplicate.fn([first, second], DEDUP)
+    result = deduplicate([first, second], DEDUP)
     assert result.rows == [first]
     assert [(r.source, r.detail) for r in result.removed] == [("a.jsonl:1", "of z.jsonl:1")]
 
@@ -495,8 +495,8 @@ def test_dedup_threshold_from_config():
     assert 0.65 < len(sa & sb) / len(sa | sb) < 0.75  # true Jaccard ~0.7
     strict = cfg(data_prep__dedup__near_threshold=0.8).data_prep.dedup
     loose = cfg(data_prep__dedup__near_threshold=0.6).data_prep.dedup
-    assert len(deduplicate.fn([a, b], strict).rows) == 2
-    loose_result = deduplicate.fn([a, b], loose)
+    assert len(deduplicate([a, b], strict).rows) == 2
+    loose_result = deduplicate([a, b], loose)
     assert loose_result.rows == [a]
     assert [r.reason for r in loose_result.removed] == ["near_duplicate"]
 
@@ -775,9 +775,9 @@ def synthetic_rows(n: int) -> list[dict]:
 def test_split_deterministic_disjoint_and_sized():
     rows = synthetic_rows(1000)
     config = CFG.data_prep.split
-    first = split_rows.fn(rows, config)
-    again = split_rows.fn(rows, config)
-    reordered = split_rows.fn(list(reversed(rows)), config)
+    first = split_rows(rows, config)
+    again = split_rows(rows, config)
+    reordered = split_rows(list(reversed(rows)), config)
     assert first == again
     for name in ("train", "eval"):
         assert {r["id"] for r in reordered[name]} == {r["id"] for r in first[name]}
@@ -785,12 +785,12 @@ def test_split_deterministic_disjoint_and_sized():
     assert not train_ids & eval_ids
     assert len(train_ids) + len(eval_ids) == 1000
     assert abs(len(eval_ids) / 1000 - config.eval_fraction) < 0.03
-    subset = split_rows.fn(rows[:300], config)  # other rows never move a row between splits
+    subset = split_rows(rows[:300], config)  # other rows never move a row between splits
     assert {r["id"] for r in subset["eval"]} == {r["id"] for r in rows[:300]} & eval_ids
 
-    bigger = split_rows.fn(rows, cfg(data_prep__split__eval_fraction=0.3).data_prep.split)
+    bigger = split_rows(rows, cfg(data_prep__split__eval_fraction=0.3).data_prep.split)
     assert abs(len(bigger["eval"]) / 1000 - 0.3) < 0.05
-    reseeded = split_rows.fn(rows, cfg(data_prep__split__seed=config.seed + 1).data_prep.split)
+    reseeded = split_rows(rows, cfg(data_prep__split__seed=config.seed + 1).data_prep.split)
     assert {r["id"] for r in reseeded["eval"]} != eval_ids
 
 
@@ -876,7 +876,7 @@ def test_near_duplicate_names_the_earliest_original():
         )
 
     rows = [row(20, 0, 30), row(100, 20, 50), row(150, 5, 45)]
-    result = deduplicate.fn(
+    result = deduplicate(
         rows, load_config(overrides={"data_prep.dedup.near_threshold": 0.35}).data_prep.dedup
     )
     assert [r["source"] for r in result.rows] == ["raw/chat.jsonl:20", "raw/chat.jsonl:100"]

@@ -19,13 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from datasketch import MinHash, MinHashLSH
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from fineflow.config import DecontaminationConfig, FineflowConfig
-from fineflow.runtime import step_logger
 from fineflow.store.jsonl import parse_jsonl
-from tasks.data.records import Removal, Row, StepResult
+from tasks.data.records import Removal, Row
 
 _WORD = re.compile(r"\w+")
 
@@ -110,8 +107,25 @@ class ContaminationIndex:
             for gram in _shingles(words, self.config.ngram_words):
                 self.ngram_hits.update(self.ngrams.get(gram, ()))
 
-    def ngram_overlap(self) -> float:
-        return len(self.ngram_hits) / len(self.questions) if self.questions else 0.0
+    def judge(self, row: Row) -> Removal | None:
+        """A train row's removal (reason `contaminated`) if it repeats a question; a kept row's n-grams
+        are noted for the overlap share."""
+        match = self.match(row)
+        if match is None:
+            self.note_ngrams(row)
+            return None
+        return Removal(match.train_id, match.train_source, "contaminated", match.detail)
+
+    def overlap(self) -> dict[str, float | int]:
+        """What the data-prep report states about the kept train rows vs the evaluation sets (counts,
+        never text). Measured after removal, so no kept row repeats a question."""
+        share = len(self.ngram_hits) / len(self.questions) if self.questions else 0.0
+        return {
+            "eval_questions": len(self.questions),
+            "exact_repeats": 0,
+            "near_repeats": 0,
+            f"ngram{self.config.ngram_words}_overlap": share,
+        }
 
 
 def find_contamination(
@@ -121,46 +135,6 @@ def find_contamination(
     question it repeats; train rows in their order."""
     index = ContaminationIndex(questions, config)
     return [match for row in train if (match := index.match(row)) is not None]
-
-
-def ngram_overlap(train: list[Row], questions: list[EvalQuestion], size: int) -> float:
-    """Share of evaluation questions sharing at least one `size`-word n-gram with a train question."""
-    if not questions:
-        return 0.0
-    seen: set[str] = set()
-    for row in train:
-        words = _words(user_text(row["messages"]))
-        if len(words) >= size:
-            seen |= _shingles(words, size)
-    hits = 0
-    for question in questions:
-        words = _words(question.text)
-        hits += len(words) >= size and not seen.isdisjoint(_shingles(words, size))
-    return hits / len(questions)
-
-
-def overlap_report(
-    train: list[Row], questions: list[EvalQuestion], config: DecontaminationConfig
-) -> dict[str, float | int]:
-    """What the data-prep report states about train vs the evaluation sets (counts, never text)."""
-    matches = find_contamination(train, questions, config)
-    return {
-        "eval_questions": len(questions),
-        "exact_repeats": sum(m.similarity >= 1.0 for m in matches),
-        "near_repeats": sum(m.similarity < 1.0 for m in matches),
-        f"ngram{config.ngram_words}_overlap": ngram_overlap(train, questions, config.ngram_words),
-    }
-
-
-def remove_contaminated(
-    train: list[Row], questions: list[EvalQuestion], config: DecontaminationConfig
-) -> StepResult:
-    """The train rows that repeat no evaluation question, and a removal (reason `contaminated`) for each
-    one that does."""
-    matches = {m.train_id: m for m in find_contamination(train, questions, config)}
-    kept = [row for row in train if row["id"] not in matches]
-    removed = [Removal(m.train_id, m.train_source, "contaminated", m.detail) for m in matches.values()]
-    return StepResult(kept, removed)
 
 
 def eval_questions(golden_questions: dict[str, str], eval_rows: list[Row]) -> list[EvalQuestion]:
@@ -185,25 +159,6 @@ def golden_questions(config: FineflowConfig) -> dict[str, str]:
     """The golden set's questions by id (evaluation.golden_file, a file of this checkout)."""
     items = parse_jsonl(Path(config.evaluation.golden_file).read_bytes())
     return {item["id"]: item["question"] for item in items}
-
-
-# Not cached with the prep steps: the golden file is not part of the prep cache key, and this is cheap.
-@task(name="decontaminate", cache_policy=NO_CACHE)
-def decontaminate_splits(
-    splits: dict[str, list[Row]], config: FineflowConfig
-) -> tuple[dict[str, list[Row]], StepResult, dict[str, float | int]]:
-    """(splits with the contaminated train rows removed, the removals, the overlap the report states:
-    measured after removal, so it shows what training will see)."""
-    settings = config.data_prep.decontamination
-    questions = eval_questions(golden_questions(config), splits["eval"])
-    result = remove_contaminated(splits["train"], questions, settings)
-    overlap = overlap_report(result.rows, questions, settings)
-    step_logger().info(
-        "decontaminate: %d train rows repeat an evaluation question and are removed; overlap %s",
-        len(result.removed),
-        overlap,
-    )
-    return {**splits, "train": result.rows}, result, overlap
 
 
 def check_uncontaminated(train: list[Row], eval_rows: list[Row], config: FineflowConfig) -> None:

@@ -26,12 +26,9 @@ from functools import cache
 
 import numpy as np
 from datasketch import MinHash, MinHashLSH
-from prefect import task
 
 from fineflow.config import DedupConfig
-from fineflow.runtime import step_logger
-from tasks.data.cache import PREP_STEP_CACHE
-from tasks.data.records import Removal, Row, StepResult, row_text
+from tasks.data.records import Removal, Row, row_text
 
 _WORD = re.compile(r"\w+")
 _SEED = 1
@@ -156,15 +153,3 @@ def _verdict(position, ids, sources, signatures, groups, members, kept, first_ke
 def _jaccard(signatures: np.ndarray, left: int, right: int) -> float:
     # datasketch's MinHash.jaccard, on two rows of the signature matrix
     return float(np.count_nonzero(signatures[left] == signatures[right])) / float(signatures.shape[1])
-
-
-@task(name="deduplicate", cache_policy=PREP_STEP_CACHE, persist_result=True)
-def deduplicate(rows: list[Row], config: DedupConfig) -> StepResult:
-    signatures = np.array([signature(row, config) for row in rows], dtype=np.uint32).reshape(
-        len(rows), config.num_perm
-    )
-    removals = duplicate_verdicts([r["id"] for r in rows], [r["source"] for r in rows], signatures, config)
-    kept = [row for position, row in enumerate(rows) if position not in removals]
-    result = StepResult(kept, list(removals.values()))
-    step_logger().info("deduplicate: %d in, %d kept %s", len(rows), len(kept), result.removed_by_reason())
-    return result

@@ -7,10 +7,11 @@ task (several seconds and several hundred MB on their own). The shards are indep
 tasks with modest results, which is what Dask's distributed scheduler does with the least machinery.
 
 With no address, an embedded LocalCluster is started for the run and closed when the shards are done
-(prefect-dask closes a cluster it created). The scheduler binds loopback only and no dashboard is
-served: nothing listens beyond this machine. An address connects to an existing cluster instead (on
-SkyPilot: infra/sky/prep_cluster.yaml); its workers must have this project installed and reach the
-same Prefect API.
+(prefect-dask closes a cluster it created). The scheduler, its workers and the scheduler's HTTP status
+routes (health, metrics, worker info: Dask always serves them, on port 8787 or the next free one) bind
+loopback only, and no Bokeh dashboard is started: nothing listens beyond this machine. An address
+connects to an existing cluster instead (on SkyPilot: infra/sky/prep_cluster.yaml); its workers must
+have this project installed and reach the same Prefect API.
 
 Inputs that fit in one shard run in the flow's own process: a cluster would only add its start-up
 (each worker imports Presidio, and through it torch: several seconds) to a one-task run.

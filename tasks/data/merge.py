@@ -27,7 +27,7 @@ from tasks.data.records import EmittedLines, Removal, count_reasons
 from tasks.data.report import PreparedOutputs, check_counts
 from tasks.data.results import PrepLineage, PrepReport, StepCounts
 from tasks.data.shards import ShardSpool
-from tasks.data.split import eval_bucket
+from tasks.data.split import in_eval
 
 FILTER_STEPS = ("deduplicate", "safety-filter", "token-limit")
 
@@ -55,7 +55,7 @@ def merge_shards(run: PrepRun, config: FineflowConfig, spool: ShardSpool, workdi
                 removed["token-limit"].append(verdict.removal)
                 continue
             rows_out["token-limit"] += 1
-            if eval_bucket(verdict.row["id"], prep.split.seed) < prep.split.eval_fraction:
+            if in_eval(verdict.row["id"], prep.split):
                 asked.append(eval_question(verdict.row))
                 eval_file.write(to_jsonl([verdict.row]))
             else:
@@ -109,21 +109,13 @@ def _decontaminate(candidates: Path, questions: list[EvalQuestion], config: Fine
     train_path = workdir / "train.jsonl"
     with candidates.open("rb") as source, train_path.open("wb") as train_file:
         for line in source:
-            row = parse_jsonl(line)[0]
-            match = index.match(row)
-            if match is not None:
-                contaminated.append(Removal(match.train_id, match.train_source, "contaminated", match.detail))
-                continue
-            index.note_ngrams(row)
-            train_file.write(line)
+            removal = index.judge(parse_jsonl(line)[0])
+            if removal is None:
+                train_file.write(line)
+            else:
+                contaminated.append(removal)
     candidates.unlink()
-    # What training will see: the kept rows are exactly those `index.match` found no question for.
-    overlap = {
-        "eval_questions": len(index.questions),
-        "exact_repeats": 0,
-        "near_repeats": 0,
-        f"ngram{settings.ngram_words}_overlap": index.ngram_overlap(),
-    }
+    overlap = index.overlap()
     step_logger().info(
         "decontaminate: %d train rows repeat an evaluation question and are removed; overlap %s",
         len(contaminated),
