@@ -48,9 +48,14 @@ def _permutations(num_perm: int) -> tuple[np.ndarray, str]:
     return reference.permutations, reference.scheme
 
 
+def empty_minhash(num_perm: int) -> MinHash:
+    """A MinHash on the permutations `MinHash(num_perm=num_perm, seed=1)` draws, drawn once per process."""
+    permutations, scheme = _permutations(num_perm)
+    return MinHash(num_perm=num_perm, seed=_SEED, permutations=permutations, scheme=scheme)
+
+
 def minhash(text: str, config: DedupConfig) -> MinHash:
-    permutations, scheme = _permutations(config.num_perm)
-    signature = MinHash(num_perm=config.num_perm, seed=_SEED, permutations=permutations, scheme=scheme)
+    signature = empty_minhash(config.num_perm)
     signature.update_batch([s.encode() for s in shingles(text, config.shingle_words)])
     return signature
 
