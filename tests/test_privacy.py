@@ -67,6 +67,9 @@ CASES = [
     ("mail ｊｏｈｎ＠ｅｘａｍｐｌｅ．ｃｏｍ", ["ｊｏｈｎ", "ｅｘａｍｐｌｅ"], "<EMAIL>"),
     ("mail jo\u200bhn.sm\u2060ith@exa\ufeffmple.com", ["jo\u200bhn", "mple.com"], "<EMAIL>"),
     ("call 212\u200b555\u00ad0187 now", ["555"], "<PHONE>"),
+    # national formats of GB and FR: Presidio's default regions name them UK and FE, unknown to phonenumbers
+    ("call me on 020 7946 0958 please", ["7946"], "<PHONE>"),
+    ("appelez le 01 42 68 53 00 svp", ["42 68"], "<PHONE>"),
 ]
 
 
@@ -80,6 +83,13 @@ def test_each_kind_is_masked_with_its_placeholder(masker, text, values, placehol
     masked, counts = masker.mask(text)
     assert placeholder in masked, masked
     assert [value for value in values if value in masked] == [], masked
+
+
+def test_an_unknown_phone_region_is_refused_by_name():
+    from fineflow.privacy.masker import PIIMasker
+
+    with pytest.raises(ValueError, match=r"phone_regions: phonenumbers knows no region \['UK'\]"):
+        PIIMasker(PII.model_copy(update={"phone_regions": ["US", "UK"]}))
 
 
 def test_masked_text_is_scanned_again_until_a_scan_finds_nothing():

@@ -120,6 +120,9 @@ class PIIConfig(Strict):
     address_countries: list[Literal["US", "GB", "CA"]] = Field(
         min_length=1, description="address formats pyap recognises"
     )
+    phone_regions: list[str] = Field(
+        min_length=1, description="regions (ISO codes) whose national-format phone numbers are found"
+    )
 
     @model_validator(mode="after")
     def _every_entity_has_a_placeholder(self) -> PIIConfig:

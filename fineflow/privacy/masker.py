@@ -93,7 +93,9 @@ class PIIMasker:
         finally:
             presidio_log.setLevel(level)
         language = config.language
+        registry.remove_recognizer("PhoneRecognizer")  # Presidio's regions: see data_prep.pii.phone_regions
         for recognizer in (
+            _phone_recognizer(config.phone_regions, language),
             NameRecognizer(config.person.not_names, config.person.bare_name_max_rank, language),
             SecretsRecognizer(config.secrets, language),
             StreetAddressRecognizer(config.address_countries, language),
@@ -165,6 +167,16 @@ def scan_for_pii(texts: list[str], config: PIIConfig) -> dict[str, int]:
     for text in texts:
         found.update(result.entity_type for result in masker.find(text))
     return dict(found)
+
+
+def _phone_recognizer(regions: list[str], language: str):
+    import phonenumbers
+    from presidio_analyzer.predefined_recognizers import PhoneRecognizer
+
+    unknown = sorted(set(regions) - phonenumbers.SUPPORTED_REGIONS)
+    if unknown:
+        raise ValueError(f"data_prep.pii.phone_regions: phonenumbers knows no region {unknown} (GB, not UK)")
+    return PhoneRecognizer(supported_language=language, supported_regions=tuple(regions))
 
 
 def _blank_spacy_engine(spacy_engine_class, language: str):
