@@ -92,7 +92,9 @@ class ContaminationIndex:
 
     def match(self, row: Row) -> Contamination | None:
         """The closest evaluation question the row's user turns repeat, if any."""
-        words = _words(user_text(row["messages"]))
+        return self._match(row, _words(user_text(row["messages"])))
+
+    def _match(self, row: Row, words: list[str]) -> Contamination | None:
         if (ref := self.exact.get(" ".join(words))) is not None:
             return Contamination(row["source"], row["id"], ref, 1.0)
         signature = _signature(words, self.config)
@@ -103,9 +105,8 @@ class ContaminationIndex:
         score, index = max(scored)
         return Contamination(row["source"], row["id"], self.questions[index].ref, score)
 
-    def note_ngrams(self, row: Row) -> None:
-        """Remember which questions share an n-gram with this train row (the report's overlap share)."""
-        words = _words(user_text(row["messages"]))
+    def _note_ngrams(self, words: list[str]) -> None:
+        """Remember which questions share an n-gram with a kept train row (the report's overlap share)."""
         if len(words) >= self.config.ngram_words:
             for gram in _shingles(words, self.config.ngram_words):
                 self.ngram_hits.update(self.ngrams.get(gram, ()))
@@ -113,9 +114,10 @@ class ContaminationIndex:
     def judge(self, row: Row) -> Removal | None:
         """A train row's removal (reason `contaminated`) if it repeats a question; a kept row's n-grams
         are noted for the overlap share."""
-        match = self.match(row)
+        words = _words(user_text(row["messages"]))
+        match = self._match(row, words)
         if match is None:
-            self.note_ngrams(row)
+            self._note_ngrams(words)
             return None
         return Removal(match.train_id, match.train_source, "contaminated", match.detail)
 
