@@ -444,6 +444,27 @@ def test_mask_pii_replaces_each_entity_and_logs_no_value(masker, caplog):
         assert value.replace(" ", "") not in caplog.text.replace(" ", "")
 
 
+def test_a_repeated_text_is_masked_once_with_the_same_output_and_counted_each_time(monkeypatch):
+    system = {"role": "system", "content": "You are Acme's assistant; escalate to ops@acme.com."}
+    users = ["Call (212) 555-0187.", "Hi, it is Maria Gonzalez.", "Call (212) 555-0187."]
+    answer = {"role": "assistant", "content": "Noted."}
+    rows = [make_row(f"r:{i}", [system, {"role": "user", "content": u}, answer]) for i, u in enumerate(users)]
+    scans = []
+    real_find = PIIMasker.find
+    # a spy counting the real masker's scans
+    monkeypatch.setattr(PIIMasker, "find", lambda self, text: scans.append(text) or real_find(self, text))
+
+    anew = mask_pii.fn(rows, [], PII_CFG.model_copy(update={"repeated_texts_kept": 0}), 200)
+    scans_anew = len(scans)
+    scans.clear()
+    once = mask_pii.fn(rows, [], PII_CFG, 200)
+
+    assert once == anew
+    assert once[2] == {"EMAIL_ADDRESS": 3, "PHONE_NUMBER": 2, "PERSON": 1}
+    # 9 texts, 4 distinct; a text with a finding is scanned twice (masked, then found clean)
+    assert scans_anew == 9 + 6 and len(scans) == 4 + 3
+
+
 def test_missing_ner_model_is_a_clear_error():
     assert check_ner_model(PII_CFG) is None  # ner_model null: nothing to check
     missing = cfg(data_prep__pii__ner_model="en_core_web_doesnotexist").data_prep.pii

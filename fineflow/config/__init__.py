@@ -123,6 +123,9 @@ class PIIConfig(Strict):
     phone_regions: list[str] = Field(
         min_length=1, description="regions (ISO codes) whose national-format phone numbers are found"
     )
+    repeated_texts_kept: int = Field(
+        ge=0, description="data prep: masked texts kept per mask-pii call, so a repeated text is masked once"
+    )
 
     @model_validator(mode="after")
     def _every_entity_has_a_placeholder(self) -> PIIConfig:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from functools import lru_cache
 
 from prefect import task
 from tqdm import tqdm
@@ -20,27 +21,34 @@ def mask_pii(
 ) -> tuple[list[Row], list[Quarantined], dict[str, int]]:
     """Mask every message, and each quarantined record's kept start before cutting its excerpt to
     `excerpt_chars` (the excerpts are written out too)."""
-    masker = get_masker(config)
+    # Same text, same output: a text repeated within this call (a system prompt, a canned answer) is
+    # masked once. Its findings are still counted at every occurrence.
+    mask = lru_cache(maxsize=config.repeated_texts_kept)(get_masker(config).mask)
     found: Counter = Counter()
     masked_rows = []
     for row in tqdm(rows, desc="mask-pii", unit="row", leave=False):
         messages = []
         for message in row["messages"]:
-            text, counts = masker.mask(message["content"])
+            text, counts = mask(message["content"])
             found.update(counts)
             messages.append({**message, "content": text})
         masked_rows.append(with_messages(row, messages))
     masked_quarantine = []
     for item in quarantined:
-        text, counts = masker.mask(item.excerpt)
+        text, counts = mask(item.excerpt)
         found.update(counts)
         excerpt = _excerpt(text, excerpt_chars, item.cut)
         masked_quarantine.append(Quarantined(item.source, item.reason, item.detail, excerpt))
     rows_touched = sum(
         1 for before, after in zip(rows, masked_rows, strict=True) if before["id"] != after["id"]
     )
+    repeats = mask.cache_info().hits
     step_logger().info(
-        "mask-pii: %d rows, %d with PII masked, by type %s", len(rows), rows_touched, dict(found)
+        "mask-pii: %d rows, %d with PII masked, by type %s; %d repeated texts not masked again",
+        len(rows),
+        rows_touched,
+        dict(found),
+        repeats,
     )
     return masked_rows, masked_quarantine, dict(found)
 
