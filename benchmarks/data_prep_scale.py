@@ -1,6 +1,7 @@
 """Data prep at scale: N generated support rows through the sharded flow with 1 and with 2 workers.
 
     nice -n 19 .venv/bin/python benchmarks/data_prep_scale.py --rows 10k [--workers 1,2] [--shard-rows 5000]
+        [--log-dir DIR]
 
 Rows are generated from the shipped sample's conversations with a random tail, so each row is distinct
 text, plus planted work for every step: PII (emails, phones, cards, names) in about 20% of rows, exact
@@ -114,7 +115,7 @@ def run_one(rows_file: Path, workers: int, shard_rows: int | None) -> None:
     print("RESULT " + json.dumps(result.report.counts.model_dump()), flush=True)
 
 
-def measure(rows_file: Path, workers: int, shard_rows: int | None, workdir: Path) -> dict:
+def measure(rows_file: Path, workers: int, shard_rows: int | None, workdir: Path, log_path: Path) -> dict:
     env = {
         **os.environ,
         "FINEFLOW_DATA_DIR": str(workdir / f"state-{workers}"),
@@ -128,7 +129,7 @@ def measure(rows_file: Path, workers: int, shard_rows: int | None, workdir: Path
     if shard_rows:
         command += ["--shard-rows", str(shard_rows)]
     start = time.perf_counter()
-    log = (workdir / f"run-{workers}.log").open("w")
+    log = log_path.open("w")
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
     root = psutil.Process(process.pid)
     peak_sum = peak_single = peak_pss = 0
@@ -142,7 +143,7 @@ def measure(rows_file: Path, workers: int, shard_rows: int | None, workdir: Path
     elapsed = time.perf_counter() - start
     output = process.stdout.read()
     if process.returncode != 0:
-        raise SystemExit(f"{workers} worker(s) failed ({process.returncode}); see {log.name}")
+        raise SystemExit(f"{workers} worker(s) failed ({process.returncode}); see {log_path}")
     counts = json.loads(output.split("RESULT ", 1)[1].splitlines()[0])
     leftover = [p.pid for p in psutil.process_iter(["cmdline"]) if _is_dask_worker_of(p, workdir)]
     return {
@@ -190,6 +191,9 @@ def main() -> None:
     parser.add_argument(
         "--shard-rows", type=int, default=None, help="override data_prep.scale_out.shard_rows"
     )
+    parser.add_argument(
+        "--log-dir", type=Path, default=None, help="keep each run's log (its per-shard step times) here"
+    )
     parser.add_argument("--run-one", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run_one:
@@ -204,7 +208,10 @@ def main() -> None:
         print(f"generated {rows} rows ({rows_file.stat().st_size / 1e6:.0f} MB)", flush=True)
         results = {}
         for workers in map(int, args.workers.split(",")):
-            outcome = measure(rows_file, workers, args.shard_rows, workdir)
+            log_dir = args.log_dir or workdir
+            log_dir.mkdir(parents=True, exist_ok=True)
+            log = log_dir / f"{args.rows}-{workers}-workers.log"
+            outcome = measure(rows_file, workers, args.shard_rows, workdir, log)
             results[workers] = outcome
             print(
                 f"{workers} worker(s): {outcome['seconds']:.1f} s, {rows / outcome['seconds']:.0f} rows/s, "
