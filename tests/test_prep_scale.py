@@ -219,13 +219,16 @@ def test_a_failing_shard_is_retried_and_a_rerun_resumes_from_finished_shards(
     }
     real_normalize = shards.normalize_rows
     failures = {"raw/chat.jsonl:101": 1, "raw/chat.jsonl:151": 99}  # in shards 2 and 3 (50 records each)
-    attempts: dict[str, int] = {}
+    # Attempts are counted on disk, not in this closure: Dask may run a pickled copy of it, whose count
+    # starts again at zero (seen under load: shard 2 then failed twice).
+    attempts = tmp_path / "normalize-attempts"
 
     def failing_normalize(rows, config):
         for source, allowed in failures.items():
             if any(row["source"] == source for row in rows):
-                attempts[source] = attempts.get(source, 0) + 1
-                if attempts[source] <= allowed:
+                with attempts.open("a") as log:
+                    log.write(source + "\n")
+                if attempts.read_text().split().count(source) <= allowed:
                     raise RuntimeError(f"worker lost while normalising {source}")
         return real_normalize.fn(rows, config)
 
