@@ -23,18 +23,6 @@ from functools import cache
 from pathlib import Path
 
 from fineflow.config import PIIConfig
-from fineflow.privacy.names import NameRecognizer
-from fineflow.privacy.recognizers import (
-    DATE_OF_BIRTH,
-    DATE_OF_BIRTH_PATTERNS,
-    PASSWORD,
-    PASSWORD_PATTERNS,
-    ContextPatternRecognizer,
-    Ipv6Recognizer,
-    SecretsRecognizer,
-    StreetAddressRecognizer,
-    password_value,
-)
 from fineflow.privacy.text import normalize
 
 LOWER_LEMMA_PIPE = "fineflow_lower_lemma"
@@ -92,17 +80,8 @@ class PIIMasker:
             registry.load_predefined_recognizers(languages=[config.language], nlp_engine=engine)
         finally:
             presidio_log.setLevel(level)
-        language = config.language
         registry.remove_recognizer("PhoneRecognizer")  # Presidio's regions: see data_prep.pii.phone_regions
-        for recognizer in (
-            _phone_recognizer(config.phone_regions, language),
-            NameRecognizer(config.person.not_names, config.person.bare_name_max_rank, language),
-            SecretsRecognizer(config.secrets, language),
-            StreetAddressRecognizer(config.address_countries, language),
-            ContextPatternRecognizer(DATE_OF_BIRTH, DATE_OF_BIRTH_PATTERNS, language),
-            ContextPatternRecognizer(PASSWORD, PASSWORD_PATTERNS, language, accept=password_value),
-            Ipv6Recognizer(language),
-        ):
+        for recognizer in _fineflow_recognizers(config):
             registry.add_recognizer(recognizer)
         self.config = config
         self.analyzer = AnalyzerEngine(
@@ -167,6 +146,35 @@ def scan_for_pii(texts: list[str], config: PIIConfig) -> dict[str, int]:
     for text in texts:
         found.update(result.entity_type for result in masker.find(text))
     return dict(found)
+
+
+def _fineflow_recognizers(config: PIIConfig) -> list:
+    """The recognizers fineflow adds to Presidio's. Imported here, not at the top: they subclass Presidio's,
+    and importing Presidio loads spaCy, torch and transformers (0.9 GB). A process that imports this
+    module without masking (data prep's flow while its workers mask the shards) does not pay for them."""
+    from fineflow.privacy.names import NameRecognizer
+    from fineflow.privacy.recognizers import (
+        DATE_OF_BIRTH,
+        DATE_OF_BIRTH_PATTERNS,
+        PASSWORD,
+        PASSWORD_PATTERNS,
+        ContextPatternRecognizer,
+        Ipv6Recognizer,
+        SecretsRecognizer,
+        StreetAddressRecognizer,
+        password_value,
+    )
+
+    language = config.language
+    return [
+        _phone_recognizer(config.phone_regions, language),
+        NameRecognizer(config.person.not_names, config.person.bare_name_max_rank, language),
+        SecretsRecognizer(config.secrets, language),
+        StreetAddressRecognizer(config.address_countries, language),
+        ContextPatternRecognizer(DATE_OF_BIRTH, DATE_OF_BIRTH_PATTERNS, language),
+        ContextPatternRecognizer(PASSWORD, PASSWORD_PATTERNS, language, accept=password_value),
+        Ipv6Recognizer(language),
+    ]
 
 
 def _phone_recognizer(regions: list[str], language: str):
