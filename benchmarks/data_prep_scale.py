@@ -207,9 +207,9 @@ def main() -> None:
         generate(rows, rows_file)
         print(f"generated {rows} rows ({rows_file.stat().st_size / 1e6:.0f} MB)", flush=True)
         results = {}
+        log_dir = args.log_dir or workdir
+        log_dir.mkdir(parents=True, exist_ok=True)
         for workers in map(int, args.workers.split(",")):
-            log_dir = args.log_dir or workdir
-            log_dir.mkdir(parents=True, exist_ok=True)
             log = log_dir / f"{args.rows}-{workers}-workers.log"
             outcome = measure(rows_file, workers, args.shard_rows, workdir, log)
             results[workers] = outcome
