@@ -3,9 +3,12 @@ with different questions stay."""
 
 from __future__ import annotations
 
+import random
+import re
 from pathlib import Path
 
 import pytest
+from datasketch import MinHash, MinHashLSH
 
 from fineflow.config import load_config
 from tasks.data.decontaminate import (
@@ -15,6 +18,7 @@ from tasks.data.decontaminate import (
     check_uncontaminated,
     eval_questions,
     find_contamination,
+    user_text,
 )
 from tasks.data.records import Removal, make_row
 
@@ -85,3 +89,60 @@ def test_evaluation_refuses_a_dataset_whose_train_split_repeats_a_golden_questio
     ):
         check_uncontaminated(train, [], config)
     check_uncontaminated(train[1:], [], config)  # a clean split passes
+
+
+def _mutated(words: list[str], rng: random.Random, vocabulary: list[str]) -> str:
+    changed = list(words)
+    for position in rng.sample(range(len(words)), rng.randint(1, 3)):
+        changed[position] = rng.choice(vocabulary)
+    return " ".join(changed)
+
+
+def _datasketch_verdict(
+    text: str, exact: dict, lsh: MinHashLSH, signatures: dict
+) -> tuple[str, float] | None:
+    """The reference: datasketch's MinHashLSH query and MinHash.jaccard, as the index was first built."""
+    words = re.findall(r"\w+", text.lower())
+    if " ".join(words) in exact:
+        return exact[" ".join(words)], 1.0
+    signature = MinHash(num_perm=CONFIG.num_perm, seed=1)
+    signature.update_batch([" ".join(words[i : i + 3]).encode() for i in range(len(words) - 2)])
+    scored = [(signatures[ref].jaccard(signature), ref) for ref in lsh.query(signature)]
+    near = [(score, ref) for score, ref in scored if score >= CONFIG.near_threshold]
+    if not near:
+        return None
+    score, ref = max(near, key=lambda item: (item[0], int(item[1][1:])))  # ties: the question indexed last
+    return ref, score
+
+
+def test_the_near_check_gives_the_verdicts_of_datasketch_minhashlsh():
+    """The index keeps its questions in numpy (one signature matrix, one sorted array of band keys), not
+    in datasketch's MinHashLSH: on questions that share words in many ways it must name the same question
+    with the same similarity for every row, and find the same rows clean."""
+    assert CONFIG.shingle_words == 3  # the reference below shingles by three words
+    rng = random.Random(7)
+    vocabulary = [f"w{i}" for i in range(60)]
+    bases = [[rng.choice(vocabulary) for _ in range(30)] for _ in range(40)]
+    texts = [" ".join(words) for words in bases] + [
+        _mutated(rng.choice(bases), rng, vocabulary) for _ in range(80)
+    ]
+    questions = [EvalQuestion(f"q{index}", text) for index, text in enumerate(texts)]
+    rows = [chat(f"t:{n}", _mutated(rng.choice(bases), rng, vocabulary)) for n in range(300)]
+    rows += [chat("t:exact", texts[5].upper()), chat("t:other", "Where is my order?")]
+
+    exact = {" ".join(re.findall(r"\w+", q.text.lower())): q.ref for q in questions}
+    lsh = MinHashLSH(threshold=CONFIG.near_threshold, num_perm=CONFIG.num_perm)
+    signatures = {}
+    for question in questions:
+        words = re.findall(r"\w+", question.text.lower())
+        signatures[question.ref] = MinHash(num_perm=CONFIG.num_perm, seed=1)
+        signatures[question.ref].update_batch([" ".join(words[i : i + 3]).encode() for i in range(28)])
+        lsh.insert(question.ref, signatures[question.ref])
+    expected = [_datasketch_verdict(user_text(row["messages"]), exact, lsh, signatures) for row in rows]
+
+    index = ContaminationIndex(questions, CONFIG)
+    found = [index.match(row) for row in rows]
+    assert [None if m is None else (m.question, m.similarity) for m in found] == expected
+    near = [verdict for verdict in expected if verdict is not None and verdict[1] < 1.0]
+    assert 50 < len(near) < 290  # the reference saw both near repeats and clean rows: a real comparison
+    assert expected[-2] == ("q5", 1.0) and expected[-1] is None

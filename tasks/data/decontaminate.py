@@ -18,14 +18,16 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from datasketch import MinHash, MinHashLSH
+import numpy as np
+from datasketch import MinHash
 
 from fineflow.config import DecontaminationConfig, FineflowConfig
 from fineflow.store.jsonl import parse_jsonl
-from tasks.data.dedup import empty_minhash
+from tasks.data.dedup import empty_minhash, fold_bands, lsh_bands
 from tasks.data.records import Removal, Row
 
 _WORD = re.compile(r"\w+")
+_BAND_SALT = np.uint64(0xD6E8FEB86659FD93)  # odd: distinct bands get distinct offsets
 
 
 @dataclass(frozen=True)
@@ -73,22 +75,38 @@ def _signature(words: list[str], config: DecontaminationConfig) -> MinHash:
 
 
 class ContaminationIndex:
-    """The evaluation questions, indexed once, for checking train rows in batches of any size."""
+    """The evaluation questions, indexed once, for checking train rows in batches of any size.
+
+    The near check gives the verdicts of datasketch's MinHashLSH at this threshold (its band layout;
+    a candidate shares a whole band with the row; the same Jaccard estimate), held in numpy: the
+    signatures as one matrix, and every band of every question folded to one key in one sorted array.
+    A row's candidates are two binary searches and its scores one comparison of matrix rows, where
+    MinHashLSH and MinHash objects cost a Python object per band and per question. At 1M rows (71,000
+    questions) the datasketch index held about 700 MB and judged a train row in 0.7 ms.
+    """
 
     def __init__(self, questions: list[EvalQuestion], config: DecontaminationConfig):
         self.questions, self.config = questions, config
         self.exact = {" ".join(_words(q.text)): q.ref for q in questions}
-        self.lsh = MinHashLSH(threshold=config.near_threshold, num_perm=config.num_perm)
-        self.signatures = {}
-        self.ngrams: dict[str, list[int]] = {}  # question n-grams, for the overlap share
+        self.bands = lsh_bands(config.near_threshold, config.num_perm)
+        self.ngrams: dict[str, list[int]] = {}  # question n-grams not yet seen in a kept train row
+        signatures = np.zeros((len(questions), config.num_perm), dtype=np.uint32)
         for index, question in enumerate(questions):
             words = _words(question.text)
-            self.signatures[index] = _signature(words, config)
-            self.lsh.insert(index, self.signatures[index])
+            signatures[index] = _signature(words, config).hashvalues
             if len(words) >= config.ngram_words:
                 for gram in _shingles(words, config.ngram_words):
                     self.ngrams.setdefault(gram, []).append(index)
+        self.signatures = signatures
+        keys = self._salted(fold_bands(signatures, self.bands)).ravel()  # question-major: index // bands
+        self.key_order = np.argsort(keys, kind="stable")
+        self.sorted_keys = keys[self.key_order]
         self.ngram_hits: set[int] = set()
+
+    def _salted(self, keys: np.ndarray) -> np.ndarray:
+        # One sorted array holds every band: each band's keys are offset apart, so equal keys of two
+        # different bands are rare, and a candidate's bands are compared anyway.
+        return keys ^ (np.arange(1, len(self.bands) + 1, dtype=np.uint64) * _BAND_SALT)
 
     def match(self, row: Row) -> Contamination | None:
         """The closest evaluation question the row's user turns repeat, if any."""
@@ -97,19 +115,39 @@ class ContaminationIndex:
     def _match(self, row: Row, words: list[str]) -> Contamination | None:
         if (ref := self.exact.get(" ".join(words))) is not None:
             return Contamination(row["source"], row["id"], ref, 1.0)
-        signature = _signature(words, self.config)
-        scored = [(self.signatures[i].jaccard(signature), i) for i in self.lsh.query(signature)]
-        scored = [(score, i) for score, i in scored if score >= self.config.near_threshold]
-        if not scored:
+        signature = _signature(words, self.config).hashvalues.astype(np.uint32)
+        candidates = self._candidates(signature)
+        same = self.signatures[candidates] == signature  # (candidates, num_perm)
+        # MinHashLSH's candidates share a whole band with the row; folding may collide, so compare.
+        shares_a_band = np.zeros(len(candidates), dtype=bool)
+        for start, end in self.bands:
+            shares_a_band |= same[:, start:end].all(axis=1)
+        scores = np.count_nonzero(same, axis=1) / self.config.num_perm
+        near = shares_a_band & (scores >= self.config.near_threshold)
+        if not near.any():
             return None
-        score, index = max(scored)
-        return Contamination(row["source"], row["id"], self.questions[index].ref, score)
+        # The highest score; between equal scores the question indexed last (max over (score, index)).
+        score, best = max(zip(scores[near].tolist(), candidates[near].tolist(), strict=True))
+        return Contamination(row["source"], row["id"], self.questions[best].ref, score)
+
+    def _candidates(self, signature: np.ndarray) -> np.ndarray:
+        """The questions whose key equals the signature's in some band (ascending)."""
+        keys = self._salted(fold_bands(signature[np.newaxis, :], self.bands)).ravel()
+        starts = np.searchsorted(self.sorted_keys, keys, side="left")
+        ends = np.searchsorted(self.sorted_keys, keys, side="right")
+        found = [self.key_order[start:end] for start, end in zip(starts, ends, strict=True) if end > start]
+        if not found:
+            return np.zeros(0, dtype=np.int64)
+        return np.unique(np.concatenate(found) // len(self.bands))
 
     def _note_ngrams(self, words: list[str]) -> None:
-        """Remember which questions share an n-gram with a kept train row (the report's overlap share)."""
+        """Remember which questions share an n-gram with a kept train row (the report's overlap share).
+        An n-gram once seen is dropped: its questions are counted, and a common phrase shared by
+        thousands of questions would otherwise be added again for every row that has it."""
         if len(words) >= self.config.ngram_words:
             for gram in _shingles(words, self.config.ngram_words):
-                self.ngram_hits.update(self.ngrams.get(gram, ()))
+                if (hit := self.ngrams.pop(gram, None)) is not None:
+                    self.ngram_hits.update(hit)
 
     def judge(self, row: Row) -> Removal | None:
         """A train row's removal (reason `contaminated`) if it repeats a question; a kept row's n-grams

@@ -66,7 +66,7 @@ def signature(row: Row, config: DedupConfig) -> np.ndarray:
 
 
 @cache
-def _hashranges(threshold: float, num_perm: int) -> tuple[tuple[int, int], ...]:
+def lsh_bands(threshold: float, num_perm: int) -> tuple[tuple[int, int], ...]:
     """datasketch's own band layout for this threshold (it integrates to choose it: once per process)."""
     return tuple(MinHashLSH(threshold=threshold, num_perm=num_perm).hashranges)
 
@@ -77,11 +77,22 @@ _FOLD = np.uint64(0x9E3779B97F4A7C15)
 
 def band_keys(signatures: np.ndarray, config: DedupConfig) -> np.ndarray:
     """(rows, bands) uint64: each LSH band of each signature folded into one key."""
-    ranges = _hashranges(config.near_threshold, config.num_perm)
+    return fold_bands(signatures, lsh_bands(config.near_threshold, config.num_perm))
+
+
+def fold_bands(signatures: np.ndarray, ranges: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """(rows, bands) uint64: each band (start, end) of each signature folded into one key. Equal bands
+    give equal keys; a key collision is possible, so a caller compares the bands of a candidate."""
+    width = ranges[0][1] - ranges[0][0]
+    if ranges != tuple((band * width, (band + 1) * width) for band in range(len(ranges))):
+        raise ValueError(f"LSH bands must be contiguous and of one width, from the first value: {ranges}")
+    # (rows, bands, width): one multiply-add per value of a band, over all bands and rows at once.
+    bands = (
+        signatures[:, : len(ranges) * width].astype(np.uint64).reshape(len(signatures), len(ranges), width)
+    )
     keys = np.zeros((len(signatures), len(ranges)), dtype=np.uint64)
-    for column, (start, end) in enumerate(ranges):
-        for value in signatures[:, start:end].astype(np.uint64).T:
-            keys[:, column] = keys[:, column] * _FOLD + value
+    for offset in range(width):
+        keys = keys * _FOLD + bands[:, :, offset]
     return keys
 
 
@@ -96,7 +107,7 @@ def rows_sharing_a_band(keys: np.ndarray) -> np.ndarray:
 def _band_groups(signatures: np.ndarray, config: DedupConfig) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per LSH band: each row's group (rows with byte-equal band values) and whether it shares it."""
     groups = []
-    for start, end in _hashranges(config.near_threshold, config.num_perm):
+    for start, end in lsh_bands(config.near_threshold, config.num_perm):
         band = np.ascontiguousarray(signatures[:, start:end])
         groups.append(_groups(band.view(np.dtype((np.void, band.itemsize * (end - start)))).ravel()))
     return groups
