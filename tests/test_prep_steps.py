@@ -19,13 +19,14 @@ from fineflow.privacy.masker import (
     get_masker,
     scan_for_pii,
 )
+from tasks.data import token_limit
 from tasks.data.dedup import shingles
 from tasks.data.normalize import normalize_rows, normalize_text
 from tasks.data.parse import parse_and_validate
 from tasks.data.pii import mask_pii
 from tasks.data.records import Quarantined, make_row, row_id
 from tasks.data.safety import filter_unsafe, load_rules
-from tasks.data.token_limit import enforce_token_limit, templated_length, trained_length
+from tasks.data.token_limit import enforce_token_limit, templated_length, trained_length, trained_lengths
 from tests.tiny_tokenizer import build_tiny_classifier, build_tiny_tokenizer, words
 from tests.whole_list_steps import deduplicate, split_rows
 
@@ -663,6 +664,19 @@ def test_templated_length_counts_the_chat_template(word_tokenizer_dir):
     assert (
         templated_length(tokenizer, chat(words(0, 5), words(5, 30))["messages"]) == 37
     )  # 2 roles + 35 words
+
+
+def test_lengths_measured_in_batches_are_the_lengths_of_each_row_alone(word_tokenizer_dir, monkeypatch):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(word_tokenizer_dir)
+    conversations = [chat(words(i, 3 + i), words(40, 2 + 3 * i))["messages"] for i in range(5)]
+    conversations.append([{"role": "system", "content": words(90, 4)}, *conversations[0]])  # its own prompt
+    monkeypatch.setattr(token_limit, "LENGTH_BATCH_ROWS", 4)  # two batches, the second one short
+    for prompt in (None, words(100, 6)):
+        alone = [trained_length(tokenizer, messages, prompt) for messages in conversations]
+        assert trained_lengths(tokenizer, conversations, prompt) == alone
+        assert len(set(alone)) == len(alone)  # every row a different length: no row answered for another
 
 
 def test_token_limit_drop(word_tokenizer_dir, tmp_path):
