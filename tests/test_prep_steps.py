@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from fineflow.config import ConfigError, load_config
 from fineflow.privacy.masker import (
@@ -568,6 +569,27 @@ RULE = {
     "pattern": "(?i)forbidden",
     "description": "test",
 }
+
+
+def test_the_first_rule_in_file_order_wins_and_a_text_repeated_over_rows_keeps_its_scope(tmp_path):
+    rules = [
+        {**RULE, "id": "test.first", "pattern": "(?i)alpha"},
+        {**RULE, "id": "test.second", "pattern": "(?i)beta", "scope": "user"},
+    ]
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump({"version": 1, "rules": rules}))
+    ruleset = load_rules(path)
+    rows = [
+        chat("beta first", "then ALPHA"),  # the second message matches the rule listed first
+        chat("Hello", "beta first"),  # the same text, now an answer: the user-scoped rule does not apply
+        chat("beta first", "Hi"),
+        chat("Hello", "Hi"),
+    ]
+    matches: dict = {}  # shared over the rows, as filter_unsafe shares it over a shard
+    verdicts = [ruleset.first_match(row, matches) for row in rows]
+    assert [rule.id if rule else None for rule in verdicts] == ["test.first", None, "test.second", None]
+    assert verdicts == [ruleset.first_match(row) for row in rows]  # the same without the shared texts
+    assert matches["beta first"] == frozenset({1})  # searched once, reused by three rows
 
 
 @pytest.mark.parametrize(

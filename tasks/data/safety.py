@@ -55,13 +55,20 @@ class RuleSet(BaseModel):
             raise ValueError(f"duplicate rule ids: {sorted(duplicates)}")
         return rules
 
-    def first_match(self, row: Row) -> Rule | None:
-        for rule in self.rules:
-            for message in row["messages"]:
-                if (rule.scope == "any" or message["role"] == "user") and rule.regex.search(
-                    message["content"]
-                ):
-                    return rule
+    def first_match(self, row: Row, matches: dict[str, frozenset[int]] | None = None) -> Rule | None:
+        """The first rule, in the file's order, that some message in its scope matches. `matches` keeps
+        each text's matching rules across calls: a text repeated over rows (a system prompt, a canned
+        answer) is searched once, with the same verdicts."""
+        matches = {} if matches is None else matches
+        found = []
+        for message in row["messages"]:
+            text = message["content"]
+            if text not in matches:
+                matches[text] = frozenset(i for i, rule in enumerate(self.rules) if rule.regex.search(text))
+            found.append((message["role"] == "user", matches[text]))
+        for index, rule in enumerate(self.rules):
+            if any((rule.scope == "any" or is_user) and index in hits for is_user, hits in found):
+                return rule
         return None
 
 
@@ -73,8 +80,9 @@ def load_rules(path: Path) -> RuleSet:
 def filter_unsafe(rows: list[Row], config: SafetyConfig) -> StepResult:
     rules = load_rules(config.rules_file)
     kept, removed = [], []
+    matches: dict[str, frozenset[int]] = {}  # this call's texts (one shard's): their matching rules
     for row in rows:
-        rule = rules.first_match(row)
+        rule = rules.first_match(row, matches)
         if rule:
             removed.append(Removal(row["id"], row["source"], rule.category, f"rule {rule.id}"))
         else:
