@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,12 +13,14 @@ from datasketch import MinHash, MinHashLSH
 
 from fineflow.config import load_config
 from tasks.data.decontaminate import (
+    Contamination,
     ContaminationError,
     ContaminationIndex,
     EvalQuestion,
     check_uncontaminated,
     eval_questions,
     find_contamination,
+    question_signature,
     user_text,
 )
 from tasks.data.records import Removal, make_row
@@ -143,6 +146,15 @@ def test_the_near_check_gives_the_verdicts_of_datasketch_minhashlsh():
     index = ContaminationIndex(questions, CONFIG)
     found = [index.match(row) for row in rows]
     assert [None if m is None else (m.question, m.similarity) for m in found] == expected
+    # As the merge runs it: every signature computed before (by the shards), none by the index.
+    signed = [
+        replace(q, signature=question_signature([{"role": "user", "content": q.text}], CONFIG))
+        for q in questions
+    ]
+    merged = ContaminationIndex(signed, CONFIG)
+    judged = [merged.judge(row, question_signature(row["messages"], CONFIG)) for row in rows]
+    assert [removal is None for removal in judged] == [verdict is None for verdict in expected]
+    assert [r.detail for r in judged if r] == [Contamination("", "", *v).detail for v in expected if v]
     near = [verdict for verdict in expected if verdict is not None and verdict[1] < 1.0]
     assert 50 < len(near) < 290  # the reference saw both near repeats and clean rows: a real comparison
     assert expected[-2] == ("q5", 1.0) and expected[-1] is None

@@ -15,11 +15,10 @@ rows (a common phrase such as "how do I reset my" is not contamination).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from datasketch import MinHash
 
 from fineflow.config import DecontaminationConfig, FineflowConfig
 from fineflow.store.jsonl import parse_jsonl
@@ -36,6 +35,8 @@ class EvalQuestion:
 
     ref: str
     text: str
+    # Its `question_signature`, when a shard computed it (None: the index computes it).
+    signature: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -66,12 +67,18 @@ def _shingles(words: list[str], size: int) -> set[str]:
     return {" ".join(words[i : i + size]) for i in range(len(words) - size + 1)}
 
 
-def _signature(words: list[str], config: DecontaminationConfig) -> MinHash:
+def _signature(words: list[str], config: DecontaminationConfig) -> np.ndarray:
     # Dedup's permutations, drawn once: drawing them for each row was most of the merge's decontamination
     # (35 s for 65,555 train rows on benchmarks/data_prep_scale.py's 100k rows).
     signature = empty_minhash(config.num_perm)
     signature.update_batch([s.encode() for s in _shingles(words, config.shingle_words)])
-    return signature
+    return signature.hashvalues.astype(np.uint32)  # values below 2**32: MinHash keeps them as uint64
+
+
+def question_signature(messages: list[dict], config: DecontaminationConfig) -> np.ndarray:
+    """The MinHash signature (uint32, num_perm) of what a conversation asks: its user turns. Shards sign
+    every row they keep, so the merge judges train rows and indexes eval rows without hashing them."""
+    return _signature(_words(user_text(messages)), config)
 
 
 class ContaminationIndex:
@@ -93,7 +100,9 @@ class ContaminationIndex:
         signatures = np.zeros((len(questions), config.num_perm), dtype=np.uint32)
         for index, question in enumerate(questions):
             words = _words(question.text)
-            signatures[index] = _signature(words, config).hashvalues
+            signatures[index] = (
+                _signature(words, config) if question.signature is None else question.signature
+            )
             if len(words) >= config.ngram_words:
                 for gram in _shingles(words, config.ngram_words):
                     self.ngrams.setdefault(gram, []).append(index)
@@ -110,12 +119,12 @@ class ContaminationIndex:
 
     def match(self, row: Row) -> Contamination | None:
         """The closest evaluation question the row's user turns repeat, if any."""
-        return self._match(row, _words(user_text(row["messages"])))
+        return self._match(row, _words(user_text(row["messages"])), None)
 
-    def _match(self, row: Row, words: list[str]) -> Contamination | None:
+    def _match(self, row: Row, words: list[str], signature: np.ndarray | None) -> Contamination | None:
         if (ref := self.exact.get(" ".join(words))) is not None:
             return Contamination(row["source"], row["id"], ref, 1.0)
-        signature = _signature(words, self.config).hashvalues.astype(np.uint32)
+        signature = _signature(words, self.config) if signature is None else signature
         candidates = self._candidates(signature)
         same = self.signatures[candidates] == signature  # (candidates, num_perm)
         # MinHashLSH's candidates share a whole band with the row; folding may collide, so compare.
@@ -149,11 +158,11 @@ class ContaminationIndex:
                 if (hit := self.ngrams.pop(gram, None)) is not None:
                     self.ngram_hits.update(hit)
 
-    def judge(self, row: Row) -> Removal | None:
+    def judge(self, row: Row, signature: np.ndarray | None = None) -> Removal | None:
         """A train row's removal (reason `contaminated`) if it repeats a question; a kept row's n-grams
-        are noted for the overlap share."""
+        are noted for the overlap share. `signature`: the row's `question_signature`, if computed."""
         words = _words(user_text(row["messages"]))
-        match = self._match(row, words)
+        match = self._match(row, words, signature)
         if match is None:
             self._note_ngrams(words)
             return None
@@ -189,9 +198,9 @@ def golden_set_questions(golden_questions: dict[str, str]) -> list[EvalQuestion]
     return [EvalQuestion(f"golden:{gid}", text) for gid, text in golden_questions.items()]
 
 
-def eval_question(eval_row: Row) -> EvalQuestion:
-    """What an eval-split row asks, named by its source."""
-    return EvalQuestion(f"eval:{eval_row['source']}", user_text(eval_row["messages"]))
+def eval_question(eval_row: Row, signature: np.ndarray | None = None) -> EvalQuestion:
+    """What an eval-split row asks, named by its source (with its `question_signature` if computed)."""
+    return EvalQuestion(f"eval:{eval_row['source']}", user_text(eval_row["messages"]), signature)
 
 
 class ContaminationError(ValueError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -38,11 +39,17 @@ def merge_shards(run: PrepRun, config: FineflowConfig, spool: ShardSpool, workdi
     duplicates = _global_duplicates(spool, prep.dedup)
     removed: dict[str, list[Removal]] = {step: [] for step in FILTER_STEPS}
     rows_out = dict.fromkeys(FILTER_STEPS, 0)
-    # Eval rows go to their file as they come; decontamination needs only what each one asks.
+    # Eval rows go to their file as they come; decontamination needs only what each one asks (its text
+    # and the shard's signature of it). Train rows' signatures go to a file beside theirs, line for line.
     asked: list[EvalQuestion] = []
     train_candidates, eval_path = workdir / "train-candidates.jsonl", workdir / "eval.jsonl"
-    with train_candidates.open("wb") as train_file, eval_path.open("wb") as eval_file:
-        for position, (_, verdict) in enumerate(spool.rows()):
+    train_asks = workdir / "train-candidates.asks"
+    with (
+        train_candidates.open("wb") as train_file,
+        train_asks.open("wb") as asks_file,
+        eval_path.open("wb") as eval_file,
+    ):
+        for position, (_, verdict, ask) in enumerate(spool.rows()):
             if position in duplicates:
                 removed["deduplicate"].append(duplicates[position])
                 continue
@@ -56,14 +63,17 @@ def merge_shards(run: PrepRun, config: FineflowConfig, spool: ShardSpool, workdi
                 continue
             rows_out["token-limit"] += 1
             if in_eval(verdict.row["id"], prep.split):
-                asked.append(eval_question(verdict.row))
+                asked.append(eval_question(verdict.row, ask.copy()))  # a view would pin its shard's array
                 eval_file.write(to_jsonl([verdict.row]))
             else:
                 train_file.write(to_jsonl([verdict.row]))
+                asks_file.write(ask.tobytes())
     for step in FILTER_STEPS:
         step_logger().info("%s: %d kept %s", step, rows_out[step], count_reasons(removed[step]))
-    questions = golden_set_questions(golden_questions(config)) + asked
-    train_path, contaminated, overlap = _decontaminate(train_candidates, questions, config, workdir)
+    index = ContaminationIndex(
+        golden_set_questions(golden_questions(config)) + asked, config.data_prep.decontamination
+    )
+    train_path, contaminated, overlap = _decontaminate(train_candidates, train_asks, index, workdir)
     all_removed = spool.normalize_removed + [r for step in FILTER_STEPS for r in removed[step]] + contaminated
     split_sizes = {
         "train": rows_out["token-limit"] - len(asked) - len(contaminated),
@@ -101,20 +111,25 @@ def _global_duplicates(spool: ShardSpool, config: DedupConfig) -> dict[int, Remo
     return {int(suspects[local]): removal for local, removal in decided.items()}
 
 
-def _decontaminate(candidates: Path, questions: list[EvalQuestion], config: FineflowConfig, workdir: Path):
+def _decontaminate(candidates: Path, asks: Path, index: ContaminationIndex, workdir: Path):
     """Train rows repeating a golden or eval-split question are removed (reason `contaminated`)."""
-    settings = config.data_prep.decontamination
-    index = ContaminationIndex(questions, settings)
     contaminated: list[Removal] = []
     train_path = workdir / "train.jsonl"
-    with candidates.open("rb") as source, train_path.open("wb") as train_file:
+    width = index.config.num_perm * np.dtype(np.uint32).itemsize
+    with candidates.open("rb") as source, asks.open("rb") as signatures, train_path.open("wb") as train_file:
         for line in source:
-            removal = index.judge(parse_jsonl(line)[0])
+            signature = np.frombuffer(signatures.read(width), dtype=np.uint32)
+            if signature.nbytes != width:
+                raise RuntimeError(f"{asks} holds fewer signatures than {candidates} holds rows")
+            removal = index.judge(parse_jsonl(line)[0], signature)
             if removal is None:
                 train_file.write(line)
             else:
                 contaminated.append(removal)
+        if signatures.read(1):
+            raise RuntimeError(f"{asks} holds more signatures than {candidates} holds rows")
     candidates.unlink()
+    asks.unlink()
     overlap = index.overlap()
     step_logger().info(
         "decontaminate: %d train rows repeat an evaluation question and are removed; overlap %s",

@@ -4,8 +4,9 @@ of the engine (Dask, through Prefect's task runner). The driver spools each shar
 arrives, so a worker holds one shard and the driver a few (`max_pending_shards`).
 
 Verdicts that need every row (dedup, decontamination) are not taken here: a shard only computes the
-per-row facts they need (signatures; the safety and token-limit verdicts of every masked row), and the
-merge (tasks/data/merge.py) applies them in today's order: dedup first, then safety, then token limit.
+per-row facts they need (dedup's signatures; the safety and token-limit verdicts of every masked row;
+the signature of what each kept row asks, for decontamination), and the merge (tasks/data/merge.py)
+applies them in today's order: dedup first, then safety, then token limit, the split, decontamination.
 
 A shard task is cached under the run key (inputs pinned to commits, the prep config hash), its index and
 the shard size, and retried on failure: a rerun after a crash recomputes only the shards that did not
@@ -31,6 +32,7 @@ from fineflow.runtime import step_logger
 from fineflow.store import DatasetStore, DatasetURI
 from fineflow.store.jsonl import to_jsonl
 from tasks.data.cache import RUN_KEY_TAG, training_system_prompt
+from tasks.data.decontaminate import question_signature
 from tasks.data.dedup import band_keys, signature
 from tasks.data.ingest import InputError
 from tasks.data.normalize import normalize_rows
@@ -90,6 +92,7 @@ class ShardResult:
     rows: list[Row]  # masked, in input order: what dedup judges
     signatures: np.ndarray  # (len(rows), num_perm) uint32: spooled to disk, read back for suspects only
     band_keys: np.ndarray  # (len(rows), bands) uint64: what the merge holds to find dedup's suspects
+    asks: np.ndarray  # (len(rows), num_perm) uint32: decontamination's signature of each kept row, else 0
     verdicts: list[RowVerdict]  # one per row
     emitted: np.ndarray  # sha256 of every JSONL line of this shard's masker output (records.line_digests)
 
@@ -158,6 +161,7 @@ def prepare_shard(shard: ShardInput, prep: DataPrepConfig, model: ShardModel) ->
     signatures = np.array([signature(row, prep.dedup) for row in rows], dtype=np.uint32).reshape(
         len(rows), prep.dedup.num_perm
     )
+    asks = _asks(verdicts, prep)
     # The exact JSONL lines write-outputs will write, hashed for the audit (tasks/data/publish.py).
     emitted = line_digests(
         [to_jsonl([v.row]) for v in verdicts if v.row is not None]
@@ -176,6 +180,7 @@ def prepare_shard(shard: ShardInput, prep: DataPrepConfig, model: ShardModel) ->
         rows=rows,
         signatures=signatures,
         band_keys=band_keys(signatures, prep.dedup),
+        asks=asks,
         verdicts=verdicts,
         emitted=emitted,
     )
@@ -189,6 +194,16 @@ def prepare_shard(shard: ShardInput, prep: DataPrepConfig, model: ShardModel) ->
         len(rows),
     )
     return result
+
+
+def _asks(verdicts: list[RowVerdict], prep: DataPrepConfig) -> np.ndarray:
+    """What each kept row asks, signed here on the worker: the merge then only looks the signatures up
+    (train rows against the eval questions) instead of hashing every row on one core."""
+    asks = np.zeros((len(verdicts), prep.decontamination.num_perm), dtype=np.uint32)
+    for position, verdict in enumerate(verdicts):
+        if verdict.row is not None:
+            asks[position] = question_signature(verdict.row["messages"], prep.decontamination)
+    return asks
 
 
 def _verdicts(
@@ -255,7 +270,7 @@ class ShardSpool:
         self.key_parts.append(result.band_keys)
         self.emitted_parts.append(result.emitted)
         with self._path(result.index).open("wb") as handle:
-            spooled = (result.rows, result.verdicts, result.signatures)
+            spooled = (result.rows, result.verdicts, result.signatures, result.asks)
             pickle.dump(spooled, handle, protocol=pickle.HIGHEST_PROTOCOL)
 
     def pii_counts(self) -> dict[str, int]:
@@ -276,20 +291,21 @@ class ShardSpool:
             wanted = positions[(positions >= bounds[index]) & (positions < bounds[index + 1])] - bounds[index]
             if not len(wanted):
                 continue
-            rows, _, shard_signatures = self._load(index)
+            rows, _, shard_signatures, _ = self._load(index)
             ids += [rows[i]["id"] for i in wanted]
             sources += [rows[i]["source"] for i in wanted]
             signatures.append(shard_signatures[wanted])
         width = signatures[0].shape[1] if signatures else 0
         return ids, sources, np.concatenate(signatures) if signatures else np.zeros((0, width), np.uint32)
 
-    def rows(self) -> Iterator[tuple[Row, RowVerdict]]:
-        """Every masked row with its verdict, in input order, one shard in memory at a time."""
+    def rows(self) -> Iterator[tuple[Row, RowVerdict, np.ndarray]]:
+        """Every masked row with its verdict and what it asks, in input order, one shard in memory at a
+        time."""
         for index in range(self.shards):
-            rows, verdicts, _ = self._load(index)
-            yield from zip(rows, verdicts, strict=True)
+            rows, verdicts, _, asks = self._load(index)
+            yield from zip(rows, verdicts, asks, strict=True)
 
-    def _load(self, index: int) -> tuple[list[Row], list[RowVerdict], np.ndarray]:
+    def _load(self, index: int) -> tuple[list[Row], list[RowVerdict], np.ndarray, np.ndarray]:
         with self._path(index).open("rb") as handle:
             return pickle.load(handle)  # noqa: S301 (our own spool, written above)
 
