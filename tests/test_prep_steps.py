@@ -27,7 +27,7 @@ from tasks.data.parse import parse_and_validate
 from tasks.data.pii import mask_pii
 from tasks.data.records import Quarantined, make_row, row_id
 from tasks.data.safety import filter_unsafe, load_rules
-from tasks.data.token_limit import enforce_token_limit, templated_length, trained_length, trained_lengths
+from tasks.data.token_limit import enforce_token_limit, trained_length, trained_lengths
 from tests.tiny_tokenizer import build_tiny_classifier, build_tiny_tokenizer, words
 from tests.whole_list_steps import deduplicate, split_rows
 
@@ -684,7 +684,7 @@ def test_templated_length_counts_the_chat_template(word_tokenizer_dir):
 
     tokenizer = AutoTokenizer.from_pretrained(word_tokenizer_dir)
     assert (
-        templated_length(tokenizer, chat(words(0, 5), words(5, 30))["messages"]) == 37
+        trained_length(tokenizer, chat(words(0, 5), words(5, 30))["messages"], None) == 37
     )  # 2 roles + 35 words
 
 
@@ -743,7 +743,7 @@ def test_token_limit_truncate_last_answer(word_tokenizer_dir, tmp_path):
     answer = truncated["messages"][4]["content"]
     assert answer and words(5, 30).startswith(answer) and answer != words(5, 30)
     tokenizer = AutoTokenizer.from_pretrained(word_tokenizer_dir)
-    assert templated_length(tokenizer, truncated["messages"]) <= 30
+    assert trained_length(tokenizer, truncated["messages"], None) <= 30
     assert truncated["id"] == row_id(truncated["messages"]) != long["id"]
     assert [(r.source, r.reason) for r in result.removed] == [("k:3", "over_token_limit")]
 

@@ -21,13 +21,6 @@ from fineflow.runtime import step_logger
 from tasks.data.cache import PREP_STEP_CACHE
 from tasks.data.records import Removal, Row, StepResult, with_messages
 
-
-def templated_length(tokenizer, messages: list[dict]) -> int:
-    encoded = tokenizer.apply_chat_template(messages, tokenize=True)
-    ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
-    return len(ids)
-
-
 # Rows measured per tokenizer call: a fast tokenizer encodes a batch in one call into Rust, about half
 # the time of one call per row (the chat template is rendered per row either way, and is cheap).
 LENGTH_BATCH_ROWS = 256
@@ -49,7 +42,7 @@ def trained_lengths(tokenizer, conversations: list[list[dict]], system_prompt: s
 def trained_length(tokenizer, messages: list[dict], system_prompt: str | None) -> int:
     """The row's length as training feeds it: `system_prompt` first unless the row has a system message of
     its own (None: no prompt added), the chat template applied."""
-    return templated_length(tokenizer, with_system_prompt(messages, system_prompt))
+    return trained_lengths(tokenizer, [messages], system_prompt)[0]
 
 
 def truncate_last_answer(
