@@ -96,6 +96,9 @@ class ContaminationIndex:
         self.questions, self.config = questions, config
         self.exact = {" ".join(_words(q.text)): q.ref for q in questions}
         self.bands = lsh_bands(config.near_threshold, config.num_perm)
+        # One sorted array holds every band: each band's keys are offset apart, so equal keys of two
+        # different bands are rare, and a candidate's bands are compared anyway.
+        self.band_salts = np.arange(1, len(self.bands) + 1, dtype=np.uint64) * _BAND_SALT
         self.ngrams: dict[str, list[int]] = {}  # question n-grams not yet seen in a kept train row
         signatures = np.zeros((len(questions), config.num_perm), dtype=np.uint32)
         for index, question in enumerate(questions):
@@ -107,15 +110,12 @@ class ContaminationIndex:
                 for gram in _shingles(words, config.ngram_words):
                     self.ngrams.setdefault(gram, []).append(index)
         self.signatures = signatures
-        keys = self._salted(fold_bands(signatures, self.bands)).ravel()  # question-major: index // bands
+        keys = (
+            fold_bands(signatures, self.bands) ^ self.band_salts
+        ).ravel()  # question-major: index // bands
         self.key_order = np.argsort(keys, kind="stable")
         self.sorted_keys = keys[self.key_order]
         self.ngram_hits: set[int] = set()
-
-    def _salted(self, keys: np.ndarray) -> np.ndarray:
-        # One sorted array holds every band: each band's keys are offset apart, so equal keys of two
-        # different bands are rare, and a candidate's bands are compared anyway.
-        return keys ^ (np.arange(1, len(self.bands) + 1, dtype=np.uint64) * _BAND_SALT)
 
     def match(self, row: Row) -> Contamination | None:
         """The closest evaluation question the row's user turns repeat, if any."""
@@ -141,7 +141,7 @@ class ContaminationIndex:
 
     def _candidates(self, signature: np.ndarray) -> np.ndarray:
         """The questions whose key equals the signature's in some band (ascending)."""
-        keys = self._salted(fold_bands(signature[np.newaxis, :], self.bands)).ravel()
+        keys = (fold_bands(signature[np.newaxis, :], self.bands) ^ self.band_salts).ravel()
         starts = np.searchsorted(self.sorted_keys, keys, side="left")
         ends = np.searchsorted(self.sorted_keys, keys, side="right")
         found = [self.key_order[start:end] for start, end in zip(starts, ends, strict=True) if end > start]

@@ -67,8 +67,13 @@ def signature(row: Row, config: DedupConfig) -> np.ndarray:
 
 @cache
 def lsh_bands(threshold: float, num_perm: int) -> tuple[tuple[int, int], ...]:
-    """datasketch's own band layout for this threshold (it integrates to choose it: once per process)."""
-    return tuple(MinHashLSH(threshold=threshold, num_perm=num_perm).hashranges)
+    """datasketch's own band layout for this threshold (it integrates to choose it: once per process).
+    `fold_bands` relies on its shape: contiguous bands of one width from the first value."""
+    ranges = tuple(MinHashLSH(threshold=threshold, num_perm=num_perm).hashranges)
+    width = ranges[0][1] - ranges[0][0]
+    if ranges != tuple((band * width, (band + 1) * width) for band in range(len(ranges))):
+        raise ValueError(f"LSH bands must be contiguous and of one width, from the first value: {ranges}")
+    return ranges
 
 
 # An odd 64-bit multiplier for folding a band's values into one key (arithmetic wraps modulo 2**64).
@@ -81,11 +86,9 @@ def band_keys(signatures: np.ndarray, config: DedupConfig) -> np.ndarray:
 
 
 def fold_bands(signatures: np.ndarray, ranges: tuple[tuple[int, int], ...]) -> np.ndarray:
-    """(rows, bands) uint64: each band (start, end) of each signature folded into one key. Equal bands
-    give equal keys; a key collision is possible, so a caller compares the bands of a candidate."""
+    """(rows, bands) uint64: each band of each signature (`lsh_bands`' layout) folded into one key. Equal
+    bands give equal keys; a key collision is possible, so a caller compares the bands of a candidate."""
     width = ranges[0][1] - ranges[0][0]
-    if ranges != tuple((band * width, (band + 1) * width) for band in range(len(ranges))):
-        raise ValueError(f"LSH bands must be contiguous and of one width, from the first value: {ranges}")
     # (rows, bands, width): one multiply-add per value of a band, over all bands and rows at once.
     bands = (
         signatures[:, : len(ranges) * width].astype(np.uint64).reshape(len(signatures), len(ranges), width)
