@@ -66,7 +66,7 @@ def data_prep(
     for refresh in (refresh_cache, True):
         with run.cached_steps(refresh):
             with spool_directory(config, run) as spool_dir:
-                runner = shard_task_runner(prep.scale_out, count_shards(store, list(run.pinned), prep))
+                runner = shard_task_runner(prep, count_shards(store, list(run.pinned), prep))
                 shards = prepare_shards.with_options(task_runner=runner)
                 spool = shards(list(run.pinned), config, spool_dir)
                 prepared = merge_shards(run, config, spool, spool_dir)

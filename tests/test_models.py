@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import pytest
@@ -25,8 +27,18 @@ def test_embedded_gguf_tokenizer_is_read_once_then_cached(embedded_cache):
     tmp_path = embedded_cache
     gguf = embedded_gguf_path("smollm2-135m-instruct")
     assert gguf.name.endswith(".gguf") and gguf.stat().st_size > 50_000_000
-    tokenizer = load_tokenizer("smollm2-135m-instruct", tmp_path)  # reads the GGUF (about 20 s)
+    # The first read happens where torch cannot be imported, as in data prep's workers: the GGUF reader
+    # (which imports torch) runs in a child process of its own.
+    first_read = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from pathlib import Path\n"
+        "from fineflow.models.base import load_tokenizer\n"
+        f"load_tokenizer('smollm2-135m-instruct', Path({str(tmp_path)!r}))\n"
+        "assert sys.modules['torch'] is None\n"
+    )
+    subprocess.run([sys.executable, "-c", first_read], check=True)  # reads the GGUF (about 20 s)
     assert (tmp_path / "smollm2-135m-instruct" / "tokenizer" / "tokenizer_config.json").exists()
+    tokenizer = load_tokenizer("smollm2-135m-instruct", tmp_path)
     messages = [
         {"role": "user", "content": "How do I reset my thermostat?"},
         {"role": "assistant", "content": "Hold the dial."},

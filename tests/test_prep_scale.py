@@ -142,6 +142,49 @@ def _sequential_outputs(config) -> dict[str, bytes]:
     }
 
 
+def _libraries_loaded_in_worker() -> dict[str, bool]:
+    """What masking's libraries pulled in, inside a Dask worker (runs there through Client.run)."""
+    import importlib.util
+    import sys
+
+    import presidio_analyzer  # noqa: F401  (spaCy, thinc and Presidio import torch whenever they can)
+
+    return {
+        "torch": sys.modules.get("torch") is not None,
+        "torch_found": importlib.util.find_spec("torch") is not None,
+    }
+
+
+def test_embedded_workers_load_torch_only_when_a_configured_model_needs_it(prefect_api):
+    """Masking, dedup, the rules and the token limit never call torch, yet Presidio and spaCy import it
+    (two thirds of a worker's memory). The embedded cluster's workers start without it, unless the safety
+    classifier or an NER pipeline is configured. The same bytes with and without it: the equality test
+    above compares torch-free workers with the flow's own process."""
+    from distributed import Client, LocalCluster
+    from prefect import flow
+
+    from fineflow.config import ClassifierConfig
+    from tasks.data.engine import shard_task_runner
+
+    plain = load_config(overrides={"data_prep.scale_out.workers": 1}).data_prep
+    classifier = ClassifierConfig(model="models/safety", drop_labels=["unsafe"], threshold=0.5, batch_size=8)
+    safety = plain.safety.model_copy(update={"classifier": classifier})
+    with_classifier = plain.model_copy(update={"safety": safety})
+
+    @flow
+    def cluster_settings() -> list[dict]:
+        return [shard_task_runner(prep, 3).cluster_kwargs for prep in (plain, with_classifier)]
+
+    loaded = []
+    for settings in cluster_settings():
+        with LocalCluster(**settings) as cluster, Client(cluster) as client:
+            loaded.append(next(iter(client.run(_libraries_loaded_in_worker).values())))
+    assert loaded == [
+        {"torch": False, "torch_found": False},
+        {"torch": True, "torch_found": True},
+    ]
+
+
 # --- the SkyPilot task file that launches a Dask cluster for prep, validated offline ---------------------
 
 PREP_CLUSTER_YAML = REPO_ROOT / "infra" / "sky" / "prep_cluster.yaml"

