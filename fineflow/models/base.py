@@ -58,16 +58,27 @@ def load_tokenizer(name: str, cache_dir: Path):
     return _load_tokenizer(name, cache_dir.resolve())
 
 
+def save_embedded_tokenizer(name: str, cache_dir: Path) -> None:
+    """Make the cached copy of an embedded model's tokenizer now, if it is missing, without loading it:
+    data prep does this before its workers start, so they never wait on the GGUF read or overlap it."""
+    if name in EMBEDDED_MODELS:
+        _saved_embedded_tokenizer(name, cache_dir.resolve())
+
+
+def _saved_embedded_tokenizer(name: str, cache_dir: Path) -> Path:
+    saved = cache_dir / name / "tokenizer"
+    with FileLock(str(saved) + ".lock"):
+        if not (saved / "tokenizer_config.json").exists():
+            _save_gguf_tokenizer_in_child(name, saved)
+    return saved
+
+
 @cache
 def _load_tokenizer(name: str, cache_dir: Path):
     from transformers import AutoTokenizer
 
     if name in EMBEDDED_MODELS:
-        saved = cache_dir / name / "tokenizer"
-        with FileLock(str(saved) + ".lock"):
-            if not (saved / "tokenizer_config.json").exists():
-                _save_gguf_tokenizer_in_child(name, saved)
-        return AutoTokenizer.from_pretrained(saved)
+        return AutoTokenizer.from_pretrained(_saved_embedded_tokenizer(name, cache_dir))
     if Path(name).is_dir():
         try:
             return AutoTokenizer.from_pretrained(name)
