@@ -12,6 +12,7 @@ ModuleNotFoundError and importlib.util.find_spec("torch") returns None, which th
 
 from __future__ import annotations
 
+import os
 import sys
 
 TORCH = "torch"
@@ -21,3 +22,7 @@ if sys.modules.get(TORCH) is not None:
     # at start-up, and hiding it now would leave half its users with it and half without.
     raise RuntimeError("torch was imported before the torch-free preload ran in this Dask worker")
 sys.modules[TORCH] = None
+# transformers then warns on import that "PyTorch was not found. Models won't be available": expected here
+# (the token limit needs only its tokenizers), and read as a fault in every worker's log. It is one of
+# transformers' advisory warnings, which this variable silences.
+os.environ["TRANSFORMERS_NO_ADVISORY_WARNINGS"] = "1"
