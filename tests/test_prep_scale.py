@@ -7,6 +7,7 @@ The sample (450 records) is cut into shards of 50 to 170 records, so every run h
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -210,6 +211,13 @@ def test_prep_cluster_task_passes_skypilots_schema_and_points_prep_at_its_schedu
     monkeypatch.chdir(REPO_ROOT)
     assert load_config().data_prep.scale_out.address == "tcp://10.0.0.5:8786"
     assert raw["envs"]["FINEFLOW__STORE__BACKEND"] == "lakefs"  # every node must reach the same store
+    # Its workers preload the module the embedded cluster preloads (found, not imported: importing it
+    # here would hide torch from this test process).
+    from tasks.data.engine import TORCH_FREE_PRELOAD
+
+    assert raw["envs"]["PREP_WORKER_PRELOAD"] == TORCH_FREE_PRELOAD
+    assert importlib.util.find_spec(TORCH_FREE_PRELOAD) is not None
+    assert '--preload "$PREP_WORKER_PRELOAD"' in run
 
 
 def test_an_unknown_field_in_the_prep_cluster_task_is_rejected():
