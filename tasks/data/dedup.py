@@ -21,7 +21,6 @@ no candidate.
 from __future__ import annotations
 
 import re
-from collections import defaultdict
 from functools import cache
 
 import numpy as np
@@ -107,12 +106,30 @@ def rows_sharing_a_band(keys: np.ndarray) -> np.ndarray:
     return np.flatnonzero(shared)
 
 
-def _band_groups(signatures: np.ndarray, config: DedupConfig) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per LSH band: each row's group (rows with byte-equal band values) and whether it shares it."""
+class _BandGroups:
+    """One LSH band's groups (rows with byte-equal band values), each group's rows in input order, so a
+    row's earlier group members are one slice: no per-row walk over a group that grows with the data."""
+
+    def __init__(self, band: np.ndarray):
+        inverse, _ = _groups(band)
+        counts = np.bincount(inverse)
+        self.inverse = inverse
+        self.members = np.argsort(inverse, kind="stable")  # by group, then position
+        self.starts = np.cumsum(counts) - counts
+        self.shared = counts[inverse] > 1
+        self.rank = np.empty(len(inverse), dtype=np.int64)  # a row's place among its group's members
+        self.rank[self.members] = np.arange(len(inverse)) - self.starts[inverse[self.members]]
+
+    def earlier(self, position: int) -> np.ndarray:
+        start = self.starts[self.inverse[position]]
+        return self.members[start : start + self.rank[position]]
+
+
+def _band_groups(signatures: np.ndarray, config: DedupConfig) -> list[_BandGroups]:
     groups = []
     for start, end in lsh_bands(config.near_threshold, config.num_perm):
         band = np.ascontiguousarray(signatures[:, start:end])
-        groups.append(_groups(band.view(np.dtype((np.void, band.itemsize * (end - start)))).ravel()))
+        groups.append(_BandGroups(band.view(np.dtype((np.void, band.itemsize * (end - start)))).ravel()))
     return groups
 
 
@@ -126,21 +143,16 @@ def duplicate_verdicts(
     ids: list[str], sources: list[str], signatures: np.ndarray, config: DedupConfig
 ) -> dict[int, Removal]:
     """Removals by row position (input order); rows not named are kept."""
-    groups = _band_groups(signatures, config)
-    members: list[dict[int, list[int]]] = []
+    bands = _band_groups(signatures, config)
     suspects = np.zeros(len(ids), dtype=bool)
-    for inverse, shared in groups:
-        by_group: dict[int, list[int]] = defaultdict(list)
-        for position in np.flatnonzero(shared):  # ascending: members stay in input order
-            by_group[int(inverse[position])].append(int(position))
-        members.append(by_group)
-        suspects |= shared
+    for band in bands:
+        suspects |= band.shared
     kept = np.ones(len(ids), dtype=bool)
     first_kept: dict[str, int] = {}  # row id -> position of its first (kept) occurrence
     removals: dict[int, Removal] = {}
     for position in map(int, np.flatnonzero(suspects)):
         # A row sharing no band with any other row cannot repeat one: equal ids mean equal signatures.
-        removal = _verdict(position, ids, sources, signatures, groups, members, kept, first_kept, config)
+        removal = _verdict(position, ids, sources, signatures, bands, kept, first_kept, config)
         if removal is None:
             first_kept[ids[position]] = position
         else:
@@ -149,26 +161,21 @@ def duplicate_verdicts(
     return removals
 
 
-def _verdict(position, ids, sources, signatures, groups, members, kept, first_kept, config):
+def _verdict(position, ids, sources, signatures, bands, kept, first_kept, config):
     row_id = ids[position]
     if row_id in first_kept:
         return Removal(row_id, sources[position], "exact_duplicate", f"of {sources[first_kept[row_id]]}")
-    candidates = {
-        other
-        for (inverse, _), by_group in zip(groups, members, strict=True)
-        for other in by_group.get(int(inverse[position]), ())
-        if other < position and kept[other]
-    }
-    similar = [
-        other for other in candidates if _jaccard(signatures, other, position) >= config.near_threshold
-    ]
-    if not similar:
+    candidates = np.unique(np.concatenate([band.earlier(position) for band in bands]))  # ascending
+    candidates = candidates[kept[candidates]]
+    if not len(candidates):
         return None
-    match = min(similar)  # the earliest kept row
-    detail = f"of {sources[match]} (similarity {_jaccard(signatures, match, position):.2f})"
+    # datasketch's MinHash.jaccard for every candidate at once: equal slots over all slots
+    similarity = np.count_nonzero(signatures[candidates] == signatures[position], axis=1) / float(
+        signatures.shape[1]
+    )
+    similar = np.flatnonzero(similarity >= config.near_threshold)
+    if not len(similar):
+        return None
+    match = int(candidates[similar[0]])  # the earliest kept row
+    detail = f"of {sources[match]} (similarity {float(similarity[similar[0]]):.2f})"
     return Removal(row_id, sources[position], "near_duplicate", detail)
-
-
-def _jaccard(signatures: np.ndarray, left: int, right: int) -> float:
-    # datasketch's MinHash.jaccard, on two rows of the signature matrix
-    return float(np.count_nonzero(signatures[left] == signatures[right])) / float(signatures.shape[1])
