@@ -158,7 +158,7 @@ def _libraries_loaded_in_worker() -> dict[str, bool]:
 
 def test_embedded_workers_load_torch_only_when_a_configured_model_needs_it(prefect_api):
     """Masking, dedup, the rules and the token limit never call torch, yet Presidio and spaCy import it
-    (two thirds of a worker's memory). The embedded cluster's workers start without it, unless the safety
+    (more than half of a worker's memory). The embedded cluster's workers start without it, unless the safety
     classifier or an NER pipeline is configured. The same bytes with and without it: the equality test
     above compares torch-free workers with the flow's own process."""
     from distributed import Client, LocalCluster

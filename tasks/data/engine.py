@@ -15,7 +15,7 @@ have this project installed and reach the same Prefect API.
 
 The embedded cluster's workers start without torch (tasks/data/torch_free_worker.py) unless a configured
 model needs it: a spaCy NER pipeline (transformer pipelines run on torch) or the safety classifier.
-Presidio and spaCy import torch whenever it is installed, and it made up two thirds of each worker's
+Presidio and spaCy import torch whenever it is installed, and it made up more than half of each worker's
 memory. A cluster given by address is left as its owner set it up.
 
 Inputs that fit in one shard run in the flow's own process: a cluster would only add its start-up
