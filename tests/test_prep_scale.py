@@ -145,7 +145,6 @@ def _sequential_outputs(config) -> dict[str, bytes]:
 
 def _libraries_loaded_in_worker() -> dict[str, bool]:
     """What masking's libraries pulled in, inside a Dask worker (runs there through Client.run)."""
-    import importlib.util
     import sys
 
     import presidio_analyzer  # noqa: F401  (spaCy, thinc and Presidio import torch whenever they can)

@@ -110,9 +110,8 @@ class ContaminationIndex:
                 for gram in _shingles(words, config.ngram_words):
                     self.ngrams.setdefault(gram, []).append(index)
         self.signatures = signatures
-        keys = (
-            fold_bands(signatures, self.bands) ^ self.band_salts
-        ).ravel()  # question-major: index // bands
+        # question-major: a key's index // bands is its question
+        keys = (fold_bands(signatures, self.bands) ^ self.band_salts).ravel()
         self.key_order = np.argsort(keys, kind="stable")
         self.sorted_keys = keys[self.key_order]
         self.ngram_hits: set[int] = set()

@@ -111,8 +111,7 @@ class _BandGroups:
     row's earlier group members are one slice: no per-row walk over a group that grows with the data."""
 
     def __init__(self, band: np.ndarray):
-        inverse, _ = _groups(band)
-        counts = np.bincount(inverse)
+        _, inverse, counts = np.unique(band, return_inverse=True, return_counts=True)
         self.inverse = inverse
         self.members = np.argsort(inverse, kind="stable")  # by group, then position
         self.starts = np.cumsum(counts) - counts
