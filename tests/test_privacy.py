@@ -92,6 +92,141 @@ def test_an_unknown_phone_region_is_refused_by_name():
         PIIMasker(PII.model_copy(update={"phone_regions": ["US", "UK"]}))
 
 
+def test_phone_candidate_characters_hold_every_character_phonenumbers_can_match():
+    """The phone gate counts digits in stretches of these characters: if phonenumbers' candidate pattern
+    could match a character outside them, a candidate could span two stretches and the gate would
+    undercount it. Walk the pattern's parse tree (Python's own regex parser) for every character it names."""
+    import re
+    import re._constants as sre
+    import re._parser as parser
+
+    from phonenumbers.phonenumbermatcher import _PATTERN
+
+    from fineflow.privacy.recognizers import _PHONE_CANDIDATE_CHARS
+
+    named, categories = set(), set()
+
+    def walk(items):
+        for op, argument in items:
+            if op is sre.LITERAL:
+                named.add(chr(argument))
+            elif op is sre.RANGE:
+                named.update(map(chr, range(argument[0], argument[1] + 1)))
+            elif op is sre.CATEGORY:
+                categories.add(argument)
+            elif op is sre.IN:
+                walk(argument)
+            elif op is sre.BRANCH:
+                for branch in argument[1]:
+                    walk(branch)
+            elif op in (sre.MAX_REPEAT, sre.MIN_REPEAT):
+                walk(argument[2])
+            elif op is sre.SUBPATTERN:
+                walk(argument[3])
+            else:  # ANY, NOT_LITERAL, NEGATE, ...: a character the gate could not bound
+                assert op in (sre.AT, sre.GROUPREF), f"phonenumbers' pattern has {op}"
+
+    walk(parser.parse(_PATTERN.pattern, _PATTERN.flags))
+    assert categories == {sre.CATEGORY_DIGIT}
+    candidate_char = re.compile(f"[{_PHONE_CANDIDATE_CHARS}]", re.IGNORECASE)
+    assert set("+(x-#;=e") <= named  # the walk reached the lead, the punctuation and the extension labels
+    assert sorted(char for char in named if not candidate_char.fullmatch(char)) == []
+
+
+def test_keyword_detector_is_skipped_only_on_lines_without_a_denylisted_word(masker):
+    """The secrets recognizer skips KeywordDetector on a line without one of its denylisted words: sound
+    only while every pattern it tries starts from one."""
+    from detect_secrets.plugins import keyword
+
+    denylist = "|".join(keyword.DENYLIST)
+    tables = [table for name, table in vars(keyword).items() if name.endswith("_REGEX_TO_GROUP")]
+    tried = {pattern for table in tables for pattern in table}
+    assert keyword.QUOTES_REQUIRED_DENYLIST_REGEX_TO_GROUP in tables  # what it tries on a .txt line
+    assert len(tried) > 5 and all(denylist in pattern.pattern for pattern in tried)
+    masked, counts = masker.mask('config: api_key = "f8Kq2LmN9pXz4RtY"')
+    assert "f8Kq2LmN9pXz4RtY" not in masked and counts == {"SECRET": 1}, masked
+
+
+def _phone_texts() -> list[str]:
+    """Texts for comparing the gated phone recognizer with Presidio's: every region's example numbers in
+    national and international form, short national numbers, and random strings of digits, separators,
+    letters ("1-800-FLOWERS"), extensions and plus signs around and inside numbers."""
+    import phonenumbers
+
+    texts = []
+    for region in sorted(phonenumbers.SUPPORTED_REGIONS):
+        for kind in (phonenumbers.PhoneNumberType.FIXED_LINE, phonenumbers.PhoneNumberType.MOBILE):
+            number = phonenumbers.example_number_for_type(region, kind)
+            if number is not None:
+                for form in (
+                    phonenumbers.PhoneNumberFormat.NATIONAL,
+                    phonenumbers.PhoneNumberFormat.INTERNATIONAL,
+                ):
+                    texts.append(f"call {phonenumbers.format_number(number, form)} ext. 12 today")
+    pieces = [
+        "0",
+        "1",
+        "2",
+        "3",
+        "5",
+        "7",
+        "9",
+        "12",
+        "030",
+        "4567",
+        "(",
+        ")",
+        "+",
+        "-",
+        " ",
+        " ",
+        ".",
+        "/",
+        "x",
+        "ext",
+        "ext. ",
+        " anexo ",
+        ";ext=",
+        "#",
+        "FLOWERS",
+        "CALL",
+        "abc",
+        "Ticket ",
+        "E8",
+        ":",
+        ",",
+        "\u0663",
+    ]
+    rng = random.Random(13)
+    for _ in range(1500):
+        texts.append("".join(rng.choice(pieces) for _ in range(rng.randint(1, 14))))
+    for length in range(3, 12):
+        for _ in range(40):
+            texts.append("ruf 0" + "".join(rng.choice("0123456789") for _ in range(length)) + " an")
+    return texts
+
+
+def test_phone_recognizer_finds_what_presidios_finds_with_every_region():
+    """The gate only skips regions whose shortest valid number is longer than the text's longest digit
+    span: the findings must be Presidio's own, and on these texts the gate must have skipped passes."""
+    from presidio_analyzer.predefined_recognizers import PhoneRecognizer as PresidioPhoneRecognizer
+
+    from fineflow.privacy.recognizers import _PHONE_DIGIT_SPAN, GatedPhoneRecognizer, _digits_and_letters
+
+    gated = GatedPhoneRecognizer(PII.phone_regions, "en")
+    presidio = PresidioPhoneRecognizer(supported_regions=tuple(PII.phone_regions))
+    texts, skipped, found = _phone_texts(), 0, 0
+    for text in texts:
+        ours = [(r.start, r.end, r.score) for r in gated.analyze(text, ["PHONE_NUMBER"])]
+        theirs = [(r.start, r.end, r.score) for r in presidio.analyze(text, ["PHONE_NUMBER"])]
+        assert ours == theirs, text
+        found += bool(ours)
+        most = max(map(_digits_and_letters, _PHONE_DIGIT_SPAN.findall(text)), default=0)
+        skipped += sum(most < fewest for fewest in gated.fewest_digits.values())
+    assert found > 500 and skipped > 2000, (found, skipped)
+    assert gated.fewest_digits["DE"] == 4 and gated.fewest_digits["US"] == 6  # +43 and four digits (Austria)
+
+
 def test_masked_text_is_scanned_again_until_a_scan_finds_nothing():
     from presidio_analyzer import Pattern, PatternRecognizer
 

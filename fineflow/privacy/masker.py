@@ -179,12 +179,13 @@ def _fineflow_recognizers(config: PIIConfig) -> list:
 
 def _phone_recognizer(regions: list[str], language: str):
     import phonenumbers
-    from presidio_analyzer.predefined_recognizers import PhoneRecognizer
+
+    from fineflow.privacy.recognizers import GatedPhoneRecognizer
 
     unknown = sorted(set(regions) - phonenumbers.SUPPORTED_REGIONS)
     if unknown:
         raise ValueError(f"data_prep.pii.phone_regions: phonenumbers knows no region {unknown} (GB, not UK)")
-    return PhoneRecognizer(supported_language=language, supported_regions=tuple(regions))
+    return GatedPhoneRecognizer(regions, language)
 
 
 def _blank_spacy_engine(spacy_engine_class, language: str):

@@ -1,14 +1,18 @@
 """Recognizers fineflow adds to Presidio's: secrets (detect-secrets), street addresses (pyap), dates of
-birth and passwords written in prose, compressed IPv6 addresses. Each finds spans in the (normalised)
-text; the masker replaces them with the entity's configured placeholder."""
+birth and passwords written in prose, compressed IPv6 addresses, and Presidio's phone numbers without the
+regions a text cannot hold a number of. Each finds spans in the (normalised) text; the masker replaces
+them with the entity's configured placeholder."""
 
 from __future__ import annotations
 
 import ipaddress
 import re
 from collections.abc import Callable, Iterator
+from functools import cache
 
+import phonenumbers
 from presidio_analyzer import EntityRecognizer, RecognizerResult
+from presidio_analyzer.predefined_recognizers import PhoneRecognizer as PresidioPhoneRecognizer
 
 from fineflow.config import SecretsConfig
 
@@ -66,7 +70,7 @@ class SecretsRecognizer(_Recognizer):
         if unknown:
             raise ValueError(f"data_prep.pii.secrets.plugins: no detect-secrets plugin named {unknown}")
         self.plugins = [
-            (classes[name](**({"limit": limits[name]} if name in limits else {})), entity)
+            (classes[name](**({"limit": limits[name]} if name in limits else {})), entity, _keywords_of(name))
             for name, entity in config.plugins.items()
         ]
         _use_default_detect_secrets_settings()
@@ -75,7 +79,9 @@ class SecretsRecognizer(_Recognizer):
     def spans(self, text: str) -> Iterator[tuple[str, int, int]]:
         offset = 0
         for line in text.splitlines(keepends=True):
-            for plugin, entity in self.plugins:
+            for plugin, entity, keywords in self.plugins:
+                if keywords is not None and not keywords.search(line):
+                    continue
                 for secret in plugin.analyze_line(filename=_SECRET_FILE, line=line, line_number=0):
                     if type(plugin).__name__ == PRIVATE_KEY_PLUGIN:
                         yield entity, offset + line.find("-----BEGIN"), _pem_end(text, offset)
@@ -83,6 +89,20 @@ class SecretsRecognizer(_Recognizer):
                     for start, end in _occurrences(line, secret.secret_value):
                         yield entity, offset + start, offset + end
             offset += len(line)
+
+
+def _keywords_of(plugin_name: str) -> re.Pattern | None:
+    """What a line must hold for the plugin to find anything in it, where one search can tell.
+
+    KeywordDetector tries about ten patterns on every line, each starting from a word of its denylist
+    ("password", "api_key", ...): about half of detect-secrets' time on chat text, where few lines hold
+    one. A line without a denylisted word cannot match any of them. The search is case-insensitive, as
+    most of the patterns are."""
+    if plugin_name != "KeywordDetector":
+        return None
+    from detect_secrets.plugins.keyword import DENYLIST
+
+    return re.compile("|".join(DENYLIST), re.IGNORECASE)
 
 
 def _use_default_detect_secrets_settings() -> None:
@@ -314,3 +334,80 @@ def _plausible_street(address) -> bool:
         and all(word[0].isupper() or word[0].isdigit() for word in words)
         and street_type[:1].isupper()
     )
+
+
+# ---------------------------------------------------------------------------------------------- phones
+
+# Every character phonenumbers' matcher can put in a candidate (phonenumbermatcher._PATTERN, matched
+# case-insensitively as here): digits, its punctuation (with the "x" of "555x1234") and leading "+" and
+# brackets, and the labels, separators and digits of an extension ("ext. 12", "anexo 3", ";ext=4", "#").
+# tests/test_privacy.py checks it holds every character that pattern can match.
+_PHONE_CANDIDATE_CHARS = (
+    r"\d+\uff0b(\[\uff08\uff3b)\]\uff09\uff3d"
+    r"\-x\u2010-\u2015\u2212\u30fc\uff0d-\uff0f \u00a0\u00ad\u200b\u2060\u3000.\\/~\u2053\u223c\uff5e"
+    r"\t,:;=#\uff03\uff0eextnsioa\u00f3\u0301\uff45\uff58\uff54\uff4e\uff49\u0434\u043e\u0431"
+)
+# From a digit to the last digit of a stretch of those characters: any candidate's digits lie inside one.
+_PHONE_DIGIT_SPAN = re.compile(rf"\d(?:[{_PHONE_CANDIDATE_CHARS}]*\d)?", re.IGNORECASE)
+
+
+class GatedPhoneRecognizer(PresidioPhoneRecognizer):
+    """Presidio's phone recognizer, which runs phonenumbers' matcher once per region over the whole text,
+    skipping the regions whose shortest valid number has more digits than the text's longest candidate.
+
+    A region's matcher keeps a candidate only if it parses to a valid number: its national significant
+    number must have one of the lengths phonenumbers' metadata allows (for that region's country code,
+    or, written +<code> or with an international prefix, any country's code and length). Those digits come
+    from the candidate's digits, or from its letters, which phonenumbers reads as keypad digits
+    ("1-800-FLOWERS"), so a candidate never yields more digits than it holds digits and letters. A text
+    whose longest digit span holds fewer than a region's shortest number cannot match in that region, and
+    Presidio's loop would find nothing there: the results are the same, found with fewer passes. On the
+    scale benchmark's rows ("Ticket 2836", "E8") most texts run only Germany's pass (4 digits) or none:
+    the matcher was a quarter of a shard; benchmarks/phone_regions.py measures the change.
+    """
+
+    def __init__(self, regions: list[str], language: str):
+        super().__init__(supported_language=language, supported_regions=tuple(regions))
+        shortest = _shortest_national_numbers()
+        international = min(len(str(code)) + length for code, length in shortest.items())
+        self.fewest_digits = {
+            region: min(international, shortest[phonenumbers.country_code_for_region(region)])
+            for region in regions
+        }
+
+    def analyze(self, text: str, entities: list[str], nlp_artifacts=None) -> list[RecognizerResult]:
+        most = max(map(_digits_and_letters, _PHONE_DIGIT_SPAN.findall(text)), default=0)
+        results = []
+        for region in self.supported_regions:
+            if most < self.fewest_digits[region]:
+                continue
+            for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=self.leniency):
+                number_region = _region_of(text[match.start : match.end], region)
+                results.append(self._get_recognizer_result(match, text, number_region, nlp_artifacts))
+        return EntityRecognizer.remove_duplicates(results)
+
+
+def _digits_and_letters(span: str) -> int:
+    return sum(1 for char in span if char.isdecimal() or char.isalpha())
+
+
+def _region_of(number: str, found_in: str) -> str:
+    """The region Presidio's explanation names: the number's own, or that of the pass that found it."""
+    try:
+        return phonenumbers.region_code_for_number(phonenumbers.parse(number))
+    except phonenumbers.NumberParseException:
+        return found_in
+
+
+@cache
+def _shortest_national_numbers() -> dict[int, int]:
+    """Per country code, the fewest digits of a valid national significant number in any of its regions."""
+    from phonenumbers.phonemetadata import PhoneMetadata
+
+    shortest: dict[int, int] = {}
+    entries = [PhoneMetadata.metadata_for_region(region) for region in phonenumbers.SUPPORTED_REGIONS]
+    entries += map(PhoneMetadata.metadata_for_nongeo_region, phonenumbers.COUNTRY_CODES_FOR_NON_GEO_REGIONS)
+    for entry in entries:
+        length = min(entry.general_desc.possible_length or (1,))  # none listed: any length is possible
+        shortest[entry.country_code] = min(shortest.get(entry.country_code, length), length)
+    return shortest

@@ -28,6 +28,12 @@ class NormalizedText:
 
 def normalize(text: str) -> NormalizedText:
     """NFKC per character (so every output character knows its origin), invisible characters dropped."""
+    if text.isascii():  # NFKC leaves ASCII as it is and no invisible character is ASCII: most texts
+        return NormalizedText(text, tuple(range(len(text))))
+    return normalize_each_character(text)
+
+
+def normalize_each_character(text: str) -> NormalizedText:
     chars: list[str] = []
     origin: list[int] = []
     for index, char in enumerate(text):

@@ -1,0 +1,114 @@
+"""The masker's three shortcuts against the masker without them, in one process:
+- phone numbers: phonenumbers' matcher runs only for the regions whose shortest valid number fits in the
+  text's longest digit span (fineflow/privacy/recognizers.py, GatedPhoneRecognizer); the baseline is
+  Presidio's PhoneRecognizer, one pass per configured region on every text;
+- secrets: detect-secrets' KeywordDetector runs only on lines holding one of its denylisted words;
+- normalisation: ASCII text is taken as it is instead of character by character.
+
+    nice -n 19 .venv/bin/python benchmarks/masking_passes.py [--rows 5000] [--rounds 2]
+
+Two kinds of text, as in benchmarks/mask_repeats.py: the distinct texts of the scale benchmark's rows
+(benchmarks/data_prep_scale.py: "Ticket 2836", "E8", few long digit runs), and the same with a reference
+number appended to every answer ("(ref 1234-5)"), so more texts need every phone pass. Each is masked by
+the baseline and by the configured masker, alternately, best of `--rounds` (CPU seconds). Printed: the
+seconds, the ratio baseline / now, and the phone recognizer's own seconds and passes. The masked texts and
+counts must be identical; the benchmark stops if they are not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+
+def baseline_masker(config):
+    """A masker of the same config with Presidio's phone recognizer and every secrets plugin on every line."""
+    from presidio_analyzer.predefined_recognizers import PhoneRecognizer
+
+    from fineflow.privacy.masker import PIIMasker
+
+    masker = PIIMasker(config)
+    registry = masker.analyzer.registry
+    registry.remove_recognizer("GatedPhoneRecognizer")
+    registry.add_recognizer(
+        PhoneRecognizer(supported_language=config.language, supported_regions=tuple(config.phone_regions))
+    )
+    for recognizer in registry.recognizers:
+        if type(recognizer).__name__ == "SecretsRecognizer":
+            recognizer.plugins = [(plugin, entity, None) for plugin, entity, _ in recognizer.plugins]
+    return masker
+
+
+def mask_all(masker, texts: list[str], per_character: bool) -> tuple[float, list]:
+    import fineflow.privacy.masker as masker_module
+    from fineflow.privacy.text import normalize, normalize_each_character
+
+    masker_module.normalize = normalize_each_character if per_character else normalize
+    try:
+        start = time.process_time()
+        outputs = [masker.mask(text) for text in texts]
+        return time.process_time() - start, outputs
+    finally:
+        masker_module.normalize = normalize
+
+
+def phone_seconds(recognizer, texts: list[str]) -> float:
+    start = time.process_time()
+    for text in texts:
+        recognizer.analyze(text, ["PHONE_NUMBER"])
+    return time.process_time() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    from mask_repeats import shard_rows
+
+    from fineflow.config import load_config
+    from fineflow.privacy.masker import get_masker
+    from fineflow.privacy.recognizers import _PHONE_DIGIT_SPAN, _digits_and_letters
+
+    config = load_config(REPO / "configs" / "default.yaml").data_prep.pii
+    now, baseline = get_masker(config), baseline_masker(config)
+    gated = next(r for r in now.analyzer.registry.recognizers if type(r).__name__ == "GatedPhoneRecognizer")
+    presidio = next(
+        r for r in baseline.analyzer.registry.recognizers if type(r).__name__ == "PhoneRecognizer"
+    )
+    for label, distinct in (("scale benchmark's rows", False), ("answers with a reference number", True)):
+        rows = shard_rows(args.rows, distinct_answers=distinct)
+        texts = sorted({m["content"] for row in rows for m in row["messages"]})
+        spans = [max(map(_digits_and_letters, _PHONE_DIGIT_SPAN.findall(t)), default=0) for t in texts]
+        passes = sum(span >= fewest for span in spans for fewest in gated.fewest_digits.values())
+        best = {"baseline": float("inf"), "now": float("inf")}
+        outputs = {}
+        for _ in range(args.rounds):
+            for name, masker in (("baseline", baseline), ("now", now)):
+                seconds, outputs[name] = mask_all(masker, texts, per_character=name == "baseline")
+                best[name] = min(best[name], seconds)
+        if outputs["baseline"] != outputs["now"]:
+            raise SystemExit(f"{label}: the masked texts differ")
+        phone = {"baseline": phone_seconds(presidio, texts), "now": phone_seconds(gated, texts)}
+        every_pass = len(texts) * len(config.phone_regions)
+        print(
+            f"{label}: {len(texts)} distinct texts; masking {best['baseline']:.2f} s baseline, "
+            f"{best['now']:.2f} s now: {best['baseline'] / best['now']:.2f}x, same output. "
+            f"Phone recognizer alone {phone['baseline']:.2f} s vs {phone['now']:.2f} s "
+            f"({phone['baseline'] / phone['now']:.2f}x): {passes} of {every_pass} region passes run",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
