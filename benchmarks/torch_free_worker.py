@@ -38,16 +38,13 @@ def child(variant: str, rows_file: Path) -> None:
 
     from fineflow.config import load_config
     from tasks.data.parse import parsed_records
-    from tasks.data.records import Quarantined
     from tasks.data.shards import ShardInput, ShardModel, prepare_shard
 
     config = load_config(REPO / "configs" / "default.yaml")
     prep = config.data_prep
-    shard = ShardInput(0, [], [], {})
     with rows_file.open("rb") as lines:
-        for record in parsed_records(rows_file.name, lines, prep.validation):
-            (shard.quarantined if isinstance(record, Quarantined) else shard.rows).append(record)
-    shard.rows_in_by_file[rows_file.name] = shard.rows_in
+        records = list(parsed_records(rows_file.name, lines, prep.validation))
+    shard = ShardInput.of(0, records, {rows_file.name: len(records)})
     model = ShardModel.of(config)
     seconds = []
     for _ in range(2):

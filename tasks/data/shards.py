@@ -57,16 +57,31 @@ class ShardModel:
         return cls(config.base_model.name, config.data_dir / "models", training_system_prompt(config))
 
 
-@dataclass
+@dataclass(frozen=True)
 class ShardInput:
-    index: int
-    rows: list[Row]  # raw: never persisted (a task's inputs are not)
-    quarantined: list[Quarantined]
-    rows_in_by_file: dict[str, int]
+    """One shard's parsed records, pickled into one bytes object.
 
-    @property
-    def rows_in(self) -> int:
-        return len(self.rows) + len(self.quarantined)
+    Prefect walks every object of a task's inputs looking for futures (twice: for the run's dependencies
+    and to swap in Dask's futures), and Dask walks them again to hash the task's key. With a shard's
+    5,000 rows of messages those walks took about a quarter of a core in the flow's process while the
+    workers masked (py-spy on the 1M run), a core the workers share. One bytes object is one step of each
+    walk and one hash; the worker unpickles it (a few hundredths of a second per shard).
+    """
+
+    index: int
+    rows_in: int
+    rows_in_by_file: dict[str, int]
+    packed: bytes  # pickled (rows, quarantined): raw, never persisted (a task's inputs are not)
+
+    @classmethod
+    def of(cls, index: int, records: list[Row | Quarantined], rows_in_by_file: dict[str, int]) -> ShardInput:
+        rows = [record for record in records if not isinstance(record, Quarantined)]
+        quarantined = [record for record in records if isinstance(record, Quarantined)]
+        packed = pickle.dumps((rows, quarantined), protocol=pickle.HIGHEST_PROTOCOL)
+        return cls(index, len(records), rows_in_by_file, packed)
+
+    def records(self) -> tuple[list[Row], list[Quarantined]]:
+        return pickle.loads(self.packed)  # noqa: S301 (made by `of` in this run's flow)
 
 
 @dataclass
@@ -101,7 +116,7 @@ def iter_shards(store: DatasetStore, pinned: list[str], prep: DataPrepConfig) ->
     """The inputs' records in input order, cut every `shard_rows` records (across file boundaries). Files
     are streamed from the store line by line: the driver holds the shards in flight, never a whole file."""
     size = prep.scale_out.shard_rows
-    shard = ShardInput(0, [], [], {})
+    index, records, rows_in_by_file = 0, [], {}
     seen_paths: set[str] = set()
     for item in pinned:
         uri = DatasetURI.parse(item)
@@ -111,13 +126,13 @@ def iter_shards(store: DatasetStore, pinned: list[str], prep: DataPrepConfig) ->
         for record in parsed_records(
             uri.path, store.read_lines(uri.repo, uri.ref, uri.path), prep.validation
         ):
-            (shard.quarantined if isinstance(record, Quarantined) else shard.rows).append(record)
-            shard.rows_in_by_file[uri.path] = shard.rows_in_by_file.get(uri.path, 0) + 1
-            if shard.rows_in == size:
-                yield shard
-                shard = ShardInput(shard.index + 1, [], [], {})
-    if shard.rows_in or shard.index == 0:
-        yield shard
+            records.append(record)
+            rows_in_by_file[uri.path] = rows_in_by_file.get(uri.path, 0) + 1
+            if len(records) == size:
+                yield ShardInput.of(index, records, rows_in_by_file)
+                index, records, rows_in_by_file = index + 1, [], {}
+    if records or index == 0:
+        yield ShardInput.of(index, records, rows_in_by_file)
 
 
 @task(name="count-shards", cache_policy=NO_CACHE)
@@ -149,11 +164,12 @@ class ShardCache(CachePolicy):
 def prepare_shard(shard: ShardInput, prep: DataPrepConfig, model: ShardModel) -> ShardResult:
     """Parse's output for one shard through normalise, mask, safety and token limit, plus signatures."""
     logger = step_logger()
-    normalized = normalize_rows.fn(shard.rows, prep.normalize)
+    parsed, parse_quarantined = shard.records()
+    normalized = normalize_rows.fn(parsed, prep.normalize)
     excerpt_chars = prep.validation.quarantine_excerpt_chars
     # Rows and quarantine masked apart: the report counts types in order of first finding, rows first.
     rows, _, pii_in_rows = mask_pii.fn(normalized.rows, [], prep.pii, excerpt_chars)
-    _, quarantined, pii_in_quarantine = mask_pii.fn([], shard.quarantined, prep.pii, excerpt_chars)
+    _, quarantined, pii_in_quarantine = mask_pii.fn([], parse_quarantined, prep.pii, excerpt_chars)
     accounted = len(rows) + len(normalized.removed) + len(quarantined)
     if accounted != shard.rows_in:  # the count identity, per shard
         raise CountMismatchError(f"shard {shard.index}: {shard.rows_in} in, {accounted} accounted for")
@@ -171,8 +187,8 @@ def prepare_shard(shard: ShardInput, prep: DataPrepConfig, model: ShardModel) ->
         index=shard.index,
         rows_in=shard.rows_in,
         rows_in_by_file=shard.rows_in_by_file,
-        parsed=len(shard.rows),
-        parse_quarantined_by_reason=count_reasons(shard.quarantined),
+        parsed=len(parsed),
+        parse_quarantined_by_reason=count_reasons(parse_quarantined),
         normalize_removed=normalized.removed,
         quarantined=quarantined,
         pii_in_rows=dict(Counter(pii_in_rows) + Counter(remasked)),
