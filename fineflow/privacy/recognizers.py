@@ -358,12 +358,13 @@ class GatedPhoneRecognizer(PresidioPhoneRecognizer):
     A region's matcher keeps a candidate only if it parses to a valid number: its national significant
     number must have one of the lengths phonenumbers' metadata allows (for that region's country code,
     or, written +<code> or with an international prefix, any country's code and length). Those digits come
-    from the candidate's digits, or from its letters, which phonenumbers reads as keypad digits
-    ("1-800-FLOWERS"), so a candidate never yields more digits than it holds digits and letters. A text
-    whose longest digit span holds fewer than a region's shortest number cannot match in that region, and
-    Presidio's loop would find nothing there: the results are the same, found with fewer passes. On the
-    scale benchmark's rows ("Ticket 2836", "E8") most texts run only Germany's pass (4 digits) or none:
-    the matcher was a quarter of a shard; benchmarks/phone_regions.py measures the change.
+    from the candidate's digits, or from letters in it (an "x", an extension's label), which phonenumbers'
+    parser can read as keypad digits, so a candidate never yields more digits than it holds digits and
+    letters. A text whose longest digit span holds fewer than a region's shortest number cannot match in
+    that region, and Presidio's loop would find nothing there: the results are the same, found with fewer
+    passes. On the scale benchmark's rows ("Ticket 2836", "E8") most texts run only Germany's pass (4
+    digits) or none. The matcher had been about a quarter of a shard's time (cProfile);
+    benchmarks/masking_passes.py measures the change.
     """
 
     def __init__(self, regions: list[str], language: str):
