@@ -93,9 +93,10 @@ def test_an_unknown_phone_region_is_refused_by_name():
 
 
 def test_phone_candidate_characters_hold_every_character_phonenumbers_can_match():
-    """The phone gate counts digits in stretches of these characters: if phonenumbers' candidate pattern
-    could match a character outside them, a candidate could span two stretches and the gate would
-    undercount it. Walk the pattern's parse tree (Python's own regex parser) for every character it names."""
+    """The phone recognizer runs phonenumbers' matcher on stretches of these characters: if the matcher's
+    candidate pattern could match a character outside them, a candidate could span two stretches and be
+    missed. An anchor or a lookaround in it would read the text around the stretch. Walk the pattern's
+    parse tree (Python's own regex parser) for every character it names and every kind of node."""
     import re
     import re._constants as sre
     import re._parser as parser
@@ -123,8 +124,8 @@ def test_phone_candidate_characters_hold_every_character_phonenumbers_can_match(
                 walk(argument[2])
             elif op is sre.SUBPATTERN:
                 walk(argument[3])
-            else:  # ANY, NOT_LITERAL, NEGATE, ...: a character the gate could not bound
-                assert op in (sre.AT, sre.GROUPREF), f"phonenumbers' pattern has {op}"
+            else:  # ANY, NOT_LITERAL, NEGATE, AT (an anchor), ASSERT (a lookaround), ...
+                raise AssertionError(f"phonenumbers' pattern has {op}: the stretches could miss a number")
 
     walk(parser.parse(_PATTERN.pattern, _PATTERN.flags))
     assert categories == {sre.CATEGORY_DIGIT}
@@ -203,15 +204,38 @@ def _phone_texts() -> list[str]:
     for length in range(3, 12):
         for _ in range(40):
             texts.append("ruf 0" + "".join(rng.choice("0123456789") for _ in range(length)) + " an")
+    # Several numbers among words, at the start and the end of the text, with letters, currency signs,
+    # percent signs and timestamps right next to them: what the matcher reads around a candidate.
+    words = [
+        "call",
+        "me",
+        "on",
+        "My",
+        "mobile:",
+        "or",
+        "b",
+        "Q",
+        "$",
+        "%",
+        "\n",
+        "at 10",
+        ":30",
+        "\u00e9",
+        "phone",
+    ]
+    numbers = [*pieces, "+44 20 7946 0958", "020 7946 0958", "(415) 555-0100", "030 1234567", "2024-05-01 10"]
+    for _ in range(800):
+        texts.append("".join(rng.choice([*words, *numbers, " "]) for _ in range(rng.randint(2, 16))))
     return texts
 
 
 def test_phone_recognizer_finds_what_presidios_finds_with_every_region():
-    """The gate only skips regions whose shortest valid number is longer than the text's longest digit
-    span: the findings must be Presidio's own, and on these texts the gate must have skipped passes."""
+    """The recognizer runs the matcher only on the stretches that can hold a number, for the regions whose
+    shortest valid number fits in them: the findings must be Presidio's own, in the same order, and on
+    these texts whole region passes must have been skipped."""
     from presidio_analyzer.predefined_recognizers import PhoneRecognizer as PresidioPhoneRecognizer
 
-    from fineflow.privacy.recognizers import _PHONE_DIGIT_SPAN, GatedPhoneRecognizer, _digits_and_letters
+    from fineflow.privacy.recognizers import GatedPhoneRecognizer, phone_stretches
 
     gated = GatedPhoneRecognizer(PII.phone_regions, "en")
     presidio = PresidioPhoneRecognizer(supported_regions=tuple(PII.phone_regions))
@@ -221,7 +245,7 @@ def test_phone_recognizer_finds_what_presidios_finds_with_every_region():
         theirs = [(r.start, r.end, r.score) for r in presidio.analyze(text, ["PHONE_NUMBER"])]
         assert ours == theirs, text
         found += bool(ours)
-        most = max(map(_digits_and_letters, _PHONE_DIGIT_SPAN.findall(text)), default=0)
+        most = max((digits for _, _, digits in phone_stretches(text)), default=0)
         skipped += sum(most < fewest for fewest in gated.fewest_digits.values())
     assert found > 500 and skipped > 2000, (found, skipped)
     assert gated.fewest_digits["DE"] == 4 and gated.fewest_digits["US"] == 6  # +43 and four digits (Austria)

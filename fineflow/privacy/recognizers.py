@@ -349,22 +349,36 @@ _PHONE_CANDIDATE_CHARS = (
 )
 # From a digit to the last digit of a stretch of those characters: any candidate's digits lie inside one.
 _PHONE_DIGIT_SPAN = re.compile(rf"\d(?:[{_PHONE_CANDIDATE_CHARS}]*\d)?", re.IGNORECASE)
+# A whole stretch of those characters that holds a digit (tried from the stretch's first character, the
+# greedy match runs to its last): every candidate of phonenumbers' matcher lies inside one.
+_PHONE_STRETCH = re.compile(rf"[{_PHONE_CANDIDATE_CHARS}]*\d[{_PHONE_CANDIDATE_CHARS}]*", re.IGNORECASE)
 
 
 class GatedPhoneRecognizer(PresidioPhoneRecognizer):
     """Presidio's phone recognizer, which runs phonenumbers' matcher once per region over the whole text,
-    skipping the regions whose shortest valid number has more digits than the text's longest candidate.
+    run instead over the few stretches of the text that can hold a number, and only for the regions whose
+    shortest valid number fits in the stretch.
 
-    A region's matcher keeps a candidate only if it parses to a valid number: its national significant
-    number must have one of the lengths phonenumbers' metadata allows (for that region's country code,
-    or, written +<code> or with an international prefix, any country's code and length). Those digits come
-    from the candidate's digits, or from letters in it (an "x", an extension's label), which phonenumbers'
-    parser can read as keypad digits, so a candidate never yields more digits than it holds digits and
-    letters. A text whose longest digit span holds fewer than a region's shortest number cannot match in
-    that region, and Presidio's loop would find nothing there: the results are the same, found with fewer
-    passes. On the scale benchmark's rows ("Ticket 2836", "E8") most texts run only Germany's pass (4
-    digits) or none. The matcher had been about a quarter of a shard's time (cProfile);
-    benchmarks/masking_passes.py measures the change.
+    Where a number can be: phonenumbers' matcher finds candidates with one pattern, made only of the
+    characters in _PHONE_CANDIDATE_CHARS (tests/test_privacy.py walks the pattern to check it, and that
+    it has no anchor or lookaround), so a candidate never crosses the end of a stretch of those
+    characters. Besides the candidate, the matcher reads only the character just before it and the one
+    just after (a letter there rejects it) and, for a timestamp, the characters after it that
+    ":[0-5]\\d" can match, which are candidate characters. So the matcher run on a stretch with one
+    character either side finds what it finds there in the whole text, at the same places. Its limit of
+    65,535 rejected candidates per text, which no chat text comes near, then counts per stretch.
+
+    Which regions: a region's matcher keeps a candidate only if it parses to a valid number: its national
+    significant number must have one of the lengths phonenumbers' metadata allows (for that region's
+    country code, or, written +<code> or with an international prefix, any country's code and length).
+    Those digits come from the candidate's digits, or from letters in it (an "x", an extension's label),
+    which phonenumbers' parser can read as keypad digits, so a candidate never yields more digits than it
+    holds digits and letters. A stretch whose digit span holds fewer than a region's shortest number
+    cannot match in that region.
+
+    Presidio's loop over the regions and its results are kept: the same findings, in the same order. On
+    the scale benchmark's rows ("Ticket 2836", "E8") most texts run only Germany's pass (4 digits) on one
+    short stretch, or none. benchmarks/masking_passes.py measures the change.
     """
 
     def __init__(self, regions: list[str], language: str):
@@ -377,15 +391,31 @@ class GatedPhoneRecognizer(PresidioPhoneRecognizer):
         }
 
     def analyze(self, text: str, entities: list[str], nlp_artifacts=None) -> list[RecognizerResult]:
-        most = max(map(_digits_and_letters, _PHONE_DIGIT_SPAN.findall(text)), default=0)
+        stretches = phone_stretches(text)
         results = []
         for region in self.supported_regions:
-            if most < self.fewest_digits[region]:
-                continue
-            for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=self.leniency):
-                number_region = _region_of(text[match.start : match.end], region)
-                results.append(self._get_recognizer_result(match, text, number_region, nlp_artifacts))
+            for start, end, digits in stretches:
+                if digits < self.fewest_digits[region]:
+                    continue
+                window_start = max(0, start - 1)  # with the characters either side the matcher reads
+                window = text[window_start : end + 1]
+                for match in phonenumbers.PhoneNumberMatcher(window, region, leniency=self.leniency):
+                    found = phonenumbers.PhoneNumberMatch(
+                        window_start + match.start, match.raw_string, match.number
+                    )
+                    number_region = _region_of(match.raw_string, region)
+                    results.append(self._get_recognizer_result(found, text, number_region, nlp_artifacts))
         return EntityRecognizer.remove_duplicates(results)
+
+
+def phone_stretches(text: str) -> list[tuple[int, int, int]]:
+    """(start, end, digits and letters from its first digit to its last) of every stretch of phone
+    candidate characters holding a digit."""
+    stretches = []
+    for stretch in _PHONE_STRETCH.finditer(text):
+        span = _PHONE_DIGIT_SPAN.search(text, stretch.start(), stretch.end())
+        stretches.append((stretch.start(), stretch.end(), _digits_and_letters(span.group())))
+    return stretches
 
 
 def _digits_and_letters(span: str) -> int:
