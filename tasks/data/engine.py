@@ -66,8 +66,16 @@ def shard_task_runner(prep: DataPrepConfig, shards_expected: int) -> TaskRunner:
             # The workers report their task runs to this flow's Prefect API. Without it each worker
             # started a temporary server of its own on the same database: the shard runs were missing
             # from the UI, and every worker paid that server's start-up.
-            "env": {"PREFECT_API_URL": _prefect_api_url()},
+            # One thread of work per worker also for the tokenizer: its Rust thread pool (a thread per core
+            # in each worker, four in all) used 2 s of CPU a minute each at 100k rows with 2 workers,
+            # on the cores the other worker was masking on, to split work of about 0.6 s per shard.
+            "env": {"PREFECT_API_URL": _prefect_api_url(), "TOKENIZERS_PARALLELISM": "false"},
             "preload": [TORCH_FREE_PRELOAD] if torch_free else [],
+            # Dask's sampling profiler walks the task thread's stack every 10 ms, under the GIL, for a
+            # dashboard this cluster does not serve: a shard took 11.0 s with it, 10.8 s without (a
+            # one-worker cluster, the same 4 shards). A dotted key: the nanny sets the worker's config
+            # key by key, and a nested {"distributed": ...} replaced that whole section.
+            "config": {"distributed.worker.profile.enabled": False},
         },
     )
 
