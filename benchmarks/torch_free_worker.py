@@ -44,7 +44,7 @@ def child(variant: str, rows_file: Path) -> None:
     prep = config.data_prep
     with rows_file.open("rb") as lines:
         records = list(parsed_records(rows_file.name, lines, prep.validation))
-    shard = ShardInput.of(0, records, {rows_file.name: len(records)})
+    shard = ShardInput.of(0, records, {rows_file.name: len(records)}, None)
     model = ShardModel.of(config)
     seconds = []
     for _ in range(2):

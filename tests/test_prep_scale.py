@@ -18,7 +18,7 @@ from datasketch import MinHash, MinHashLSH
 from fineflow.config import DATA_DIR_ENV, load_config
 from fineflow.store import open_store
 from fineflow.store.jsonl import to_jsonl
-from tasks.data.cache import training_system_prompt
+from tasks.data.cache import RUN_KEY_TAG, training_system_prompt
 from tasks.data.decontaminate import ContaminationIndex, eval_questions, golden_questions
 from tasks.data.dedup import shingles
 from tasks.data.normalize import normalize_rows
@@ -232,7 +232,9 @@ def test_an_unknown_field_in_the_prep_cluster_task_is_rejected():
 
 
 def _shard_runs(flow_run_id) -> dict[str, tuple[str, int]]:
-    """(state, run count) of each prepare-shard task run of a data-prep run (they run in its subflow)."""
+    """(state, run count) of each prepare-shard task run of a data-prep run (they run in its subflow).
+    A shard carries its run's key in its input, not in a tag: a tagged run costs a round trip to the API
+    for tag concurrency limits before it starts (tasks/data/cache.py, without_run_key_tag)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
@@ -241,9 +243,10 @@ def _shard_runs(flow_run_id) -> dict[str, tuple[str, int]]:
             flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id]))
         )
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [c.id for c in children]}))
-    return {
-        run.name: (run.state.name, run.run_count) for run in runs if run.name.startswith("prepare-shard-")
-    }
+    shard_runs = [run for run in runs if run.name.startswith("prepare-shard-")]
+    assert shard_runs and not any(tag.startswith(RUN_KEY_TAG) for run in shard_runs for tag in run.tags)
+    assert all(any(tag.startswith(RUN_KEY_TAG) for tag in child.tags) for child in children)  # the subflow
+    return {run.name: (run.state.name, run.run_count) for run in shard_runs}
 
 
 @pytest.fixture
@@ -348,7 +351,7 @@ def test_a_shard_is_a_few_objects_to_prefects_walk_of_task_inputs_and_keeps_its_
         make_row(f"raw/a.jsonl:{n}", [{"role": "user", "content": f"question {n}"}]) for n in range(5000)
     ]
     records.insert(7, Quarantined("raw/a.jsonl:8", "invalid_json", "Expecting value", "{oops"))
-    shard = ShardInput.of(3, records, {"raw/a.jsonl": len(records)})
+    shard = ShardInput.of(3, records, {"raw/a.jsonl": len(records)}, None)
     visited = []
     visit_collection(shard, visit_fn=visited.append, return_data=False)
     assert len(visited) < 10

@@ -21,6 +21,7 @@ from typing import Any
 
 from prefect import tags, task
 from prefect.cache_policies import NO_CACHE, CachePolicy
+from prefect.context import TagsContext
 from prefect.settings import PREFECT_TASKS_REFRESH_CACHE, temporary_settings
 
 from fineflow.config import FineflowConfig, config_hash
@@ -30,7 +31,7 @@ from fineflow.store import DatasetStore
 
 # A tag on every step run of one prep run: it carries the run key to the cache policy (a step's own
 # parameters are rows and config sections, which should not have to know about runs) and groups the
-# run's steps in the UI.
+# run's steps in the UI. The shards carry the key in their input instead (`without_run_key_tag`).
 RUN_KEY_TAG = "data-prep-run:"
 
 
@@ -67,6 +68,27 @@ class PrepRun:
         """Steps called inside are cached under this run's key; refresh recomputes and overwrites them."""
         with tags(RUN_KEY_TAG + self.key), temporary_settings(updates={PREFECT_TASKS_REFRESH_CACHE: refresh}):
             yield
+
+
+def run_key_in_context() -> str | None:
+    """The key of the prep run whose `cached_steps` the caller is in, None outside one."""
+    keys = [
+        tag.removeprefix(RUN_KEY_TAG) for tag in TagsContext.get().current_tags if tag.startswith(RUN_KEY_TAG)
+    ]
+    return keys[0] if keys else None
+
+
+@contextmanager
+def without_run_key_tag() -> Iterator[None]:
+    """Runs created inside do not carry the run key's tag; any other tag in the context stays.
+
+    For steps that carry the key in their inputs instead: Prefect asks its API for the tag concurrency
+    limits of every run of a tagged task before it starts, one synchronous round trip each. For the
+    shards that was half a second per shard on the workers while they kept both cores busy (py-spy: the
+    wait in `acquire_concurrency_slots_with_lease`), for a tag that never has a limit."""
+    current = TagsContext.get().current_tags
+    with TagsContext(current_tags={tag for tag in current if not tag.startswith(RUN_KEY_TAG)}):
+        yield
 
 
 @task(name="prep-run-key", cache_policy=NO_CACHE)  # cheap, and must see the current config

@@ -31,7 +31,7 @@ from fineflow.config import DataPrepConfig, FineflowConfig
 from fineflow.runtime import step_logger
 from fineflow.store import DatasetStore, DatasetURI
 from fineflow.store.jsonl import to_jsonl
-from tasks.data.cache import RUN_KEY_TAG, training_system_prompt
+from tasks.data.cache import run_key_in_context, training_system_prompt, without_run_key_tag
 from tasks.data.decontaminate import question_signature
 from tasks.data.dedup import band_keys, signature
 from tasks.data.ingest import InputError
@@ -72,13 +72,20 @@ class ShardInput:
     rows_in: int
     rows_in_by_file: dict[str, int]
     packed: bytes  # pickled (rows, quarantined): raw, never persisted (a task's inputs are not)
+    run_key: str | None  # the prep run's key, which caches the shard's result (None: not cached)
 
     @classmethod
-    def of(cls, index: int, records: list[Row | Quarantined], rows_in_by_file: dict[str, int]) -> ShardInput:
+    def of(
+        cls,
+        index: int,
+        records: list[Row | Quarantined],
+        rows_in_by_file: dict[str, int],
+        run_key: str | None,
+    ) -> ShardInput:
         rows = [record for record in records if not isinstance(record, Quarantined)]
         quarantined = [record for record in records if isinstance(record, Quarantined)]
         packed = pickle.dumps((rows, quarantined), protocol=pickle.HIGHEST_PROTOCOL)
-        return cls(index, len(records), rows_in_by_file, packed)
+        return cls(index, len(records), rows_in_by_file, packed, run_key)
 
     def records(self) -> tuple[list[Row], list[Quarantined]]:
         return pickle.loads(self.packed)  # noqa: S301 (made by `of` in this run's flow)
@@ -112,7 +119,9 @@ class ShardResult:
     emitted: np.ndarray  # sha256 of every JSONL line of this shard's masker output (records.line_digests)
 
 
-def iter_shards(store: DatasetStore, pinned: list[str], prep: DataPrepConfig) -> Iterator[ShardInput]:
+def iter_shards(
+    store: DatasetStore, pinned: list[str], prep: DataPrepConfig, run_key: str | None
+) -> Iterator[ShardInput]:
     """The inputs' records in input order, cut every `shard_rows` records (across file boundaries). Files
     are streamed from the store line by line: the driver holds the shards in flight, never a whole file."""
     size = prep.scale_out.shard_rows
@@ -129,16 +138,16 @@ def iter_shards(store: DatasetStore, pinned: list[str], prep: DataPrepConfig) ->
             records.append(record)
             rows_in_by_file[uri.path] = rows_in_by_file.get(uri.path, 0) + 1
             if len(records) == size:
-                yield ShardInput.of(index, records, rows_in_by_file)
+                yield ShardInput.of(index, records, rows_in_by_file, run_key)
                 index, records, rows_in_by_file = index + 1, [], {}
     if records or index == 0:
-        yield ShardInput.of(index, records, rows_in_by_file)
+        yield ShardInput.of(index, records, rows_in_by_file, run_key)
 
 
 @task(name="count-shards", cache_policy=NO_CACHE)
 def count_shards(store: DatasetStore, pinned: list[str], prep: DataPrepConfig) -> int:
     """1 when every input record fits in one shard, else 2: it reads no further than the second shard."""
-    return sum(1 for _ in islice(iter_shards(store, pinned, prep), 2))
+    return sum(1 for _ in islice(iter_shards(store, pinned, prep, None), 2))
 
 
 @dataclass
@@ -146,11 +155,11 @@ class ShardCache(CachePolicy):
     """`data-prep-shard-<run key>-<shard size>-<index>`: a rerun of the same run reuses finished shards."""
 
     def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs):
-        keys = [t.removeprefix(RUN_KEY_TAG) for t in task_ctx.task_run.tags if t.startswith(RUN_KEY_TAG)]
-        if not keys:
+        shard: ShardInput = inputs["shard"]
+        if shard.run_key is None:
             return None
         prep: DataPrepConfig = inputs["prep"]
-        return f"data-prep-shard-{keys[0]}-{prep.scale_out.shard_rows}-{inputs['shard'].index}"
+        return f"data-prep-shard-{shard.run_key}-{prep.scale_out.shard_rows}-{shard.index}"
 
 
 @task(
@@ -341,13 +350,16 @@ def prepare_in_shards(
     spool = ShardSpool(spool_dir)
     pending: deque = deque()
     logger = step_logger()
-    for shard in iter_shards(store, pinned, prep):
-        pending.append(prepare_shard.submit(shard, prep, model))
-        del shard  # the future holds it until the task has it
-        if len(pending) >= prep.scale_out.max_pending_shards:
+    # A shard carries its run's key in its input (ShardCache), so its runs need not carry the key's tag.
+    run_key = run_key_in_context()
+    with without_run_key_tag():
+        for shard in iter_shards(store, pinned, prep, run_key):
+            pending.append(prepare_shard.submit(shard, prep, model))
+            del shard  # the future holds it until the task has it
+            if len(pending) >= prep.scale_out.max_pending_shards:
+                _collect(pending.popleft(), spool, logger)
+        while pending:
             _collect(pending.popleft(), spool, logger)
-    while pending:
-        _collect(pending.popleft(), spool, logger)
     return spool
 
 
