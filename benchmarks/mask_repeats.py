@@ -28,8 +28,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 
-def shard_rows(count: int, distinct_answers: bool) -> list[dict]:
-    """Parsed, normalised rows of a generated shard (the same rows each call)."""
+def shard_rows(count: int, distinct_answers: bool, offset: int = 0) -> list[dict]:
+    """Parsed, normalised rows of a generated shard (the same rows each call): the `count` rows after the
+    first `offset` of the generated file."""
     import data_prep_scale
 
     from fineflow.config import load_config
@@ -39,8 +40,9 @@ def shard_rows(count: int, distinct_answers: bool) -> list[dict]:
     config = load_config(REPO / "configs" / "default.yaml").data_prep
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "rows.jsonl"
-        data_prep_scale.generate(count, path)
-        parsed = parse_and_validate.fn({"rows.jsonl": path.read_bytes()}, config.validation)
+        data_prep_scale.generate(offset + count, path)
+        lines = path.read_bytes().splitlines(keepends=True)[offset:]
+        parsed = parse_and_validate.fn({"rows.jsonl": b"".join(lines)}, config.validation)
     rows = parsed.rows
     if distinct_answers:
         rows = [_with_distinct_answers(row, index) for index, row in enumerate(rows)]

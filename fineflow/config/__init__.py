@@ -123,6 +123,9 @@ class PIIConfig(Strict):
     phone_regions: list[str] = Field(
         min_length=1, description="regions (ISO codes) whose national-format phone numbers are found"
     )
+    phone_stretches_kept: int = Field(
+        ge=0, description="phone matcher results kept per process, by stretch of text (LRU)"
+    )
     repeated_texts_kept: int = Field(
         ge=0, description="data prep: masked texts kept per mask-pii call, so a repeated text is masked once"
     )

@@ -167,7 +167,7 @@ def _fineflow_recognizers(config: PIIConfig) -> list:
 
     language = config.language
     return [
-        _phone_recognizer(config.phone_regions, language),
+        _phone_recognizer(config.phone_regions, config.phone_stretches_kept, language),
         NameRecognizer(config.person.not_names, config.person.bare_name_max_rank, language),
         SecretsRecognizer(config.secrets, language),
         StreetAddressRecognizer(config.address_countries, language),
@@ -177,7 +177,7 @@ def _fineflow_recognizers(config: PIIConfig) -> list:
     ]
 
 
-def _phone_recognizer(regions: list[str], language: str):
+def _phone_recognizer(regions: list[str], stretches_kept: int, language: str):
     import phonenumbers
 
     from fineflow.privacy.recognizers import GatedPhoneRecognizer
@@ -185,7 +185,7 @@ def _phone_recognizer(regions: list[str], language: str):
     unknown = sorted(set(regions) - phonenumbers.SUPPORTED_REGIONS)
     if unknown:
         raise ValueError(f"data_prep.pii.phone_regions: phonenumbers knows no region {unknown} (GB, not UK)")
-    return GatedPhoneRecognizer(regions, language)
+    return GatedPhoneRecognizer(regions, stretches_kept, language)
 
 
 def _blank_spacy_engine(spacy_engine_class, language: str):

@@ -8,7 +8,8 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Iterator
-from functools import cache
+from dataclasses import dataclass
+from functools import cache, lru_cache
 
 import phonenumbers
 from presidio_analyzer import EntityRecognizer, RecognizerResult
@@ -347,11 +348,14 @@ _PHONE_CANDIDATE_CHARS = (
     r"\-x\u2010-\u2015\u2212\u30fc\uff0d-\uff0f \u00a0\u00ad\u200b\u2060\u3000.\\/~\u2053\u223c\uff5e"
     r"\t,:;=#\uff03\uff0eextnsioa\u00f3\u0301\uff45\uff58\uff54\uff4e\uff49\u0434\u043e\u0431"
 )
-# From a digit to the last digit of a stretch of those characters: any candidate's digits lie inside one.
-_PHONE_DIGIT_SPAN = re.compile(rf"\d(?:[{_PHONE_CANDIDATE_CHARS}]*\d)?", re.IGNORECASE)
+# From a digit or a plus sign to the last digit of a stretch of those characters: any candidate's digits
+# lie inside one, and so do the letters the parser could read as digits (after a plus sign, "+x44...").
+_PHONE_DIGIT_SPAN = re.compile(rf"[\d+\uff0b](?:[{_PHONE_CANDIDATE_CHARS}]*\d)?", re.IGNORECASE)
 # A whole stretch of those characters that holds a digit (tried from the stretch's first character, the
 # greedy match runs to its last): every candidate of phonenumbers' matcher lies inside one.
 _PHONE_STRETCH = re.compile(rf"[{_PHONE_CANDIDATE_CHARS}]*\d[{_PHONE_CANDIDATE_CHARS}]*", re.IGNORECASE)
+# phonenumbers' plus signs (phonenumberutil._PLUS_CHARS): a number after one is read as international.
+_PLUS_SIGN = re.compile("[+\uff0b]")
 
 
 class GatedPhoneRecognizer(PresidioPhoneRecognizer):
@@ -368,54 +372,98 @@ class GatedPhoneRecognizer(PresidioPhoneRecognizer):
     character either side finds what it finds there in the whole text, at the same places. Its limit of
     65,535 rejected candidates per text, which no chat text comes near, then counts per stretch.
 
-    Which regions: a region's matcher keeps a candidate only if it parses to a valid number: its national
-    significant number must have one of the lengths phonenumbers' metadata allows (for that region's
-    country code, or, written +<code> or with an international prefix, any country's code and length).
-    Those digits come from the candidate's digits, or from letters in it (an "x", an extension's label),
-    which phonenumbers' parser can read as keypad digits, so a candidate never yields more digits than it
-    holds digits and letters. A stretch whose digit span holds fewer than a region's shortest number
-    cannot match in that region.
+    Which regions: a region's matcher keeps a candidate only if it parses to a valid number, whose
+    national significant number has one of the lengths phonenumbers' metadata allows for its country
+    code. Those digits come from the candidate's digits, or from letters in it (an "x", an extension's
+    label), which the parser can read as keypad digits, so a candidate never yields more digits than it
+    holds digits and letters. Which country code: the parser reads another country's only after a plus
+    sign or the region's international prefix ("00", "011") at the start of a number; otherwise the
+    number is the region's own (written with or without its country code). So a stretch with neither
+    (no plus sign, no digits where the prefix's pattern matches, no letters the parser could turn into
+    digits) needs the region's own shortest number (France 9 digits, Germany 4); one with either, the
+    shortest of any country (+43 and four digits, Austria: 6). "Ticket 500057" runs Germany's pass only.
 
-    Presidio's loop over the regions and its results are kept: the same findings, in the same order. On
-    the scale benchmark's rows ("Ticket 2836", "E8") most texts run only Germany's pass (4 digits) on one
-    short stretch, or none. benchmarks/masking_passes.py measures the change.
+    Presidio's loop over the regions and its results are kept: the same findings, in the same order.
+    What the matcher finds in a stretch is kept for the next text that holds the same stretch
+    (`stretches_kept`): log lines and tables repeat theirs. benchmarks/masking_passes.py measures it.
     """
 
-    def __init__(self, regions: list[str], language: str):
+    def __init__(self, regions: list[str], stretches_kept: int, language: str):
+        from phonenumbers.phonemetadata import PhoneMetadata
+
         super().__init__(supported_language=language, supported_regions=tuple(regions))
         shortest = _shortest_national_numbers()
         international = min(len(str(code)) + length for code, length in shortest.items())
-        self.fewest_digits = {
-            region: min(international, shortest[phonenumbers.country_code_for_region(region)])
+        self.own_digits = {
+            region: shortest[phonenumbers.country_code_for_region(region)] for region in regions
+        }
+        self.fewest_digits = {region: min(international, self.own_digits[region]) for region in regions}
+        self.international_prefixes = {
+            region: re.compile(PhoneMetadata.metadata_for_region(region).international_prefix)
             for region in regions
         }
+        self.numbers_in = lru_cache(maxsize=stretches_kept)(self._numbers_in)
 
     def analyze(self, text: str, entities: list[str], nlp_artifacts=None) -> list[RecognizerResult]:
-        stretches = phone_stretches(text)
+        windows = []
+        for stretch in _PHONE_STRETCH.finditer(text):
+            # The stretch with the characters either side, which the matcher reads.
+            start, end = max(0, stretch.start() - 1), min(len(text), stretch.end() + 1)
+            numbers = self.numbers_in(text[start:end], stretch.start() - start, end - stretch.end())
+            windows.append((start, numbers))
         results = []
-        for region in self.supported_regions:
-            for start, end, digits in stretches:
-                if digits < self.fewest_digits[region]:
-                    continue
-                window_start = max(0, start - 1)  # with the characters either side the matcher reads
-                window = text[window_start : end + 1]
-                for match in phonenumbers.PhoneNumberMatcher(window, region, leniency=self.leniency):
-                    found = phonenumbers.PhoneNumberMatch(
-                        window_start + match.start, match.raw_string, match.number
-                    )
-                    number_region = _region_of(match.raw_string, region)
+        for index in range(len(self.supported_regions)):  # Presidio's order: region by region
+            for start, numbers in windows:
+                for offset, raw, number, number_region in numbers[index]:
+                    found = phonenumbers.PhoneNumberMatch(start + offset, raw, number)
                     results.append(self._get_recognizer_result(found, text, number_region, nlp_artifacts))
         return EntityRecognizer.remove_duplicates(results)
 
+    def _numbers_in(self, window: str, before: int, after: int) -> tuple[tuple[tuple], ...]:
+        """Per region, the matcher's numbers in `window` (its start, text, number and the region Presidio
+        names), a stretch with `before` and `after` characters around it. Kept by `numbers_in`: they
+        depend on the window alone."""
+        stretch = PhoneStretch.of(window, before, len(window) - after)
+        return tuple(
+            tuple(
+                (match.start, match.raw_string, match.number, _region_of(match.raw_string, region))
+                for match in phonenumbers.PhoneNumberMatcher(window, region, leniency=self.leniency)
+            )
+            if stretch.digits >= self.needed_digits(stretch, region)
+            else ()
+            for region in self.supported_regions
+        )
 
-def phone_stretches(text: str) -> list[tuple[int, int, int]]:
-    """(start, end, digits and letters from its first digit to its last) of every stretch of phone
-    candidate characters holding a digit."""
-    stretches = []
-    for stretch in _PHONE_STRETCH.finditer(text):
-        span = _PHONE_DIGIT_SPAN.search(text, stretch.start(), stretch.end())
-        stretches.append((stretch.start(), stretch.end(), _digits_and_letters(span.group())))
-    return stretches
+    def needed_digits(self, stretch: PhoneStretch, region: str) -> int:
+        """The fewest digits a number found in `stretch` in `region` can have."""
+        prefix = self.international_prefixes[region]
+        if stretch.plus or stretch.ascii_digits is None:
+            return self.fewest_digits[region]
+        if any(prefix.match(stretch.ascii_digits, at) for at in range(len(stretch.ascii_digits))):
+            return self.fewest_digits[region]
+        return self.own_digits[region]
+
+
+@dataclass(frozen=True)
+class PhoneStretch:
+    digits: int  # digits and letters from its first digit (or a plus sign before it) to its last digit
+    plus: bool  # a plus sign in it
+    ascii_digits: str | None  # its digits as ASCII digits; None where letters lie between them
+
+    @classmethod
+    def of(cls, text: str, start: int, end: int) -> PhoneStretch:
+        span = _PHONE_DIGIT_SPAN.search(text, start, end).group()
+        letters = any(char.isalpha() for char in span)
+        return cls(
+            digits=_digits_and_letters(span),
+            plus=bool(_PLUS_SIGN.search(text, start, end)),
+            ascii_digits=None if letters else phonenumbers.normalize_digits_only(span),
+        )
+
+
+def phone_stretches(text: str) -> list[PhoneStretch]:
+    """Every stretch of phone candidate characters that holds a digit."""
+    return [PhoneStretch.of(text, found.start(), found.end()) for found in _PHONE_STRETCH.finditer(text)]
 
 
 def _digits_and_letters(span: str) -> int:
