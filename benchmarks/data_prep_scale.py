@@ -7,7 +7,7 @@ Rows are generated from the shipped sample's conversations with a random tail, s
 text, plus planted work for every step: PII (emails, phones, cards, names) in about 20% of rows, exact
 duplicates (4%), near duplicates (4%), prompt injections (2%) and malformed lines (1%).
 Each worker count runs in a fresh process with a fresh store and Prefect home (no cache), on the default
-config with the real base model's tokenizer. Memory is sampled every 0.5 s over the whole process tree
+config with the real base model's tokenizer. Memory is sampled every 2 s over the whole process tree
 (the flow, the Dask scheduler in it, the Dask nannies and workers, Prefect's ephemeral server): the peak
 of the tree's summed PSS (its real footprint: shared pages counted once), of its summed RSS (shared pages
 counted in every process), and the largest single process's RSS.
@@ -139,7 +139,10 @@ def measure(rows_file: Path, workers: int, shard_rows: int | None, workdir: Path
         peak_sum = max(peak_sum, sum(rss for rss, _ in sizes))
         peak_single = max(peak_single, *(rss for rss, _ in sizes))
         peak_pss = max(peak_pss, sum(pss for _, pss in sizes))
-        time.sleep(0.5)
+        # Reading a process's PSS makes the kernel walk its page tables: about 10 ms for a worker. Every
+        # 0.5 s, over the flow, the server and 2 workers, that was a tenth of a core taken from the run it
+        # measures. A shard takes 10 s or more, the merge minutes: 2 s apart still catches their peaks.
+        time.sleep(2.0)
     elapsed = time.perf_counter() - start
     output = process.stdout.read()
     if process.returncode != 0:
