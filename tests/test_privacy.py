@@ -93,6 +93,38 @@ def test_an_unknown_phone_region_is_refused_by_name():
         PIIMasker(PII.model_copy(update={"phone_regions": ["US", "UK"]}))
 
 
+def test_international_prefixes_match_the_same_wherever_the_search_starts():
+    """The phone recognizer tries each region's international prefix at every digit of a stretch
+    (`pattern.match(digits, position)`): right only for patterns without anchors or lookarounds, which
+    read the text before the position. Every region phonenumbers knows, so any configured one holds."""
+    import re._constants as sre
+    import re._parser as parser
+
+    import phonenumbers
+    from phonenumbers.phonemetadata import PhoneMetadata
+
+    def kinds(items):
+        for op, argument in items:
+            yield op
+            if op is sre.IN:
+                yield from kinds(argument)
+            elif op is sre.BRANCH:
+                for branch in argument[1]:
+                    yield from kinds(branch)
+            elif op in (sre.MAX_REPEAT, sre.MIN_REPEAT):
+                yield from kinds(argument[2])
+            elif op is sre.SUBPATTERN:
+                yield from kinds(argument[3])
+
+    allowed = {sre.LITERAL, sre.IN, sre.RANGE, sre.BRANCH, sre.MAX_REPEAT, sre.MIN_REPEAT, sre.SUBPATTERN}
+    allowed |= {sre.CATEGORY, sre.NEGATE}
+    for region in sorted(phonenumbers.SUPPORTED_REGIONS):
+        prefix = PhoneMetadata.metadata_for_region(region).international_prefix
+        if prefix is not None:
+            found = set(kinds(parser.parse(prefix)))
+            assert found <= allowed, (region, prefix, found - allowed)
+
+
 def test_phone_candidate_characters_hold_every_character_phonenumbers_can_match():
     """The phone recognizer runs phonenumbers' matcher on stretches of these characters: if the matcher's
     candidate pattern could match a character outside them, a candidate could span two stretches and be
