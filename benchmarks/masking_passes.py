@@ -97,7 +97,7 @@ def main() -> None:
         texts = sorted({m["content"] for row in rows for m in row["messages"]})
         stretches = [phone_stretches(t) for t in texts]
         runs = [
-            [stretch.digits >= gated.needed_digits(stretch, region) for stretch in found]
+            [gated.runs_on(stretch, region) for stretch in found]
             for found in stretches
             for region in config.phone_regions
         ]

@@ -429,12 +429,17 @@ class GatedPhoneRecognizer(PresidioPhoneRecognizer):
                 (match.start, match.raw_string, match.number, _region_of(match.raw_string, region))
                 for match in phonenumbers.PhoneNumberMatcher(window, region, leniency=self.leniency)
             )
-            if stretch.digits >= self.needed_digits(stretch, region)
+            if self.runs_on(stretch, region)
             else ()
             for region in self.supported_regions
         )
 
-    def needed_digits(self, stretch: PhoneStretch, region: str) -> int:
+    def runs_on(self, stretch: PhoneStretch, region: str) -> bool:
+        """Whether `region`'s matcher runs on `stretch`: whether it holds as many digits as a number found
+        there in that region needs."""
+        return stretch.digits >= self._needed_digits(stretch, region)
+
+    def _needed_digits(self, stretch: PhoneStretch, region: str) -> int:
         """The fewest digits a number found in `stretch` in `region` can have."""
         prefix = self.international_prefixes[region]
         if stretch.plus or stretch.ascii_digits is None:
