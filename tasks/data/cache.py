@@ -72,9 +72,11 @@ class PrepRun:
 
 def run_key_in_context() -> str | None:
     """The key of the prep run whose `cached_steps` the caller is in, None outside one."""
-    keys = [
-        tag.removeprefix(RUN_KEY_TAG) for tag in TagsContext.get().current_tags if tag.startswith(RUN_KEY_TAG)
-    ]
+    return _run_key_in(TagsContext.get().current_tags)
+
+
+def _run_key_in(run_tags) -> str | None:
+    keys = [tag.removeprefix(RUN_KEY_TAG) for tag in run_tags if tag.startswith(RUN_KEY_TAG)]
     return keys[0] if keys else None
 
 
@@ -104,10 +106,8 @@ class PrepStepCache(CachePolicy):
     """`data-prep-<task name>-<run key>` inside a prep run; no caching outside one."""
 
     def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs):
-        keys = [
-            tag.removeprefix(RUN_KEY_TAG) for tag in task_ctx.task_run.tags if tag.startswith(RUN_KEY_TAG)
-        ]
-        return f"data-prep-{task_ctx.task.name}-{keys[0]}" if keys else None
+        key = _run_key_in(task_ctx.task_run.tags)
+        return f"data-prep-{task_ctx.task.name}-{key}" if key else None
 
 
 PREP_STEP_CACHE = PrepStepCache()
