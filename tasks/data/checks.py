@@ -20,5 +20,6 @@ def check_setup(config: FineflowConfig) -> None:
     check_ner_model(prep.pii)
     check_base_model(config.base_model.name)
     # The shards' token limit reads the tokenizer's cached copy. Making it here (a child process reads the
-    # GGUF: about 20 s and 1 GB, once per cache) keeps that out of the workers and their memory peak.
+    # GGUF's metadata: about 4 s, once per cache) keeps that out of the workers, which would otherwise
+    # wait on each other's file lock.
     save_embedded_tokenizer(config.base_model.name, config.data_dir / "models")
