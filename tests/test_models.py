@@ -1,10 +1,10 @@
-"""Base-model resolution: the embedded SmolLM2 GGUF for real (once, cached), local directories, errors."""
+"""Base-model resolution: the embedded SmolLM2 GGUF for real, local directories, errors."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,57 +16,43 @@ from fineflow.models.base import (
     load_tokenizer,
     resolve_base_model,
 )
+from fineflow.models.gguf_metadata import GGUFFormatError, read_gguf_metadata
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def embedded_cache(tmp_path_factory):
-    """One model cache for the embedded-model tests: materialising the model costs about 20 s."""
-    return tmp_path_factory.mktemp("model-cache")
-
-
-def test_embedded_gguf_tokenizer_is_read_once_then_cached(embedded_cache):
-    tmp_path = embedded_cache
+def test_embedded_gguf_tokenizer_is_built_where_torch_cannot_be_imported():
     gguf = embedded_gguf_path("smollm2-135m-instruct")
     assert gguf.name.endswith(".gguf") and gguf.stat().st_size > 50_000_000
-    # The first read happens where torch cannot be imported, as in data prep's workers: the tokenizer is
-    # built in a child process of its own.
-    first_read = (
-        "import sys; sys.modules['torch'] = None\n"
-        "from pathlib import Path\n"
-        "from fineflow.models.base import load_tokenizer\n"
-        f"load_tokenizer('smollm2-135m-instruct', Path({str(tmp_path)!r}))\n"
-        "assert sys.modules['torch'] is None\n"
-    )
-    subprocess.run([sys.executable, "-c", first_read], check=True)  # reads the GGUF's metadata (about 4 s)
-    assert (tmp_path / "smollm2-135m-instruct" / "tokenizer" / "tokenizer_config.json").exists()
-    tokenizer = load_tokenizer("smollm2-135m-instruct", tmp_path)
     messages = [
         {"role": "user", "content": "How do I reset my thermostat?"},
         {"role": "assistant", "content": "Hold the dial."},
     ]
+    # As in data prep's workers, which run without torch (tasks/data/engine.py).
+    without_torch = (
+        "import json, sys; sys.modules['torch'] = None\n"
+        "from fineflow.models.base import load_tokenizer\n"
+        "tokenizer = load_tokenizer('smollm2-135m-instruct')\n"
+        f"ids = tokenizer.apply_chat_template({messages!r}, tokenize=True, return_dict=True)['input_ids']\n"
+        "assert sys.modules['torch'] is None\n"
+        "print(json.dumps(ids))\n"
+    )
+    built = subprocess.run([sys.executable, "-c", without_torch], check=True, capture_output=True, text=True)
+    tokenizer = load_tokenizer("smollm2-135m-instruct")
     ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+    assert json.loads(built.stdout.strip().splitlines()[-1]) == ids
     assert "reset my thermostat" in tokenizer.decode(ids)
-    # A turn ends with <|im_end|>, as in the model's config, not the <|im_start|> the GGUF metadata names.
+    # A turn ends with <|im_end|>, as in the model's config, not the <|im_start|> the converter names.
     assert (tokenizer.eos_token, tokenizer.pad_token) == ("<|im_end|>", "<|im_end|>")
 
-    from fineflow.models import base as models
 
-    models._load_tokenizer.cache_clear()  # a new process: the saved copy is used, not the GGUF
-    started = time.perf_counter()
-    again = load_tokenizer("smollm2-135m-instruct", tmp_path)
-    assert time.perf_counter() - started < 10
-    assert again.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"] == ids
-
-
-def test_embedded_tokenizer_is_the_one_transformers_reads_from_the_whole_gguf(embedded_cache):
+def test_embedded_tokenizer_is_the_one_transformers_reads_from_the_whole_gguf():
     """fineflow builds the tokenizer from the GGUF's metadata alone (0.2 s of reading); transformers' own
     GGUF path parses the whole file twice for it and once more for the config (about 10 s). Both must
     give the same tokenizer once the end and padding tokens are taken from the config."""
     from transformers import AutoConfig, AutoTokenizer
 
-    ours = load_tokenizer("smollm2-135m-instruct", embedded_cache)
+    ours = load_tokenizer("smollm2-135m-instruct")
     gguf = embedded_gguf_path("smollm2-135m-instruct")
     theirs = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -81,9 +67,8 @@ def test_embedded_tokenizer_is_the_one_transformers_reads_from_the_whole_gguf(em
     assert ours(sample)["input_ids"] == theirs(sample)["input_ids"]
 
 
-def test_embedded_gguf_model_is_materialised_as_safetensors_and_generates(embedded_cache):
+def test_embedded_gguf_model_is_materialised_as_safetensors_and_generates(tmp_path):
     """The real embedded path: GGUF -> rebuilt model -> cached safetensors copy that loads and answers."""
-    tmp_path = embedded_cache
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_base_model("smollm2-135m-instruct", tmp_path)  # about 40 s, once per cache
@@ -103,7 +88,7 @@ def test_embedded_gguf_model_is_materialised_as_safetensors_and_generates(embedd
 
 
 def test_local_directory_tokenizer(byte_tokenizer_dir, tmp_path):
-    tokenizer = load_tokenizer(str(byte_tokenizer_dir), tmp_path)
+    tokenizer = load_tokenizer(str(byte_tokenizer_dir))
     assert tokenizer.decode(tokenizer("abc", add_special_tokens=False)["input_ids"]) == "abc"
 
 
@@ -112,6 +97,29 @@ def test_missing_models_name_what_was_looked_for(tmp_path):
         check_base_model(str(tmp_path / "no-such-model"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelNotFoundError, match="empty"):
-        load_tokenizer(str(tmp_path / "empty"), tmp_path / "cache")
+        load_tokenizer(str(tmp_path / "empty"))
     with pytest.raises(ModelNotFoundError, match="neither an embedded model"):
-        load_tokenizer("no-such-org/no-such-model", tmp_path / "cache")  # HF_HUB_OFFLINE=1 in tests
+        load_tokenizer("no-such-org/no-such-model")  # HF_HUB_OFFLINE=1 in tests
+
+
+def test_gguf_metadata_reader_agrees_with_gguf_py_and_refuses_other_files(tmp_path):
+    from gguf import GGUFReader
+
+    gguf = embedded_gguf_path("smollm2-135m-instruct")
+    ours = read_gguf_metadata(gguf, ("tokenizer.ggml.tokens",))
+    theirs = GGUFReader(gguf).fields
+    assert list(ours) == [key for key in theirs if not key.startswith("GGUF.")]  # gguf-py adds the header
+    for key, value in ours.items():
+        if isinstance(value, str):
+            assert value == theirs[key].contents(), key
+        elif isinstance(value, list):
+            assert value == list(theirs[key].contents()), key
+        else:  # a scalar, or a string array left as its length
+            expected = theirs[key].contents()
+            assert value == (len(expected) if isinstance(expected, list) else pytest.approx(expected)), key
+    assert len(ours["tokenizer.ggml.tokens"]) == 49152
+
+    text = tmp_path / "not.gguf"
+    text.write_text('{"messages": []}\n' * 10)
+    with pytest.raises(GGUFFormatError, match="not.gguf does not start with GGUF"):
+        read_gguf_metadata(text)

@@ -124,7 +124,6 @@ def _sequential_outputs(config) -> dict[str, bytes]:
     limited = enforce_token_limit.fn(
         safe.rows,
         config.base_model.name,
-        config.data_dir / "models",
         prep.token_limit,
         training_system_prompt(config),
     )

@@ -706,7 +706,7 @@ def test_token_limit_drop(word_tokenizer_dir, tmp_path):
     exact = chat(words(0, 5), words(5, 13), "k:2")  # 20 tokens
     long = chat(words(0, 5), words(5, 30), "k:3")  # 37 tokens
     result = enforce_token_limit.fn(
-        [short, exact, long], str(word_tokenizer_dir), tmp_path / "cache", limit_cfg(20, "drop"), None
+        [short, exact, long], str(word_tokenizer_dir), limit_cfg(20, "drop"), None
     )
     assert result.rows == [short, exact]
     assert [(r.source, r.reason, r.detail) for r in result.removed] == [
@@ -732,7 +732,6 @@ def test_token_limit_truncate_last_answer(word_tokenizer_dir, tmp_path):
     result = enforce_token_limit.fn(
         [short, long, hopeless],
         str(word_tokenizer_dir),
-        tmp_path / "cache",
         limit_cfg(30, "truncate"),
         None,
     )
@@ -765,22 +764,20 @@ def test_the_token_limit_counts_the_system_prompt_training_adds(word_tokenizer_d
         ],
     )
     short = chat(words(0, 5), words(5, 9), "k:3")  # 16 tokens, 20 with the prompt
-    cache, tokenizer_dir = tmp_path / "cache", str(word_tokenizer_dir)
+    tokenizer_dir = str(word_tokenizer_dir)
     tokenizer = AutoTokenizer.from_pretrained(word_tokenizer_dir)
     assert trained_length(tokenizer, fits_bare["messages"], prompt) == 24
-    assert enforce_token_limit.fn([fits_bare], tokenizer_dir, cache, limit_cfg(20, "drop"), None).rows == [
+    assert enforce_token_limit.fn([fits_bare], tokenizer_dir, limit_cfg(20, "drop"), None).rows == [
         fits_bare
     ]  # without a prompt it fits
 
-    dropped = enforce_token_limit.fn(
-        [fits_bare, own, short], tokenizer_dir, cache, limit_cfg(20, "drop"), prompt
-    )
+    dropped = enforce_token_limit.fn([fits_bare, own, short], tokenizer_dir, limit_cfg(20, "drop"), prompt)
     assert dropped.rows == [own, short]
     assert [(r.source, r.reason, r.detail) for r in dropped.removed] == [
         ("k:1", "over_token_limit", "24 tokens > 20")
     ]
 
-    [cut] = enforce_token_limit.fn([fits_bare], tokenizer_dir, cache, limit_cfg(20, "truncate"), prompt).rows
+    [cut] = enforce_token_limit.fn([fits_bare], tokenizer_dir, limit_cfg(20, "truncate"), prompt).rows
     assert cut["messages"][0] == fits_bare["messages"][0] and len(cut["messages"]) == 2  # no prompt stored
     answer = cut["messages"][1]["content"]
     assert answer and words(5, 13).startswith(answer) and answer != words(5, 13)

