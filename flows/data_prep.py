@@ -19,6 +19,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from fineflow.config import DEFAULT_CONFIG, FineflowConfig, load_config
 from fineflow.store import open_store
+from tasks.data.audit_scan import audit_scanner
 from tasks.data.cache import spool_directory, start_prep_run
 from tasks.data.checks import check_setup
 from tasks.data.engine import shard_task_runner
@@ -69,9 +70,11 @@ def data_prep(
                 runner = shard_task_runner(prep, count_shards(store, list(run.pinned), prep))
                 shards = prepare_shards.with_options(task_runner=runner)
                 spool = shards(list(run.pinned), config, spool_dir)
-                prepared = merge_shards(run, config, spool, spool_dir)
-                written = write_outputs(store, config, run.branch, prepared)
-            audit = audit_outputs(store, config, written, prepared)
+                # The audit's scanner loads on the core the merge leaves idle (tasks/data/audit_scan.py).
+                with audit_scanner(prep) as scanner:
+                    prepared = merge_shards(run, config, spool, spool_dir)
+                    written = write_outputs(store, config, run.branch, prepared)
+                    audit = audit_outputs(store, config, written, prepared, scanner)
             if not audit.passed:
                 markdown = report_markdown(prepared.report, audit, None, run.branch)
                 create_markdown_artifact(

@@ -21,6 +21,7 @@ from fineflow.privacy.masker import (
     scan_for_pii,
 )
 from tasks.data import token_limit
+from tasks.data.audit_scan import AuditScanError, audit_scanner
 from tasks.data.dedup import shingles
 from tasks.data.normalize import normalize_rows, normalize_text
 from tasks.data.parse import parse_and_validate
@@ -444,6 +445,19 @@ def test_mask_pii_replaces_each_entity_and_logs_no_value(masker, caplog):
     for value, _ in PLANTED.values():
         assert value not in caplog.text
         assert value.replace(" ", "") not in caplog.text.replace(" ", "")
+
+
+def test_the_audits_scanner_process_finds_what_the_masker_finds_and_names_its_failure():
+    """The audit scans in a child process that loads while the merge runs (tasks/data/audit_scan.py)."""
+    texts = [f"reach me: {PLANTED['EMAIL_ADDRESS'][0]}", f"or {PLANTED['PHONE_NUMBER'][0]}", "nothing here"]
+    found = {"EMAIL_ADDRESS": 1, "PHONE_NUMBER": 1}
+    with audit_scanner(CFG.data_prep) as scanner:
+        assert scanner.scan(texts) == scan_for_pii(texts, CFG.data_prep.pii) == found
+        assert scanner.scan(["nothing to find"]) == {}  # a retried audit asks the same process again
+        scanner.send("not a JSON line")
+        with pytest.raises(AuditScanError, match=r"(?s)exited 1: .*JSONDecodeError"):
+            scanner.scan(texts)
+    assert scanner.process.returncode is not None  # stopped with the block
 
 
 def test_a_repeated_text_is_masked_once_with_the_same_output_and_counted_each_time(monkeypatch):

@@ -18,11 +18,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from fineflow.config import FineflowConfig
-from fineflow.privacy.masker import scan_for_pii
 from fineflow.runtime import IO_RETRIES, step_logger
 from fineflow.store import DatasetStore, NotFoundError, NothingToCommitError
 from fineflow.store.jsonl import parse_jsonl, to_jsonl
 from fineflow.store.layout import dataset_layout
+from tasks.data.audit_scan import AuditScanner
 from tasks.data.cache import PREP_STEP_CACHE
 from tasks.data.records import format_counts
 from tasks.data.results import PrepLineage
@@ -97,7 +97,11 @@ def write_outputs(
 
 @task(name="audit", cache_policy=PREP_STEP_CACHE, persist_result=True, **IO_RETRIES)
 def audit_outputs(
-    store: DatasetStore, config: FineflowConfig, written: WrittenOutputs, prepared: PreparedOutputs
+    store: DatasetStore,
+    config: FineflowConfig,
+    written: WrittenOutputs,
+    prepared: PreparedOutputs,
+    scanner: AuditScanner,
 ) -> AuditReport:
     """Audit what was written (read back from the branch, streamed), not what we meant to write.
 
@@ -113,6 +117,7 @@ def audit_outputs(
       every input path is scanned, and the other strings are scanned once per distinct skeleton (the
       string with each `<input path>:<line>` reference replaced), so a value no template made shows up.
     - report: every string is scanned (one small file).
+    The scan runs in `scanner`'s process, with the shards' masker config (tasks/data/audit_scan.py).
     """
     audit, repo = config.data_prep.audit, config.store.repo
     counts = prepared.report.counts
@@ -137,7 +142,7 @@ def audit_outputs(
         checks["lines not from the masker"] = str(unmasked)
         if unmasked:
             reasons.append(f"{unmasked} published line(s) are not lines the masker emitted")
-        found = _scan_removed_and_report(store, config, written, prepared, reasons)
+        found = _scan_removed_and_report(store, config, written, prepared, scanner, reasons)
         checks["PII in output"] = format_counts(found, empty="none")
         if found:
             reasons.append(f"PII scan found {sum(found.values())} item(s) in the output: {found}")
@@ -161,7 +166,12 @@ _ROW_ID = re.compile(r"[0-9a-f]{64}")
 
 
 def _scan_removed_and_report(
-    store: DatasetStore, config: FineflowConfig, written: WrittenOutputs, prepared: PreparedOutputs, reasons
+    store: DatasetStore,
+    config: FineflowConfig,
+    written: WrittenOutputs,
+    prepared: PreparedOutputs,
+    scanner: AuditScanner,
+    reasons: list[str],
 ) -> dict[str, int]:
     repo = config.store.repo
     inputs = sorted(prepared.report.rows_in_by_file, key=len, reverse=True)
@@ -178,7 +188,7 @@ def _scan_removed_and_report(
     if bad_ids:
         reasons.append(f"{bad_ids} removal record(s) carry a row_id that is not a sha256 hex digest")
     texts = inputs + sorted(skeletons) + _published_texts(store, repo, written, written.paths["report"])
-    return scan_for_pii(texts, config.data_prep.pii)
+    return scanner.scan(texts)
 
 
 @task(name="publish", cache_policy=PREP_STEP_CACHE, persist_result=True, **IO_RETRIES)
