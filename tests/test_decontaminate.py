@@ -8,6 +8,7 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 from datasketch import MinHash, MinHashLSH
 
@@ -152,9 +153,19 @@ def test_the_near_check_gives_the_verdicts_of_datasketch_minhashlsh():
         for q in questions
     ]
     merged = ContaminationIndex(signed, CONFIG)
-    judged = [merged.judge(row, question_signature(row["messages"], CONFIG)) for row in rows]
+    row_signatures = np.stack([question_signature(row["messages"], CONFIG) for row in rows])
+    judged = [merged.judge(row, signature) for row, signature in zip(rows, row_signatures, strict=True)]
     assert [removal is None for removal in judged] == [verdict is None for verdict in expected]
     assert [r.detail for r in judged if r] == [Contamination("", "", *v).detail for v in expected if v]
+    # In batches, as the merge judges: the rows sharing no band key skip the near check, same verdicts.
+    batched = ContaminationIndex(signed, CONFIG)
+    assert (
+        batched.judge_many(rows[:150], row_signatures[:150])
+        + batched.judge_many(rows[150:], row_signatures[150:])
+        == judged
+    )
+    assert batched.overlap() == merged.overlap()
+    assert 0 < batched.rows_near_checked < len(rows)  # both kinds of row were in the batches
     near = [verdict for verdict in expected if verdict is not None and verdict[1] < 1.0]
     assert 50 < len(near) < 290  # the reference saw both near repeats and clean rows: a real comparison
     assert expected[-2] == ("q5", 1.0) and expected[-1] is None

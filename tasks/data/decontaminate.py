@@ -115,14 +115,19 @@ class ContaminationIndex:
         self.key_order = np.argsort(keys, kind="stable")
         self.sorted_keys = keys[self.key_order]
         self.ngram_hits: set[int] = set()
+        self.rows_near_checked = 0
 
     def match(self, row: Row) -> Contamination | None:
         """The closest evaluation question the row's user turns repeat, if any."""
         return self._match(row, _words(user_text(row["messages"])), None)
 
-    def _match(self, row: Row, words: list[str], signature: np.ndarray | None) -> Contamination | None:
+    def _match(
+        self, row: Row, words: list[str], signature: np.ndarray | None, near: bool = True
+    ) -> Contamination | None:
         if (ref := self.exact.get(" ".join(words))) is not None:
             return Contamination(row["source"], row["id"], ref, 1.0)
+        if not near:
+            return None
         signature = _signature(words, self.config) if signature is None else signature
         candidates = self._candidates(signature)
         same = self.signatures[candidates] == signature  # (candidates, num_perm)
@@ -137,6 +142,15 @@ class ContaminationIndex:
         # The highest score; between equal scores the question indexed last (max over (score, index)).
         score, best = max(zip(scores[near].tolist(), candidates[near].tolist(), strict=True))
         return Contamination(row["source"], row["id"], self.questions[best].ref, score)
+
+    def _share_a_key(self, signatures: np.ndarray) -> np.ndarray:
+        """Whether each signature (a row of the matrix) has a band key some question has: a row without
+        one has no candidates, so no near repeat."""
+        if not len(self.sorted_keys):
+            return np.zeros(len(signatures), dtype=bool)
+        keys = fold_bands(signatures, self.bands) ^ self.band_salts
+        found = np.searchsorted(self.sorted_keys, keys).clip(max=len(self.sorted_keys) - 1)
+        return (self.sorted_keys[found] == keys).any(axis=1)
 
     def _candidates(self, signature: np.ndarray) -> np.ndarray:
         """The questions whose key equals the signature's in some band (ascending)."""
@@ -157,15 +171,28 @@ class ContaminationIndex:
                 if (hit := self.ngrams.pop(gram, None)) is not None:
                     self.ngram_hits.update(hit)
 
-    def judge(self, row: Row, signature: np.ndarray | None = None) -> Removal | None:
+    def judge(self, row: Row, signature: np.ndarray | None = None, near: bool = True) -> Removal | None:
         """A train row's removal (reason `contaminated`) if it repeats a question; a kept row's n-grams
-        are noted for the overlap share. `signature`: the row's `question_signature`, if computed."""
+        are noted for the overlap share. `signature`: the row's `question_signature`, if computed;
+        `near=False`: the row is known to share no band key with any question (`judge_many`)."""
         words = _words(user_text(row["messages"]))
-        match = self._match(row, words, signature)
+        match = self._match(row, words, signature, near)
         if match is None:
             self._note_ngrams(words)
             return None
         return Removal(match.train_id, match.train_source, "contaminated", match.detail)
+
+    def judge_many(self, rows: list[Row], signatures: np.ndarray) -> list[Removal | None]:
+        """`judge` for each row with its signature (a row of the matrix), in order. The band keys of all
+        the rows are looked up at once, and only a row sharing one with a question is compared with its
+        candidates (`rows_near_checked` counts them); the per-row lookup was a third of the merge's
+        decontamination at 100k rows."""
+        near = self._share_a_key(signatures)
+        self.rows_near_checked += int(np.count_nonzero(near))
+        return [
+            self.judge(row, signature, bool(shares))
+            for row, signature, shares in zip(rows, signatures, near, strict=True)
+        ]
 
     def overlap(self) -> dict[str, float | int]:
         """What the data-prep report states about the kept train rows vs the evaluation sets (counts,

@@ -6,6 +6,7 @@ split's questions (what decontamination checks train against) and the removals s
 
 from __future__ import annotations
 
+from itertools import batched
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,8 @@ from tasks.data.shards import ShardSpool
 from tasks.data.split import in_eval
 
 FILTER_STEPS = ("deduplicate", "safety-filter", "token-limit")
+# Train rows judged at a time: their signatures are 5 MB at the default 128 permutations.
+DECONTAMINATION_BATCH_ROWS = 10_000
 
 
 @task(name="merge-shards", cache_policy=NO_CACHE)  # its inputs are the (cached) shards' spooled results
@@ -115,25 +118,27 @@ def _decontaminate(candidates: Path, asks: Path, index: ContaminationIndex, work
     """Train rows repeating a golden or eval-split question are removed (reason `contaminated`)."""
     contaminated: list[Removal] = []
     train_path = workdir / "train.jsonl"
-    width = index.config.num_perm * np.dtype(np.uint32).itemsize
+    num_perm = index.config.num_perm
+    width = num_perm * np.dtype(np.uint32).itemsize
     with candidates.open("rb") as source, asks.open("rb") as signatures, train_path.open("wb") as train_file:
-        for line in source:
-            signature = np.frombuffer(signatures.read(width), dtype=np.uint32)
-            if signature.nbytes != width:
+        for lines in batched(source, DECONTAMINATION_BATCH_ROWS, strict=False):
+            signed = signatures.read(width * len(lines))
+            if len(signed) != width * len(lines):
                 raise RuntimeError(f"{asks} holds fewer signatures than {candidates} holds rows")
-            removal = index.judge(parse_jsonl(line)[0], signature)
-            if removal is None:
-                train_file.write(line)
-            else:
-                contaminated.append(removal)
+            matrix = np.frombuffer(signed, dtype=np.uint32).reshape(len(lines), num_perm)
+            removals = index.judge_many([parse_jsonl(line)[0] for line in lines], matrix)
+            train_file.writelines(line for line, removal in zip(lines, removals, strict=True) if not removal)
+            contaminated += [removal for removal in removals if removal]
         if signatures.read(1):
             raise RuntimeError(f"{asks} holds more signatures than {candidates} holds rows")
     candidates.unlink()
     asks.unlink()
     overlap = index.overlap()
     step_logger().info(
-        "decontaminate: %d train rows repeat an evaluation question and are removed; overlap %s",
+        "decontaminate: %d train rows repeat an evaluation question and are removed (%d shared an LSH "
+        "band key with a question and were compared); overlap %s",
         len(contaminated),
+        index.rows_near_checked,
         overlap,
     )
     return train_path, contaminated, overlap
