@@ -67,11 +67,11 @@ def data_prep(
     for refresh in (refresh_cache, True):
         with run.cached_steps(refresh):
             with spool_directory(config, run) as spool_dir:
-                runner = shard_task_runner(prep, count_shards(store, list(run.pinned), prep))
-                shards = prepare_shards.with_options(task_runner=runner)
+                shard_count = count_shards(store, list(run.pinned), prep)
+                shards = prepare_shards.with_options(task_runner=shard_task_runner(prep, shard_count))
                 spool = shards(list(run.pinned), config, spool_dir)
                 # The audit's scanner loads on the core the merge leaves idle (tasks/data/audit_scan.py).
-                with audit_scanner(prep) as scanner:
+                with audit_scanner(prep, shard_count) as scanner:
                     prepared = merge_shards(run, config, spool, spool_dir)
                     written = write_outputs(store, config, run.branch, prepared)
                     audit = audit_outputs(store, config, written, prepared, scanner)

@@ -21,7 +21,7 @@ from fineflow.privacy.masker import (
     scan_for_pii,
 )
 from tasks.data import token_limit
-from tasks.data.audit_scan import AuditScanError, audit_scanner
+from tasks.data.audit_scan import AuditScanError, ScannerHere, audit_scanner
 from tasks.data.dedup import shingles
 from tasks.data.normalize import normalize_rows, normalize_text
 from tasks.data.parse import parse_and_validate
@@ -451,13 +451,15 @@ def test_the_audits_scanner_process_finds_what_the_masker_finds_and_names_its_fa
     """The audit scans in a child process that loads while the merge runs (tasks/data/audit_scan.py)."""
     texts = [f"reach me: {PLANTED['EMAIL_ADDRESS'][0]}", f"or {PLANTED['PHONE_NUMBER'][0]}", "nothing here"]
     found = {"EMAIL_ADDRESS": 1, "PHONE_NUMBER": 1}
-    with audit_scanner(CFG.data_prep) as scanner:
+    with audit_scanner(CFG.data_prep, shards_expected=2) as scanner:  # in a process of its own
         assert scanner.scan(texts) == scan_for_pii(texts, CFG.data_prep.pii) == found
         assert scanner.scan(["nothing to find"]) == {}  # a retried audit asks the same process again
         scanner.send("not a JSON line")
         with pytest.raises(AuditScanError, match=r"(?s)exited 1: .*JSONDecodeError"):
             scanner.scan(texts)
     assert scanner.process.returncode is not None  # stopped with the block
+    with audit_scanner(CFG.data_prep, shards_expected=1) as here:  # the shard ran here: its masker is built
+        assert isinstance(here, ScannerHere) and here.scan(texts) == found
 
 
 def test_a_repeated_text_is_masked_once_with_the_same_output_and_counted_each_time(monkeypatch):

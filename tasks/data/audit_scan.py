@@ -7,6 +7,9 @@ merge holds one core and the workers are gone by then, so the scanner starts loa
 when the merge starts and is warm when the audit asks. Like the workers, it runs without torch unless a
 configured model needs it (tasks/data/engine.py), and it masks with the shards' own config.
 
+Where the shards ran in the flow's own process (inputs that fit in one shard, as in `make run`), the
+masker is built there already and the scan runs there.
+
 Protocol: the parent writes the PII config as one JSON line (the child starts loading at once), then
 each scan's texts as one JSON line, and reads the findings' counts back as one JSON line. A retried
 audit scans again with the same process.
@@ -21,7 +24,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Protocol
 
 from fineflow.config import DataPrepConfig, PIIConfig
 
@@ -30,8 +33,26 @@ class AuditScanError(RuntimeError):
     """The scanner process failed; the message carries the end of its error output."""
 
 
+class AuditScanner(Protocol):
+    def scan(self, texts: list[str]) -> dict[str, int]:
+        """Counts of PII findings by type in `texts` (never the values), as `scan_for_pii` gives them."""
+        ...
+
+
 @dataclass
-class AuditScanner:
+class ScannerHere:
+    """The scan in this process: where the shards ran here, their masker is already built."""
+
+    config: PIIConfig
+
+    def scan(self, texts: list[str]) -> dict[str, int]:
+        from fineflow.privacy.masker import scan_for_pii
+
+        return scan_for_pii(texts, self.config)
+
+
+@dataclass
+class ScannerProcess:
     process: subprocess.Popen
     errors: IO[str]
 
@@ -58,10 +79,14 @@ class AuditScanner:
 
 
 @contextmanager
-def audit_scanner(prep: DataPrepConfig) -> Iterator[AuditScanner]:
-    """A scanner that starts loading now; stopped on exit, whether or not it was asked."""
-    from tasks.data.engine import models_need_torch  # not in the child: it imports Dask
+def audit_scanner(prep: DataPrepConfig, shards_expected: int) -> Iterator[AuditScanner]:
+    """The scanner for a run of `shards_expected` shards: in this process where they run here (its masker
+    is built), else a process that starts loading now, stopped on exit whether or not it was asked."""
+    from tasks.data.engine import models_need_torch, shards_run_here  # not in the child: Dask
 
+    if shards_run_here(shards_expected):
+        yield ScannerHere(prep.pii)
+        return
     command = [sys.executable, "-m", __name__]
     if not models_need_torch(prep):
         command.append("--without-torch")
@@ -72,7 +97,7 @@ def audit_scanner(prep: DataPrepConfig) -> Iterator[AuditScanner]:
         ) as process,
     ):
         try:
-            scanner = AuditScanner(process, errors)
+            scanner = ScannerProcess(process, errors)
             scanner.send(prep.pii.model_dump_json())
             yield scanner
         finally:

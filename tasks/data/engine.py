@@ -39,10 +39,15 @@ def models_need_torch(prep: DataPrepConfig) -> bool:
     return prep.pii.ner_model is not None or prep.safety.classifier is not None
 
 
+def shards_run_here(shards_expected: int) -> bool:
+    """A single shard runs in the flow's process: a cluster would only add its start-up."""
+    return shards_expected <= 1
+
+
 def shard_task_runner(prep: DataPrepConfig, shards_expected: int) -> TaskRunner:
     """Where the shards run: the flow's process for a single shard, else the configured Dask cluster."""
     scale_out = prep.scale_out
-    if shards_expected <= 1:
+    if shards_run_here(shards_expected):
         step_logger().info("prep: the inputs fit in one shard; it runs in this process, not on Dask")
         return ThreadPoolTaskRunner(max_workers=1)
     if scale_out.address:

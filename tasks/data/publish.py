@@ -117,7 +117,7 @@ def audit_outputs(
       every input path is scanned, and the other strings are scanned once per distinct skeleton (the
       string with each `<input path>:<line>` reference replaced), so a value no template made shows up.
     - report: every string is scanned (one small file).
-    The scan runs in `scanner`'s process, with the shards' masker config (tasks/data/audit_scan.py).
+    The scan runs where `scanner` says, with the shards' masker config (tasks/data/audit_scan.py).
     """
     audit, repo = config.data_prep.audit, config.store.repo
     counts = prepared.report.counts

@@ -1,5 +1,6 @@
 """Preloaded by the embedded cluster's workers when no configured model of data prep needs torch
-(tasks/data/engine.py): it makes torch look not installed in them.
+(tasks/data/engine.py), and imported first by the audit's scanner process (tasks/data/audit_scan.py): it
+makes torch look not installed in them.
 
 spaCy (through thinc) and Presidio (its device detector and its transformer-based recognizers) import
 torch whenever it is installed, though masking with pattern, checksum, name and context recognizers on a
