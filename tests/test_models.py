@@ -102,7 +102,7 @@ def test_missing_models_name_what_was_looked_for(tmp_path):
         load_tokenizer("no-such-org/no-such-model")  # HF_HUB_OFFLINE=1 in tests
 
 
-def test_gguf_metadata_reader_agrees_with_gguf_py_and_refuses_other_files(tmp_path):
+def test_gguf_metadata_reader_agrees_with_gguf_py_and_refuses_other_files(tmp_path, monkeypatch):
     from gguf import GGUFReader
 
     gguf = embedded_gguf_path("smollm2-135m-instruct")
@@ -123,3 +123,12 @@ def test_gguf_metadata_reader_agrees_with_gguf_py_and_refuses_other_files(tmp_pa
     text.write_text('{"messages": []}\n' * 10)
     with pytest.raises(GGUFFormatError, match="not.gguf does not start with GGUF"):
         read_gguf_metadata(text)
+    cut = tmp_path / "cut.gguf"
+    with gguf.open("rb") as whole:
+        cut.write_bytes(whole.read(100_000))  # ends inside the vocabulary
+    with pytest.raises(GGUFFormatError, match="cut.gguf: unreadable metadata after byte"):
+        read_gguf_metadata(cut)
+    # The setup check reads the metadata, so a damaged embedded file fails before any work.
+    monkeypatch.setattr("fineflow.models.base.embedded_gguf_path", lambda name: cut)
+    with pytest.raises(ModelNotFoundError, match="smollm2-135m-instruct' cannot be read: .*cut.gguf"):
+        check_base_model("smollm2-135m-instruct")

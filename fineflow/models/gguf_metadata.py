@@ -44,10 +44,13 @@ def read_gguf_metadata(path: Path, string_arrays: Container[str] = ()) -> dict:
         if version not in _VERSIONS:
             raise GGUFFormatError(f"{path} is GGUF version {version}; this reader reads versions 2 and 3")
         position, metadata = 24, {}
-        for _ in range(keys):
-            key, position = _string(blob, position)
-            (value_type,) = struct.unpack_from("<I", blob, position)
-            metadata[key], position = _value(blob, position + 4, value_type, key in string_arrays, path)
+        try:
+            for _ in range(keys):
+                key, position = _string(blob, position)
+                (value_type,) = struct.unpack_from("<I", blob, position)
+                metadata[key], position = _value(blob, position + 4, value_type, key in string_arrays, path)
+        except (struct.error, UnicodeDecodeError) as exc:
+            raise GGUFFormatError(f"{path}: unreadable metadata after byte {position} ({exc})") from exc
         return metadata
 
 
