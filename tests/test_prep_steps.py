@@ -835,6 +835,47 @@ def test_write_outputs_leaves_a_target_that_already_publishes_the_rows(store, tm
     assert not _rows_already_published(store, "acme", "main", paths, splits, outputs)
 
 
+def test_the_audit_finds_pii_in_removal_records_and_the_report_but_not_in_their_templates(store, masker):
+    """The audit reads `removed.jsonl` and `report.json` back from the branch and scans their strings:
+    the templates the steps write ("of raw/x.jsonl:7 (similarity 0.80)") once per distinct skeleton, and
+    any value a template did not make. Row ids must be sha256 digests."""
+    from types import SimpleNamespace
+
+    from fineflow.store.jsonl import to_jsonl
+    from tasks.data.audit_scan import ScannerHere
+    from tasks.data.publish import WrittenOutputs, _scan_removed_and_report
+
+    def removal(row_id: str, detail: str) -> dict:
+        return {"row_id": row_id, "source": "raw/x.jsonl:9", "reason": "near_duplicate", "detail": detail}
+
+    clean = [removal("a" * 64, f"of raw/x.jsonl:{line} (similarity 0.80)") for line in range(1, 50)]
+    leaked = [
+        removal("b" * 64, f"of {PLANTED['EMAIL_ADDRESS'][0]}"),
+        removal("not-a-digest", "of raw/x.jsonl:3"),
+    ]
+    report = {
+        "lineage": {"inputs": "lakefs://acme/c0ffee/raw/x.jsonl"},
+        "note": f"call {PLANTED['PHONE_NUMBER'][0]}",
+    }
+    store.create_repo("acme")
+    paths = {"removed": "prepared/removed.jsonl", "report": "prepared/report.json"}
+    prepared = SimpleNamespace(report=SimpleNamespace(rows_in_by_file={"raw/x.jsonl": 60}))
+    scanner = ScannerHere(CFG.data_prep.pii)  # the process variant is tested above; the same findings
+
+    def audit(records: list[dict], report_fields: dict) -> tuple[dict, list[str]]:
+        store.write("acme", "main", paths["removed"], to_jsonl(records))
+        store.write("acme", "main", paths["report"], json.dumps(report_fields).encode())
+        written = WrittenOutputs("main", store.commit("acme", "main", "outputs"), paths)
+        config = cfg(store__repo="acme")
+        reasons: list[str] = []
+        return _scan_removed_and_report(store, config, written, prepared, scanner, reasons), reasons
+
+    assert audit(clean, {"lineage": report["lineage"]}) == ({}, [])  # 49 sources, one skeleton, nothing
+    found, reasons = audit(clean + leaked, report)
+    assert found == {"EMAIL_ADDRESS": 1, "PHONE_NUMBER": 1}
+    assert reasons == ["1 removal record(s) carry a row_id that is not a sha256 hex digest"]
+
+
 # --------------------------------------------------------------------------------------------- split
 
 
