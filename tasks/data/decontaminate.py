@@ -111,7 +111,7 @@ class ContaminationIndex:
                     self.ngrams.setdefault(gram, []).append(index)
         self.signatures = signatures
         # question-major: a key's index // bands is its question
-        keys = (fold_bands(signatures, self.bands) ^ self.band_salts).ravel()
+        keys = self._band_keys(signatures).ravel()
         self.key_order = np.argsort(keys, kind="stable")
         self.sorted_keys = keys[self.key_order]
         self.ngram_hits: set[int] = set()
@@ -143,18 +143,22 @@ class ContaminationIndex:
         score, best = max(zip(scores[near].tolist(), candidates[near].tolist(), strict=True))
         return Contamination(row["source"], row["id"], self.questions[best].ref, score)
 
+    def _band_keys(self, signatures: np.ndarray) -> np.ndarray:
+        """(rows, bands): each band of each signature folded to one key, salted by its band."""
+        return fold_bands(signatures, self.bands) ^ self.band_salts
+
     def _share_a_key(self, signatures: np.ndarray) -> np.ndarray:
         """Whether each signature (a row of the matrix) has a band key some question has: a row without
         one has no candidates, so no near repeat."""
         if not len(self.sorted_keys):
             return np.zeros(len(signatures), dtype=bool)
-        keys = fold_bands(signatures, self.bands) ^ self.band_salts
+        keys = self._band_keys(signatures)
         found = np.searchsorted(self.sorted_keys, keys).clip(max=len(self.sorted_keys) - 1)
         return (self.sorted_keys[found] == keys).any(axis=1)
 
     def _candidates(self, signature: np.ndarray) -> np.ndarray:
         """The questions whose key equals the signature's in some band (ascending)."""
-        keys = (fold_bands(signature[np.newaxis, :], self.bands) ^ self.band_salts).ravel()
+        keys = self._band_keys(signature[np.newaxis, :]).ravel()
         starts = np.searchsorted(self.sorted_keys, keys, side="left")
         ends = np.searchsorted(self.sorted_keys, keys, side="right")
         found = [self.key_order[start:end] for start, end in zip(starts, ends, strict=True) if end > start]
