@@ -6,10 +6,12 @@ At 1M generated rows the eval split holds about 71,000 questions and about 640,0
 against them, on one core, after the last shard. Two ways, in one process, on the same rows:
 - baseline: datasketch's MinHashLSH and a MinHash per question, every signature hashed in the merge
   (how the merge ran before `6cc1e90`), with the overlap n-grams added for every row that has them;
-- fineflow: `ContaminationIndex` as the merge runs it now: the shards have signed every row
-  (`question_signature`, timed apart here as the shards' share), the index keeps them in numpy, and
-  the rows are judged in batches (`judge_many`: only rows sharing a band key are compared); the same
-  index judging row by row (`judge`) is printed too.
+- fineflow: `ContaminationIndex` as the merge runs it now: the shards have keyed what every row asks
+  (`ask_of`: its signature, its exact key and its n-gram keys, timed apart here as the shards' share),
+  the index keeps them in numpy, and the rows are judged in batches of a shard's train rows
+  (`judge_batch`: only a row whose exact key or some band key a question has is read and compared);
+  the same index judging row by row (`judge`) is printed too.
+The train rows are JSON lines, as the merge reads them: each way parses the rows it reads.
 It prints each way's index build time and memory (traced Python allocations), the time per judged row,
 the ratio baseline / fineflow, and stops if the two disagree on any row or on the overlap share.
 Rows come from benchmarks/data_prep_scale.py's generator (templated questions: many share LSH bands).
@@ -25,6 +27,7 @@ import tracemalloc
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+BATCH_ROWS = 3_300  # the train rows of a 5,000-row shard, as the merge judges them
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
@@ -121,46 +124,42 @@ def main() -> None:
 
     from dataclasses import replace
 
-    import numpy as np
-
     from fineflow.config import load_config
-    from tasks.data.decontaminate import ContaminationIndex, question_signature
-    from tasks.data.merge import DECONTAMINATION_BATCH_ROWS
+    from fineflow.store.jsonl import parse_jsonl, to_jsonl
+    from tasks.data.decontaminate import AskBatch, ContaminationIndex, ask_of
 
     config = load_config(REPO / "configs" / "default.yaml").data_prep.decontamination
     questions, train = generated(args.questions, args.train)
     print(f"{len(questions)} questions, {len(train)} train rows", flush=True)
 
     start = time.perf_counter()
-    signed = [
-        replace(q, signature=question_signature([{"role": "user", "content": q.text}], config))
-        for q in questions
-    ]
-    row_signatures = [question_signature(row["messages"], config) for row in train]
+    signed = [replace(q, ask=ask_of([{"role": "user", "content": q.text}], config)) for q in questions]
+    row_asks = [ask_of(row["messages"], config) for row in train]
     signing = (time.perf_counter() - start) / (len(questions) + len(train))
-    print(f"shards' share, not in the merge: {signing * 1e3:.3f} ms to sign a row", flush=True)
+    print(f"shards' share, not in the merge: {signing * 1e3:.3f} ms to key a row", flush=True)
+    lines = [to_jsonl([row]) for row in train]
 
     baseline, base_build, base_held = timed_build(lambda: DatasketchIndex(questions, config))
     start = time.perf_counter()
-    expected = [baseline.judge(row) for row in train]
+    expected = [baseline.judge(parse_jsonl(line)[0]) for line in lines]
     base_judge = (time.perf_counter() - start) / len(train)
     del baseline.lsh, baseline.signatures  # free before the second index is traced
 
     single = ContaminationIndex(signed, config)
     start = time.perf_counter()
-    one_by_one = [single.judge(row, signature) for row, signature in zip(train, row_signatures, strict=True)]
+    one_by_one = [single.judge(parse_jsonl(line)[0], ask) for line, ask in zip(lines, row_asks, strict=True)]
     judge_single = (time.perf_counter() - start) / len(train)
 
     index, build, held = timed_build(lambda: ContaminationIndex(signed, config))
-    matrix = np.stack(row_signatures)
+    batches = [
+        (first, AskBatch.of(row_asks[first : first + BATCH_ROWS], config.num_perm))
+        for first in range(0, len(train), BATCH_ROWS)
+    ]
     start = time.perf_counter()
     found = [
         removal
-        for first in range(0, len(train), DECONTAMINATION_BATCH_ROWS)
-        for removal in index.judge_many(
-            train[first : first + DECONTAMINATION_BATCH_ROWS],
-            matrix[first : first + DECONTAMINATION_BATCH_ROWS],
-        )
+        for first, batch in batches
+        for removal in index.judge_batch(batch, lambda i, first=first: parse_jsonl(lines[first + i])[0])
     ]
     judge = (time.perf_counter() - start) / len(train)
 
@@ -179,9 +178,12 @@ def main() -> None:
         f"build {build:.1f} s, {held / 2**20:.0f} MiB, "
         f"{judge * 1e3:.3f} ms a train row"
     )
-    print(f"fineflow judging row by row (judge, not judge_many): {judge_single * 1e3:.3f} ms a train row")
+    print(f"fineflow judging row by row (judge, not judge_batch): {judge_single * 1e3:.3f} ms a train row")
     print(f"same verdicts on every row ({removed} removed) and the same overlap share ({share:.4f})")
     print(f"{index.rows_near_checked} of {len(train)} train rows shared a band key and were compared")
+    print(
+        f"{index.rows_read} of {len(train)} train rows were read (a question has their exact or a band key)"
+    )
     print(
         f"ratio baseline / fineflow: judging {base_judge / judge:.2f}x, build {base_build / build:.2f}x, "
         f"memory {base_held / held:.2f}x"

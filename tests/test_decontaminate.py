@@ -8,20 +8,20 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 from datasketch import MinHash, MinHashLSH
 
 from fineflow.config import load_config
 from tasks.data.decontaminate import (
+    AskBatch,
     Contamination,
     ContaminationError,
     ContaminationIndex,
     EvalQuestion,
+    ask_of,
     check_uncontaminated,
     eval_questions,
     find_contamination,
-    question_signature,
     user_text,
 )
 from tasks.data.records import Removal, make_row
@@ -119,6 +119,18 @@ def _datasketch_verdict(
     return ref, score
 
 
+def _grams(text: str) -> set[str]:
+    words = re.findall(r"\w+", text.lower())
+    return {" ".join(words[i : i + 8]) for i in range(len(words) - 7)}
+
+
+def _text_overlap(questions: list[EvalQuestion], rows: list[dict], verdicts: list) -> float:
+    """The share of questions with an 8-word run of some kept row, from the words themselves."""
+    kept = [row for row, verdict in zip(rows, verdicts, strict=True) if verdict is None]
+    grams = set().union(*(_grams(user_text(row["messages"])) for row in kept))
+    return sum(1 for q in questions if _grams(q.text) & grams) / len(questions)
+
+
 def test_the_near_check_gives_the_verdicts_of_datasketch_minhashlsh():
     """The index keeps its questions in numpy (one signature matrix, one sorted array of band keys), not
     in datasketch's MinHashLSH: on questions that share words in many ways it must name the same question
@@ -148,23 +160,26 @@ def test_the_near_check_gives_the_verdicts_of_datasketch_minhashlsh():
     found = [index.match(row) for row in rows]
     assert [None if m is None else (m.question, m.similarity) for m in found] == expected
     # As the merge runs it: every signature computed before (by the shards), none by the index.
-    signed = [
-        replace(q, signature=question_signature([{"role": "user", "content": q.text}], CONFIG))
-        for q in questions
-    ]
+    signed = [replace(q, ask=ask_of([{"role": "user", "content": q.text}], CONFIG)) for q in questions]
     merged = ContaminationIndex(signed, CONFIG)
-    row_signatures = np.stack([question_signature(row["messages"], CONFIG) for row in rows])
-    judged = [merged.judge(row, signature) for row, signature in zip(rows, row_signatures, strict=True)]
+    row_asks = [ask_of(row["messages"], CONFIG) for row in rows]
+    judged = [merged.judge(row, ask) for row, ask in zip(rows, row_asks, strict=True)]
     assert [removal is None for removal in judged] == [verdict is None for verdict in expected]
     assert [r.detail for r in judged if r] == [Contamination("", "", *v).detail for v in expected if v]
     # In batches, as the merge judges: the rows sharing no band key skip the near check, same verdicts.
     batched = ContaminationIndex(signed, CONFIG)
     assert (
-        batched.judge_many(rows[:150], row_signatures[:150])
-        + batched.judge_many(rows[150:], row_signatures[150:])
+        batched.judge_batch(AskBatch.of(row_asks[:150], CONFIG.num_perm), rows[:150].__getitem__)
+        + batched.judge_batch(AskBatch.of(row_asks[150:], CONFIG.num_perm), rows[150:].__getitem__)
         == judged
     )
     assert batched.overlap() == merged.overlap()
+    # The overlap share from keyed n-grams is the share from the n-grams' text, for all the rows (every
+    # question shares a run of 8 of the 60 words with some kept row) and for a few.
+    assert batched.overlap()["ngram8_overlap"] == _text_overlap(questions, rows, judged) == 1.0
+    few = ContaminationIndex(signed, CONFIG)
+    few_verdicts = few.judge_batch(AskBatch.of(row_asks[:4], CONFIG.num_perm), rows.__getitem__)
+    assert 0 < few.overlap()["ngram8_overlap"] == _text_overlap(questions, rows[:4], few_verdicts) < 1.0
     assert 0 < batched.rows_near_checked < len(rows)  # both kinds of row were in the batches
     near = [verdict for verdict in expected if verdict is not None and verdict[1] < 1.0]
     assert 50 < len(near) < 290  # the reference saw both near repeats and clean rows: a real comparison

@@ -14,7 +14,9 @@ rows (a common phrase such as "how do I reset my" is not contamination).
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,13 +32,64 @@ _BAND_SALT = np.uint64(0xD6E8FEB86659FD93)  # odd: distinct bands get distinct o
 
 
 @dataclass(frozen=True)
+class Ask:
+    """What a conversation asks, as the index compares it (`ask_of`): computed once per row, on the
+    shard's worker, so the merge compares numbers and reads a train row's text only when its numbers
+    meet a question's."""
+
+    signature: np.ndarray  # (num_perm,) uint32: MinHash of its 3-word shingles, the near check
+    exact_key: int  # text_key of its words joined by one space, the exact check
+    ngram_keys: np.ndarray  # uint64, sorted, distinct: text_key of each n-gram (the overlap share)
+
+
+@dataclass(frozen=True)
+class AskBatch:
+    """The asks of consecutive train rows, as arrays (a shard's or a batch of the merge's)."""
+
+    signatures: np.ndarray  # (rows, num_perm) uint32
+    exact_keys: np.ndarray  # (rows,) uint64
+    ngram_counts: np.ndarray  # (rows,) int64: each row's number of n-gram keys
+    ngram_keys: np.ndarray  # the rows' n-gram keys, one after the other
+
+    @classmethod
+    def of(cls, asks: list[Ask], num_perm: int) -> AskBatch:
+        return cls(
+            signatures=np.array([a.signature for a in asks], dtype=np.uint32).reshape(len(asks), num_perm),
+            exact_keys=np.array([a.exact_key for a in asks], dtype=np.uint64),
+            ngram_counts=np.array([len(a.ngram_keys) for a in asks], dtype=np.int64),
+            ngram_keys=np.concatenate([a.ngram_keys for a in asks]) if asks else np.zeros(0, np.uint64),
+        )
+
+    def __len__(self) -> int:
+        return len(self.exact_keys)
+
+    def ask(self, position: int) -> Ask:
+        """One row's ask, copied: a view would pin the whole batch's arrays."""
+        start = int(self.ngram_counts[:position].sum())
+        return Ask(
+            self.signatures[position].copy(),
+            int(self.exact_keys[position]),
+            self.ngram_keys[start : start + int(self.ngram_counts[position])].copy(),
+        )
+
+    def select(self, rows: np.ndarray) -> AskBatch:
+        """The asks of the rows where the boolean mask `rows` is set, in order."""
+        return AskBatch(
+            self.signatures[rows],
+            self.exact_keys[rows],
+            self.ngram_counts[rows],
+            self.ngram_keys[np.repeat(rows, self.ngram_counts)],
+        )
+
+
+@dataclass(frozen=True)
 class EvalQuestion:
     """A question an evaluation set asks: `ref` names it in reports (`golden:golden-003`, `eval:<source>`)."""
 
     ref: str
     text: str
-    # Its `question_signature`, when a shard computed it (None: the index computes it).
-    signature: np.ndarray | None = field(default=None, compare=False, repr=False)
+    # Its `ask_of`, when a shard computed it (None: the index computes it from the text).
+    ask: Ask | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -67,18 +120,35 @@ def _shingles(words: list[str], size: int) -> set[str]:
     return {" ".join(words[i : i + size]) for i in range(len(words) - size + 1)}
 
 
+def text_key(text: str) -> int:
+    """A text's 64-bit key (BLAKE2b): the same in every process, unlike `hash`. Equal texts have equal
+    keys; a key shared by two texts is confirmed on the text (exact check) or, for an n-gram of the
+    overlap share, counted as shared (odds about 1 in 10**6 at 1M rows, and it never removes a row)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+def _ngram_keys(words: list[str], config: DecontaminationConfig) -> np.ndarray:
+    if len(words) < config.ngram_words:
+        return np.zeros(0, dtype=np.uint64)
+    return np.unique(np.array([text_key(g) for g in _shingles(words, config.ngram_words)], dtype=np.uint64))
+
+
+def _ask(words: list[str], config: DecontaminationConfig) -> Ask:
+    return Ask(_signature(words, config), text_key(" ".join(words)), _ngram_keys(words, config))
+
+
+def ask_of(messages: list[dict], config: DecontaminationConfig) -> Ask:
+    """What a conversation asks (its user turns), as the index compares it. Shards compute it for every
+    row they keep, so the merge judges train rows and indexes eval rows without reading their text."""
+    return _ask(_words(user_text(messages)), config)
+
+
 def _signature(words: list[str], config: DecontaminationConfig) -> np.ndarray:
     # Dedup's permutations, drawn once: drawing them for each row was most of the merge's decontamination
     # (35 s for 65,555 train rows on benchmarks/data_prep_scale.py's 100k rows).
     signature = empty_minhash(config.num_perm)
     signature.update_batch([s.encode() for s in _shingles(words, config.shingle_words)])
     return signature.hashvalues.astype(np.uint32)  # values below 2**32: MinHash keeps them as uint64
-
-
-def question_signature(messages: list[dict], config: DecontaminationConfig) -> np.ndarray:
-    """The MinHash signature (uint32, num_perm) of what a conversation asks: its user turns. Shards sign
-    every row they keep, so the merge judges train rows and indexes eval rows without hashing them."""
-    return _signature(_words(user_text(messages)), config)
 
 
 class ContaminationIndex:
@@ -90,45 +160,47 @@ class ContaminationIndex:
     A row's candidates are two binary searches and its scores one comparison of matrix rows, where
     MinHashLSH and MinHash objects cost a Python object per band and per question. At 1M rows (71,000
     questions) the datasketch index held about 700 MB and judged a train row in 0.7 ms.
+
+    The exact check and the overlap n-grams are keyed too (`text_key`): a batch of rows (`judge_batch`)
+    is looked up at once, and only a row whose exact key or some band key a question has is read and
+    compared; the n-grams of the kept rows are marked in one sorted array of the questions' n-gram keys.
     """
 
     def __init__(self, questions: list[EvalQuestion], config: DecontaminationConfig):
         self.questions, self.config = questions, config
-        self.exact = {" ".join(_words(q.text)): q.ref for q in questions}
         self.bands = lsh_bands(config.near_threshold, config.num_perm)
         # One sorted array holds every band: each band's keys are offset apart, so equal keys of two
         # different bands are rare, and a candidate's bands are compared anyway.
         self.band_salts = np.arange(1, len(self.bands) + 1, dtype=np.uint64) * _BAND_SALT
-        self.ngrams: dict[str, list[int]] = {}  # question n-grams not yet seen in a kept train row
-        signatures = np.zeros((len(questions), config.num_perm), dtype=np.uint32)
-        for index, question in enumerate(questions):
-            words = _words(question.text)
-            signatures[index] = (
-                _signature(words, config) if question.signature is None else question.signature
-            )
-            if len(words) >= config.ngram_words:
-                for gram in _shingles(words, config.ngram_words):
-                    self.ngrams.setdefault(gram, []).append(index)
-        self.signatures = signatures
+        asks = [_ask(_words(q.text), config) if q.ask is None else q.ask for q in questions]
+        indexed = AskBatch.of(asks, config.num_perm)
+        self.signatures = indexed.signatures
         # question-major: a key's index // bands is its question
-        keys = self._band_keys(signatures).ravel()
+        keys = self._band_keys(self.signatures).ravel()
         self.key_order = np.argsort(keys, kind="stable")
         self.sorted_keys = keys[self.key_order]
-        self.ngram_hits: set[int] = set()
-        self.rows_near_checked = 0
+        self.exact_keys = np.unique(indexed.exact_keys)
+        self.exact: dict[int, list[int]] = {}  # exact key -> its questions, in order
+        for position, key in enumerate(indexed.exact_keys.tolist()):
+            self.exact.setdefault(key, []).append(position)
+        # The overlap share: which questions own each distinct n-gram key, and which keys a kept train
+        # row has had.
+        self.ngram_keys, owner_of_key = np.unique(indexed.ngram_keys, return_inverse=True)
+        self.ngram_owners = np.repeat(np.arange(len(questions)), indexed.ngram_counts)
+        self.owner_key = owner_of_key.reshape(-1)  # per (question, n-gram) pair: its distinct key
+        self.ngram_seen = np.zeros(len(self.ngram_keys), dtype=bool)
+        self.rows_near_checked = self.rows_read = 0
 
     def match(self, row: Row) -> Contamination | None:
         """The closest evaluation question the row's user turns repeat, if any."""
-        return self._match(row, _words(user_text(row["messages"])), None)
+        return self._match(row, _ask(_words(user_text(row["messages"])), self.config), True)
 
-    def _match(
-        self, row: Row, words: list[str], signature: np.ndarray | None, near: bool = True
-    ) -> Contamination | None:
-        if (ref := self.exact.get(" ".join(words))) is not None:
+    def _match(self, row: Row, ask: Ask, near: bool) -> Contamination | None:
+        if (ref := self._exact_ref(row, ask.exact_key)) is not None:
             return Contamination(row["source"], row["id"], ref, 1.0)
         if not near:
             return None
-        signature = _signature(words, self.config) if signature is None else signature
+        signature = ask.signature
         candidates = self._candidates(signature)
         same = self.signatures[candidates] == signature  # (candidates, num_perm)
         # MinHashLSH's candidates share a whole band with the row; folding may collide, so compare.
@@ -136,12 +208,23 @@ class ContaminationIndex:
         for start, end in self.bands:
             shares_a_band |= same[:, start:end].all(axis=1)
         scores = np.count_nonzero(same, axis=1) / self.config.num_perm
-        near = shares_a_band & (scores >= self.config.near_threshold)
-        if not near.any():
+        near_enough = shares_a_band & (scores >= self.config.near_threshold)
+        if not near_enough.any():
             return None
         # The highest score; between equal scores the question indexed last (max over (score, index)).
-        score, best = max(zip(scores[near].tolist(), candidates[near].tolist(), strict=True))
+        score, best = max(zip(scores[near_enough].tolist(), candidates[near_enough].tolist(), strict=True))
         return Contamination(row["source"], row["id"], self.questions[best].ref, score)
+
+    def _exact_ref(self, row: Row, exact_key: int) -> str | None:
+        """The last question whose words are the row's (confirmed on the words: keys may collide)."""
+        questions = self.exact.get(exact_key)
+        if not questions:
+            return None
+        words = " ".join(_words(user_text(row["messages"])))
+        for position in reversed(questions):
+            if " ".join(_words(self.questions[position].text)) == words:
+                return self.questions[position].ref
+        return None
 
     def _band_keys(self, signatures: np.ndarray) -> np.ndarray:
         """(rows, bands): each band of each signature folded to one key, salted by its band."""
@@ -150,11 +233,7 @@ class ContaminationIndex:
     def _share_a_key(self, signatures: np.ndarray) -> np.ndarray:
         """Whether each signature (a row of the matrix) has a band key some question has: a row without
         one has no candidates, so no near repeat."""
-        if not len(self.sorted_keys):
-            return np.zeros(len(signatures), dtype=bool)
-        keys = self._band_keys(signatures)
-        found = np.searchsorted(self.sorted_keys, keys).clip(max=len(self.sorted_keys) - 1)
-        return (self.sorted_keys[found] == keys).any(axis=1)
+        return _found(self.sorted_keys, self._band_keys(signatures)).any(axis=1)
 
     def _candidates(self, signature: np.ndarray) -> np.ndarray:
         """The questions whose key equals the signature's in some band (ascending)."""
@@ -166,48 +245,62 @@ class ContaminationIndex:
             return np.zeros(0, dtype=np.int64)
         return np.unique(np.concatenate(found) // len(self.bands))
 
-    def _note_ngrams(self, words: list[str]) -> None:
-        """Remember which questions share an n-gram with a kept train row (the report's overlap share).
-        An n-gram once seen is dropped: its questions are counted, and a common phrase shared by
-        thousands of questions would otherwise be added again for every row that has it."""
-        if len(words) >= self.config.ngram_words:
-            for gram in _shingles(words, self.config.ngram_words):
-                if (hit := self.ngrams.pop(gram, None)) is not None:
-                    self.ngram_hits.update(hit)
+    def _note_ngrams(self, ngram_keys: np.ndarray) -> None:
+        """Remember which questions' n-grams a kept train row has (the report's overlap share)."""
+        if len(self.ngram_keys) and len(ngram_keys):
+            found = np.searchsorted(self.ngram_keys, ngram_keys).clip(max=len(self.ngram_keys) - 1)
+            self.ngram_seen[found[self.ngram_keys[found] == ngram_keys]] = True
 
-    def judge(self, row: Row, signature: np.ndarray | None = None, near: bool = True) -> Removal | None:
+    def judge(self, row: Row, ask: Ask | None = None) -> Removal | None:
         """A train row's removal (reason `contaminated`) if it repeats a question; a kept row's n-grams
-        are noted for the overlap share. `signature`: the row's `question_signature`, if computed;
-        `near=False`: the row is known to share no band key with any question (`judge_many`)."""
-        words = _words(user_text(row["messages"]))
-        match = self._match(row, words, signature, near)
+        are noted for the overlap share. `ask`: the row's `ask_of`, if computed."""
+        ask = _ask(_words(user_text(row["messages"])), self.config) if ask is None else ask
+        match = self._match(row, ask, True)
         if match is None:
-            self._note_ngrams(words)
+            self._note_ngrams(ask.ngram_keys)
             return None
         return Removal(match.train_id, match.train_source, "contaminated", match.detail)
 
-    def judge_many(self, rows: list[Row], signatures: np.ndarray) -> list[Removal | None]:
-        """`judge` for each row with its signature (a row of the matrix), in order. The band keys of all
-        the rows are looked up at once, and only a row sharing one with a question is compared with its
-        candidates (`rows_near_checked` counts them); the per-row lookup was a third of the merge's
-        decontamination at 100k rows."""
-        near = self._share_a_key(signatures)
+    def judge_batch(self, batch: AskBatch, row_at: Callable[[int], Row]) -> list[Removal | None]:
+        """`judge` for each row of a batch, in order, from its ask; `row_at(i)` gives the batch's i-th row
+        and is called only for a row whose exact key or some band key a question has (`rows_near_checked`
+        counts the latter). Reading and comparing every row was most of the merge at 1M rows."""
+        near = self._share_a_key(batch.signatures)
         self.rows_near_checked += int(np.count_nonzero(near))
-        return [
-            self.judge(row, signature, bool(shares))
-            for row, signature, shares in zip(rows, signatures, near, strict=True)
-        ]
+        to_read = np.flatnonzero(near | _found(self.exact_keys, batch.exact_keys))
+        self.rows_read += len(to_read)
+        removals: list[Removal | None] = [None] * len(batch)
+        for position in to_read.tolist():
+            ask = Ask(batch.signatures[position], int(batch.exact_keys[position]), _NO_NGRAMS)
+            match = self._match(row_at(position), ask, bool(near[position]))
+            if match is not None:
+                removals[position] = Removal(match.train_id, match.train_source, "contaminated", match.detail)
+        kept = np.array([removal is None for removal in removals], dtype=bool)
+        self._note_ngrams(batch.ngram_keys[np.repeat(kept, batch.ngram_counts)])
+        return removals
 
     def overlap(self) -> dict[str, float | int]:
         """What the data-prep report states about the kept train rows vs the evaluation sets (counts,
         never text). Measured after removal, so no kept row repeats a question."""
-        share = len(self.ngram_hits) / len(self.questions) if self.questions else 0.0
+        hit = np.unique(self.ngram_owners[self.ngram_seen[self.owner_key]])
+        share = len(hit) / len(self.questions) if self.questions else 0.0
         return {
             "eval_questions": len(self.questions),
             "exact_repeats": 0,
             "near_repeats": 0,
             f"ngram{self.config.ngram_words}_overlap": share,
         }
+
+
+_NO_NGRAMS = np.zeros(0, dtype=np.uint64)
+
+
+def _found(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Whether each of `keys` (any shape) is in `sorted_keys`."""
+    if not len(sorted_keys):
+        return np.zeros(keys.shape, dtype=bool)
+    found = np.searchsorted(sorted_keys, keys).clip(max=len(sorted_keys) - 1)
+    return sorted_keys[found] == keys
 
 
 def find_contamination(
@@ -228,9 +321,9 @@ def golden_set_questions(golden_questions: dict[str, str]) -> list[EvalQuestion]
     return [EvalQuestion(f"golden:{gid}", text) for gid, text in golden_questions.items()]
 
 
-def eval_question(eval_row: Row, signature: np.ndarray | None = None) -> EvalQuestion:
-    """What an eval-split row asks, named by its source (with its `question_signature` if computed)."""
-    return EvalQuestion(f"eval:{eval_row['source']}", user_text(eval_row["messages"]), signature)
+def eval_question(eval_row: Row, ask: Ask | None = None) -> EvalQuestion:
+    """What an eval-split row asks, named by its source (with its `ask_of` if computed)."""
+    return EvalQuestion(f"eval:{eval_row['source']}", user_text(eval_row["messages"]), ask)
 
 
 class ContaminationError(ValueError):

@@ -6,18 +6,21 @@ split's questions (what decontamination checks train against) and the removals s
 
 from __future__ import annotations
 
-from itertools import batched
+import pickle
+from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from fineflow.config import DedupConfig, FineflowConfig
+from fineflow.config import DataPrepConfig, DedupConfig, FineflowConfig
 from fineflow.runtime import code_version, step_logger
 from fineflow.store.jsonl import parse_jsonl, to_jsonl
 from tasks.data.cache import PrepRun
 from tasks.data.decontaminate import (
+    AskBatch,
     ContaminationIndex,
     EvalQuestion,
     eval_question,
@@ -32,51 +35,21 @@ from tasks.data.shards import ShardSpool
 from tasks.data.split import in_eval
 
 FILTER_STEPS = ("deduplicate", "safety-filter", "token-limit")
-# Train rows judged at a time: their signatures are 5 MB at the default 128 permutations.
-DECONTAMINATION_BATCH_ROWS = 10_000
+TRAIN_CANDIDATES, TRAIN_ASKS, EVAL_FILE = "train-candidates.jsonl", "train-candidates.asks", "eval.jsonl"
 
 
 @task(name="merge-shards", cache_policy=NO_CACHE)  # its inputs are the (cached) shards' spooled results
 def merge_shards(run: PrepRun, config: FineflowConfig, spool: ShardSpool, workdir: Path) -> PreparedOutputs:
     prep = config.data_prep
     duplicates = _global_duplicates(spool, prep.dedup)
-    removed: dict[str, list[Removal]] = {step: [] for step in FILTER_STEPS}
-    rows_out = dict.fromkeys(FILTER_STEPS, 0)
-    # Eval rows go to their file as they come; decontamination needs only what each one asks (its text
-    # and the shard's signature of it). Train rows' signatures go to a file beside theirs, line for line.
-    asked: list[EvalQuestion] = []
-    train_candidates, eval_path = workdir / "train-candidates.jsonl", workdir / "eval.jsonl"
-    train_asks = workdir / "train-candidates.asks"
-    with (
-        train_candidates.open("wb") as train_file,
-        train_asks.open("wb") as asks_file,
-        eval_path.open("wb") as eval_file,
-    ):
-        for position, (_, verdict, ask) in enumerate(spool.rows()):
-            if position in duplicates:
-                removed["deduplicate"].append(duplicates[position])
-                continue
-            rows_out["deduplicate"] += 1
-            if verdict.step == "safety-filter":
-                removed["safety-filter"].append(verdict.removal)
-                continue
-            rows_out["safety-filter"] += 1
-            if verdict.step == "token-limit":
-                removed["token-limit"].append(verdict.removal)
-                continue
-            rows_out["token-limit"] += 1
-            if in_eval(verdict.row["id"], prep.split):
-                asked.append(eval_question(verdict.row, ask.copy()))  # a view would pin its shard's array
-                eval_file.write(to_jsonl([verdict.row]))
-            else:
-                train_file.write(to_jsonl([verdict.row]))
-                asks_file.write(ask.tobytes())
+    removed, asked, masked_rows = _route(spool, duplicates, prep, workdir)
+    rows_out = _rows_out(masked_rows, removed)
     for step in FILTER_STEPS:
         step_logger().info("%s: %d kept %s", step, rows_out[step], count_reasons(removed[step]))
     index = ContaminationIndex(
         golden_set_questions(golden_questions(config)) + asked, config.data_prep.decontamination
     )
-    train_path, contaminated, overlap = _decontaminate(train_candidates, train_asks, index, workdir)
+    train_path, contaminated, overlap = _decontaminate(workdir, index)
     all_removed = spool.normalize_removed + [r for step in FILTER_STEPS for r in removed[step]] + contaminated
     split_sizes = {
         "train": rows_out["token-limit"] - len(asked) - len(contaminated),
@@ -99,7 +72,45 @@ def merge_shards(run: PrepRun, config: FineflowConfig, spool: ShardSpool, workdi
         eval_overlap=overlap,
     )
     emitted = EmittedLines.merged(spool.emitted_parts)
-    return PreparedOutputs(train_path, eval_path, spool.quarantined, all_removed, report, emitted)
+    return PreparedOutputs(train_path, workdir / EVAL_FILE, spool.quarantined, all_removed, report, emitted)
+
+
+def _route(spool: ShardSpool, duplicates: dict[int, Removal], prep: DataPrepConfig, workdir: Path):
+    """Every masked row, in input order, to its filter step's removals, the eval file or the train
+    candidates. Eval rows go to their file with what each one asks; train rows' asks go to a file beside
+    theirs (one pickled batch a shard), for decontamination once every eval question is known."""
+    removed: dict[str, list[Removal]] = {step: [] for step in FILTER_STEPS}
+    asked: list[EvalQuestion] = []
+    position = 0  # of the shard's first row among all masked rows
+    with (
+        (workdir / TRAIN_CANDIDATES).open("wb") as train_file,
+        (workdir / TRAIN_ASKS).open("wb") as asks_file,
+        (workdir / EVAL_FILE).open("wb") as eval_file,
+    ):
+        for rows, verdicts, asks in spool.shards_in_order():
+            train = np.zeros(len(rows), dtype=bool)
+            for local, verdict in enumerate(verdicts):
+                step = "deduplicate" if position + local in duplicates else verdict.step
+                if step is not None:
+                    removed[step].append(duplicates.get(position + local) or verdict.removal)
+                elif in_eval(verdict.row["id"], prep.split):
+                    asked.append(eval_question(verdict.row, asks.ask(local)))
+                    eval_file.write(to_jsonl([verdict.row]))
+                else:
+                    train[local] = True
+                    train_file.write(to_jsonl([verdict.row]))
+            pickle.dump(asks.select(train), asks_file, protocol=pickle.HIGHEST_PROTOCOL)
+            position += len(rows)
+    return removed, asked, position
+
+
+def _rows_out(masked_rows: int, removed: dict[str, list[Removal]]) -> dict[str, int]:
+    """Rows out of each filter step, in order."""
+    rows_out, rows = {}, masked_rows
+    for step in FILTER_STEPS:
+        rows -= len(removed[step])
+        rows_out[step] = rows
+    return rows_out
 
 
 def _global_duplicates(spool: ShardSpool, config: DedupConfig) -> dict[int, Removal]:
@@ -114,34 +125,42 @@ def _global_duplicates(spool: ShardSpool, config: DedupConfig) -> dict[int, Remo
     return {int(suspects[local]): removal for local, removal in decided.items()}
 
 
-def _decontaminate(candidates: Path, asks: Path, index: ContaminationIndex, workdir: Path):
+def _decontaminate(workdir: Path, index: ContaminationIndex):
     """Train rows repeating a golden or eval-split question are removed (reason `contaminated`)."""
     contaminated: list[Removal] = []
     train_path = workdir / "train.jsonl"
-    num_perm = index.config.num_perm
-    width = num_perm * np.dtype(np.uint32).itemsize
-    with candidates.open("rb") as source, asks.open("rb") as signatures, train_path.open("wb") as train_file:
-        for lines in batched(source, DECONTAMINATION_BATCH_ROWS, strict=False):
-            signed = signatures.read(width * len(lines))
-            if len(signed) != width * len(lines):
-                raise RuntimeError(f"{asks} holds fewer signatures than {candidates} holds rows")
-            matrix = np.frombuffer(signed, dtype=np.uint32).reshape(len(lines), num_perm)
-            removals = index.judge_many([parse_jsonl(line)[0] for line in lines], matrix)
+    candidates, asks = workdir / TRAIN_CANDIDATES, workdir / TRAIN_ASKS
+    with candidates.open("rb") as source, asks.open("rb") as batches, train_path.open("wb") as train_file:
+        for batch in _pickled(batches):
+            lines = list(islice(source, len(batch)))
+            if len(lines) != len(batch):
+                raise RuntimeError(f"{asks} holds more asks than {candidates} holds rows")
+            removals = index.judge_batch(batch, lambda position: parse_jsonl(lines[position])[0])  # noqa: B023
             train_file.writelines(line for line, removal in zip(lines, removals, strict=True) if not removal)
             contaminated += [removal for removal in removals if removal]
-        if signatures.read(1):
-            raise RuntimeError(f"{asks} holds more signatures than {candidates} holds rows")
+        if source.read(1):
+            raise RuntimeError(f"{asks} holds fewer asks than {candidates} holds rows")
     candidates.unlink()
     asks.unlink()
     overlap = index.overlap()
     step_logger().info(
-        "decontaminate: %d train rows repeat an evaluation question and are removed (%d shared an LSH "
-        "band key with a question and were compared); overlap %s",
+        "decontaminate: %d train rows repeat an evaluation question and are removed (%d read: their "
+        "exact key or an LSH band key is a question's; %d of them compared for a near repeat); overlap %s",
         len(contaminated),
+        index.rows_read,
         index.rows_near_checked,
         overlap,
     )
     return train_path, contaminated, overlap
+
+
+def _pickled(handle) -> Iterator[AskBatch]:
+    """The batches pickled one after the other into `handle` (our own file, written by the merge)."""
+    while True:
+        try:
+            yield pickle.load(handle)  # noqa: S301
+        except EOFError:
+            return
 
 
 def _step_table(spool: ShardSpool, removed: dict, rows_out: dict, contaminated: int) -> list[StepCounts]:

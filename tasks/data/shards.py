@@ -32,7 +32,7 @@ from fineflow.runtime import step_logger
 from fineflow.store import DatasetStore, DatasetURI
 from fineflow.store.jsonl import to_jsonl
 from tasks.data.cache import run_key_in_context, training_system_prompt, without_run_key_tag
-from tasks.data.decontaminate import question_signature
+from tasks.data.decontaminate import Ask, AskBatch, ask_of
 from tasks.data.dedup import band_keys, signature
 from tasks.data.ingest import InputError
 from tasks.data.normalize import normalize_rows
@@ -113,7 +113,7 @@ class ShardResult:
     rows: list[Row]  # masked, in input order: what dedup judges
     signatures: np.ndarray  # (len(rows), num_perm) uint32: spooled to disk, read back for suspects only
     band_keys: np.ndarray  # (len(rows), bands) uint64: what the merge holds to find dedup's suspects
-    asks: np.ndarray  # (len(rows), num_perm) uint32: decontamination's signature of each kept row, else 0
+    asks: AskBatch  # one per row: decontamination's ask of each kept row (an empty ask for the others)
     verdicts: list[RowVerdict]  # one per row
     emitted: np.ndarray  # sha256 of every JSONL line of this shard's masker output (records.line_digests)
 
@@ -220,14 +220,13 @@ def prepare_shard(shard: ShardInput, prep: DataPrepConfig, model: ShardModel) ->
     return result
 
 
-def _asks(verdicts: list[RowVerdict], prep: DataPrepConfig) -> np.ndarray:
-    """What each kept row asks, signed here on the worker: the merge then only looks the signatures up
-    (train rows against the eval questions) instead of hashing every row on one core."""
-    asks = np.zeros((len(verdicts), prep.decontamination.num_perm), dtype=np.uint32)
-    for position, verdict in enumerate(verdicts):
-        if verdict.row is not None:
-            asks[position] = question_signature(verdict.row["messages"], prep.decontamination)
-    return asks
+def _asks(verdicts: list[RowVerdict], prep: DataPrepConfig) -> AskBatch:
+    """What each kept row asks, keyed here on the worker: the merge then only looks the keys up (train
+    rows against the eval questions) instead of reading and hashing every row on one core."""
+    config = prep.decontamination
+    removed = Ask(np.zeros(config.num_perm, dtype=np.uint32), 0, np.zeros(0, dtype=np.uint64))
+    asks = [removed if v.row is None else ask_of(v.row["messages"], config) for v in verdicts]
+    return AskBatch.of(asks, config.num_perm)
 
 
 def _verdicts(
@@ -320,14 +319,14 @@ class ShardSpool:
         width = signatures[0].shape[1] if signatures else 0
         return ids, sources, np.concatenate(signatures) if signatures else np.zeros((0, width), np.uint32)
 
-    def rows(self) -> Iterator[tuple[Row, RowVerdict, np.ndarray]]:
-        """Every masked row with its verdict and what it asks, in input order, one shard in memory at a
-        time."""
+    def shards_in_order(self) -> Iterator[tuple[list[Row], list[RowVerdict], AskBatch]]:
+        """Each shard's masked rows with their verdicts and what they ask, in input order, one shard in
+        memory at a time."""
         for index in range(self.shards):
             rows, verdicts, _, asks = self._load(index)
-            yield from zip(rows, verdicts, asks, strict=True)
+            yield rows, verdicts, asks
 
-    def _load(self, index: int) -> tuple[list[Row], list[RowVerdict], np.ndarray, np.ndarray]:
+    def _load(self, index: int) -> tuple[list[Row], list[RowVerdict], np.ndarray, AskBatch]:
         with self._path(index).open("rb") as handle:
             return pickle.load(handle)  # noqa: S301 (our own spool, written above)
 
