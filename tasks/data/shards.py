@@ -290,9 +290,10 @@ class ShardSpool:
         self.shard_rows.append(len(result.rows))
         self.key_parts.append(result.band_keys)
         self.emitted_parts.append(result.emitted)
-        with self._path(result.index).open("wb") as handle:
-            spooled = (result.rows, result.verdicts, result.signatures, result.asks)
-            pickle.dump(spooled, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        # Dedup's facts apart from the rows: the merge reads them for its suspects without the rows.
+        dedup_facts = ([r["id"] for r in result.rows], [r["source"] for r in result.rows], result.signatures)
+        self._dump(self._path(result.index, "dedup"), dedup_facts)
+        self._dump(self._path(result.index, "rows"), (result.rows, result.verdicts, result.asks))
 
     def pii_counts(self) -> dict[str, int]:
         """Findings by type, in order of first finding over all rows, then all quarantined records."""
@@ -312,9 +313,9 @@ class ShardSpool:
             wanted = positions[(positions >= bounds[index]) & (positions < bounds[index + 1])] - bounds[index]
             if not len(wanted):
                 continue
-            rows, _, shard_signatures, _ = self._load(index)
-            ids += [rows[i]["id"] for i in wanted]
-            sources += [rows[i]["source"] for i in wanted]
+            shard_ids, shard_sources, shard_signatures = self._load(self._path(index, "dedup"))
+            ids += [shard_ids[i] for i in wanted]
+            sources += [shard_sources[i] for i in wanted]
             signatures.append(shard_signatures[wanted])
         width = signatures[0].shape[1] if signatures else 0
         return ids, sources, np.concatenate(signatures) if signatures else np.zeros((0, width), np.uint32)
@@ -323,15 +324,20 @@ class ShardSpool:
         """Each shard's masked rows with their verdicts and what they ask, in input order, one shard in
         memory at a time."""
         for index in range(self.shards):
-            rows, verdicts, _, asks = self._load(index)
-            yield rows, verdicts, asks
+            yield self._load(self._path(index, "rows"))
 
-    def _load(self, index: int) -> tuple[list[Row], list[RowVerdict], np.ndarray, AskBatch]:
-        with self._path(index).open("rb") as handle:
-            return pickle.load(handle)  # noqa: S301 (our own spool, written above)
+    @staticmethod
+    def _dump(path: Path, value: tuple) -> None:
+        with path.open("wb") as handle:
+            pickle.dump(value, handle, protocol=pickle.HIGHEST_PROTOCOL)
 
-    def _path(self, index: int) -> Path:
-        return self.directory / f"shard-{index:07d}.pkl"
+    @staticmethod
+    def _load(path: Path) -> tuple:
+        with path.open("rb") as handle:
+            return pickle.load(handle)  # noqa: S301 (our own spool, written by _dump)
+
+    def _path(self, index: int, part: str) -> Path:
+        return self.directory / f"shard-{index:07d}.{part}.pkl"
 
 
 def prepare_in_shards(
