@@ -154,16 +154,22 @@ def _libraries_loaded_in_worker() -> dict[str, bool]:
     }
 
 
+def _dask_profiler_threads() -> int:
+    import threading
+
+    return sum(thread.name == "Profile" for thread in threading.enumerate())  # distributed.profile.watch
+
+
 def test_embedded_workers_load_torch_only_when_a_configured_model_needs_it(prefect_api):
     """Masking, dedup, the rules and the token limit never call torch, yet Presidio and spaCy import it
     (more than half of a worker's memory). The embedded cluster's workers start without it, unless the safety
     classifier or an NER pipeline is configured. The same bytes with and without it: the equality test
     above compares torch-free workers with the flow's own process."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
     from prefect import flow
 
     from fineflow.config import ClassifierConfig
-    from tasks.data.engine import shard_task_runner
+    from tasks.data.engine import local_cluster, shard_task_runner
 
     plain = load_config(overrides={"data_prep.scale_out.workers": 1}).data_prep
     classifier = ClassifierConfig(model="models/safety", drop_labels=["unsafe"], threshold=0.5, batch_size=8)
@@ -171,13 +177,17 @@ def test_embedded_workers_load_torch_only_when_a_configured_model_needs_it(prefe
     with_classifier = plain.model_copy(update={"safety": safety})
 
     @flow
-    def cluster_settings() -> list[dict]:
-        return [shard_task_runner(prep, 3).cluster_kwargs for prep in (plain, with_classifier)]
+    def cluster_settings() -> list[tuple]:
+        runners = [shard_task_runner(prep, 3) for prep in (plain, with_classifier)]
+        return [(runner.cluster_class, runner.cluster_kwargs) for runner in runners]
 
     loaded = []
-    for settings in cluster_settings():
-        with LocalCluster(**settings) as cluster, Client(cluster) as client:
+    for cluster_class, settings in cluster_settings():
+        assert cluster_class is local_cluster
+        profilers = _dask_profiler_threads()
+        with local_cluster(**settings) as cluster, Client(cluster) as client:
             loaded.append(next(iter(client.run(_libraries_loaded_in_worker).values())))
+            assert _dask_profiler_threads() == profilers  # the scheduler started no sampling profiler
     assert loaded == [
         {"torch": False, "torch_found": False},
         {"torch": True, "torch_found": True},
