@@ -37,13 +37,12 @@ def child(variant: str, rows_file: Path) -> None:
     import psutil
 
     from fineflow.config import load_config
-    from tasks.data.parse import parsed_records
-    from tasks.data.shards import ShardInput, ShardModel, prepare_shard
+    from tasks.data.shards import ShardInput, ShardModel, prepare_shard, shard_records
 
     config = load_config(REPO / "configs" / "default.yaml")
     prep = config.data_prep
     with rows_file.open("rb") as lines:
-        records = list(parsed_records(rows_file.name, lines, prep.validation))
+        records = list(shard_records(rows_file.name, lines, prep.validation))
     shard = ShardInput.of(0, records, {rows_file.name: len(records)}, None)
     model = ShardModel.of(config)
     seconds = []

@@ -350,20 +350,40 @@ def test_deciding_only_rows_that_share_a_band_key_gives_every_row_its_verdict():
 def test_a_shard_is_a_few_objects_to_prefects_walk_of_task_inputs_and_keeps_its_records():
     """Prefect walks a task's inputs for futures, and Dask hashes them, object by object: a shard's
     records travel as one bytes object, so the walk does not grow with the rows (it took a quarter of a
-    core in the flow's process at 5,000 rows a shard), and the worker gets them back in input order."""
+    core in the flow's process at 5,000 rows a shard). A JSONL file's lines travel unparsed, and the
+    worker gets the records `parsed_records` gives, in input order; an over-long line is parsed (and
+    cut) before it travels."""
+    import io
+    import json
+    import pickle
+
     from prefect.utilities.collections import visit_collection
 
-    from tasks.data.records import Quarantined, make_row
-    from tasks.data.shards import ShardInput
+    from tasks.data.parse import parsed_records
+    from tasks.data.records import Quarantined
+    from tasks.data.shards import RawLine, ShardInput, shard_records
 
-    records = [
-        make_row(f"raw/a.jsonl:{n}", [{"role": "user", "content": f"question {n}"}]) for n in range(5000)
+    validation = load_config().data_prep.validation
+    chats = [
+        {"messages": [{"role": "user", "content": f"question {n}"}, {"role": "assistant", "content": "A."}]}
+        for n in range(5000)
     ]
-    records.insert(7, Quarantined("raw/a.jsonl:8", "invalid_json", "Expecting value", "{oops"))
+    lines = [json.dumps(chat).encode() + b"\n" for chat in chats]
+    lines.insert(7, b"{oops\n")
+    lines.insert(9, b"  \n")  # a blank line before more records: a record (quarantined)
+    lines.insert(11, json.dumps({"prompt": "x" * 4 * validation.max_row_chars}).encode() + b"\n")
+    lines.append(b"\n")  # a blank line at the end: no record
+    records = list(shard_records("raw/a.jsonl", lines, validation))
     shard = ShardInput.of(3, records, {"raw/a.jsonl": len(records)}, None)
     visited = []
     visit_collection(shard, visit_fn=visited.append, return_data=False)
     assert len(visited) < 10
-    rows, quarantined = shard.records()
-    assert rows == [r for r in records if not isinstance(r, Quarantined)] and quarantined == [records[7]]
-    assert (shard.index, shard.rows_in) == (3, 5001)
+    expected = list(parsed_records("raw/a.jsonl", io.BytesIO(b"".join(lines)), validation))
+    rows, quarantined = shard.records(validation)
+    assert rows == [r for r in expected if not isinstance(r, Quarantined)]
+    assert quarantined == [r for r in expected if isinstance(r, Quarantined)]
+    assert [q.reason for q in quarantined] == ["invalid_json", "empty_line", "row_too_large"]
+    travelled = pickle.loads(shard.packed)
+    assert sum(isinstance(r, RawLine) for r in travelled) == 5002 and travelled[11] == quarantined[2]
+    assert quarantined[2].cut and len(quarantined[2].excerpt) == validation.quarantine_masked_chars
+    assert (shard.index, shard.rows_in) == (3, 5003)

@@ -68,13 +68,23 @@ def parsed_records(
     whole (a Parquet file's index is at its end).
     """
     for source, record, raw_text in _records(path, lines, config):
-        if isinstance(record, Quarantined):
-            yield _start_kept(record, config)
-            continue
-        try:
-            yield make_row(source, to_messages(record, config))
-        except RecordError as exc:
-            yield _start_kept(Quarantined(source, exc.reason, exc.detail, raw_text), config)
+        yield _parsed(source, record, raw_text, config)
+
+
+def parsed_line(path: str, number: int, raw: bytes, config: ValidationConfig) -> Row | Quarantined:
+    """One line of a JSONL file (as `jsonl_record_lines` gives it) as `parsed_records` parses it: sharded
+    prep cuts a file's lines in the flow and parses them on the workers."""
+    ((source, record, raw_text),) = _jsonl_record(path, number, raw, config)
+    return _parsed(source, record, raw_text, config)
+
+
+def _parsed(source: str, record: dict | Quarantined, raw_text: str, config: ValidationConfig):
+    if isinstance(record, Quarantined):
+        return _start_kept(record, config)
+    try:
+        return make_row(source, to_messages(record, config))
+    except RecordError as exc:
+        return _start_kept(Quarantined(source, exc.reason, exc.detail, raw_text), config)
 
 
 def _start_kept(item: Quarantined, config: ValidationConfig) -> Quarantined:
@@ -103,6 +113,13 @@ def _records(
 
 
 def _jsonl_records(path: str, lines: Iterable[bytes], config: ValidationConfig):
+    for number, raw in jsonl_record_lines(lines):
+        yield from _jsonl_record(path, number, raw, config)
+
+
+def jsonl_record_lines(lines: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
+    """The lines of a JSONL file that are records, with their numbers (from 1), without their newline and
+    the first line's byte-order mark: every line but the blank ones at the end of the file."""
     blank: list[tuple[int, bytes]] = []  # blank lines at the end of a file open no record: held back
     for number, line in enumerate(lines, start=1):
         raw = line.removesuffix(b"\n")
@@ -112,10 +129,9 @@ def _jsonl_records(path: str, lines: Iterable[bytes], config: ValidationConfig):
         if raw.strip() == b"":
             blank.append((number, raw))
             continue
-        for held_number, held in blank:
-            yield from _jsonl_record(path, held_number, held, config)
+        yield from blank
         blank.clear()
-        yield from _jsonl_record(path, number, raw, config)
+        yield number, raw
 
 
 def _jsonl_record(path: str, number: int, raw: bytes, config: ValidationConfig):

@@ -17,17 +17,17 @@ from __future__ import annotations
 
 import pickle
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE, CachePolicy
 
-from fineflow.config import DataPrepConfig, FineflowConfig
+from fineflow.config import DataPrepConfig, FineflowConfig, ValidationConfig
 from fineflow.runtime import step_logger
 from fineflow.store import DatasetStore, DatasetURI
 from fineflow.store.jsonl import to_jsonl
@@ -36,7 +36,7 @@ from tasks.data.decontaminate import Ask, AskBatch, ask_of
 from tasks.data.dedup import band_keys, signature
 from tasks.data.ingest import InputError
 from tasks.data.normalize import normalize_rows
-from tasks.data.parse import parsed_records
+from tasks.data.parse import jsonl_record_lines, parsed_line, parsed_records
 from tasks.data.pii import mask_pii
 from tasks.data.records import Quarantined, Removal, Row, count_reasons, line_digests
 from tasks.data.report import CountMismatchError
@@ -57,8 +57,24 @@ class ShardModel:
 
 
 @dataclass(frozen=True)
+class RawLine:
+    """A JSONL line that is a record, not parsed yet: the worker parses it (`parse.parsed_line`)."""
+
+    path: str
+    number: int
+    raw: bytes
+
+
+@dataclass(frozen=True)
 class ShardInput:
-    """One shard's parsed records, pickled into one bytes object.
+    """One shard's records, pickled into one bytes object: a JSONL file's lines as they are (`RawLine`),
+    parsed on the worker; CSV and Parquet records (read whole) and over-long lines parsed by the flow.
+
+    Parsing in the flow (JSON, validation, the row id's hash) took about a tenth of a core in the flow's
+    process while the workers masked (py-spy, 100k rows with 2 workers), a core the workers share; on
+    a cluster of many workers the flow's one core would bound the whole run. A line longer than
+    4 x `max_row_chars` bytes (`max_row_chars` characters of UTF-8 at most) cannot be a row: it is parsed
+    here, so a shard carries only its quarantined start, as before.
 
     Prefect walks every object of a task's inputs looking for futures (twice: for the run's dependencies
     and to swap in Dask's futures), and Dask walks them again to hash the task's key. With a shard's
@@ -70,24 +86,28 @@ class ShardInput:
     index: int
     rows_in: int
     rows_in_by_file: dict[str, int]
-    packed: bytes  # pickled (rows, quarantined): raw, never persisted (a task's inputs are not)
+    packed: bytes  # pickled records (RawLine, Row or Quarantined): raw, never persisted (inputs are not)
     run_key: str | None  # the prep run's key, which caches the shard's result (None: not cached)
 
     @classmethod
     def of(
         cls,
         index: int,
-        records: list[Row | Quarantined],
+        records: list[RawLine | Row | Quarantined],
         rows_in_by_file: dict[str, int],
         run_key: str | None,
     ) -> ShardInput:
-        rows = [record for record in records if not isinstance(record, Quarantined)]
-        quarantined = [record for record in records if isinstance(record, Quarantined)]
-        packed = pickle.dumps((rows, quarantined), protocol=pickle.HIGHEST_PROTOCOL)
+        packed = pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL)
         return cls(index, len(records), rows_in_by_file, packed, run_key)
 
-    def records(self) -> tuple[list[Row], list[Quarantined]]:
-        return pickle.loads(self.packed)  # noqa: S301 (made by `of` in this run's flow)
+    def records(self, config: ValidationConfig) -> tuple[list[Row], list[Quarantined]]:
+        """The shard's valid rows and its quarantined records, each in input order."""
+        records = [
+            parsed_line(r.path, r.number, r.raw, config) if isinstance(r, RawLine) else r
+            for r in pickle.loads(self.packed)  # noqa: S301 (made by `of` in this run's flow)
+        ]
+        rows = [record for record in records if not isinstance(record, Quarantined)]
+        return rows, [record for record in records if isinstance(record, Quarantined)]
 
 
 @dataclass
@@ -131,9 +151,8 @@ def iter_shards(
         if uri.path in seen_paths:
             raise InputError(f"two inputs have the same path {uri.path!r}; rows could not be told apart")
         seen_paths.add(uri.path)
-        for record in parsed_records(
-            uri.path, store.read_lines(uri.repo, uri.ref, uri.path), prep.validation
-        ):
+        lines = store.read_lines(uri.repo, uri.ref, uri.path)
+        for record in shard_records(uri.path, lines, prep.validation):
             records.append(record)
             rows_in_by_file[uri.path] = rows_in_by_file.get(uri.path, 0) + 1
             if len(records) == size:
@@ -141,6 +160,19 @@ def iter_shards(
                 index, records, rows_in_by_file = index + 1, [], {}
     if records or index == 0:
         yield ShardInput.of(index, records, rows_in_by_file, run_key)
+
+
+def shard_records(
+    path: str, lines: Iterable[bytes], config: ValidationConfig
+) -> Iterator[RawLine | Row | Quarantined]:
+    """A file's records for the shards: a JSONL file's lines unparsed (over-long ones parsed, to cut
+    them), other formats parsed."""
+    if PurePosixPath(path).suffix.lower() != ".jsonl":
+        yield from parsed_records(path, lines, config)
+        return
+    longest = 4 * config.max_row_chars  # bytes: a character is at most 4 bytes of UTF-8
+    for number, raw in jsonl_record_lines(lines):
+        yield parsed_line(path, number, raw, config) if len(raw) > longest else RawLine(path, number, raw)
 
 
 @task(name="count-shards", cache_policy=NO_CACHE)
@@ -172,7 +204,7 @@ class ShardCache(CachePolicy):
 def prepare_shard(shard: ShardInput, prep: DataPrepConfig, model: ShardModel) -> ShardResult:
     """Parse's output for one shard through normalise, mask, safety and token limit, plus signatures."""
     logger = step_logger()
-    parsed, parse_quarantined = shard.records()
+    parsed, parse_quarantined = shard.records(prep.validation)
     normalized = normalize_rows.fn(parsed, prep.normalize)
     excerpt_chars = prep.validation.quarantine_excerpt_chars
     # Rows and quarantine masked apart: the report counts types in order of first finding, rows first.
