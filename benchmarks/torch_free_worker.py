@@ -92,14 +92,11 @@ def main() -> None:
     sys.path.insert(0, str(REPO / "benchmarks"))
     import data_prep_scale
 
-    from fineflow.config import DATA_DIR_ENV, load_config
-    from fineflow.models.base import save_embedded_tokenizer
+    from fineflow.config import DATA_DIR_ENV
 
     with tempfile.TemporaryDirectory(prefix="torch-free-") as tmp:
         env = {**os.environ, DATA_DIR_ENV: tmp, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
         os.environ[DATA_DIR_ENV] = tmp
-        config = load_config(REPO / "configs" / "default.yaml")
-        save_embedded_tokenizer(config.base_model.name, config.data_dir / "models")  # as data prep's setup
         rows_file = Path(tmp) / "shard.jsonl"
         data_prep_scale.generate(args.rows, rows_file)
         best: dict[str, dict] = {}

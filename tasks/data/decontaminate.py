@@ -18,6 +18,7 @@ import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from tasks.data.records import Removal, Row
 
 _WORD = re.compile(r"\w+")
 _BAND_SALT = np.uint64(0xD6E8FEB86659FD93)  # odd: distinct bands get distinct offsets
+_NGRAM_BASE = np.uint64(0x9E3779B97F4A7C15)  # odd: the polynomial's base for n-gram keys
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ class Ask:
 
     signature: np.ndarray  # (num_perm,) uint32: MinHash of its 3-word shingles, the near check
     exact_key: int  # text_key of its words joined by one space, the exact check
-    ngram_keys: np.ndarray  # uint64, sorted, distinct: text_key of each n-gram (the overlap share)
+    ngram_keys: np.ndarray  # uint64: a key per n-gram, `_ngram_keys` (the overlap share)
 
 
 @dataclass(frozen=True)
@@ -127,10 +129,23 @@ def text_key(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
+@lru_cache(maxsize=1 << 16)  # words repeat: a dict lookup instead of a hash for most of them
+def _word_key(word: str) -> int:
+    return text_key(word)
+
+
 def _ngram_keys(words: list[str], config: DecontaminationConfig) -> np.ndarray:
-    if len(words) < config.ngram_words:
+    """One key per run of `ngram_words` words: a polynomial over their words' keys (modulo 2**64), for
+    all runs at once. Hashing each run's text cost a shard 0.3 s (4,922 rows)."""
+    size = config.ngram_words
+    if len(words) < size:
         return np.zeros(0, dtype=np.uint64)
-    return np.unique(np.array([text_key(g) for g in _shingles(words, config.ngram_words)], dtype=np.uint64))
+    word_keys = np.array([_word_key(word) for word in words], dtype=np.uint64)
+    runs = len(words) - size + 1
+    keys = word_keys[:runs].copy()
+    for offset in range(1, size):
+        keys = keys * _NGRAM_BASE + word_keys[offset : offset + runs]
+    return keys
 
 
 def _ask(words: list[str], config: DecontaminationConfig) -> Ask:
