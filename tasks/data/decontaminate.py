@@ -18,7 +18,7 @@ import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -65,9 +65,14 @@ class AskBatch:
     def __len__(self) -> int:
         return len(self.exact_keys)
 
+    @cached_property
+    def _ngram_starts(self) -> np.ndarray:
+        """Where each row's n-gram keys start (summing the counts for each `ask` was quadratic in rows)."""
+        return np.cumsum(self.ngram_counts) - self.ngram_counts
+
     def ask(self, position: int) -> Ask:
         """One row's ask, copied: a view would pin the whole batch's arrays."""
-        start = int(self.ngram_counts[:position].sum())
+        start = int(self._ngram_starts[position])
         return Ask(
             self.signatures[position].copy(),
             int(self.exact_keys[position]),
@@ -124,8 +129,7 @@ def _shingles(words: list[str], size: int) -> set[str]:
 
 def text_key(text: str) -> int:
     """A text's 64-bit key (BLAKE2b): the same in every process, unlike `hash`. Equal texts have equal
-    keys; a key shared by two texts is confirmed on the text (exact check) or, for an n-gram of the
-    overlap share, counted as shared (odds about 1 in 10**6 at 1M rows, and it never removes a row)."""
+    keys; a key shared by two texts is confirmed on the text (the exact check)."""
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
@@ -136,7 +140,9 @@ def _word_key(word: str) -> int:
 
 def _ngram_keys(words: list[str], config: DecontaminationConfig) -> np.ndarray:
     """One key per run of `ngram_words` words: a polynomial over their words' keys (modulo 2**64), for
-    all runs at once. Hashing each run's text cost a shard 0.3 s (4,922 rows)."""
+    all runs at once. Hashing each run's text cost a shard 0.3 s (4,922 rows). Keys are not confirmed
+    on the text: a key two runs share counts them as shared in the overlap share (a reported figure
+    that never removes a row; odds about 1 in 10**6 at 1M rows)."""
     size = config.ngram_words
     if len(words) < size:
         return np.zeros(0, dtype=np.uint64)
@@ -176,7 +182,7 @@ class ContaminationIndex:
     MinHashLSH and MinHash objects cost a Python object per band and per question. At 1M rows (71,000
     questions) the datasketch index held about 700 MB and judged a train row in 0.7 ms.
 
-    The exact check and the overlap n-grams are keyed too (`text_key`): a batch of rows (`judge_batch`)
+    The exact check and the overlap n-grams are keyed too (`Ask`): a batch of rows (`judge_batch`)
     is looked up at once, and only a row whose exact key or some band key a question has is read and
     compared; the n-grams of the kept rows are marked in one sorted array of the questions' n-gram keys.
     """
@@ -262,9 +268,8 @@ class ContaminationIndex:
 
     def _note_ngrams(self, ngram_keys: np.ndarray) -> None:
         """Remember which questions' n-grams a kept train row has (the report's overlap share)."""
-        if len(self.ngram_keys) and len(ngram_keys):
-            found = np.searchsorted(self.ngram_keys, ngram_keys).clip(max=len(self.ngram_keys) - 1)
-            self.ngram_seen[found[self.ngram_keys[found] == ngram_keys]] = True
+        positions, found = _look_up(self.ngram_keys, ngram_keys)
+        self.ngram_seen[positions[found]] = True
 
     def judge(self, row: Row, ask: Ask | None = None) -> Removal | None:
         """A train row's removal (reason `contaminated`) if it repeats a question; a kept row's n-grams
@@ -312,10 +317,16 @@ _NO_NGRAMS = np.zeros(0, dtype=np.uint64)
 
 def _found(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """Whether each of `keys` (any shape) is in `sorted_keys`."""
+    return _look_up(sorted_keys, keys)[1]
+
+
+def _look_up(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each of `keys`' position in `sorted_keys` and whether it is there (the position is valid only
+    where it is)."""
     if not len(sorted_keys):
-        return np.zeros(keys.shape, dtype=bool)
-    found = np.searchsorted(sorted_keys, keys).clip(max=len(sorted_keys) - 1)
-    return sorted_keys[found] == keys
+        return np.zeros(keys.shape, dtype=np.int64), np.zeros(keys.shape, dtype=bool)
+    positions = np.searchsorted(sorted_keys, keys).clip(max=len(sorted_keys) - 1)
+    return positions, sorted_keys[positions] == keys
 
 
 def find_contamination(
