@@ -347,6 +347,42 @@ def test_deciding_only_rows_that_share_a_band_key_gives_every_row_its_verdict():
     assert len(suspects) < len(rows) / 2  # most rows share no band and are never read back
 
 
+@pytest.mark.parametrize("decision_pairs", [1, 7, 10**9])
+def test_the_decision_by_blocks_of_pairs_gives_the_sequential_lsh_verdicts(decision_pairs):
+    """The global decision compares candidate pairs a block of rows at a time and then decides the rows
+    with a similar earlier row one by one: against one MinHashLSH filled in order, with blocks of one
+    row, blocks that cut through band groups, and one block. Chains of near repeats (each similar to the
+    one before, not to the first) check that a row removed in the same block no longer counts as kept."""
+    import random
+
+    import numpy as np
+
+    from tasks.data.dedup import duplicate_verdicts, signature
+
+    config = load_config().data_prep.dedup.model_copy(update={"decision_pairs": decision_pairs})
+    rng = random.Random(5)
+    words = [f"w{i}" for i in range(200)]
+    texts = [" ".join(rng.choices(words, k=30)) for _ in range(300)]
+    texts += [texts[i] for i in range(0, 300, 11)]  # exact repeats
+    for i in range(3, 300, 7):  # near repeats, each of the one before
+        chain = texts[i].split()
+        for step in range(3):
+            chain[step * 3] = f"x{step}"
+            texts.append(" ".join(chain))
+    rng.shuffle(texts)
+    rows = [
+        {"id": str(hash(t)), "source": f"raw/x.jsonl:{n}", "messages": [{"role": "user", "content": t}]}
+        for n, t in enumerate(texts)
+    ]
+    signatures = np.array([signature(row, config) for row in rows], dtype=np.uint32)
+    decided = duplicate_verdicts([r["id"] for r in rows], [r["source"] for r in rows], signatures, config)
+
+    oracle = _today_deduplicate(rows, config).removed
+    source_at = {row["source"]: n for n, row in enumerate(rows)}
+    assert decided == {source_at[removal.source]: removal for removal in oracle}
+    assert {r.reason for r in decided.values()} == {"exact_duplicate", "near_duplicate"}
+
+
 def test_a_shard_is_a_few_objects_to_prefects_walk_of_task_inputs_and_keeps_its_records():
     """Prefect walks a task's inputs for futures, and Dask hashes them, object by object: a shard's
     records travel as one bytes object, so the walk does not grow with the rows (it took a quarter of a

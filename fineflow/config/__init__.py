@@ -151,6 +151,7 @@ class DedupConfig(Strict):
     near_threshold: float = Field(gt=0.0, le=1.0, description="Jaccard similarity of word shingles")
     num_perm: int = Field(ge=16)
     shingle_words: int = Field(ge=1)
+    decision_pairs: int = Field(ge=1, description="candidate pairs compared at once in the global decision")
 
 
 class DecontaminationConfig(Strict):

@@ -8,8 +8,9 @@ Sharded prep computes each row's MinHash signature in its shard (`signature`); `
 then decides globally, in input order, from the signatures alone. It gives the verdicts a sequential
 MinHashLSH pass gives (insert each kept row, query each new one): the same band layout (datasketch's
 own `b`, `r`), candidates = earlier kept rows equal to the row in at least one band, the same Jaccard
-estimate and the same keep-first rule. Only rows that share a band with another row need the sequential
-pass; the bands are grouped for all rows at once with numpy.
+estimate and the same keep-first rule. The bands are grouped for all rows at once, and candidate pairs
+made and compared a block at a time, with numpy (a low-nibble prefilter first: see `_low_nibbles`); only
+the rows with a similar earlier row are decided one by one.
 
 At scale the merge holds no signature: each shard folds every band to one uint64 (`band_keys`), the
 merge finds the rows whose key in some band is not unique (`rows_sharing_a_band`, 8 bytes a band a
@@ -115,13 +116,17 @@ class _BandGroups:
         self.inverse = inverse
         self.members = np.argsort(inverse, kind="stable")  # by group, then position
         self.starts = np.cumsum(counts) - counts
-        self.shared = counts[inverse] > 1
         self.rank = np.empty(len(inverse), dtype=np.int64)  # a row's place among its group's members
         self.rank[self.members] = np.arange(len(inverse)) - self.starts[inverse[self.members]]
 
-    def earlier(self, position: int) -> np.ndarray:
-        start = self.starts[self.inverse[position]]
-        return self.members[start : start + self.rank[position]]
+    def earlier_pairs(self, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+        """(later, earlier): each row of [start, end) with each earlier member of its group."""
+        counts = self.rank[start:end]
+        later = np.repeat(np.arange(start, end), counts)
+        # each pair's offset among its row's earlier members, from its group's first member
+        offsets = np.arange(len(later)) - np.repeat(np.cumsum(counts) - counts, counts)
+        firsts = np.repeat(self.starts[self.inverse[start:end]], counts)
+        return later, self.members[firsts + offsets]
 
 
 def _band_groups(signatures: np.ndarray, config: DedupConfig) -> list[_BandGroups]:
@@ -141,40 +146,112 @@ def _groups(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def duplicate_verdicts(
     ids: list[str], sources: list[str], signatures: np.ndarray, config: DedupConfig
 ) -> dict[int, Removal]:
-    """Removals by row position (input order); rows not named are kept."""
+    """Removals by row position (input order); rows not named are kept.
+
+    The sequential rule (a row is removed when an earlier kept row shares a band with it and is similar
+    enough; an earlier kept row with its id makes it an exact duplicate) is applied to the similar pairs
+    only. Candidate pairs are made and compared with numpy a block of rows at a time (about
+    `decision_pairs` pairs a block), their earlier row's fate known unless it lies in the same block; the
+    few rows with a similar earlier row are then decided one by one, in order.
+    """
     bands = _band_groups(signatures, config)
-    suspects = np.zeros(len(ids), dtype=bool)
-    for band in bands:
-        suspects |= band.shared
+    nibbles = _low_nibbles(signatures)
     kept = np.ones(len(ids), dtype=bool)
-    first_kept: dict[str, int] = {}  # row id -> position of its first (kept) occurrence
     removals: dict[int, Removal] = {}
-    for position in map(int, np.flatnonzero(suspects)):
-        # A row sharing no band with any other row cannot repeat one: equal ids mean equal signatures.
-        removal = _verdict(position, ids, sources, signatures, bands, kept, first_kept, config)
-        if removal is None:
-            first_kept[ids[position]] = position
-        else:
-            kept[position] = False
-            removals[position] = removal
+    for block_start, block_end in _blocks(bands, config.decision_pairs):
+        later, earlier = _candidate_pairs(bands, block_start, block_end)
+        undecided_or_kept = (earlier >= block_start) | kept[earlier]
+        later, earlier = later[undecided_or_kept], earlier[undecided_or_kept]
+        later, earlier, similarity = _similar_pairs(later, earlier, nibbles, signatures, config)
+        for position, matches, similarities in _by_row(later, earlier, similarity):
+            removal = _verdict(position, matches, similarities, ids, sources, kept)
+            if removal is not None:
+                kept[position] = False
+                removals[position] = removal
     return removals
 
 
-def _verdict(position, ids, sources, signatures, bands, kept, first_kept, config):
-    row_id = ids[position]
-    if row_id in first_kept:
-        return Removal(row_id, sources[position], "exact_duplicate", f"of {sources[first_kept[row_id]]}")
-    candidates = np.unique(np.concatenate([band.earlier(position) for band in bands]))  # ascending
-    candidates = candidates[kept[candidates]]
-    if not len(candidates):
-        return None
-    # datasketch's MinHash.jaccard for every candidate at once: equal slots over all slots
-    similarity = np.count_nonzero(signatures[candidates] == signatures[position], axis=1) / float(
-        signatures.shape[1]
+def _blocks(bands: list[_BandGroups], pairs_per_block: int) -> list[tuple[int, int]]:
+    """Consecutive row ranges, each with about `pairs_per_block` candidate pairs (a row is never split)."""
+    pairs = np.cumsum(sum(band.rank for band in bands))
+    if not len(pairs):
+        return []
+    cuts = np.searchsorted(pairs, np.arange(pairs_per_block, pairs[-1], pairs_per_block), side="right")
+    bounds = np.unique(np.concatenate([[0], cuts, [len(pairs)]]))
+    return [(int(start), int(end)) for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def _candidate_pairs(bands: list[_BandGroups], start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+    """(later, earlier) positions of every row in [start, end) and each earlier row of its band groups,
+    once per band they share."""
+    pairs = [band.earlier_pairs(start, end) for band in bands]
+    return np.concatenate([later for later, _ in pairs]), np.concatenate([earlier for _, earlier in pairs])
+
+
+# Masks for counting a pair's unequal nibbles: a nibble of an XOR is nonzero when any of its bits is.
+_NIBBLE_LOW_BITS = np.uint64(0x1111111111111111)
+_BYTE_SUM = np.uint64(0x0101010101010101)  # a product's top byte is the sum of a word's bytes
+
+
+def _low_nibbles(signatures: np.ndarray) -> np.ndarray:
+    """(rows, words) uint64: each value's low 4 bits, 16 to a word (zero nibbles pad the last word).
+
+    b-bit MinHash as an exact prefilter: equal values have equal low nibbles, so a pair's equal nibbles
+    bound its equal values from above. Comparing a row costs one 64-byte cache line instead of 512 bytes:
+    the comparison is bound by fetching the earlier rows, which lie anywhere in the table."""
+    values = (signatures & 0xF).astype(np.uint8)
+    padded = np.zeros((len(values), -(-values.shape[1] // 16) * 16), dtype=np.uint8)
+    padded[:, : values.shape[1]] = values
+    return np.ascontiguousarray(padded[:, 0::2] | (padded[:, 1::2] << 4)).view(np.uint64)
+
+
+def _unequal_nibbles(nibbles: np.ndarray, earlier: np.ndarray, later: np.ndarray) -> np.ndarray:
+    differ = nibbles[earlier] ^ nibbles[later]
+    for shift in (1, 2):  # fold each nibble's bits onto its lowest bit
+        differ |= differ >> np.uint64(shift)
+    counts = np.bitwise_count(differ & _NIBBLE_LOW_BITS)  # (pairs, words) uint8, each at most 16
+    words = counts.shape[1]
+    if words == 8:  # the common case (128 values): the 8 counts of a row are one uint64's bytes
+        return (counts.view(np.uint64).ravel() * _BYTE_SUM) >> np.uint64(56)
+    return counts.sum(axis=1, dtype=np.int64)
+
+
+def _similar_pairs(later, earlier, nibbles, signatures, config: DedupConfig):
+    """The pairs whose estimated Jaccard similarity (datasketch's MinHash.jaccard: equal values over all
+    values) reaches the threshold, with that similarity."""
+    slots = signatures.shape[1]
+    possible = (slots - _unequal_nibbles(nibbles, earlier, later).astype(np.int64)) / float(slots) >= (
+        config.near_threshold
     )
-    similar = np.flatnonzero(similarity >= config.near_threshold)
-    if not len(similar):
+    later, earlier = later[possible], earlier[possible]
+    similarity = np.count_nonzero(signatures[earlier] == signatures[later], axis=1) / float(slots)
+    similar = similarity >= config.near_threshold
+    return later[similar], earlier[similar], similarity[similar]
+
+
+def _by_row(later, earlier, similarity):
+    """Each row with similar earlier rows: (row, its similar earlier rows ascending, their similarities),
+    rows ascending."""
+    order = np.lexsort((earlier, later))
+    later, earlier, similarity = later[order], earlier[order], similarity[order]
+    starts = np.flatnonzero(np.diff(later, prepend=-1))  # each row's first pair
+    for start, end in zip(starts, np.append(starts[1:], len(later))[: len(starts)], strict=True):
+        yield int(later[start]), earlier[start:end].tolist(), similarity[start:end].tolist()
+
+
+def _verdict(position, matches, similarities, ids, sources, kept) -> Removal | None:
+    """The keep-first rule for one row, given its similar earlier rows (ascending)."""
+    live = [
+        (match, similarity) for match, similarity in zip(matches, similarities, strict=True) if kept[match]
+    ]
+    if not live:
         return None
-    match = int(candidates[similar[0]])  # the earliest kept row
-    detail = f"of {sources[match]} (similarity {float(similarity[similar[0]]):.2f})"
-    return Removal(row_id, sources[position], "near_duplicate", detail)
+    row_id = ids[position]
+    # Only one row of an id is ever kept, and it is similar to every later copy (equal ids, equal texts).
+    same = next((match for match, similarity in live if similarity == 1.0 and ids[match] == row_id), None)
+    if same is not None:
+        return Removal(row_id, sources[position], "exact_duplicate", f"of {sources[same]}")
+    match, similarity = live[0]  # the earliest kept row
+    return Removal(
+        row_id, sources[position], "near_duplicate", f"of {sources[match]} (similarity {similarity:.2f})"
+    )
