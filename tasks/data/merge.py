@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 
 from fineflow.config import DataPrepConfig, DedupConfig, FineflowConfig
 from fineflow.runtime import code_version, step_logger
-from fineflow.store.jsonl import parse_jsonl, to_jsonl
+from fineflow.store.jsonl import parse_jsonl
 from tasks.data.cache import PrepRun
 from tasks.data.decontaminate import (
     AskBatch,
@@ -32,7 +32,6 @@ from tasks.data.records import EmittedLines, Removal, count_reasons
 from tasks.data.report import PreparedOutputs, check_counts
 from tasks.data.results import PrepLineage, PrepReport, StepCounts
 from tasks.data.shards import ShardSpool
-from tasks.data.split import in_eval
 
 FILTER_STEPS = ("deduplicate", "safety-filter", "token-limit")
 TRAIN_CANDIDATES, TRAIN_ASKS, EVAL_FILE = "train-candidates.jsonl", "train-candidates.asks", "eval.jsonl"
@@ -87,20 +86,20 @@ def _route(spool: ShardSpool, duplicates: dict[int, Removal], prep: DataPrepConf
         (workdir / TRAIN_ASKS).open("wb") as asks_file,
         (workdir / EVAL_FILE).open("wb") as eval_file,
     ):
-        for rows, verdicts, asks in spool.shards_in_order():
-            train = np.zeros(len(rows), dtype=bool)
+        for verdicts, asks in spool.shards_in_order():
+            train = np.zeros(len(verdicts), dtype=bool)
             for local, verdict in enumerate(verdicts):
                 step = "deduplicate" if position + local in duplicates else verdict.step
                 if step is not None:
                     removed[step].append(duplicates.get(position + local) or verdict.removal)
-                elif in_eval(verdict.row["id"], prep.split):
-                    asked.append(eval_question(verdict.row, asks.ask(local)))
-                    eval_file.write(to_jsonl([verdict.row]))
+                elif verdict.eval_row is not None:
+                    asked.append(eval_question(verdict.eval_row, asks.ask(local)))
+                    eval_file.write(verdict.line)
                 else:
                     train[local] = True
-                    train_file.write(to_jsonl([verdict.row]))
+            train_file.write(b"".join(verdicts[local].line for local in np.flatnonzero(train)))
             pickle.dump(asks.select(train), asks_file, protocol=pickle.HIGHEST_PROTOCOL)
-            position += len(rows)
+            position += len(verdicts)
     return removed, asked, position
 
 

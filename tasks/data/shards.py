@@ -41,6 +41,7 @@ from tasks.data.pii import mask_pii
 from tasks.data.records import Quarantined, Removal, Row, count_reasons, line_digests
 from tasks.data.report import CountMismatchError
 from tasks.data.safety import filter_unsafe
+from tasks.data.split import in_eval
 from tasks.data.token_limit import enforce_token_limit
 
 
@@ -111,12 +112,25 @@ class ShardInput:
 
 
 @dataclass
-class RowVerdict:
+class StepVerdict:
     """What the steps after dedup make of one masked row: removed by a step, or the row to keep."""
 
     step: str | None  # "safety-filter" or "token-limit" when removed
     removal: Removal | None
     row: Row | None  # the row as published (truncated when the token limit truncates)
+
+
+@dataclass(frozen=True)
+class RowVerdict:
+    """What the steps after dedup make of one masked row: removed by a step, or the line to publish.
+
+    A kept row travels as its JSONL line, serialised here on the worker: the merge only writes it. The
+    row itself travels only when it goes to the eval split, for the merge's eval questions."""
+
+    step: str | None  # "safety-filter" or "token-limit" when removed
+    removal: Removal | None
+    line: bytes | None  # the row as published, one JSONL line (truncated when the token limit truncates)
+    eval_row: Row | None  # the published row when the split sends it to eval
 
 
 @dataclass
@@ -130,7 +144,8 @@ class ShardResult:
     quarantined: list[Quarantined]  # masked, cut to the excerpt length
     pii_in_rows: dict[str, int]
     pii_in_quarantine: dict[str, int]
-    rows: list[Row]  # masked, in input order: what dedup judges
+    ids: list[str]  # of the masked rows, in input order: what dedup judges
+    sources: list[str]
     signatures: np.ndarray  # (len(rows), num_perm) uint32: spooled to disk, read back for suspects only
     band_keys: np.ndarray  # (len(rows), bands) uint64: what the merge holds to find dedup's suspects
     asks: AskBatch  # one per row: decontamination's ask of each kept row (an empty ask for the others)
@@ -213,16 +228,15 @@ def prepare_shard(shard: ShardInput, prep: DataPrepConfig, model: ShardModel) ->
     accounted = len(rows) + len(normalized.removed) + len(quarantined)
     if accounted != shard.rows_in:  # the count identity, per shard
         raise CountMismatchError(f"shard {shard.index}: {shard.rows_in} in, {accounted} accounted for")
-    verdicts, remasked = _verdicts(rows, prep, model)
+    step_verdicts, remasked = _verdicts(rows, prep, model)
     signatures = np.array([signature(row, prep.dedup) for row in rows], dtype=np.uint32).reshape(
         len(rows), prep.dedup.num_perm
     )
-    asks = _asks(verdicts, prep)
+    asks = _asks([v.row for v in step_verdicts], prep)
+    verdicts = _published(step_verdicts, prep)
     # The exact JSONL lines write-outputs will write, hashed for the audit (tasks/data/publish.py).
-    emitted = line_digests(
-        [to_jsonl([v.row]) for v in verdicts if v.row is not None]
-        + [to_jsonl([item.as_json()]) for item in quarantined]
-    )
+    lines = [v.line for v in verdicts if v.line is not None]
+    emitted = line_digests(lines + [to_jsonl([item.as_json()]) for item in quarantined])
     result = ShardResult(
         index=shard.index,
         rows_in=shard.rows_in,
@@ -233,7 +247,8 @@ def prepare_shard(shard: ShardInput, prep: DataPrepConfig, model: ShardModel) ->
         quarantined=quarantined,
         pii_in_rows=dict(Counter(pii_in_rows) + Counter(remasked)),
         pii_in_quarantine=pii_in_quarantine,
-        rows=rows,
+        ids=[row["id"] for row in rows],
+        sources=[row["source"] for row in rows],
         signatures=signatures,
         band_keys=band_keys(signatures, prep.dedup),
         asks=asks,
@@ -252,18 +267,31 @@ def prepare_shard(shard: ShardInput, prep: DataPrepConfig, model: ShardModel) ->
     return result
 
 
-def _asks(verdicts: list[RowVerdict], prep: DataPrepConfig) -> AskBatch:
+def _asks(kept: list[Row | None], prep: DataPrepConfig) -> AskBatch:
     """What each kept row asks, keyed here on the worker: the merge then only looks the keys up (train
     rows against the eval questions) instead of reading and hashing every row on one core."""
     config = prep.decontamination
     removed = Ask(np.zeros(config.num_perm, dtype=np.uint32), 0, np.zeros(0, dtype=np.uint64))
-    asks = [removed if v.row is None else ask_of(v.row["messages"], config) for v in verdicts]
+    asks = [removed if row is None else ask_of(row["messages"], config) for row in kept]
     return AskBatch.of(asks, config.num_perm)
+
+
+def _published(step_verdicts: list[StepVerdict], prep: DataPrepConfig) -> list[RowVerdict]:
+    """The verdicts as the merge reads them: a kept row as its line, and as itself if it goes to eval."""
+    return [
+        RowVerdict(
+            v.step,
+            v.removal,
+            None if v.row is None else to_jsonl([v.row]),
+            v.row if v.row is not None and in_eval(v.row["id"], prep.split) else None,
+        )
+        for v in step_verdicts
+    ]
 
 
 def _verdicts(
     rows: list[Row], prep: DataPrepConfig, model: ShardModel
-) -> tuple[list[RowVerdict], dict[str, int]]:
+) -> tuple[list[StepVerdict], dict[str, int]]:
     """Safety and token-limit verdicts for every masked row (sources are unique per input record)."""
     safe = filter_unsafe.fn(rows, prep.safety)
     limited = enforce_token_limit.fn(safe.rows, model.base_model, prep.token_limit, model.system_prompt)
@@ -281,11 +309,11 @@ def _verdicts(
     for row in rows:
         source = row["source"]
         if source in unsafe:
-            verdicts.append(RowVerdict("safety-filter", unsafe[source], None))
+            verdicts.append(StepVerdict("safety-filter", unsafe[source], None))
         elif source in too_long:
-            verdicts.append(RowVerdict("token-limit", too_long[source], None))
+            verdicts.append(StepVerdict("token-limit", too_long[source], None))
         else:
-            verdicts.append(RowVerdict(None, None, kept[source]))
+            verdicts.append(StepVerdict(None, None, kept[source]))
     return verdicts, remasked_counts
 
 
@@ -319,13 +347,12 @@ class ShardSpool:
         self.quarantined += result.quarantined
         self.pii_in_rows.update(result.pii_in_rows)
         self.pii_in_quarantine.update(result.pii_in_quarantine)
-        self.shard_rows.append(len(result.rows))
+        self.shard_rows.append(len(result.ids))
         self.key_parts.append(result.band_keys)
         self.emitted_parts.append(result.emitted)
         # Dedup's facts apart from the rows: the merge reads them for its suspects without the rows.
-        dedup_facts = ([r["id"] for r in result.rows], [r["source"] for r in result.rows], result.signatures)
-        self._dump(self._path(result.index, "dedup"), dedup_facts)
-        self._dump(self._path(result.index, "rows"), (result.rows, result.verdicts, result.asks))
+        self._dump(self._path(result.index, "dedup"), (result.ids, result.sources, result.signatures))
+        self._dump(self._path(result.index, "rows"), (result.verdicts, result.asks))
 
     def pii_counts(self) -> dict[str, int]:
         """Findings by type, in order of first finding over all rows, then all quarantined records."""
@@ -352,8 +379,8 @@ class ShardSpool:
         width = signatures[0].shape[1] if signatures else 0
         return ids, sources, np.concatenate(signatures) if signatures else np.zeros((0, width), np.uint32)
 
-    def shards_in_order(self) -> Iterator[tuple[list[Row], list[RowVerdict], AskBatch]]:
-        """Each shard's masked rows with their verdicts and what they ask, in input order, one shard in
+    def shards_in_order(self) -> Iterator[tuple[list[RowVerdict], AskBatch]]:
+        """Each shard's verdicts on its masked rows and what they ask, in input order, one shard in
         memory at a time."""
         for index in range(self.shards):
             yield self._load(self._path(index, "rows"))
