@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
+
+
+def _throwaway_directory(prefix: str) -> str:
+    """A temporary directory removed when the test process exits (each xdist worker has its own)."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
 
 # Prefect keeps its database and cached task results under PREFECT_HOME: one throwaway home per test
 # session, so tests neither read nor write a user's ~/.prefect.
-os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="fineflow-test-prefect-")
+os.environ["PREFECT_HOME"] = _throwaway_directory("fineflow-test-prefect-")
 os.environ["PREFECT_LOCAL_STORAGE_PATH"] = os.path.join(os.environ["PREFECT_HOME"], "storage")
 # A test that forgets its own data directory, or undoes the fixture that set it, writes here: never into the
 # repository's .fineflow, which holds the registry and store of the person running the tests.
-os.environ["FINEFLOW_DATA_DIR"] = tempfile.mkdtemp(prefix="fineflow-test-data-")
+os.environ["FINEFLOW_DATA_DIR"] = _throwaway_directory("fineflow-test-data-")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
