@@ -15,7 +15,7 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from fineflow.config import DataPrepConfig, DedupConfig, FineflowConfig
+from fineflow.config import DedupConfig, FineflowConfig
 from fineflow.runtime import code_version, step_logger
 from fineflow.store.jsonl import parse_jsonl
 from tasks.data.cache import PrepRun
@@ -41,7 +41,7 @@ TRAIN_CANDIDATES, TRAIN_ASKS, EVAL_FILE = "train-candidates.jsonl", "train-candi
 def merge_shards(run: PrepRun, config: FineflowConfig, spool: ShardSpool, workdir: Path) -> PreparedOutputs:
     prep = config.data_prep
     duplicates = _global_duplicates(spool, prep.dedup)
-    removed, asked, masked_rows = _route(spool, duplicates, prep, workdir)
+    removed, asked, masked_rows = _route(spool, duplicates, workdir)
     rows_out = _rows_out(masked_rows, removed)
     for step in FILTER_STEPS:
         step_logger().info("%s: %d kept %s", step, rows_out[step], count_reasons(removed[step]))
@@ -74,7 +74,7 @@ def merge_shards(run: PrepRun, config: FineflowConfig, spool: ShardSpool, workdi
     return PreparedOutputs(train_path, workdir / EVAL_FILE, spool.quarantined, all_removed, report, emitted)
 
 
-def _route(spool: ShardSpool, duplicates: dict[int, Removal], prep: DataPrepConfig, workdir: Path):
+def _route(spool: ShardSpool, duplicates: dict[int, Removal], workdir: Path):
     """Every masked row, in input order, to its filter step's removals, the eval file or the train
     candidates. Eval rows go to their file with what each one asks; train rows' asks go to a file beside
     theirs (one pickled batch a shard), for decontamination once every eval question is known."""
