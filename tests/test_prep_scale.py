@@ -12,6 +12,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from datasketch import MinHash, MinHashLSH
 
@@ -315,14 +316,23 @@ def test_a_failing_shard_is_retried_and_a_rerun_resumes_from_finished_shards(
     assert len(runs) == 9  # 450 records in shards of 50
 
 
+def _signed_user_rows(texts: list[str], config) -> tuple[list[dict], np.ndarray]:
+    """One row per text (a user turn, its source its position) and the rows' dedup signatures."""
+    from tasks.data.dedup import signature
+
+    rows = [
+        {"id": str(hash(t)), "source": f"raw/x.jsonl:{n}", "messages": [{"role": "user", "content": t}]}
+        for n, t in enumerate(texts)
+    ]
+    return rows, np.array([signature(row, config) for row in rows], dtype=np.uint32)
+
+
 def test_deciding_only_rows_that_share_a_band_key_gives_every_row_its_verdict():
     """The merge's dedup (band keys in memory, signatures read back for suspects only) against the same
     decision over every row's full signature, on rows with exact and near duplicates."""
     import random
 
-    import numpy as np
-
-    from tasks.data.dedup import band_keys, duplicate_verdicts, rows_sharing_a_band, signature
+    from tasks.data.dedup import band_keys, duplicate_verdicts, rows_sharing_a_band
 
     config = load_config().data_prep.dedup
     rng = random.Random(3)
@@ -331,11 +341,7 @@ def test_deciding_only_rows_that_share_a_band_key_gives_every_row_its_verdict():
     texts += [texts[i] for i in range(0, 400, 17)]  # exact repeats
     texts += [texts[i] + " thanks" for i in range(5, 400, 13)]  # near repeats
     rng.shuffle(texts)
-    rows = [
-        {"id": str(hash(t)), "source": f"raw/x.jsonl:{n}", "messages": [{"role": "user", "content": t}]}
-        for n, t in enumerate(texts)
-    ]
-    signatures = np.array([signature(row, config) for row in rows], dtype=np.uint32)
+    rows, signatures = _signed_user_rows(texts, config)
     everyone = duplicate_verdicts([r["id"] for r in rows], [r["source"] for r in rows], signatures, config)
 
     suspects = rows_sharing_a_band(band_keys(signatures, config))
@@ -347,19 +353,20 @@ def test_deciding_only_rows_that_share_a_band_key_gives_every_row_its_verdict():
     assert len(suspects) < len(rows) / 2  # most rows share no band and are never read back
 
 
-@pytest.mark.parametrize("decision_pairs", [1, 7, 10**9])
-def test_the_decision_by_blocks_of_pairs_gives_the_sequential_lsh_verdicts(decision_pairs):
+@pytest.mark.parametrize(("decision_pairs", "num_perm"), [(1, 128), (7, 128), (10**9, 128), (7, 80)])
+def test_the_decision_by_blocks_of_pairs_gives_the_sequential_lsh_verdicts(decision_pairs, num_perm):
     """The global decision compares candidate pairs a block of rows at a time and then decides the rows
     with a similar earlier row one by one: against one MinHashLSH filled in order, with blocks of one
-    row, blocks that cut through band groups, and one block. Chains of near repeats (each similar to the
-    one before, not to the first) check that a row removed in the same block no longer counts as kept."""
+    row, blocks that cut through band groups, one block, and signatures whose low nibbles pad a word.
+    Chains of near repeats (each a little further from the first) check that a row removed in the same
+    block no longer counts as kept."""
     import random
 
-    import numpy as np
+    from tasks.data.dedup import duplicate_verdicts
 
-    from tasks.data.dedup import duplicate_verdicts, signature
-
-    config = load_config().data_prep.dedup.model_copy(update={"decision_pairs": decision_pairs})
+    config = load_config().data_prep.dedup.model_copy(
+        update={"decision_pairs": decision_pairs, "num_perm": num_perm}
+    )
     rng = random.Random(5)
     words = [f"w{i}" for i in range(200)]
     texts = [" ".join(rng.choices(words, k=30)) for _ in range(300)]
@@ -370,11 +377,7 @@ def test_the_decision_by_blocks_of_pairs_gives_the_sequential_lsh_verdicts(decis
             chain[step * 3] = f"x{step}"
             texts.append(" ".join(chain))
     rng.shuffle(texts)
-    rows = [
-        {"id": str(hash(t)), "source": f"raw/x.jsonl:{n}", "messages": [{"role": "user", "content": t}]}
-        for n, t in enumerate(texts)
-    ]
-    signatures = np.array([signature(row, config) for row in rows], dtype=np.uint32)
+    rows, signatures = _signed_user_rows(texts, config)
     decided = duplicate_verdicts([r["id"] for r in rows], [r["source"] for r in rows], signatures, config)
 
     oracle = _today_deduplicate(rows, config).removed

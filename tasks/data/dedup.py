@@ -194,13 +194,14 @@ _BYTE_SUM = np.uint64(0x0101010101010101)  # a product's top byte is the sum of 
 
 
 def _low_nibbles(signatures: np.ndarray) -> np.ndarray:
-    """(rows, words) uint64: each value's low 4 bits, 16 to a word (zero nibbles pad the last word).
+    """(rows, words) uint64: each value's low 4 bits, 16 to a word, the words a multiple of 8 (zero
+    nibbles pad the row: equal in every pair, they never count as unequal).
 
     b-bit MinHash as an exact prefilter: equal values have equal low nibbles, so a pair's equal nibbles
     bound its equal values from above. Comparing a row costs one 64-byte cache line instead of 512 bytes:
     the comparison is bound by fetching the earlier rows, which lie anywhere in the table."""
     values = (signatures & 0xF).astype(np.uint8)
-    padded = np.zeros((len(values), -(-values.shape[1] // 16) * 16), dtype=np.uint8)
+    padded = np.zeros((len(values), -(-values.shape[1] // 128) * 128), dtype=np.uint8)
     padded[:, : values.shape[1]] = values
     return np.ascontiguousarray(padded[:, 0::2] | (padded[:, 1::2] << 4)).view(np.uint64)
 
@@ -210,10 +211,9 @@ def _unequal_nibbles(nibbles: np.ndarray, earlier: np.ndarray, later: np.ndarray
     for shift in (1, 2):  # fold each nibble's bits onto its lowest bit
         differ |= differ >> np.uint64(shift)
     counts = np.bitwise_count(differ & _NIBBLE_LOW_BITS)  # (pairs, words) uint8, each at most 16
-    words = counts.shape[1]
-    if words == 8:  # the common case (128 values): the 8 counts of a row are one uint64's bytes
-        return (counts.view(np.uint64).ravel() * _BYTE_SUM) >> np.uint64(56)
-    return counts.sum(axis=1, dtype=np.int64)
+    # Eight counts at a time are one uint64's bytes, summed by one multiply (at most 128: no carry).
+    eights = (counts.view(np.uint64) * _BYTE_SUM) >> np.uint64(56)  # one column for 128 values
+    return eights.sum(axis=1)
 
 
 def _similar_pairs(later, earlier, nibbles, signatures, config: DedupConfig):
