@@ -161,6 +161,14 @@ def _dask_profiler_threads() -> int:
     return sum(thread.name == "Profile" for thread in threading.enumerate())  # distributed.profile.watch
 
 
+def _tick_intervals_ms(cluster, client) -> set[float]:
+    """How often the event loop's tick runs in the scheduler, the nannies and the workers."""
+    servers = [cluster.scheduler, *cluster.workers.values()]
+    here = {server.periodic_callbacks["tick"].callback_time for server in servers}
+    on_workers = client.run(lambda dask_worker: dask_worker.periodic_callbacks["tick"].callback_time)
+    return here | set(on_workers.values())
+
+
 def test_embedded_workers_load_torch_only_when_a_configured_model_needs_it(prefect_api):
     """Masking, dedup, the rules and the token limit never call torch, yet Presidio and spaCy import it
     (more than half of a worker's memory). The embedded cluster's workers start without it, unless the safety
@@ -189,6 +197,7 @@ def test_embedded_workers_load_torch_only_when_a_configured_model_needs_it(prefe
         with local_cluster(**settings) as cluster, Client(cluster) as client:
             loaded.append(next(iter(client.run(_libraries_loaded_in_worker).values())))
             assert _dask_profiler_threads() == profilers  # the scheduler started no sampling profiler
+            assert _tick_intervals_ms(cluster, client) == {1000}  # every server's loop ticks once a second
     assert loaded == [
         {"torch": False, "torch_found": False},
         {"torch": True, "torch_found": True},

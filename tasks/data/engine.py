@@ -35,6 +35,19 @@ from fineflow.runtime import step_logger
 
 TORCH_FREE_PRELOAD = "tasks.data.torch_free_worker"
 
+# Monitoring for a dashboard this cluster does not serve, paid on the cores the shards run on, in the
+# scheduler, each nanny and each worker:
+# - Dask's sampling profiler walks the task thread's stack every 10 ms, under the GIL: a shard took
+#   11.0 s with it, 10.8 s without (a one-worker cluster, the same 4 shards).
+# - The event loop's tick, a callback every 20 ms that times the loop's latency: an idle 2-worker
+#   cluster with the profiler off used 6.5% of a core, 3.3% with a tick every second (9.5% with Dask's
+#   defaults; benchmarks/dask_idle_cost.py). A loop blocked for longer than distributed.admin.tick.limit
+#   (3 s) is still logged.
+QUIET_SERVERS = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+}
+
 
 def models_need_torch(prep: DataPrepConfig) -> bool:
     """Whether a shard may run a torch model: only a configured NER pipeline or safety classifier does."""
@@ -78,21 +91,19 @@ def shard_task_runner(prep: DataPrepConfig, shards_expected: int) -> TaskRunner:
             # on the cores the other worker was masking on, to split work of about 0.6 s per shard.
             "env": {"PREFECT_API_URL": _prefect_api_url(), "TOKENIZERS_PARALLELISM": "false"},
             "preload": [TORCH_FREE_PRELOAD] if torch_free else [],
-            # Dask's sampling profiler walks the task thread's stack every 10 ms, under the GIL, for a
-            # dashboard this cluster does not serve: a shard took 11.0 s with it, 10.8 s without (a
-            # one-worker cluster, the same 4 shards). A dotted key: the nanny sets the worker's config
-            # key by key, and a nested {"distributed": ...} replaced that whole section.
-            "config": {"distributed.worker.profile.enabled": False},
+            # Dotted keys: the nanny sets the worker's config key by key, and a nested
+            # {"distributed": ...} replaced that whole section.
+            "config": QUIET_SERVERS,
         },
     )
 
 
 def local_cluster(**cluster_kwargs) -> distributed.LocalCluster:
-    """Dask's LocalCluster, its scheduler (in the flow's process) without Dask's sampling profiler: it
-    walked the scheduler's event loop every 10 ms for a dashboard this cluster does not serve, about 1%
-    of a core in the flow's process (py-spy, 100k rows with 2 workers), a core the workers share. The
-    setting is read when the scheduler starts, so it is set for the construction only."""
-    with dask.config.set({"distributed.worker.profile.enabled": False}):
+    """Dask's LocalCluster, its scheduler and nannies (in the flow's process) as quiet as the workers
+    (QUIET_SERVERS): the profiler walked the scheduler's event loop every 10 ms, about 1% of a core in the
+    flow's process (py-spy, 100k rows with 2 workers), a core the workers share. The settings are read
+    when each server starts, so they are set for the construction only."""
+    with dask.config.set(QUIET_SERVERS):
         return distributed.LocalCluster(**cluster_kwargs)
 
 
