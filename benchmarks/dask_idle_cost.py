@@ -16,11 +16,11 @@ share of one core, then the ratio of the baseline's best (lowest) window to each
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from fresh_process import report, run_child
 
 REPO = Path(__file__).resolve().parent.parent
 VARIANTS = ("dask defaults", "profiler off", "quiet servers")
@@ -66,7 +66,7 @@ def child(variant: str, workers: int, seconds: float) -> None:
         before = [_cpu_seconds(p) for p in processes]
         time.sleep(seconds)
         shares = [(_cpu_seconds(p) - b) / seconds for p, b in zip(processes, before, strict=True)]
-    print("RESULT " + json.dumps({"scheduler_and_nannies": shares[0], "workers": shares[1:]}), flush=True)
+    report({"scheduler_and_nannies": shares[0], "workers": shares[1:]})
 
 
 def _cpu_seconds(process) -> float:
@@ -75,20 +75,8 @@ def _cpu_seconds(process) -> float:
 
 
 def run_variant(variant: str, workers: int, seconds: float) -> dict:
-    command = [
-        sys.executable,
-        __file__,
-        "--child",
-        variant,
-        "--workers",
-        str(workers),
-        "--seconds",
-        str(seconds),
-    ]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"{variant} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.split("RESULT ", 1)[1].splitlines()[0])
+    arguments = ["--child", variant, "--workers", str(workers), "--seconds", str(seconds)]
+    return run_child(variant, __file__, arguments, REPO)
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import psutil
+from fresh_process import figures_in, report
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "sample_data/acme_support/chat.jsonl"
@@ -116,7 +117,7 @@ def run_one(rows_file: Path, workers: int, shard_rows: int | None) -> None:
     if shard_rows:
         overrides["data_prep.scale_out.shard_rows"] = shard_rows
     result = data_prep(inputs=[str(rows_file)], overrides=overrides)
-    print("RESULT " + json.dumps(result.report.counts.model_dump()), flush=True)
+    report(result.report.counts.model_dump())
 
 
 def prefect_database(workdir: Path) -> tuple[Path, float]:
@@ -174,7 +175,7 @@ def measure(
     output = process.stdout.read()
     if process.returncode != 0:
         raise SystemExit(f"{workers} worker(s) failed ({process.returncode}); see {log_path}")
-    counts = json.loads(output.split("RESULT ", 1)[1].splitlines()[0])
+    counts = figures_in(output)
     leftover = [p.pid for p in psutil.process_iter(["cmdline"]) if _is_dask_worker_of(p, workdir)]
     return {
         "seconds": elapsed,

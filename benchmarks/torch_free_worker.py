@@ -19,11 +19,12 @@ import argparse
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from fresh_process import report, run_child
 
 REPO = Path(__file__).resolve().parent.parent
 VARIANTS = ("torch", "torch-free")
@@ -59,7 +60,7 @@ def child(variant: str, rows_file: Path) -> None:
         "torch_loaded": sys.modules.get("torch") is not None,
         "digest": _digest(result),
     }
-    print("RESULT " + json.dumps(outcome), flush=True)
+    report(outcome)
 
 
 def _digest(result) -> str:
@@ -69,11 +70,7 @@ def _digest(result) -> str:
 
 
 def run_variant(variant: str, rows_file: Path, env: dict) -> dict:
-    command = [sys.executable, __file__, "--child", variant, "--rows-file", str(rows_file)]
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"{variant} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.split("RESULT ", 1)[1].splitlines()[0])
+    return run_child(variant, __file__, ["--child", variant, "--rows-file", str(rows_file)], REPO, env)
 
 
 def main() -> None:
