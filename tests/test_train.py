@@ -207,6 +207,15 @@ def test_precision_flags_turn_on_autocast_and_tell_the_trainer_the_cpu_is_meant(
     assert precision_flags("fp16", T4) == {"bf16": False, "fp16": True, "use_cpu": False}
 
 
+def test_several_cpu_processes_tell_the_trainer_the_cpu_is_meant_whatever_the_precision(monkeypatch):
+    """accelerate sets up DDP over CPU processes only with `use_cpu`: without it, fp32 on a CPU without
+    bf16 left each torchrun process training alone (tests/test_ddp.py runs both precisions)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert precision_flags("auto", OLD_X86) == {"bf16": False, "fp16": False, "use_cpu": True}
+    assert precision_flags("fp32", EPYC_AVX512_BF16)["use_cpu"] is True
+    assert precision_flags("auto", A100)["use_cpu"] is False
+
+
 def test_training_arguments_wire_precision_and_gradient_checkpointing(tmp_path, tiny_model_dir):
     from trl import SFTConfig
 

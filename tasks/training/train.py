@@ -274,14 +274,23 @@ def peft_config(lora: LoraConfig):
 
 
 def precision_flags(choice: str, hardware: Hardware) -> dict:
-    """TrainingArguments for a precision: mixed precision (autocast) flags, and `use_cpu` when bf16 runs on
-    a CPU (the Trainer refuses bf16 without a GPU unless told the CPU is meant)."""
+    """TrainingArguments for a precision: mixed precision (autocast) flags, and `use_cpu` where the Trainer
+    must be told that the CPU is meant (`cpu_meant`)."""
     precision = resolve_precision(choice, hardware)
     return {
         "bf16": precision == "bf16",
         "fp16": precision == "fp16",
-        "use_cpu": precision == "bf16" and not hardware.cuda,
+        "use_cpu": cpu_meant(precision, hardware),
     }
+
+
+def cpu_meant(precision: str, hardware: Hardware) -> bool:
+    """Whether to tell the Trainer that training on the CPU is meant: with no CUDA GPU, where bf16 runs
+    (the Trainer refuses bf16 without a GPU unless told) or several processes train. accelerate sets up
+    training over CPU processes (gloo) only when told the CPU is meant; otherwise each torchrun process
+    trained alone, on its half of the data, and the replicas ended apart (seen on an AVX2 machine, where
+    `auto` is fp32). A single fp32 process is left to the Trainer's own choice of device."""
+    return not hardware.cuda and (precision == "bf16" or world_size() > 1)
 
 
 def _trainer_class():
