@@ -7,21 +7,42 @@ import os
 import shutil
 import tempfile
 
+# Every throwaway directory of a test run lives under one root, made by the outermost test process (pytest
+# itself, or xdist's controller) and removed when that process exits. xdist kills a worker that is slow to
+# exit, so a worker's own exit handlers cannot be relied on to remove what it made; the controller outlives
+# its workers and removes theirs with its own.
+TEST_ROOT = "FINEFLOW_TEST_ROOT"
+# Which test process the inherited homes belong to: a process a test starts (a Dask worker unpickling a
+# test's function, a subprocess) imports this module too, and must keep its parent's homes, not make its own.
+HOME_OWNER = "FINEFLOW_TEST_HOME_OWNER"
 
-def _throwaway_directory(prefix: str) -> str:
-    """A temporary directory removed when the test process exits (each xdist worker has its own)."""
-    path = tempfile.mkdtemp(prefix=prefix)
-    atexit.register(shutil.rmtree, path, ignore_errors=True)
-    return path
+
+def owning_process_name() -> str:
+    """xdist's name for this worker ("gw0", ...), or "main" in pytest's own process and its children."""
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
 
 
-# Prefect keeps its database and cached task results under PREFECT_HOME: one throwaway home per test
-# session, so tests neither read nor write a user's ~/.prefect.
-os.environ["PREFECT_HOME"] = _throwaway_directory("fineflow-test-prefect-")
-os.environ["PREFECT_LOCAL_STORAGE_PATH"] = os.path.join(os.environ["PREFECT_HOME"], "storage")
-# A test that forgets its own data directory, or undoes the fixture that set it, writes here: never into the
-# repository's .fineflow, which holds the registry and store of the person running the tests.
-os.environ["FINEFLOW_DATA_DIR"] = _throwaway_directory("fineflow-test-data-")
+def _use_throwaway_homes() -> None:
+    if TEST_ROOT not in os.environ:
+        root = tempfile.mkdtemp(prefix="fineflow-test-")
+        os.environ[TEST_ROOT] = root
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+    if os.environ.get(HOME_OWNER) == owning_process_name():
+        return
+    os.environ[HOME_OWNER] = owning_process_name()
+    home = tempfile.mkdtemp(prefix=f"{owning_process_name()}-", dir=os.environ[TEST_ROOT])
+    # Prefect keeps its database and cached task results under PREFECT_HOME: one throwaway home per test
+    # process, so tests neither read nor write a user's ~/.prefect.
+    os.environ["PREFECT_HOME"] = os.path.join(home, "prefect")
+    os.environ["PREFECT_LOCAL_STORAGE_PATH"] = os.path.join(home, "prefect", "storage")
+    # A test that forgets its own data directory, or undoes the fixture that set it, writes here: never
+    # into the repository's .fineflow, which holds the registry and store of the person running the tests.
+    os.environ["FINEFLOW_DATA_DIR"] = os.path.join(home, "data")
+    for variable in ("PREFECT_LOCAL_STORAGE_PATH", "FINEFLOW_DATA_DIR"):
+        os.makedirs(os.environ[variable])
+
+
+_use_throwaway_homes()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
