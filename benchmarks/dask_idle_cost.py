@@ -23,7 +23,7 @@ from pathlib import Path
 from fresh_process import report, run_child
 
 REPO = Path(__file__).resolve().parent.parent
-VARIANTS = ("dask defaults", "profiler off", "quiet servers")
+VARIANTS = ("dask defaults", "profiler off", "quiet servers", "quiet monitors")
 SETTLE_SECONDS = 5
 
 
@@ -34,6 +34,11 @@ def _settings(variant: str) -> dict:
         "dask defaults": {},
         "profiler off": {"distributed.worker.profile.enabled": False},
         "quiet servers": QUIET_SERVERS,
+        "quiet monitors": {
+            **QUIET_SERVERS,
+            "distributed.admin.system-monitor.interval": "5s",
+            "distributed.worker.memory.monitor-interval": "1s",
+        },
     }[variant]
 
 
