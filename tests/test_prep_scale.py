@@ -161,11 +161,12 @@ def _dask_profiler_threads() -> int:
     return sum(thread.name == "Profile" for thread in threading.enumerate())  # distributed.profile.watch
 
 
-def _tick_intervals_ms(cluster, client) -> set[float]:
-    """How often the event loop's tick runs in the scheduler, the nannies and the workers."""
+def _callback_intervals_ms(cluster, client, name: str) -> set[float]:
+    """How often the periodic callback `name` runs in the servers that have one: the scheduler and the
+    nannies (in this process) and the workers (through the client)."""
     servers = [cluster.scheduler, *cluster.workers.values()]
-    here = {server.periodic_callbacks["tick"].callback_time for server in servers}
-    on_workers = client.run(lambda dask_worker: dask_worker.periodic_callbacks["tick"].callback_time)
+    here = {s.periodic_callbacks[name].callback_time for s in servers if name in s.periodic_callbacks}
+    on_workers = client.run(lambda dask_worker, name=name: dask_worker.periodic_callbacks[name].callback_time)
     return here | set(on_workers.values())
 
 
@@ -197,7 +198,10 @@ def test_embedded_workers_load_torch_only_when_a_configured_model_needs_it(prefe
         with local_cluster(**settings) as cluster, Client(cluster) as client:
             loaded.append(next(iter(client.run(_libraries_loaded_in_worker).values())))
             assert _dask_profiler_threads() == profilers  # the scheduler started no sampling profiler
-            assert _tick_intervals_ms(cluster, client) == {1000}  # every server's loop ticks once a second
+            # each server ticks once a second and samples the system every 5 s; memory is checked each second
+            assert _callback_intervals_ms(cluster, client, "tick") == {1000}
+            assert _callback_intervals_ms(cluster, client, "monitor") == {5000}
+            assert _callback_intervals_ms(cluster, client, "memory_monitor") == {1000}
     assert loaded == [
         {"torch": False, "torch_found": False},
         {"torch": True, "torch_found": True},
