@@ -43,11 +43,6 @@ def _use_throwaway_homes() -> None:
 
 
 _use_throwaway_homes()
-# The two xdist workers (and the trainers, servers and Dask workers they start) run torch side by side on
-# the same cores: OpenMP threads that spin at each barrier then take the cores the other process needs.
-# Passive threads sleep at once: a training step side by side took 1.58x its time alone instead of 3.45x
-# (benchmarks/torch_side_by_side.py). Read when torch loads OpenMP, so set before any test imports torch.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
