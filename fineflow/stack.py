@@ -144,11 +144,13 @@ def up(config: FineflowConfig, repo_root: Path, log=print) -> Stack:
             ]
             started.append(_start("prefect-server", server, env, logs))
             record(complete=False)
-            _wait_healthy(started[-1], f"{prefect_url}/api/health", cfg.startup_timeout_s)
+            # The two servers do not depend on each other: they start together, and most of each one's
+            # start-up is importing its own packages.
             log(f"starting the MLflow server on {mlflow_url}")
             started.append(_start("mlflow-server", _mlflow_command(config, bin_dir), env, logs))
             record(complete=False)
-            _wait_healthy(started[-1], f"{mlflow_url}/health", cfg.startup_timeout_s)
+            _wait_healthy(started[0], f"{prefect_url}/api/health", cfg.startup_timeout_s)
+            _wait_healthy(started[1], f"{mlflow_url}/health", cfg.startup_timeout_s)
 
             _prefect_cli(
                 bin_dir, ["work-pool", "create", pool, "--type", "process", "--overwrite"], env, repo_root
@@ -218,6 +220,7 @@ def stack_env(config: FineflowConfig, prefect_url: str, mlflow_url: str) -> dict
         "PREFECT_CLIENT_CSRF_SUPPORT_ENABLED": "true",
         "PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS": ",".join(ui_origins(prefect_url)),
         "MLFLOW_TRACKING_URI": mlflow_url,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": str(config.stack.mlflow_job_execution).lower(),
         DATA_DIR_ENV: str(config.data_dir),  # flow runs work in a fresh clone; state stays here
     }
 
@@ -267,6 +270,8 @@ def _mlflow_command(config: FineflowConfig, bin_dir: Path) -> list[str]:
         cfg.host,
         "--port",
         str(cfg.mlflow_port),
+        "--workers",
+        str(cfg.mlflow_workers),
     ]
 
 

@@ -76,6 +76,20 @@ def _api(stack, method: str, path: str, **kwargs):
     return response.json() if response.content else None
 
 
+def test_the_mlflow_server_runs_the_configured_workers_and_no_job_runner(stack):
+    """`mlflow server` starts 4 uvicorn workers and, in MLflow 3, a job runner with 7 Huey consumers
+    (each a process importing MLflow) unless told otherwise; the local stack starts what configs/ says."""
+    import psutil
+
+    config = load_config()
+    [server] = [p for p in stack.processes if p.name == "mlflow-server"]
+    children = [" ".join(child.cmdline()) for child in psutil.Process(server.pid).children(recursive=True)]
+    workers = [c for c in children if "uvicorn" in c and "mlflow.server" in c]
+    assert len(workers) == 1 and f"--workers {config.stack.mlflow_workers}" in workers[0], children
+    assert not config.stack.mlflow_job_execution
+    assert not [c for c in children if "huey" in c or "_job_runner" in c], children
+
+
 def test_the_stack_refuses_a_state_changing_call_without_a_csrf_token(stack):
     """What a web page on another site could send through the browser: no token, refused."""
     body = {"deployments": {"id": {"any_": []}}}

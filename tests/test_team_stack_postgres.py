@@ -229,6 +229,7 @@ def team_servers(postgres, started_here, tmp_path_factory) -> Iterator[TeamServe
     mlflow_env = {
         **base_env,
         "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # as compose: fineflow runs no MLflow server job
     }
     mlflow = [
         str(bin_dir / "mlflow"),

@@ -451,6 +451,10 @@ class StackConfig(Strict):
     host: str = Field(description="address the servers listen on; 127.0.0.1 keeps them off the network")
     prefect_port: int = Field(ge=1, le=65535)
     mlflow_port: int = Field(ge=1, le=65535)
+    mlflow_workers: int = Field(ge=1, description="uvicorn worker processes of the MLflow server")
+    mlflow_job_execution: bool = Field(
+        description="whether the MLflow server starts its job runner (GenAI scorers, prompt optimization)"
+    )
     startup_timeout_s: float = Field(
         gt=0, description="how long a server may take to answer its health check"
     )
