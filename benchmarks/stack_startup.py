@@ -15,6 +15,7 @@ memory (the sum of their process trees' RSS), then the ratio of the baseline's b
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import sys
 import tempfile
@@ -29,6 +30,8 @@ sys.path.insert(0, str(REPO))
 from fineflow.config import DATA_DIR_ENV, load_config  # noqa: E402
 from fineflow.stack import (  # noqa: E402
     _mlflow_command,
+    _prefect_command,
+    _recorded_stack,
     _start,
     _stop,
     _wait_healthy,
@@ -45,8 +48,6 @@ def _free_port() -> int:
 
 
 def _config(data_dir: Path):
-    import os
-
     os.environ[DATA_DIR_ENV] = str(data_dir)
     return load_config(overrides={"stack.prefect_port": _free_port(), "stack.mlflow_port": _free_port()})
 
@@ -69,8 +70,7 @@ def baseline(data_dir: Path) -> tuple[float, float]:
     logs.mkdir(parents=True)
     mlflow = _mlflow_command(config, bin_dir)
     mlflow = mlflow[: mlflow.index("--workers")]  # mlflow server's default
-    prefect = [str(bin_dir / "prefect"), "server", "start", "--host", cfg.host]
-    prefect += ["--port", str(cfg.prefect_port)]
+    prefect = _prefect_command(config, bin_dir)
     started = []
     begin = time.monotonic()
     try:
@@ -92,8 +92,6 @@ def fineflow_up(data_dir: Path) -> tuple[float, float]:
     def log(line: str) -> None:
         if line.startswith("deploying") and "ready" not in marks:
             marks["ready"] = time.monotonic()
-            from fineflow.stack import _recorded_stack
-
             servers = [p.pid for p in _recorded_stack(config.data_dir).processes]
             marks["rss"] = _tree_rss_gib(servers)
 

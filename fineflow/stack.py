@@ -133,16 +133,7 @@ def up(config: FineflowConfig, repo_root: Path, log=print) -> Stack:
     try:
         with _signals_interrupt():
             log(f"starting the Prefect server on {prefect_url}")
-            server = [
-                str(bin_dir / "prefect"),
-                "server",
-                "start",
-                "--host",
-                cfg.host,
-                "--port",
-                str(cfg.prefect_port),
-            ]
-            started.append(_start("prefect-server", server, env, logs))
+            started.append(_start("prefect-server", _prefect_command(config, bin_dir), env, logs))
             record(complete=False)
             # The two servers do not depend on each other: they start together, and most of each one's
             # start-up is importing its own packages.
@@ -250,6 +241,11 @@ def _deployments(repo_root: Path) -> list[dict]:
     if not path.is_file():
         raise StackError(f"no {PREFECT_YAML} in {repo_root}: run `fineflow up` from a fineflow checkout")
     return yaml.safe_load(path.read_text())["deployments"]
+
+
+def _prefect_command(config: FineflowConfig, bin_dir: Path) -> list[str]:
+    cfg = config.stack
+    return [str(bin_dir / "prefect"), "server", "start", "--host", cfg.host, "--port", str(cfg.prefect_port)]
 
 
 def _mlflow_command(config: FineflowConfig, bin_dir: Path) -> list[str]:
