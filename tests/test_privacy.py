@@ -30,6 +30,9 @@ JWT = (
 )
 PEM_BODY = "MIIEpAIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gunVTLw7onLRnrq0"
 PEM = f"-----BEGIN RSA PRIVATE KEY-----\n{PEM_BODY}\nMIIEpAIBAAKCAQEAx9Qz+/w==\n-----END RSA PRIVATE KEY-----"
+ANTHROPIC_KEY = "sk-ant-api03-R2D2C3P0BEEP_BOOP_BUZZ_WHIRR_CLICK_SPIN_TURN_JUMP_SKIP_HOP_DANCE-xYzAA"
+GITHUB_PAT = "github_pat_11ABCDEFG0abcdefghijkl_mnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
+AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 
 # (text, the values that must not survive, the placeholder that must appear)
 CASES = [
@@ -54,6 +57,19 @@ CASES = [
         "<SLACK_TOKEN>",
     ),
     (f"Authorization: Bearer {JWT}", [JWT.split(".")[0], JWT.split(".")[2]], "<JWT>"),
+    # formats detect-secrets' own plugins miss (fineflow/privacy/secret_plugins.py)
+    ("my key is sk-proj-4fJ9kQ2mZx7LpW3nR8tY1vB6cH0dS5aE2gK9uI4oP7lM3qN", ["4fJ9kQ2mZx7L"], "<OPENAI_KEY>"),
+    (f"OPENAI_API_KEY=sk-{'Zq7' * 16}", ["Zq7Zq7"], "<OPENAI_KEY>"),
+    (f"use {ANTHROPIC_KEY} for the judge", [ANTHROPIC_KEY[7:]], "<SECRET>"),
+    ("maps key AIzaSyD-9tSrke72PouQMnMX-a7eZSW0jkFMBWY", ["AIzaSyD", "MnMX-a7eZSW0"], "<SECRET>"),
+    ("hf_xYzAbCdEfGhIjKlMnOpQrStUvWxYzAbCd is my hugging face token", ["xYzAbCdEfGh"], "<SECRET>"),
+    (f"pat {GITHUB_PAT} expires soon", [GITHUB_PAT[11:]], "<GITHUB_TOKEN>"),
+    (f"id AKIAIOSFODNN7EXAMPLE secret {AWS_SECRET}", ["AKIAIOSFODNN7EXAMPLE", AWS_SECRET[:12]], "<AWS_KEY>"),
+    (f"my aws secret access key is {AWS_SECRET}.", [AWS_SECRET[12:]], "<AWS_KEY>"),
+    ("cache at redis://:s3cr3tPw@cache:6379/0", ["s3cr3tPw"], "<SECRET>"),
+    ('DATABASE_URL="postgresql://app:x9Kq!2&z@db/prod"', ["x9Kq!2&z", "x9Kq"], "<SECRET>"),
+    # BasicAuthDetector's own match: masking it never converged (its pattern took the placeholder again)
+    ("db at postgres://admin:S3cretPassw0rd@db.internal:5432/prod", ["S3cretPassw0rd"], "<SECRET>"),
     (f"my key:\n{PEM}\nthanks", [PEM_BODY, "x9Qz+/w=="], "<PRIVATE_KEY>"),
     ("password: hunter2", ["hunter2"], "<PASSWORD>"),
     ("my password is Tr0ub4dor&3.", ["Tr0ub4dor"], "<PASSWORD>"),
@@ -84,6 +100,22 @@ def test_each_kind_is_masked_with_its_placeholder(masker, text, values, placehol
     masked, counts = masker.mask(text)
     assert placeholder in masked, masked
     assert [value for value in values if value in masked] == [], masked
+
+
+def test_a_placeholder_is_never_a_finding(masker):
+    """Masked text holds placeholders where patterns accept any token (a URL's password, a quoted value):
+    each placeholder there is left as it is, counted nowhere, so masking converges."""
+    templates = ["postgres://admin:{}@db:5432/prod", 'api_key = "{}"', "redis://:{}@cache", "password: {}"]
+    for placeholder in sorted(set(PII.placeholders.values())):
+        for template in templates:
+            text = template.format(placeholder)
+            assert masker.mask(text) == (text, Counter()), text
+
+
+def test_a_git_commit_beside_aws_is_not_taken_for_a_secret_key(masker):
+    """An AWS secret access key has both letter cases; a 40-digit lower-case hex commit does not."""
+    text = "see commit 3f786850e387550fdab836ed7e6dc881de23001b on the aws branch"
+    assert masker.mask(text) == (text, Counter())
 
 
 def test_an_unknown_phone_region_is_refused_by_name():
@@ -340,11 +372,16 @@ def test_masked_text_is_scanned_again_until_a_scan_finds_nothing():
     assert text == "write to <US_SSN> days a week"
     assert counts == {"EMAIL_ADDRESS": 1, "US_SSN": 1}
 
-    # A recognizer that matches its own placeholder never converges: an error, not text to write.
+    # A recognizer that matches its own placeholder alone finds nothing there: a placeholder is never a
+    # finding. One whose matches keep forming around its placeholder never converges: an error, not text
+    # to write.
     own = Pattern("own-placeholder", r"<US_SSN>", 0.9)
     masker.analyzer.registry.add_recognizer(PatternRecognizer(supported_entity="US_SSN", patterns=[own]))
+    assert masker.mask("it reads <US_SSN> here") == ("it reads <US_SSN> here", {})
+    around = Pattern("around-own-placeholder", r"\w+ <US_SSN>", 0.9)
+    masker.analyzer.registry.add_recognizer(PatternRecognizer(supported_entity="US_SSN", patterns=[around]))
     with pytest.raises(PIIMaskingError, match="US_SSN"):
-        masker.mask("write to ann@example.com, 7 days a week")
+        masker.mask("one two three four <US_SSN> five")
 
 
 def test_what_must_survive(masker):
@@ -487,6 +524,7 @@ HOSTILE = [
         "We never need those.",
     ),
     (f"Bearer {JWT} from 2001:db8::7", "Regards,\nYusuf Demir"),
+    (f"db is postgres://admin:S3cretPassw0rd@db.internal:5432/prod, key {ANTHROPIC_KEY}", "Rotate both now."),
 ]
 SECRETS = [
     "Harold",
@@ -504,6 +542,8 @@ SECRETS = [
     "2001:db8::7",
     "Yusuf",
     "Demir",
+    "S3cretPassw0rd",
+    ANTHROPIC_KEY[7:],
 ]
 
 

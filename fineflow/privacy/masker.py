@@ -92,6 +92,7 @@ class PIIMasker:
             entity: OperatorConfig("replace", {"new_value": config.placeholders[entity]})
             for entity in config.masked_entities
         }
+        self.placeholders = frozenset(config.placeholders.values())
 
     def find(self, text: str) -> list:
         """Findings with their spans in `text` itself (detection ran on its normalised form)."""
@@ -104,9 +105,13 @@ class PIIMasker:
             entities=self.config.masked_entities,
             score_threshold=self.config.score_threshold,
         )
+        # A placeholder is never a finding, even where a pattern accepts it: detect-secrets' BasicAuthDetector
+        # takes whatever stands between `://user:` and `@`, so `postgres://u:<SECRET>@db` matched again
+        # after masking, and masking such a text never converged (PIIMaskingError failed the shard).
         return [
             RecognizerResult(item.entity_type, *normalized.original_span(item.start, item.end), item.score)
             for item in findings
+            if normalized.text[item.start : item.end] not in self.placeholders
         ]
 
     def mask(self, text: str) -> tuple[str, Counter]:

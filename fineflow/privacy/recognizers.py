@@ -63,7 +63,9 @@ class SecretsRecognizer(_Recognizer):
     def __init__(self, config: SecretsConfig, language: str):
         from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
 
-        classes = {cls.__name__: cls for cls in get_mapping_from_secret_type_to_class().values()}
+        from fineflow.privacy.secret_plugins import PLUGINS
+
+        classes = {cls.__name__: cls for cls in (*get_mapping_from_secret_type_to_class().values(), *PLUGINS)}
         limits = {
             "Base64HighEntropyString": config.base64_entropy_limit,
             "HexHighEntropyString": config.hex_entropy_limit,
