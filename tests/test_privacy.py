@@ -40,6 +40,10 @@ CASES = [
     ("Thanks for your patience, Maria.", ["Maria"], "<PERSON>"),
     ("Can you help?\n\nBest regards,\nPeter Novak", ["Peter", "Novak"], "<PERSON>"),
     ("My name is Kenji Watanabe.", ["Kenji", "Watanabe"], "<PERSON>"),
+    ("It still shows E3. Regards, Mary-Jane Watson", ["Mary-Jane", "Watson"], "<PERSON>"),
+    ("We bought it from Ana de la Cruz downtown.", ["Ana", "Cruz"], "<PERSON>"),
+    ("The installer was Jean-Pierre Dubois.", ["Jean-Pierre", "Dubois"], "<PERSON>"),
+    ("Can I talk to Priyanka again?", ["Priyanka"], "<PERSON>"),
     ("key AKIAIOSFODNN7EXAMPLE leaked", ["AKIAIOSFODNN7EXAMPLE"], "<AWS_KEY>"),
     (
         "token ghp_aBcdEfGhIjKlMnOpQrStUvWxYz0123456789 in CI",
@@ -395,6 +399,8 @@ def test_what_must_survive(masker):
         # model answers evaluation once counted as leaked names: rare given names that are ordinary words
         "I'm sorry for your loss, but as a German AI, I'm unable to access your current account.",
         "The app is available on both Windows and Mac.",
+        "It is the best Thermostat.",  # a closing word without its comma is no signature
+        "Set it to Away de Luxe mode.",  # a particle joins capitalised words only inside a found name
     ]
     for text in kept:
         assert masker.mask(text) == (text, {}), text

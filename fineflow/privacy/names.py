@@ -2,10 +2,10 @@
 
 No NER model is installed or downloaded. A name is found where its context or the name lists say so:
 - after a cue that introduces a person ("my name is X", "I'm X", "this is X", "Mr X", "called X",
-  "spoke to X", a signature: "Regards,\\nX", "— X"): any capitalised word;
-- after a role ("my husband X", "our IT person, X"): a word on the name lists;
-- after a greeting or a thanks ("Hi X,", "Thanks, X."): a listed name, or a capitalised word the
-  greeting closes ("Hi X," / "Hi X!");
+  "spoke to X", "talk to X", a signature: "Regards,\\nX", "— X"): any capitalised word;
+- after a role ("my husband X", "our IT person, X", "the installer was X"): a word on the name lists;
+- after a greeting, a thanks or a closing on the same line ("Hi X,", "Thanks, X.", "Regards, X"): a
+  listed name, or a capitalised word the greeting closes ("Hi X," / "Hi X!" / "Best, X" at the end);
 - a listed given name addressed between a comma and a stop ("Good question, Fatima."); a common given
   name (within `bare_name_max_rank` of either list) in the middle of a sentence with no cue at all
   ("I told David"); a listed given name followed by a listed surname anywhere ("Grace Kim"); at a
@@ -13,7 +13,8 @@ No NER model is installed or downloaded. A name is found where its context or th
   "Marcus was"), or a common one addressed before a comma ("Maria, welcome back": model answers open
   so, echoing the name the user gave);
 - a line of capitalised words after a line ending in a comma (a signature: "Thanks so much,\nAmanda").
-A found name extends over the capitalised words right after it ("Lukas Schneider", "James O'Connor").
+A found name extends over the capitalised words right after it ("Lukas Schneider", "James O'Connor"), and
+the particles between them ("Ana de la Cruz").
 
 The name lists are the 1990 US Census "frequently occurring names" files (public domain, a US
 government work) as shipped in the `names` package (MIT): 5,494 given names and 88,799 surnames. They
@@ -46,23 +47,27 @@ _WORD = re.compile(r"[^\W\d_]+(?:['’](?!(?:s|m|re|ve|ll|d|t)\b)[^\W\d_]+|-[^\W
 # Cues after which any capitalised word is a name.
 _STRONG_CUE = re.compile(
     r"(?:\b(?:my\s+name\s+is|my\s+name's|name\s*:|i\s+am|i'm|i’m|this\s+is|it's|it’s|it\s+is|called|named"
-    r"|ask(?:ed)?\s+for|(?:spoke|speak|speaking|talked|talking|chatted|chatting)\s+(?:to|with))[ \t]+"
+    r"|ask(?:ed)?\s+for|(?:spoke|speak|speaking|talk|talked|talking|chatted|chatting)\s+(?:to|with))[ \t]+"
     r"|\b(?:mr|mrs|ms|miss|dr|prof)\.?[ \t]+"
     r"|\b(?:regards|sincerely|cheers|best|thanks|thank\s+you|thx|signed)[,.!]?[ \t]*\n\s*"
     r"|(?:^|\n)[ \t]*(?:—|–|--|-|~)[ \t]*)$",
     re.IGNORECASE,
 )
-# A person introduced by who they are ("my husband David", "Our IT person, Raj Patel"): a listed name.
+# A person introduced by who they are ("my husband David", "Our IT person, Raj Patel", "The installer was
+# Jean-Pierre Dubois"): a listed name.
 _ROLE_CUE = re.compile(
     r"\b(?:husband|wife|partner|son|daughter|father|mother|dad|mom|mum|brother|sister|friend|neighbou?r"
     r"|colleague|boss|manager|assistant|landlord|landlady|tenant|technician|installer|electrician|plumber"
-    r"|person|owner)[,:]?[ \t]+$",
+    r"|person|owner)(?:[,:]|[ \t]+(?:is|was))?[ \t]+$",
     re.IGNORECASE,
 )
-# Greetings and thanks: a name follows if it is a listed given name, or if the greeting closes after it.
+# Greetings, thanks and closings on the same line ("Regards, Mary-Jane Watson"; a closing needs its comma:
+# "the best Thermostat." is no signature): a name follows if it is a listed given name, or if the greeting
+# closes after it.
 _WEAK_CUE = re.compile(
-    r"\b(?:hi|hello|hey|dear|thanks|thank\s+you|thx|bye|goodbye|welcome|morning|afternoon|evening"
-    r"|yes|no|sure|ok|okay|understood|sorry|of\s+course|no\s+problem|great),?[ \t]+$",
+    r"\b(?:(?:hi|hello|hey|dear|thanks|thank\s+you|thx|bye|goodbye|welcome|morning|afternoon|evening"
+    r"|yes|no|sure|ok|okay|understood|sorry|of\s+course|no\s+problem|great),?"
+    r"|(?:regards|sincerely|cheers|signed|best|yours|warmly),)[ \t]+$",
     re.IGNORECASE,
 )
 # Someone addressed mid-sentence: ", Fatima." / ", James," (a listed given name of any rank).
@@ -80,6 +85,8 @@ _PERSON_VERB = re.compile(
 _SIGNATURE_BEFORE = re.compile(r",[ \t]*\n\s*$")
 _LINE_ENDS = re.compile(r"[ \t]*(?:\n|$)")
 _TITLES = ["Mr", "Mrs", "Ms", "Miss", "Dr", "Prof"]  # they introduce a name and are not one
+# Lower-case words inside a name, between its capitalised words ("Ana de la Cruz", "Vincent van der Berg").
+_PARTICLE = re.compile(r"de|del|della|der|den|di|da|das|dos|du|la|le|van|von|bin|ibn|al|el|ter|ten")
 _CUE_WINDOW = 40  # characters before a word searched for a cue
 
 
@@ -168,14 +175,25 @@ class NameRecognizer(EntityRecognizer):
         return 0
 
     def _extent(self, text: str, words: list[re.Match], index: int) -> int:
-        """The word at `index` and the capitalised words right after it, one space apart."""
-        length = 1
-        while length < MAX_NAME_WORDS and index + length < len(words):
-            previous, following = words[index + length - 1], words[index + length]
-            if text[previous.end() : following.start()] != " " or not self._capitalised(following.group()):
+        """The word at `index` and the capitalised words right after it, one space apart, with the particles
+        between them ("de la"); particles do not count towards MAX_NAME_WORDS."""
+        length, capitalised = 1, 1
+        while capitalised < MAX_NAME_WORDS:
+            particles = 0
+            while self._joins(text, words, index + length + particles - 1) and (
+                _PARTICLE.fullmatch(words[index + length + particles].group())
+            ):
+                particles += 1
+            following = index + length + particles
+            if not self._joins(text, words, following - 1) or not self._capitalised(words[following].group()):
                 break
-            length += 1
+            length, capitalised = length + particles + 1, capitalised + 1
         return length
+
+    @staticmethod
+    def _joins(text: str, words: list[re.Match], index: int) -> bool:
+        """Whether the word at `index` has a next word one space after it."""
+        return index + 1 < len(words) and text[words[index].end() : words[index + 1].start()] == " "
 
     def _capitalised(self, word: str) -> bool:
         """A name-like word: capitalised, not an acronym (SSN), not a stop word or a configured non-name."""
