@@ -87,6 +87,9 @@ CASES = [
     ("loopback ::1 only", ["::1"], "<IP_ADDRESS>"),
     ("mail ｊｏｈｎ＠ｅｘａｍｐｌｅ．ｃｏｍ", ["ｊｏｈｎ", "ｅｘａｍｐｌｅ"], "<EMAIL>"),
     ("mail jo\u200bhn.sm\u2060ith@exa\ufeffmple.com", ["jo\u200bhn", "mple.com"], "<EMAIL>"),
+    ("email me: john dot smith at gmail dot com", ["john", "smith", "gmail"], "<EMAIL>"),
+    ("reach me at jsmith(at)example(dot)org please", ["jsmith", "example"], "<EMAIL>"),
+    ("john.smith [at] gmail.com", ["john.smith", "gmail"], "<EMAIL>"),
     ("call 212\u200b555\u00ad0187 now", ["555"], "<PHONE>"),
     # national formats of GB and FR: Presidio's default regions name them UK and FE, unknown to phonenumbers
     ("call me on 020 7946 0958 please", ["7946"], "<PHONE>"),
@@ -120,6 +123,21 @@ def test_a_git_commit_beside_aws_is_not_taken_for_a_secret_key(masker):
     """An AWS secret access key has both letter cases; a 40-digit lower-case hex commit does not."""
     text = "see commit 3f786850e387550fdab836ed7e6dc881de23001b on the aws branch"
     assert masker.mask(text) == (text, Counter())
+
+
+def test_a_repeated_value_is_one_finding_not_one_per_pair_of_places():
+    """A recognizer's overlapping spans of one entity are joined: pyap's street, found again at every
+    place it repeats, gave 41,600 overlapping spans for 200 repeats (665,600 for 800: 26 s of Presidio
+    comparing them pairwise); now disjoint spans, no more than the repeats, covering every one of them."""
+    from fineflow.privacy.recognizers import StreetAddressRecognizer
+
+    text = "1 Main St " * 200
+    recognizer = StreetAddressRecognizer(PII.address_countries, PII.language)
+    spans = sorted((r.start, r.end) for r in recognizer.analyze(text, ["STREET_ADDRESS"]))
+    assert 0 < len(spans) <= 200
+    assert all(end < next_start for (_, end), (next_start, _) in zip(spans, spans[1:], strict=False))
+    covered = {i for start, end in spans for i in range(start, end)}
+    assert all(i in covered for i, char in enumerate(text) if not char.isspace())
 
 
 def test_an_unknown_phone_region_is_refused_by_name():
@@ -400,6 +418,9 @@ def test_what_must_survive(masker):
         "I'm sorry for your loss, but as a German AI, I'm unable to access your current account.",
         "The app is available on both Windows and Mac.",
         "It is the best Thermostat.",  # a closing word without its comma is no signature
+        "I ordered at acme.com yesterday.",  # a bare " at " needs a spelled-out dot to be an address
+        "Look at the dot on the screen; meet at 5 dot 30.",
+        "Write to support at acme dot nimbus.",  # no public suffix
         "Set it to Away de Luxe mode.",  # a particle joins capitalised words only inside a found name
     ]
     for text in kept:

@@ -166,6 +166,7 @@ def _fineflow_recognizers(config: PIIConfig) -> list:
         ContextPatternRecognizer,
         Ipv6Recognizer,
         SecretsRecognizer,
+        SpelledEmailRecognizer,
         StreetAddressRecognizer,
         password_value,
     )
@@ -179,6 +180,7 @@ def _fineflow_recognizers(config: PIIConfig) -> list:
         ContextPatternRecognizer(DATE_OF_BIRTH, DATE_OF_BIRTH_PATTERNS, language),
         ContextPatternRecognizer(PASSWORD, PASSWORD_PATTERNS, language, accept=password_value),
         Ipv6Recognizer(language),
+        SpelledEmailRecognizer(language),
     ]
 
 
