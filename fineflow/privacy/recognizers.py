@@ -275,6 +275,7 @@ _SPELLED_EMAIL = re.compile(
 )
 _BRACKETED_AT = re.compile(r"[\[({<]\s*at\s*[\])}>]", re.IGNORECASE)
 _SPELLED_DOT_ONLY = re.compile(_SPELLED_DOT, re.IGNORECASE)
+_DOT_LETTERS = re.compile(r"[dD][oO][tT]")  # a quick scan before _SPELLED_DOT_ONLY, which tries every place
 
 
 class SpelledEmailRecognizer(_Recognizer):
@@ -292,7 +293,7 @@ class SpelledEmailRecognizer(_Recognizer):
         super().__init__([EMAIL_ADDRESS], language)
 
     def spans(self, text: str) -> Iterator[tuple[str, int, int]]:
-        if not (_BRACKETED_AT.search(text) or _SPELLED_DOT_ONLY.search(text)):
+        if not (_BRACKETED_AT.search(text) or (_DOT_LETTERS.search(text) and _SPELLED_DOT_ONLY.search(text))):
             return  # neither separator spelled out: nothing here for this recognizer
         for match in _SPELLED_EMAIL.finditer(text):
             domain = match.group("domain")
