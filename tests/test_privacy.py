@@ -228,6 +228,17 @@ def test_keyword_detector_is_skipped_only_on_lines_without_a_denylisted_word(mas
     assert "f8Kq2LmN9pXz4RtY" not in masked and counts == {"SECRET": 1}, masked
 
 
+def test_openai_detector_is_skipped_only_on_lines_without_its_literal(masker):
+    """Sound only while each of OpenAIDetector's patterns holds the literal the gate looks for."""
+    from detect_secrets.plugins.openai import OpenAIDetector
+
+    from fineflow.privacy.recognizers import OPENAI_KEY_LITERAL
+
+    assert OpenAIDetector.denylist and all(OPENAI_KEY_LITERAL in p.pattern for p in OpenAIDetector.denylist)
+    masked, counts = masker.mask(f"old key sk-{'a' * 20}{OPENAI_KEY_LITERAL}{'b' * 20} here")
+    assert OPENAI_KEY_LITERAL not in masked and counts == {"OPENAI_KEY": 1}, masked
+
+
 def _short_example_numbers(most_digits: int) -> list:
     """phonenumbers' example numbers, of every region and type, of at most `most_digits` digits counting
     the country code."""
@@ -348,6 +359,23 @@ def _findings(recognizer, text: str) -> list[tuple]:
     names that number's region for the next number of the same pass that it cannot parse (it reassigns
     its loop variable); ours names the pass's region. Masking reads neither."""
     return [(r.start, r.end, r.score) for r in recognizer.analyze(text, ["PHONE_NUMBER"])]
+
+
+def test_phone_stretches_are_the_single_patterns_matches_found_in_linear_time():
+    """The stretches come from runs of candidate characters that hold a digit: the same spans as the single
+    pattern they replace (`[...]*\\d[...]*`, whose search from every character of a digit-free run was
+    quadratic), on random texts of candidate characters, digits, letters and other characters."""
+    import re
+
+    from fineflow.privacy.recognizers import _PHONE_CANDIDATE_CHARS, _phone_stretches
+
+    single = re.compile(rf"[{_PHONE_CANDIDATE_CHARS}]*\d[{_PHONE_CANDIDATE_CHARS}]*", re.IGNORECASE)
+    rng = random.Random(7)
+    alphabet = "0123456789+-() .x/extEXTabc,:;#\u00a0\u2013\uff10\uff0bQ!?\n"
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 80))) for _ in range(3000)]
+    for text in [*texts, "x" * 500, "x" * 500 + "1", "- " * 300 + "555 0199"]:
+        expected = [(m.start(), m.end()) for m in single.finditer(text)]
+        assert [(m.start(), m.end()) for m in _phone_stretches(text)] == expected, text
 
 
 def test_phone_recognizer_finds_what_presidios_finds_in_each_region():
