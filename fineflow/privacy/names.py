@@ -2,10 +2,11 @@
 
 No NER model is installed or downloaded. A name is found where its context or the name lists say so:
 - after a cue that introduces a person ("my name is X", "I'm X", "this is X", "Mr X", "called X",
-  "spoke to X", "talk to X", a signature: "Regards,\\nX", "— X"): any capitalised word;
-- after a role ("my husband X", "our IT person, X", "the installer was X"): a word on the name lists;
-- after a greeting, a thanks or a closing on the same line ("Hi X,", "Thanks, X.", "Regards, X"): a
-  listed name, or a capitalised word the greeting closes ("Hi X," / "Hi X!" / "Best, X" at the end);
+  "spoke to X", a signature: "Regards,\\nX", "— X"): any capitalised word;
+- after a role ("my husband X", "our IT person, X"): a word on the name lists;
+- after a greeting or a thanks ("Hi X,", "Thanks, X."): a listed name, or a capitalised word the
+  greeting closes ("Hi X," / "Hi X!"); after a closing and its comma on the same line ("Regards, X Y"):
+  a listed given name or two capitalised words or more, ending the line;
 - a listed given name addressed between a comma and a stop ("Good question, Fatima."); a common given
   name (within `bare_name_max_rank` of either list) in the middle of a sentence with no cue at all
   ("I told David"); a listed given name followed by a listed surname anywhere ("Grace Kim"); at a
@@ -47,29 +48,29 @@ _WORD = re.compile(r"[^\W\d_]+(?:['’](?!(?:s|m|re|ve|ll|d|t)\b)[^\W\d_]+|-[^\W
 # Cues after which any capitalised word is a name.
 _STRONG_CUE = re.compile(
     r"(?:\b(?:my\s+name\s+is|my\s+name's|name\s*:|i\s+am|i'm|i’m|this\s+is|it's|it’s|it\s+is|called|named"
-    r"|ask(?:ed)?\s+for|(?:spoke|speak|speaking|talk|talked|talking|chatted|chatting)\s+(?:to|with))[ \t]+"
+    r"|ask(?:ed)?\s+for|(?:spoke|speak|speaking|talked|talking|chatted|chatting)\s+(?:to|with))[ \t]+"
     r"|\b(?:mr|mrs|ms|miss|dr|prof)\.?[ \t]+"
     r"|\b(?:regards|sincerely|cheers|best|thanks|thank\s+you|thx|signed)[,.!]?[ \t]*\n\s*"
     r"|(?:^|\n)[ \t]*(?:—|–|--|-|~)[ \t]*)$",
     re.IGNORECASE,
 )
-# A person introduced by who they are ("my husband David", "Our IT person, Raj Patel", "The installer was
-# Jean-Pierre Dubois"): a listed name.
+# A person introduced by who they are ("my husband David", "Our IT person, Raj Patel"): a listed name.
 _ROLE_CUE = re.compile(
     r"\b(?:husband|wife|partner|son|daughter|father|mother|dad|mom|mum|brother|sister|friend|neighbou?r"
     r"|colleague|boss|manager|assistant|landlord|landlady|tenant|technician|installer|electrician|plumber"
-    r"|person|owner)(?:[,:]|[ \t]+(?:is|was))?[ \t]+$",
+    r"|person|owner)[,:]?[ \t]+$",
     re.IGNORECASE,
 )
-# Greetings, thanks and closings on the same line ("Regards, Mary-Jane Watson"; a closing needs its comma:
-# "the best Thermostat." is no signature): a name follows if it is a listed given name, or if the greeting
-# closes after it.
+# Greetings and thanks: a name follows if it is a listed given name, or if the greeting closes after it.
 _WEAK_CUE = re.compile(
-    r"\b(?:(?:hi|hello|hey|dear|thanks|thank\s+you|thx|bye|goodbye|welcome|morning|afternoon|evening"
-    r"|yes|no|sure|ok|okay|understood|sorry|of\s+course|no\s+problem|great),?"
-    r"|(?:regards|sincerely|cheers|signed|best|yours|warmly),)[ \t]+$",
+    r"\b(?:hi|hello|hey|dear|thanks|thank\s+you|thx|bye|goodbye|welcome|morning|afternoon|evening"
+    r"|yes|no|sure|ok|okay|understood|sorry|of\s+course|no\s+problem|great),?[ \t]+$",
     re.IGNORECASE,
 )
+# A closing and its comma on the same line ("Regards, Mary-Jane Watson"; "the best Thermostat." is no
+# signature): a name that ends the line and is a listed given name or two capitalised words or more
+# ("Cheers, Mate" and "Best, Regards" are none).
+_CLOSING_CUE = re.compile(r"\b(?:regards|sincerely|cheers|signed|best|yours|warmly),[ \t]+$", re.IGNORECASE)
 # Someone addressed mid-sentence: ", Fatima." / ", James," (a listed given name of any rank).
 _VOCATIVE_BEFORE = re.compile(r",[ \t]+$")
 _VOCATIVE_AFTER = re.compile(r"[ \t]*[.!?,]")
@@ -158,6 +159,8 @@ class NameRecognizer(EntityRecognizer):
         if _ROLE_CUE.search(before) and (first in self.given or first in self.surnames):
             return length
         if _WEAK_CUE.search(before) and (first in self.given or _CLOSES.match(after) or _HERE.match(after)):
+            return length
+        if _CLOSING_CUE.search(before) and (first in self.given or length > 1) and _CLOSES.match(after):
             return length
         if first not in self.given:
             return 0

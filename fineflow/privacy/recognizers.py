@@ -276,19 +276,45 @@ _EMAIL_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9_%+\-]*[A-Za-z0-9])?"
 # Bounded repeats (4 dots before the at, 5 after): with unbounded ones, a match tried from every word of a
 # long "a dot a dot ..." ran to its end, quadratic in the text (4.6 s on 24,000 characters).
 _SPELLED_EMAIL = re.compile(
-    rf"(?<![\w.+\-])(?P<local>{_EMAIL_LABEL}(?:(?:{_SPELLED_DOT}|\.){_EMAIL_LABEL}){{0,4}})(?P<at>{_SPELLED_AT})"
+    rf"(?<![\w.+\-%])(?P<local>{_EMAIL_LABEL}(?:(?:{_SPELLED_DOT}|\.){_EMAIL_LABEL}){{0,4}})(?P<at>{_SPELLED_AT})"
     rf"(?P<domain>{_EMAIL_LABEL}(?:(?:{_SPELLED_DOT}|\.){_EMAIL_LABEL}){{1,5}})(?![\w\-])",
     re.IGNORECASE,
 )
 _BRACKETED_AT = re.compile(r"[\[({<]\s*at\s*[\])}>]", re.IGNORECASE)
-_SPELLED_DOT_ONLY = re.compile(_SPELLED_DOT, re.IGNORECASE)
-_DOT_LETTERS = re.compile(r"[dD][oO][tT]")  # a quick scan before _SPELLED_DOT_ONLY, which tries every place
+# A spelled-out dot alone, without the spaces around it (a leading \s* was retried from every place of a
+# long run of blanks: quadratic).
+_DOT_WORD = re.compile(r"[\[({<]\s*dot\s*[\])}>]|\bdot\b", re.IGNORECASE)
+_DOT_SEPARATOR = re.compile(rf"(?:{_SPELLED_DOT})", re.IGNORECASE)
+# With a bare " at ", only these endings: many country endings are English words ("hold at the dot in the
+# centre" ends in .in, "talk at the dot to" in .to), so a public suffix alone let ordinary sentences through.
+_SPELLED_EMAIL_ENDINGS = frozenset(
+    {
+        "com",
+        "org",
+        "net",
+        "edu",
+        "gov",
+        "io",
+        "uk",
+        "de",
+        "fr",
+        "ca",
+        "au",
+        "ru",
+        "jp",
+        "cn",
+        "nl",
+        "es",
+        "ch",
+    }
+    | {"se", "br", "mx", "info", "biz", "dev", "app", "ai"}
+)
 
 
 class SpelledEmailRecognizer(_Recognizer):
-    """Email addresses with "at" and "dot" spelled out. A bare " at " counts only with a spelled-out dot
-    in the domain ("I ordered at acme.com" is no address), and the domain must end in a public suffix
-    (tldextract's bundled list, as Presidio's email recognizer checks)."""
+    """Email addresses with "at" and "dot" spelled out. The domain must end in a public suffix (tldextract's
+    bundled list, as Presidio's email recognizer checks). A bare " at " counts only with a spelled-out dot
+    in the domain ("I ordered at acme.com" is no address) and a common email ending."""
 
     score = 0.9
 
@@ -300,14 +326,17 @@ class SpelledEmailRecognizer(_Recognizer):
         super().__init__([EMAIL_ADDRESS], language)
 
     def spans(self, text: str) -> Iterator[tuple[str, int, int]]:
-        if not (_BRACKETED_AT.search(text) or (_DOT_LETTERS.search(text) and _SPELLED_DOT_ONLY.search(text))):
+        if not (_BRACKETED_AT.search(text) or _DOT_WORD.search(text)):
             return  # neither separator spelled out: nothing here for this recognizer
         for match in _SPELLED_EMAIL.finditer(text):
             domain = match.group("domain")
-            if not (_BRACKETED_AT.search(match.group("at")) or _SPELLED_DOT_ONLY.search(domain)):
+            bracketed = bool(_BRACKETED_AT.search(match.group("at")))
+            if not (bracketed or _DOT_WORD.search(domain)):
                 continue
-            host = _SPELLED_DOT_ONLY.sub(".", domain)
-            if self.suffixes(host).top_domain_under_public_suffix:
+            host = _DOT_SEPARATOR.sub(".", domain).lower()
+            if not self.suffixes(host).top_domain_under_public_suffix:
+                continue
+            if bracketed or host.rsplit(".", 1)[-1] in _SPELLED_EMAIL_ENDINGS:
                 yield EMAIL_ADDRESS, match.start(), match.end()
 
 

@@ -80,11 +80,14 @@ class GitHubFineGrainedTokenDetector(_PrefixedDetector):
 class UrlPasswordDetector(_PrefixedDetector):
     """The password in a URL's user information (`redis://:pw@cache`, `postgresql://app:x9Kq!2@db`).
     detect-secrets' BasicAuthDetector needs a user name and refuses passwords holding any of `!$&'()*+,;=`,
-    which people type unencoded; here a password is whatever stands between the colon and the `@`."""
+    which people type unencoded; here a password is whatever stands between the colon and the host's `@`,
+    except whitespace, `/`, `?` and `#` (where a URL's path, query or fragment would start)."""
 
     secret_type = "URL Password"
     prefixes = ("://",)
-    denylist = (re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/?#@]*:([^\s/?#@]+)@"),)
+    # The password runs to the last `@` before the host: people type an `@` in it unencoded. A scheme is short
+    # (bounded, or a match tried from every word of a long "a.a.a..." ran to its end).
+    denylist = (re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]{0,31}://[^\s:/?#@]*:([^\s/?#]+)@[^\s@/?#]"),)
 
 
 class AwsSecretAccessKeyDetector(RegexBasedDetector):
@@ -97,7 +100,7 @@ class AwsSecretAccessKeyDetector(RegexBasedDetector):
     key_id = re.compile(r"(?:A3T[A-Z0-9]|AKIA|ASIA)[A-Z0-9]{16}")
     denylist = (
         re.compile(
-            r"(?<![A-Za-z0-9/+=])(?=[A-Za-z0-9/+]{0,39}[a-z])(?=[A-Za-z0-9/+]{0,39}[A-Z])"
+            r"(?<![A-Za-z0-9/+])(?=[A-Za-z0-9/+]{0,39}[a-z])(?=[A-Za-z0-9/+]{0,39}[A-Z])"
             r"[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])"
         ),
     )
