@@ -77,6 +77,7 @@ CASES = [
     (f"my key:\n{PEM}\nthanks", [PEM_BODY, "x9Qz+/w=="], "<PRIVATE_KEY>"),
     ("password: hunter2", ["hunter2"], "<PASSWORD>"),
     ("my password is Tr0ub4dor&3.", ["Tr0ub4dor"], "<PASSWORD>"),
+    ("password: <PASSWORD>hunter2", ["hunter2"], "<PASSWORD>"),  # a placeholder does not shield a value
     ("Ship to 42 Elm Street, Springfield, IL 62704 please", ["42 Elm Street", "62704"], "<ADDRESS>"),
     ("my address is 77 Oak Lane", ["77 Oak Lane"], "<ADDRESS>"),
     ("I was born on 1985-03-07.", ["1985-03-07"], "<DATE_OF_BIRTH>"),

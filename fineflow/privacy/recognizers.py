@@ -234,8 +234,8 @@ def password_value(match: re.Match) -> bool:
     """A prose "password is X" is a password when X is quoted or holds a digit or a symbol: "my password
     is wrong" is not one."""
     value = match.group("value").rstrip(_TRAILING)
-    if _PLACEHOLDER.match(value):
-        return False  # already masked: a second scan of masked text finds nothing
+    if _PLACEHOLDER.fullmatch(value):
+        return False  # already masked ("<PASSWORD>hunter2" is not: a value typed after a placeholder)
     if match.group("sep") in (":", "="):
         return bool(value)
     return value[:1] in "\"'" or bool(re.search(r"[^A-Za-z]", value))
