@@ -130,53 +130,100 @@ def up(config: FineflowConfig, repo_root: Path, log=print) -> Stack:
         partial.replace(path)
         return stack
 
-    try:
-        with _signals_interrupt():
+    signals = _Signals()
+    with signals.handled():
+        try:
             log(f"starting the Prefect server on {prefect_url}")
-            started.append(_start("prefect-server", _prefect_command(config, bin_dir), env, logs))
-            record(complete=False)
+            with signals.held():
+                started.append(_start("prefect-server", _prefect_command(config, bin_dir), env, logs))
+                record(complete=False)
             # The two servers do not depend on each other: they start together, and most of each one's
             # start-up is importing its own packages.
             log(f"starting the MLflow server on {mlflow_url}")
-            started.append(_start("mlflow-server", _mlflow_command(config, bin_dir), env, logs))
-            record(complete=False)
+            with signals.held():
+                started.append(_start("mlflow-server", _mlflow_command(config, bin_dir), env, logs))
+                record(complete=False)
             _wait_healthy(started[0], f"{prefect_url}/api/health", cfg.startup_timeout_s)
             _wait_healthy(started[1], f"{mlflow_url}/health", cfg.startup_timeout_s)
 
-            _prefect_cli(
-                bin_dir, ["work-pool", "create", pool, "--type", "process", "--overwrite"], env, repo_root
-            )
+            pool_args = ["work-pool", "create", pool, "--type", "process", "--overwrite"]
+            _prefect_cli(bin_dir, pool_args, env, repo_root, signals)
             log(f"deploying {PREFECT_YAML} at commit {commit[:12]} to work pool {pool}")
             deploy_env = {**env, GIT_REPOSITORY_ENV: str(repo_root)}
-            _prefect_cli(bin_dir, DEPLOY_ARGS, deploy_env, repo_root)
+            _prefect_cli(bin_dir, DEPLOY_ARGS, deploy_env, repo_root, signals)
             worker = [str(bin_dir / "prefect"), "worker", "start", "--pool", pool, "--type", "process"]
-            started.append(_start("worker", worker, env, logs))
-            return record(complete=True)
-    except BaseException:
-        _stop(started, cfg.stop_timeout_s, log)
-        state_file(config.data_dir).unlink(missing_ok=True)
-        raise
+            with signals.held():
+                started.append(_start("worker", worker, env, logs))
+                return record(complete=True)
+        except BaseException:
+            signals.stopping = True
+            _stop(started, cfg.stop_timeout_s, log)
+            state_file(config.data_dir).unlink(missing_ok=True)
+            raise
 
 
 class _Interrupted(KeyboardInterrupt):
-    """SIGTERM or SIGHUP (a closed terminal) during `up`: handled like Ctrl-C, so what started stops."""
+    """Ctrl-C, SIGTERM or SIGHUP (a closed terminal) during `up`: what it started is stopped, and the CLI
+    exits as on Ctrl-C."""
 
 
-@contextmanager
-def _signals_interrupt():
-    if threading.current_thread() is not threading.main_thread():  # handlers only exist there
-        yield
-        return
+class _Signals:
+    """Ctrl-C, SIGTERM and SIGHUP during `up`, raised as `_Interrupted` only where `up` can stop what it
+    started.
 
-    def interrupt(signum, frame):
-        raise _Interrupted(signal.Signals(signum).name)
+    Starting a server is one step with recording it: a signal that came while `subprocess.Popen` started
+    the MLflow server was raised inside Popen, after the child existed and before its PID was returned,
+    and left that server running with nothing recorded to stop it. A signal that lands inside `held()` is
+    raised when it ends. Once `up` is stopping what it started, further signals are ignored: a second
+    Ctrl-C must not leave half of it. (Blocking the signals with `pthread_sigmask` instead would not do:
+    a child inherits the mask, and the servers would ignore the SIGTERM that stops them.)"""
 
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    SIGNALS = tuple(
+        getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+    )
+
+    def __init__(self):
+        self.holding = False
+        self.pending: str | None = None
+        self.stopping = False
+
+    def _handle(self, signum, frame):
+        if self.stopping:
+            return
+        name = signal.Signals(signum).name
+        if self.holding:
+            self.pending = self.pending or name
+            return
+        self._interrupt(name)
+
+    def _interrupt(self, name: str):
+        self.stopping = True  # from here on, `up` stops what it started: nothing may cut that short
+        raise _Interrupted(name)
+
+    @contextmanager
+    def handled(self):
+        if threading.current_thread() is not threading.main_thread():  # handlers only exist there
+            yield
+            return
+        previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        try:
+            yield
+        finally:
+            self.stopping = True  # `up` is done (or stopped): a signal now must not raise past it
+            for sig, handler in previous.items():
+                if handler is not None:  # None: a handler installed outside Python, which cannot be restored
+                    signal.signal(sig, handler)
+
+    @contextmanager
+    def held(self):
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+        pending, self.pending = self.pending, None
+        if pending and not self.stopping:
+            self._interrupt(pending)
 
 
 def down(config: FineflowConfig, log=print) -> list[str]:
@@ -295,10 +342,27 @@ def _wait_healthy(process: Process, url: str, timeout_s: float) -> None:
     raise StackError(f"{process.name} not healthy at {url} after {timeout_s:.0f} s; log {process.log}")
 
 
-def _prefect_cli(bin_dir: Path, args: list[str], env: dict, cwd: Path) -> None:
-    done = subprocess.run([str(bin_dir / "prefect"), *args], env=env, cwd=cwd, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise StackError(f"prefect {' '.join(args)} failed:\n{(done.stdout + done.stderr)[-3000:]}")
+def _prefect_cli(bin_dir: Path, args: list[str], env: dict, cwd: Path, signals: _Signals) -> None:
+    # Not subprocess.run: a signal raised inside its Popen would leave the command running unseen.
+    command = None
+    try:
+        with signals.held():
+            command = subprocess.Popen(
+                [str(bin_dir / "prefect"), *args],
+                env=env,
+                cwd=cwd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        output = command.communicate()[0]
+    except BaseException:
+        if command is not None:
+            command.kill()
+            command.wait()
+        raise
+    if command.returncode != 0:
+        raise StackError(f"prefect {' '.join(args)} failed:\n{output[-3000:]}")
 
 
 def _git_head(repo_root: Path, log) -> str:
