@@ -234,8 +234,11 @@ def password_value(match: re.Match) -> bool:
     """A prose "password is X" is a password when X is quoted or holds a digit or a symbol: "my password
     is wrong" is not one."""
     value = match.group("value").rstrip(_TRAILING)
+    # A tag is no password: already masked, or a template's ("password: <YOUR_PASSWORD>"). The masker
+    # drops a finding that is one of its own placeholders whatever found it (PIIMasker.find); this takes
+    # any tag, so an answer quoting a template is no leak. "<PASSWORD>hunter2" is a value after a tag.
     if _PLACEHOLDER.fullmatch(value):
-        return False  # already masked ("<PASSWORD>hunter2" is not: a value typed after a placeholder)
+        return False
     if match.group("sep") in (":", "="):
         return bool(value)
     return value[:1] in "\"'" or bool(re.search(r"[^A-Za-z]", value))
