@@ -95,6 +95,13 @@ CASES = [
     # national formats of GB and FR: Presidio's default regions name them UK and FE, unknown to phonenumbers
     ("call me on 020 7946 0958 please", ["7946"], "<PHONE>"),
     ("appelez le 01 42 68 53 00 svp", ["42 68"], "<PHONE>"),
+    # national IDs, passports, bank accounts, postcodes: Presidio's recognizers (data_prep.pii.entities)
+    ("My ITIN is 912-70-1234.", ["912-70-1234"], "<US_ITIN>"),
+    ("national insurance: AB123456D", ["AB123456D"], "<UK_NINO>"),
+    ("my passport number is 123456789", ["123456789"], "<PASSPORT>"),
+    ("passport: AB1234567", ["AB1234567"], "<PASSPORT>"),
+    ("Account no: 000123456789", ["000123456789"], "<BANK_ACCOUNT>"),  # not a phone number
+    ("My postcode is SW1A 1AA.", ["SW1A 1AA"], "<POSTCODE>"),
 ]
 
 
@@ -118,6 +125,30 @@ def test_a_placeholder_is_never_a_finding(masker):
         for template in templates:
             text = template.format(placeholder)
             assert masker.mask(text) == (text, Counter()), text
+
+
+def test_equal_scores_on_one_span_are_decided_by_the_configured_order(masker):
+    """Presidio kept the last of two equal findings, and their order differed between processes (a worker
+    masked <US_SSN> where another masked <US_ITIN>): the configured order of entities decides now."""
+    from presidio_analyzer import RecognizerResult
+
+    ssn, itin = RecognizerResult("US_SSN", 13, 24, 0.5), RecognizerResult("US_ITIN", 13, 24, 0.5)
+    for given in ([ssn, itin], [itin, ssn]):
+        assert [result.entity_type for result in masker._one_per_span(given)] == ["US_ITIN"]
+    masked = ("My detail is <US_ITIN> thanks.", {"US_ITIN": 1})
+    assert masker.mask("My detail is 912-70-1234 thanks.") == masked
+
+
+def test_an_unknown_extra_recognizer_is_named(masker):
+    from fineflow.privacy.masker import _extra_presidio_recognizers
+
+    with pytest.raises(ValueError, match="no recognizer.*UkNinRecognizer"):
+        _extra_presidio_recognizers(["UkNinoRecognizer", "UkNinRecognizer"], "en")
+
+
+def test_blanks_at_a_findings_ends_are_kept(masker):
+    # Presidio's UK_NINO pattern takes the blank before the number
+    assert masker.mask("NI number AB123456D, thanks")[0] == "NI number <UK_NINO>, thanks"
 
 
 def test_a_git_commit_beside_aws_is_not_taken_for_a_secret_key(masker):
@@ -459,6 +490,10 @@ def test_what_must_survive(masker):
         "Set it to Away de Luxe mode.",  # a particle joins capitalised words only inside a found name
         # a template's tag, not one of the masker's placeholders (those are tested above), is no password
         "Log in with password: <YOUR_PASSWORD>, then my password is <NEW_PASSWORD>.",
+        # numbers and codes without their context words: no passport, account or driving licence
+        "Ticket 500057 is about order 123456789.",
+        "Can you explain error code E1? The C7 light and firmware v2 are on model T-1000.",
+        "Send it to M1 1AE please.",  # a postcode alone is masked only beside the word
     ]
     for text in kept:
         assert masker.mask(text) == (text, {}), text

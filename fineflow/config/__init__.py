@@ -110,6 +110,9 @@ class SecretsConfig(Strict):
 class PIIConfig(Strict):
     entities: list[str] = Field(min_length=1)
     placeholders: dict[str, str]
+    extra_recognizers: list[str] = Field(
+        description="Presidio recognizer classes (predefined_recognizers) added to its default registry"
+    )
     score_threshold: float = Field(ge=0.0, le=1.0)
     language: str
     ner_model: str | None = Field(

@@ -81,6 +81,8 @@ class PIIMasker:
         finally:
             presidio_log.setLevel(level)
         registry.remove_recognizer("PhoneRecognizer")  # Presidio's regions: see data_prep.pii.phone_regions
+        for recognizer in _extra_presidio_recognizers(config.extra_recognizers, config.language):
+            registry.add_recognizer(recognizer)
         for recognizer in _fineflow_recognizers(config):
             registry.add_recognizer(recognizer)
         self.config = config
@@ -108,11 +110,26 @@ class PIIMasker:
         # A placeholder is never a finding, even where a pattern accepts it: detect-secrets' BasicAuthDetector
         # takes whatever stands between `://user:` and `@`, so `postgres://u:<SECRET>@db` matched again
         # after masking, and masking such a text never converged (PIIMaskingError failed the shard).
-        return [
-            RecognizerResult(item.entity_type, *normalized.original_span(item.start, item.end), item.score)
-            for item in findings
-            if normalized.text[item.start : item.end] not in self.placeholders
+        # Blanks at a finding's ends are not part of the value: Presidio's UK_NINO pattern takes the blank
+        # before the number (" ?" first), and masking it joined the placeholder to the word before.
+        spans = [(item, *_without_blank_ends(normalized.text, item.start, item.end)) for item in findings]
+        results = [
+            RecognizerResult(item.entity_type, *normalized.original_span(start, end), item.score)
+            for item, start, end in spans
+            if end > start and normalized.text[start:end] not in self.placeholders
         ]
+        return self._one_per_span(results)
+
+    def _one_per_span(self, results: list) -> list:
+        """The best finding of each span, in text order. On equal scores ("912-70-1234" is shaped as an
+        SSN and as an ITIN, 0.5 each) Presidio keeps the last it was given, and the order of its results
+        differed between processes: one worker masked <US_SSN> where another masked <US_ITIN>. The
+        configured order of `entities` decides instead, so every process masks a text the same way."""
+        rank = {entity: index for index, entity in enumerate(self.config.masked_entities)}
+        best: dict[tuple[int, int], object] = {}
+        for result in sorted(results, key=lambda result: (-result.score, rank[result.entity_type])):
+            best.setdefault((result.start, result.end), result)
+        return sorted(best.values(), key=lambda result: (result.start, result.end))
 
     def mask(self, text: str) -> tuple[str, Counter]:
         """`text` with every finding replaced by its placeholder, and the counts replaced by type.
@@ -182,6 +199,23 @@ def _fineflow_recognizers(config: PIIConfig) -> list:
         Ipv6Recognizer(language),
         SpelledEmailRecognizer(language),
     ]
+
+
+def _without_blank_ends(text: str, start: int, end: int) -> tuple[int, int]:
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
+
+
+def _extra_presidio_recognizers(names: list[str], language: str) -> list:
+    from presidio_analyzer import predefined_recognizers
+
+    unknown = [name for name in names if not hasattr(predefined_recognizers, name)]
+    if unknown:
+        raise ValueError(f"data_prep.pii.extra_recognizers: Presidio has no recognizer {unknown}")
+    return [getattr(predefined_recognizers, name)(supported_language=language) for name in names]
 
 
 def _phone_recognizer(regions: list[str], stretches_kept: int, language: str):
