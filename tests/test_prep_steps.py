@@ -395,7 +395,6 @@ PLANTED = {
     "IP_ADDRESS": ("192.168.10.42", "<IP_ADDRESS>"),
     "US_SSN": ("219-47-6650", "<US_SSN>"),
     "PERSON": ("Maria Gonzalez", "<PERSON>"),
-    "US_ITIN": ("912-70-1234", "<US_ITIN>"),
     "UK_NINO": ("AB123456D", "<UK_NINO>"),
 }
 
@@ -411,8 +410,6 @@ IN_CONTEXT = {"STREET_ADDRESS", "DATE_OF_BIRTH", "PASSWORD", "AWS_KEY", "GITHUB_
     "JWT",
     "PRIVATE_KEY",
     "SECRET",
-    "US_PASSPORT",
-    "US_BANK_NUMBER",
     "UK_PASSPORT",
     "UK_POSTCODE",
 }

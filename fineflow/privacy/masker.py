@@ -121,10 +121,10 @@ class PIIMasker:
         return self._one_per_span(results)
 
     def _one_per_span(self, results: list) -> list:
-        """The best finding of each span, in text order. On equal scores ("912-70-1234" is shaped as an
-        SSN and as an ITIN, 0.5 each) Presidio keeps the last it was given, and the order of its results
-        differed between processes: one worker masked <US_SSN> where another masked <US_ITIN>. The
-        configured order of `entities` decides instead, so every process masks a text the same way."""
+        """The best finding of each span, in text order. On equal scores Presidio keeps the last it was
+        given, and the order of its results can differ between processes ("912-70-1234", shaped as an
+        SSN and as an ITIN at 0.5 each, was masked <US_SSN> by one test process and <US_ITIN> by another):
+        the configured order of `entities` decides instead, so every worker masks a text the same way."""
         rank = {entity: index for index, entity in enumerate(self.config.masked_entities)}
         best: dict[tuple[int, int], object] = {}
         for result in sorted(results, key=lambda result: (-result.score, rank[result.entity_type])):
