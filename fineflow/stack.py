@@ -131,18 +131,20 @@ def up(config: FineflowConfig, repo_root: Path, log=print) -> Stack:
         return stack
 
     signals = _Signals()
+
+    def launch(name: str, command: list[str], complete: bool = False) -> Stack:
+        with signals.held():  # a signal now would lose the process: it is raised once it is recorded
+            started.append(_start(name, command, env, logs))
+            return record(complete)
+
     with signals.handled():
         try:
             log(f"starting the Prefect server on {prefect_url}")
-            with signals.held():
-                started.append(_start("prefect-server", _prefect_command(config, bin_dir), env, logs))
-                record(complete=False)
+            launch("prefect-server", _prefect_command(config, bin_dir))
             # The two servers do not depend on each other: they start together, and most of each one's
             # start-up is importing its own packages.
             log(f"starting the MLflow server on {mlflow_url}")
-            with signals.held():
-                started.append(_start("mlflow-server", _mlflow_command(config, bin_dir), env, logs))
-                record(complete=False)
+            launch("mlflow-server", _mlflow_command(config, bin_dir))
             _wait_healthy(started[0], f"{prefect_url}/api/health", cfg.startup_timeout_s)
             _wait_healthy(started[1], f"{mlflow_url}/health", cfg.startup_timeout_s)
 
@@ -152,9 +154,7 @@ def up(config: FineflowConfig, repo_root: Path, log=print) -> Stack:
             deploy_env = {**env, GIT_REPOSITORY_ENV: str(repo_root)}
             _prefect_cli(bin_dir, DEPLOY_ARGS, deploy_env, repo_root, signals)
             worker = [str(bin_dir / "prefect"), "worker", "start", "--pool", pool, "--type", "process"]
-            with signals.held():
-                started.append(_start("worker", worker, env, logs))
-                return record(complete=True)
+            return launch("worker", worker, complete=True)
         except BaseException:
             signals.stopping = True
             _stop(started, cfg.stop_timeout_s, log)

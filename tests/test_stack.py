@@ -94,7 +94,8 @@ def test_a_signal_while_popen_starts_a_server_stops_that_server(tmp_path, monkey
     with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
         up(config, REPO_ROOT, log=lambda line: None)
     assert len(servers) == 2
-    assert not [pid for pid in servers if _running(pid)], "a server outlived the interrupted `up`"
+    left = _processes_of(config.data_dir)
+    assert not left, f"a server outlived the interrupted `up`: {left}"
     assert not state_file(config.data_dir).exists()
 
 
@@ -143,13 +144,6 @@ def _processes_of(data_dir: Path, wait_s: float = 5.0) -> list[str]:
         if not found or time.monotonic() > deadline:
             return found
         time.sleep(0.2)
-
-
-def _running(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def _alive(process: dict) -> bool:
