@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import fineflow.privacy.masker as masker_module
 from fineflow.config import DATA_DIR_ENV, load_config
 from fineflow.privacy.masker import get_masker, scan_for_pii
 from fineflow.store import open_store
@@ -147,6 +148,49 @@ def test_an_unknown_extra_recognizer_is_named(masker):
 def test_blanks_at_a_findings_ends_are_kept(masker):
     # Presidio's UK_NINO pattern takes the blank before the number
     assert masker.mask("NI number AB123456D, thanks")[0] == "NI number <UK_NINO>, thanks"
+
+
+def test_the_nlp_pipeline_runs_only_for_a_text_whose_findings_read_it(masker, monkeypatch):
+    """find() gives Presidio NLP artifacts computed when first read (context words, an NER pipeline's
+    entities): a text with no candidate finding runs no spaCy pipeline, and every text's findings are
+    the ones the artifacts computed first give."""
+    engine = masker.analyzer.nlp_engine
+    runs = []
+    process_text = engine.process_text
+    monkeypatch.setattr(
+        engine, "process_text", lambda text, language: runs.append(text) or process_text(text, language)
+    )
+    texts = [text for text, _, _ in CASES] + ["Thanks, that fixed it. The thermostat shows E8 again."]
+    lazily = [_spans(masker.find(text)) for text in texts]
+    assert masker.find(texts[-1]) == [] and texts[-1] not in runs
+    assert "passport: AB1234567" in runs  # its pattern scores under the threshold without its context word
+    monkeypatch.setattr(
+        masker_module,
+        "_lazy_nlp_artifacts",
+        lambda engine, text, language: engine.process_text(text, language),
+    )
+    assert [_spans(masker.find(text)) for text in texts] == lazily
+
+
+def test_an_installed_ner_pipeline_adds_its_person_findings(tmp_path):
+    """A spaCy pipeline as `ner_model` (here a blank one with an entity ruler, saved to a path: nothing
+    to download) reports its PERSON entities through Presidio's SpacyRecognizer, which the blank default
+    leaves out."""
+    import spacy
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("entity_ruler").add_patterns([{"label": "PERSON", "pattern": "Zorblax Quux"}])
+    nlp.to_disk(tmp_path / "ruler")
+    config = load_config(
+        REPO_ROOT / "configs/default.yaml", overrides={"data_prep.pii.ner_model": str(tmp_path / "ruler")}
+    ).data_prep.pii
+    text = "Please ask Zorblax Quux about the thermostat."
+    assert get_masker(config).mask(text) == ("Please ask <PERSON> about the thermostat.", Counter(PERSON=1))
+    assert get_masker(PII).mask(text) == (text, Counter())  # neither word is on the name lists
+
+
+def _spans(findings: list) -> list[tuple]:
+    return [(f.entity_type, f.start, f.end, f.score) for f in findings]
 
 
 def test_a_git_commit_beside_aws_is_not_taken_for_a_secret_key(masker):
