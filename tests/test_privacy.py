@@ -189,6 +189,27 @@ def test_an_installed_ner_pipeline_adds_its_person_findings(tmp_path):
     assert get_masker(PII).mask(text) == (text, Counter())  # neither word is on the name lists
 
 
+def test_a_long_chunk_between_spaces_is_one_token_and_its_values_are_still_masked(masker):
+    """spaCy's tokenizer strips a chunk's punctuation one character at a time, copying the rest each time:
+    "a@b.co " then 20,000 underscores (625 prompt tokens) took about a minute to mask. A chunk longer than
+    data_prep.pii.longest_split_chunk is one token; a shorter one is split as before."""
+    nlp = masker.analyzer.nlp_engine.nlp[PII.language]
+    longest = PII.longest_split_chunk
+    assert len(nlp("_" * 20_000)) == 1
+    assert len(nlp(("$" * 3000 + "\n") * 6)) == 12  # each run one token, each line break one
+    assert len(nlp("(" + "a" * (longest - 2) + ")")) == 3  # at the limit: its brackets split off
+    assert len(nlp("(" + "a" * (longest - 1) + ")")) == 1
+    hostile = "write to a@b.co " + "_" * 20_000
+    assert masker.mask(hostile) == ("write to <EMAIL> " + "_" * 20_000, Counter(EMAIL_ADDRESS=1))
+    # A value at the start of a long chunk keeps the context words before it (a UK passport number
+    # scores under the threshold without one).
+    chunk = "AB1234567/" + "x" * longest
+    assert (
+        masker.mask(f"my passport number is {chunk}")[0]
+        == f"my passport number is <PASSPORT>/{'x' * longest}"
+    )
+
+
 def _spans(findings: list) -> list[tuple]:
     return [(f.entity_type, f.start, f.end, f.score) for f in findings]
 

@@ -132,6 +132,9 @@ class PIIConfig(Strict):
     repeated_texts_kept: int = Field(
         ge=0, description="data prep: masked texts kept per mask-pii call, so a repeated text is masked once"
     )
+    longest_split_chunk: int = Field(
+        ge=1, description="characters between spaces beyond which spaCy's tokenizer keeps a chunk whole"
+    )
 
     @model_validator(mode="after")
     def _every_entity_has_a_placeholder(self) -> PIIConfig:

@@ -18,6 +18,7 @@ Nothing is downloaded. Masked values are never logged: logs and reports carry co
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from functools import cache
 from pathlib import Path
@@ -72,6 +73,8 @@ class PIIMasker:
         else:
             engine = SpacyNlpEngine(models=[{"lang_code": config.language, "model_name": config.ner_model}])
         engine.load()
+        for nlp in engine.nlp.values():
+            _keep_long_chunks_whole(nlp.tokenizer, config.longest_split_chunk)
         registry = RecognizerRegistry(supported_languages=[config.language])
         presidio_log = logging.getLogger("presidio-analyzer")
         level = presidio_log.level
@@ -277,6 +280,19 @@ def _blank_spacy_engine(spacy_engine_class, language: str):
             self.nlp = {language: nlp}
 
     return BlankSpacyEngine(models=[{"lang_code": language, "model_name": f"blank:{language}"}])
+
+
+def _keep_long_chunks_whole(tokenizer, longest: int) -> None:
+    """A chunk between spaces of more than `longest` characters becomes one token. spaCy asks
+    `token_match` before each prefix or suffix it strips, so such a chunk is never split, and a run of
+    punctuation costs linear time instead of quadratic (data_prep.pii.longest_split_chunk)."""
+    long_chunk = re.compile(rf".{{{longest + 1},}}", re.DOTALL)
+    match = tokenizer.token_match
+    tokenizer.token_match = long_chunk.fullmatch if match is None else _either(long_chunk.fullmatch, match)
+
+
+def _either(first, second):
+    return lambda text: first(text) or second(text)
 
 
 def _lower_lemmas(doc):
