@@ -689,6 +689,9 @@ HOSTILE = [
     ),
     (f"Bearer {JWT} from 2001:db8::7", "Regards,\nYusuf Demir"),
     (f"db is postgres://admin:S3cretPassw0rd@db.internal:5432/prod, key {ANTHROPIC_KEY}", "Rotate both now."),
+    # spaCy's tokenizer took 44 s on this (quadratic on a run of punctuation); a served request with it
+    # held the server's event loop for 38 s. One token now (data_prep.pii.longest_split_chunk).
+    ("write to hj.ops@example.net " + "_" * 19_000, "Noted."),
 ]
 SECRETS = [
     "Harold",
@@ -708,6 +711,7 @@ SECRETS = [
     "Demir",
     "S3cretPassw0rd",
     ANTHROPIC_KEY[7:],
+    "hj.ops@example.net",
 ]
 
 
