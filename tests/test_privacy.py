@@ -189,25 +189,34 @@ def test_an_installed_ner_pipeline_adds_its_person_findings(tmp_path):
     assert get_masker(PII).mask(text) == (text, Counter())  # neither word is on the name lists
 
 
-def test_a_long_chunk_between_spaces_is_one_token_and_its_values_are_still_masked(masker):
-    """spaCy's tokenizer strips a chunk's punctuation one character at a time, copying the rest each time:
-    "a@b.co " then 20,000 underscores (625 prompt tokens) took about a minute to mask. A chunk longer than
-    data_prep.pii.longest_split_chunk is one token; a shorter one is split as before."""
-    nlp = masker.analyzer.nlp_engine.nlp[PII.language]
+def test_a_long_chunk_is_cut_into_runs_and_its_words_still_give_context(masker):
+    """spaCy's tokenizer strips a chunk's punctuation one piece at a time, copying the rest each time:
+    "a@b.co " then 20,000 underscores (625 prompt tokens) took 44 s to mask. A chunk longer than
+    data_prep.pii.longest_split_chunk is cut into runs of word characters and runs of one other character;
+    a text without one is tokenized by spaCy alone."""
+    import spacy
+
+    nlp, spacy_alone = masker.analyzer.nlp_engine.nlp[PII.language], spacy.blank(PII.language).tokenizer
     longest = PII.longest_split_chunk
-    assert len(nlp("_" * 20_000)) == 1
-    assert len(nlp(("$" * 3000 + "\n") * 6)) == 12  # each run one token, each line break one
-    assert len(nlp("(" + "a" * (longest - 2) + ")")) == 3  # at the limit: its brackets split off
-    assert len(nlp("(" + "a" * (longest - 1) + ")")) == 1
-    hostile = "write to a@b.co " + "_" * 20_000
-    assert masker.mask(hostile) == ("write to <EMAIL> " + "_" * 20_000, Counter(EMAIL_ADDRESS=1))
-    # A value at the start of a long chunk keeps the context words before it (a UK passport number
-    # scores under the threshold without one).
-    chunk = "AB1234567/" + "x" * longest
-    assert (
-        masker.mask(f"my passport number is {chunk}")[0]
-        == f"my passport number is <PASSPORT>/{'x' * longest}"
+    for text in [
+        "(" + "a" * (longest - 2) + ") ok",
+        "Hi, I'm Ann (ann@x.io)!\n\nRef: A-12/b.",
+        "$" * longest,
+    ]:
+        assert [t.text for t in nlp(text)] == [t.text for t in spacy_alone(text)]
+    assert [t.text for t in nlp("(" + "a" * (longest - 1) + ")")] == ["(", "a" * (longest - 1), ")"]
+    hostile = ["_" * 20_000, "US$" * 6_000, "x" + '"' * 19_000, "$(" * 9_000, ("$" * 3000 + "\n") * 6]
+    assert [len(nlp(text)) for text in hostile] == [1, 12_000, 2, 18_000, 12]  # linear in the text
+    assert all(nlp(text).text == text for text in hostile)
+    assert masker.mask("write to a@b.co " + "_" * 20_000) == (
+        "write to <EMAIL> " + "_" * 20_000,
+        Counter(EMAIL_ADDRESS=1),
     )
+    # A key-value dump: "passport" inside the chunk is a context word still (the number scores under
+    # the threshold without one).
+    dump = "record id=123;passport:AB1234567;name=Jo;" + "k=v;" * 60
+    assert len(dump) > longest
+    assert masker.mask(dump)[0].startswith("record id=123;passport:<PASSPORT>;name=<PERSON>;k=v;")
 
 
 def _spans(findings: list) -> list[tuple]:
@@ -690,7 +699,7 @@ HOSTILE = [
     (f"Bearer {JWT} from 2001:db8::7", "Regards,\nYusuf Demir"),
     (f"db is postgres://admin:S3cretPassw0rd@db.internal:5432/prod, key {ANTHROPIC_KEY}", "Rotate both now."),
     # spaCy's tokenizer took 44 s on this (quadratic on a run of punctuation); a served request with it
-    # held the server's event loop for 38 s. One token now (data_prep.pii.longest_split_chunk).
+    # held the server's event loop for 38 s (data_prep.pii.longest_split_chunk).
     ("write to hj.ops@example.net " + "_" * 19_000, "Noted."),
 ]
 SECRETS = [

@@ -133,7 +133,7 @@ class PIIConfig(Strict):
         ge=0, description="data prep: masked texts kept per mask-pii call, so a repeated text is masked once"
     )
     longest_split_chunk: int = Field(
-        ge=1, description="characters between spaces beyond which spaCy's tokenizer keeps a chunk whole"
+        ge=1, description="a chunk (between whitespace) longer than this is cut into runs, not by spaCy"
     )
 
     @model_validator(mode="after")

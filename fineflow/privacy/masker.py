@@ -74,7 +74,7 @@ class PIIMasker:
             engine = SpacyNlpEngine(models=[{"lang_code": config.language, "model_name": config.ner_model}])
         engine.load()
         for nlp in engine.nlp.values():
-            _keep_long_chunks_whole(nlp.tokenizer, config.longest_split_chunk)
+            nlp.tokenizer = _long_chunk_tokenizer_class()(nlp.tokenizer, config.longest_split_chunk)
         registry = RecognizerRegistry(supported_languages=[config.language])
         presidio_log = logging.getLogger("presidio-analyzer")
         level = presidio_log.level
@@ -212,9 +212,9 @@ def _fineflow_recognizers(config: PIIConfig) -> list:
 
 def _lazy_nlp_artifacts(engine, text: str, language: str):
     """The spaCy pipeline's artifacts for `text`, computed when first read. Only the context words of a
-    candidate finding and an NER pipeline's entities read them: about 70% of support texts have no
-    candidate, nor has the scan of a masked text, so the pipeline (a sixth of a scan) runs for far fewer
-    texts. Whatever reads them gets exactly what Presidio's engine computes."""
+    candidate finding and an NER pipeline's entities read them: most support texts have no candidate,
+    nor has the scan of a masked text, so the pipeline runs for few of them
+    (benchmarks/masking_passes.py). Whatever reads them gets exactly what Presidio's engine computes."""
     return _lazy_nlp_artifacts_class()(engine, text, language)
 
 
@@ -227,7 +227,8 @@ def _lazy_nlp_artifacts_class() -> type:
             self._source = (engine, text, language)
 
         def __getattr__(self, name: str):  # called only for an attribute not set yet
-            if name.startswith("_"):  # copy's and pickle's probes compute nothing
+            # copy's and pickle's probes compute nothing, nor does a name NlpArtifacts does not have
+            if name.startswith("_") or "tokens" in self.__dict__:
                 raise AttributeError(name)
             engine, text, language = self._source
             self.__dict__.update(vars(engine.process_text(text, language)))
@@ -282,17 +283,44 @@ def _blank_spacy_engine(spacy_engine_class, language: str):
     return BlankSpacyEngine(models=[{"lang_code": language, "model_name": f"blank:{language}"}])
 
 
-def _keep_long_chunks_whole(tokenizer, longest: int) -> None:
-    """A chunk between spaces of more than `longest` characters becomes one token. spaCy asks
-    `token_match` before each prefix or suffix it strips, so such a chunk is never split, and a run of
-    punctuation costs linear time instead of quadratic (data_prep.pii.longest_split_chunk)."""
-    long_chunk = re.compile(rf".{{{longest + 1},}}", re.DOTALL)
-    match = tokenizer.token_match
-    tokenizer.token_match = long_chunk.fullmatch if match is None else _either(long_chunk.fullmatch, match)
+# A long chunk's pieces: a run of word characters, or a run of one other character.
+_CHUNK_PIECE = re.compile(r"\w+|(\W)\1*")
 
 
-def _either(first, second):
-    return lambda text: first(text) or second(text)
+@cache
+def _long_chunk_tokenizer_class() -> type:
+    from spacy.tokens import Doc
+
+    class LongChunkTokenizer:
+        """spaCy's tokenizer, except for a chunk (between whitespace) of more than `longest` characters,
+        cut into runs of word characters and runs of one other character.
+
+        spaCy strips a chunk's leading and trailing punctuation one piece at a time, copying the rest of
+        the chunk each time: quadratic in a run of it ("a@b.co " and 20,000 underscores took 44 s to
+        mask; "US$" repeated, or a word and 8,000 quotes, as long). Keeping such a chunk as one token
+        would lose the context words inside it ("id=1;passport:AB1234567;..." in a key-value dump), so
+        its words stay tokens of their own. A text without a long chunk is tokenized by spaCy alone
+        (data_prep.pii.longest_split_chunk)."""
+
+        def __init__(self, tokenizer, longest: int) -> None:
+            self.tokenizer = tokenizer
+            self.long_chunk = re.compile(rf"(?<!\S)\S{{{longest + 1},}}")
+
+        def __call__(self, text: str):
+            if not self.long_chunk.search(text):
+                return self.tokenizer(text)
+            docs, position = [], 0
+            for chunk in self.long_chunk.finditer(text):
+                if chunk.start() > position:
+                    docs.append(self.tokenizer(text[position : chunk.start()]))
+                pieces = [piece.group() for piece in _CHUNK_PIECE.finditer(chunk.group())]
+                docs.append(Doc(self.tokenizer.vocab, words=pieces, spaces=[False] * len(pieces)))
+                position = chunk.end()
+            if position < len(text):
+                docs.append(self.tokenizer(text[position:]))
+            return Doc.from_docs(docs, ensure_whitespace=False)
+
+    return LongChunkTokenizer
 
 
 def _lower_lemmas(doc):
