@@ -162,7 +162,7 @@ def test_the_nlp_pipeline_runs_only_for_a_text_whose_findings_read_it(masker, mo
     )
     texts = [text for text, _, _ in CASES] + ["Thanks, that fixed it. The thermostat shows E8 again."]
     lazily = [_spans(masker.find(text)) for text in texts]
-    assert masker.find(texts[-1]) == [] and texts[-1] not in runs
+    assert lazily[-1] == [] and texts[-1] not in runs
     assert "passport: AB1234567" in runs  # its pattern scores under the threshold without its context word
     monkeypatch.setattr(
         masker_module,

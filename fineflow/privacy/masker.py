@@ -298,10 +298,9 @@ def _long_chunk_tokenizer_class() -> type:
         spaCy strips a chunk's leading and trailing punctuation one piece at a time, copying the rest of
         the chunk each time: quadratic in a run of it ("a@b.co " and 20,000 underscores took 44 s to
         mask; spaCy alone took 10.9 s on "US$" repeated over 8,100 characters, 16.8 s on a word and
-        8,000 quotes). Keeping such a chunk as one token
-        would lose the context words inside it ("id=1;passport:AB1234567;..." in a key-value dump), so
-        its words stay tokens of their own. A text without a long chunk is tokenized by spaCy alone
-        (data_prep.pii.longest_split_chunk)."""
+        8,000 quotes). Keeping such a chunk as one token would lose the context words inside it
+        ("id=1;passport:AB1234567;..." in a key-value dump), so its words stay tokens of their own. A text
+        without a long chunk is tokenized by spaCy alone (data_prep.pii.longest_split_chunk)."""
 
         def __init__(self, tokenizer, longest: int) -> None:
             self.tokenizer = tokenizer
