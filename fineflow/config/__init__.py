@@ -135,6 +135,9 @@ class PIIConfig(Strict):
     longest_split_chunk: int = Field(
         ge=1, description="a chunk (between whitespace) longer than this is cut into runs, not by spaCy"
     )
+    passphrase_max_words: int = Field(
+        ge=1, description="words of an unquoted password value masked at most ('password: a b c')"
+    )
 
     @model_validator(mode="after")
     def _every_entity_has_a_placeholder(self) -> PIIConfig:

@@ -187,14 +187,12 @@ def _fineflow_recognizers(config: PIIConfig) -> list:
     from fineflow.privacy.recognizers import (
         DATE_OF_BIRTH,
         DATE_OF_BIRTH_PATTERNS,
-        PASSWORD,
-        PASSWORD_PATTERNS,
         ContextPatternRecognizer,
         Ipv6Recognizer,
+        PasswordRecognizer,
         SecretsRecognizer,
         SpelledEmailRecognizer,
         StreetAddressRecognizer,
-        password_value,
     )
 
     language = config.language
@@ -204,7 +202,7 @@ def _fineflow_recognizers(config: PIIConfig) -> list:
         SecretsRecognizer(config.secrets, language),
         StreetAddressRecognizer(config.address_countries, language),
         ContextPatternRecognizer(DATE_OF_BIRTH, DATE_OF_BIRTH_PATTERNS, language),
-        ContextPatternRecognizer(PASSWORD, PASSWORD_PATTERNS, language, accept=password_value),
+        PasswordRecognizer(config.passphrase_max_words, language),
         Ipv6Recognizer(language),
         SpelledEmailRecognizer(language),
     ]

@@ -220,28 +220,76 @@ DATE_OF_BIRTH_PATTERNS = [
 ]
 
 _PASSWORD_WORD = r"\b(?:password|passwd|passcode|passphrase|pwd|pin)\b"
-PASSWORD_PATTERNS = [
-    # "password: hunter2", "pwd=hunter2": an assignment, any value
-    re.compile(rf"{_PASSWORD_WORD}\s*(?P<sep>[:=])\s*(?P<value>\"[^\"\n]+\"|'[^'\n]+'|[^\s\"']+)", re.I),
-    # "my password is hunter2": prose, so the value must look like a password (see _password_value)
-    re.compile(
-        rf"{_PASSWORD_WORD}\s+(?P<sep>is|was)\s*:?\s+(?P<value>\"[^\"\n]+\"|'[^'\n]+'|[^\s\"']+)", re.I
-    ),
-]
+# "pass" and "pw" only before a colon or an equals sign ("user: bob pass: hunter2"): in prose they are words.
+_ASSIGNED_PASSWORD_WORD = r"\b(?:password|passwd|passcode|passphrase|pwd|pin|pass|pw)\b"
+_PASSWORD_VALUE = r"(?P<value>\"[^\"\n]+\"|'[^'\n]+'|[^\s\"']+)"
+# "password: hunter2", "pwd=hunter2": an assignment, any value
+_ASSIGNED_PASSWORD = re.compile(rf"{_ASSIGNED_PASSWORD_WORD}\s*(?P<sep>[:=])\s*{_PASSWORD_VALUE}", re.I)
+# "my password is hunter2": prose, so the value must look like a password (see PasswordRecognizer)
+_PROSE_PASSWORD = re.compile(rf"{_PASSWORD_WORD}\s+(?P<sep>is|was)\s*:?\s+{_PASSWORD_VALUE}", re.I)
+# The next word on the line, for a passphrase's further words.
+_NEXT_WORD = re.compile(r"[ \t]+(?P<word>\S+)")
+_NOT_LETTER = re.compile(r"[^A-Za-z]")
 
 
-def password_value(match: re.Match) -> bool:
-    """A prose "password is X" is a password when X is quoted or holds a digit or a symbol: "my password
-    is wrong" is not one."""
-    value = match.group("value").rstrip(_TRAILING)
-    # A tag is no password: already masked, or a template's ("password: <YOUR_PASSWORD>"). The masker
-    # drops a finding that is one of its own placeholders whatever found it (PIIMasker.find); this takes
-    # any tag, so an answer quoting a template is no leak. "<PASSWORD>hunter2" is a value after a tag.
-    if _PLACEHOLDER.fullmatch(value):
-        return False
-    if match.group("sep") in (":", "="):
-        return bool(value)
-    return value[:1] in "\"'" or bool(re.search(r"[^A-Za-z]", value))
+class PasswordRecognizer(_Recognizer):
+    """A password after its word: "password: hunter2", "pwd=hunter2", "my password is Tr0ub4dor&3", quoted
+    or not. A password is often a passphrase ("wifi password: correct horse battery staple"), and masking
+    its first word left the rest: an unquoted value runs on over the next words of its line, up to
+    `max_words` in all, and stops before a stop word ("and", "but", "please": spaCy's English list), a
+    label or assignment ("user:", "x=1"), a tag, a quote or a word without a letter or digit; a word ending
+    in punctuation ends it (without the mark). So "password: hunter2 and it fails" masks "hunter2".
+
+    After "is" or "was" the words are prose ("my password is wrong", "the PIN is forgotten"): the value is
+    a password only when quoted or when one of its words holds a character other than a letter ("blue
+    elephant 42"). A value whose first word is a tag is none: already masked, or a template's
+    ("password: <YOUR_PASSWORD>"); the masker drops a finding that is one of its own placeholders whatever
+    found it (PIIMasker.find), this takes any tag, so an answer quoting a template is no leak.
+    "<PASSWORD>hunter2" is a value after a tag."""
+
+    def __init__(self, max_words: int, language: str):
+        from spacy.lang.en.stop_words import STOP_WORDS
+
+        self.max_words, self.stop_words = max_words, STOP_WORDS
+        super().__init__([PASSWORD], language)
+
+    def spans(self, text: str) -> Iterator[tuple[str, int, int]]:
+        for pattern, prose in ((_ASSIGNED_PASSWORD, False), (_PROSE_PASSWORD, True)):
+            for match in pattern.finditer(text):
+                value = match.group("value")
+                if value[:1] in "\"'":
+                    yield PASSWORD, match.start("value"), match.end("value")
+                    continue
+                words = self._words(text, match)
+                if words and (not prose or any(_NOT_LETTER.search(word) for _, word in words)):
+                    yield PASSWORD, match.start("value"), words[-1][0] + len(words[-1][1])
+
+    def _words(self, text: str, match: re.Match) -> list[tuple[int, str]]:
+        """The value's words as (start, word without a closing mark); none when the first is a tag."""
+        value = match.group("value")
+        first = value.rstrip(_TRAILING)
+        if not first or _PLACEHOLDER.fullmatch(first):
+            return []
+        words, position, closed = [(match.start("value"), first)], match.end("value"), first != value
+        while not closed and len(words) < self.max_words:
+            following = _NEXT_WORD.match(text, position)
+            if not following:
+                break
+            raw = following.group("word")
+            word = raw.rstrip(_TRAILING)
+            if not self._continues(word):
+                break
+            words.append((following.start("word"), word))
+            position, closed = following.end(), word != raw
+        return words
+
+    def _continues(self, word: str) -> bool:
+        """Whether `word` can be a passphrase's next word rather than the prose after the value."""
+        return (
+            any(char.isalnum() for char in word)
+            and word.lower() not in self.stop_words
+            and not any(char in word for char in ":=\"'<")
+        )
 
 
 # --------------------------------------------------------------------------------------------- IPv6
