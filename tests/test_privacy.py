@@ -79,6 +79,12 @@ CASES = [
     ("password: hunter2", ["hunter2"], "<PASSWORD>"),
     ("my password is Tr0ub4dor&3.", ["Tr0ub4dor"], "<PASSWORD>"),
     ("password: <PASSWORD>hunter2", ["hunter2"], "<PASSWORD>"),  # a placeholder does not shield a value
+    ("wifi password: correct horse battery staple", ["correct", "horse", "battery", "staple"], "<PASSWORD>"),
+    ("The wifi passphrase is Purple Monkey Dishwasher 42", ["Purple", "Monkey", "Dishwasher"], "<PASSWORD>"),
+    ("user: bob pass: hunter2", ["hunter2"], "<PASSWORD>"),
+    ("pw=hunter2", ["hunter2"], "<PASSWORD>"),
+    ("hi my name is maria garcia and the E3 is back", ["maria", "garcia"], "<PERSON>"),
+    ("My name is Priya sharma.", ["Priya", "sharma"], "<PERSON>"),
     ("Ship to 42 Elm Street, Springfield, IL 62704 please", ["42 Elm Street", "62704"], "<ADDRESS>"),
     ("my address is 77 Oak Lane", ["77 Oak Lane"], "<ADDRESS>"),
     ("I was born on 1985-03-07.", ["1985-03-07"], "<DATE_OF_BIRTH>"),
@@ -544,6 +550,11 @@ def test_what_must_survive(masker):
         "Amazon Alexa, Google Home and Apple Home (via Matter) work with the Acme Nimbus.",
         "My renewal on 2024-05-01 charged $49.",  # a date, but not a date of birth
         "My password is wrong and the E3 error is back.",  # no password value in it
+        # prose after "is" whose words are letters only, up to a stop word: no password in it
+        "My password is not working since 3pm, and the PIN is forgotten too.",
+        "A weak password is a common cause, so change it.",
+        # after "my name is", a lower-case word is a name only when it is a listed given name
+        "my name is spelled wrong on the invoice and my name is on the account",
         "Hold the dial 10 seconds; 5-10 business days; up to 2 heat + 2 cool stages.",
         "Thanks! Let me know if the C-wire adapter helps.",
         # model answers evaluation once counted as leaked names: rare given names that are ordinary words
@@ -571,6 +582,27 @@ def test_what_must_survive(masker):
     ]
     for text in kept:
         assert masker.mask(text) == (text, {}), text
+
+
+def test_a_passphrase_runs_to_where_the_prose_resumes(masker):
+    """An unquoted password value runs over the next words of its line until a stop word, a label, a tag, a
+    quote or a closing mark, and at most data_prep.pii.passphrase_max_words words."""
+    expected = {
+        "password: correct horse battery staple.": "password: <PASSWORD>.",
+        "password: hunter2 and it fails": "password: <PASSWORD> and it fails",
+        "password: hunter2 doesn't work": "password: <PASSWORD> doesn't work",
+        "password: hunter2 - thanks": "password: <PASSWORD> - thanks",
+        "pwd=hunter2 user=bob": "pwd=<PASSWORD> user=bob",
+        "pwd: hunter2 <EMAIL> wrote": "pwd: <PASSWORD> <EMAIL> wrote",
+        "password: hunter2, then reboot": "password: <PASSWORD>, then reboot",
+        "password: blue sky\nthen it asks again": "password: <PASSWORD>\nthen it asks again",
+        "my wifi password is blue elephant 42, ok?": "my wifi password is <PASSWORD>, ok?",
+    }
+    assert {text: masker.mask(text)[0] for text in expected} == expected
+    words = [f"w{i}rd" for i in range(PII.passphrase_max_words + 2)]
+    masked, counts = masker.mask("password: " + " ".join(words))
+    assert masked == "password: <PASSWORD> " + " ".join(words[PII.passphrase_max_words :]), masked
+    assert counts == {"PASSWORD": 1}
 
 
 def test_a_name_without_a_cue_is_found_when_common_or_addressed(masker):

@@ -31,7 +31,7 @@ from __future__ import annotations
 import importlib.resources
 import re
 import unicodedata
-from functools import cache
+from functools import cache, lru_cache
 
 from presidio_analyzer import EntityRecognizer, RecognizerResult
 
@@ -45,6 +45,9 @@ MAX_NAME_WORDS = 3
 # A word: letters, with inner apostrophes or hyphens (O'Connor, Jean-Luc), but not a possessive or a
 # contraction (Maria's, I'm, we'll).
 _WORD = re.compile(r"[^\W\d_]+(?:['’](?!(?:s|m|re|ve|ll|d|t)\b)[^\W\d_]+|-[^\W\d_]+)*")
+# A person naming themselves: after it a listed given name is a name in lower case too ("my name is maria
+# garcia"), with the listed surnames right after it, as people type in chat.
+_INTRODUCTION_CUE = re.compile(r"\b(?:my\s+name\s+is|my\s+name['’]s|name\s*:)[ \t]+$", re.IGNORECASE)
 # Cues after which any capitalised word is a name.
 _STRONG_CUE = re.compile(
     r"(?:\b(?:my\s+name\s+is|my\s+name's|name\s*:|i\s+am|i'm|i’m|this\s+is|it's|it’s|it\s+is|called|named"
@@ -91,6 +94,7 @@ _PARTICLE = re.compile(r"de|del|della|der|den|di|da|das|dos|du|la|le|van|von|bin
 _CUE_WINDOW = 40  # characters before a word searched for a cue
 
 
+@lru_cache(maxsize=65536)  # a text's words repeat across texts: most lookups are of words seen before
 def _key(word: str) -> str:
     """How the lists spell a name: upper case ASCII letters only (O'Connor -> OCONNOR, José -> JOSE)."""
     ascii_word = unicodedata.normalize("NFKD", word).encode("ascii", "ignore").decode()
@@ -149,11 +153,13 @@ class NameRecognizer(EntityRecognizer):
         """How many words starting at `index` make a name (0: none)."""
         word = words[index]
         if not self._capitalised(word.group()):
-            return 0
+            return self._introduced_in_lower_case(text, words, index)
         length = self._extent(text, words, index)
         after = text[words[index + length - 1].end() :]
         before = text[max(0, word.start() - _CUE_WINDOW) : word.start()]
         first = _key(word.group())
+        if _INTRODUCTION_CUE.search(before):
+            return self._with_lower_case_surnames(text, words, index, length)  # "My name is Maria garcia"
         if _STRONG_CUE.search(before) or (_SIGNATURE_BEFORE.search(before) and _LINE_ENDS.match(after)):
             return length
         if _ROLE_CUE.search(before) and (first in self.given or first in self.surnames):
@@ -176,6 +182,28 @@ class NameRecognizer(EntityRecognizer):
         if first in self.common_given and after.startswith(","):
             return length  # addressed at a sentence start: "Maria, welcome back."
         return 0
+
+    def _introduced_in_lower_case(self, text: str, words: list[re.Match], index: int) -> int:
+        """A lower-case listed given name right after "my name is" or "name:", with the listed surnames
+        after it ("my name is maria garcia"); 0 otherwise. Other cues ("i'm", "this is", "called") are
+        followed by ordinary words too often ("this is bill 2", "i'm grace-ful"): only capitalised there."""
+        word = words[index].group()
+        if not word.islower() or _key(word) not in self.given or _key(word) in self.blocked:
+            return 0
+        start = words[index].start()
+        if not _INTRODUCTION_CUE.search(text, max(0, start - _CUE_WINDOW), start):
+            return 0
+        return self._with_lower_case_surnames(text, words, index, 1)
+
+    def _with_lower_case_surnames(self, text: str, words: list[re.Match], index: int, length: int) -> int:
+        """`length` words from `index`, and the lower-case listed surnames one space after them."""
+        while length < MAX_NAME_WORDS and self._joins(text, words, index + length - 1):
+            following = words[index + length].group()
+            key = _key(following)
+            if not following.islower() or key not in self.surnames or key in self.blocked:
+                break
+            length += 1
+        return length
 
     def _extent(self, text: str, words: list[re.Match], index: int) -> int:
         """The word at `index` and the capitalised words right after it, one space apart, with the particles
