@@ -106,6 +106,10 @@ CASES = [
     ("national insurance: AB123456D", ["AB123456D"], "<UK_NINO>"),
     ("passport: AB1234567", ["AB1234567"], "<PASSPORT>"),
     ("My postcode is SW1A 1AA.", ["SW1A 1AA"], "<POSTCODE>"),
+    # bank details beside their words
+    ("Account no. 31926819, sort code 40-47-84", ["31926819", "40-47-84"], "<BANK_ACCOUNT>"),
+    ("acct # 4412 8891 2231", ["4412", "2231"], "<BANK_ACCOUNT>"),
+    ("routing number 021000021", ["021000021"], "<BANK_ACCOUNT>"),
 ]
 
 
@@ -579,6 +583,8 @@ def test_what_must_survive(masker):
         "Send it to M1 1AE please.",  # a postcode alone is masked only beside the word
         # numbers beside the context words of Presidio's US recognizers, which are not used
         "Your customer id is 482913756; check build 20231104 and order 987654321 in your account.",
+        # a bare "account" before a number, a sort code's shape in a longer number: no bank detail
+        "Your account 2 has 3 devices; the account number is on the invoice; sort code 12-34-56-78 is none.",
     ]
     for text in kept:
         assert masker.mask(text) == (text, {}), text
@@ -603,6 +609,56 @@ def test_a_passphrase_runs_to_where_the_prose_resumes(masker):
     masked, counts = masker.mask("password: " + " ".join(words))
     assert masked == "password: <PASSWORD> " + " ".join(words[PII.passphrase_max_words :]), masked
     assert counts == {"PASSWORD": 1}
+
+
+def test_context_patterns_read_a_run_of_blanks_once_and_find_what_the_backtracking_ones_found():
+    """The date-of-birth, bank and password patterns take the blanks around an optional separator
+    possessively: "\\s*(?:is|:)?\\s*" split a run of blanks between its two quantifiers in every way before
+    failing ("date of birth", 20,000 blanks, no date: 47 s). Neither a separator nor a value starts with a
+    blank, so the possessive patterns match exactly where and what the backtracking ones matched: checked
+    here on random texts of context words, blanks, separators, values and other words."""
+    import re
+
+    from fineflow.privacy.recognizers import (
+        _ASSIGNED_PASSWORD,
+        _DATE,
+        _PASSWORD_VALUE,
+        _PASSWORD_WORD,
+        _PROSE_PASSWORD,
+        BANK_ACCOUNT_PATTERNS,
+        DATE_OF_BIRTH_PATTERNS,
+    )
+
+    old_separator = r"\s*(?:is|was|:|=|-|#)?\s*"
+    backtracking = {
+        DATE_OF_BIRTH_PATTERNS[0]: DATE_OF_BIRTH_PATTERNS[0].pattern.replace(
+            r"\s*+(?:(?:is|was|:|=|-)\s*+)?", r"\s*(?:is|was|:|=|-)?\s*"
+        ),
+        _ASSIGNED_PASSWORD: _ASSIGNED_PASSWORD.pattern.replace(r"\s*+", r"\s*"),
+        _PROSE_PASSWORD: rf"{_PASSWORD_WORD}\s+(?P<sep>is|was)\s*:?\s+{_PASSWORD_VALUE}",
+        **{
+            pattern: pattern.pattern.replace(r"\s*+(?:(?:is|was|:|=|-|#)\s*+)?", old_separator).replace(
+                r"[ \t]*+", r"[ \t]*"
+            )
+            for pattern in BANK_ACCOUNT_PATTERNS
+        },
+    }
+    assert _DATE in DATE_OF_BIRTH_PATTERNS[0].pattern
+    assert all(old != new.pattern for new, old in backtracking.items())  # each reference differs
+    pieces = ["date of birth", "dob", "born on", "password", "pwd", "pass", "passphrase", "pin", "is", "was"]
+    pieces += ["sort code", "account number", "acct #", "routing", "number", ":", "=", "-", "#", '"', "'"]
+    pieces += ["1985-03-07", "March 7, 1985", "404784", "40-47-84", "31926819", "021000021", "hunter2", "x"]
+    blanks = [" ", "  ", "\t", "\n", " \n ", ""]
+    rng = random.Random(11)
+    texts = [
+        "".join(rng.choice(pieces) + rng.choice(blanks) for _ in range(rng.randrange(1, 9)))
+        for _ in range(4000)
+    ]
+    for new, old in backtracking.items():
+        reference = re.compile(old, new.flags)
+        for text in texts:
+            found = [(m.span(), m.groupdict()) for m in new.finditer(text)]
+            assert found == [(m.span(), m.groupdict()) for m in reference.finditer(text)], (new.pattern, text)
 
 
 def test_a_name_without_a_cue_is_found_when_common_or_addressed(masker):
@@ -733,6 +789,9 @@ HOSTILE = [
     # spaCy's tokenizer took 44 s on this (quadratic on a run of punctuation); a served request with it
     # held the server's event loop for 38 s (data_prep.pii.longest_split_chunk).
     ("write to hj.ops@example.net " + "_" * 19_000, "Noted."),
+    # a context word, a long run of blanks and no value: 47 s for a date-of-birth pattern that split the
+    # blanks between two quantifiers (318 prompt tokens); the passphrase and the sort code before it
+    ("wifi password: correct horse battery staple, sort code 40-47-84, dob" + " " * 19_000 + "?", "Noted."),
 ]
 SECRETS = [
     "Harold",
@@ -751,6 +810,8 @@ SECRETS = [
     "Yusuf",
     "Demir",
     "S3cretPassw0rd",
+    "horse battery",
+    "40-47-84",
     ANTHROPIC_KEY[7:],
     "hj.ops@example.net",
 ]

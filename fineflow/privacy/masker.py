@@ -185,6 +185,8 @@ def _fineflow_recognizers(config: PIIConfig) -> list:
     module without masking (data prep's flow while its workers mask the shards) does not pay for them."""
     from fineflow.privacy.names import NameRecognizer
     from fineflow.privacy.recognizers import (
+        BANK_ACCOUNT,
+        BANK_ACCOUNT_PATTERNS,
         DATE_OF_BIRTH,
         DATE_OF_BIRTH_PATTERNS,
         ContextPatternRecognizer,
@@ -202,6 +204,7 @@ def _fineflow_recognizers(config: PIIConfig) -> list:
         SecretsRecognizer(config.secrets, language),
         StreetAddressRecognizer(config.address_countries, language),
         ContextPatternRecognizer(DATE_OF_BIRTH, DATE_OF_BIRTH_PATTERNS, language),
+        ContextPatternRecognizer(BANK_ACCOUNT, BANK_ACCOUNT_PATTERNS, language),
         PasswordRecognizer(config.passphrase_max_words, language),
         Ipv6Recognizer(language),
         SpelledEmailRecognizer(language),

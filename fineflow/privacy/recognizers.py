@@ -23,6 +23,7 @@ PRIVATE_KEY_PLUGIN = "PrivateKeyDetector"  # its match is the BEGIN line: the ke
 STREET_ADDRESS = "STREET_ADDRESS"
 DATE_OF_BIRTH = "DATE_OF_BIRTH"
 PASSWORD = "PASSWORD"
+BANK_ACCOUNT = "BANK_ACCOUNT"
 IP_ADDRESS = "IP_ADDRESS"
 
 
@@ -213,10 +214,25 @@ _DATE = (
 DATE_OF_BIRTH_PATTERNS = [
     re.compile(
         r"\b(?:born(?:\s+on)?|d\.?o\.?b\.?|date\s+of\s+birth|birth\s*date|birthday)"
-        rf"\s*(?:is|was|:|=|-)?\s*(?P<value>{_DATE})",
+        rf"\s*+(?:(?:is|was|:|=|-)\s*+)?(?P<value>{_DATE})",
         re.IGNORECASE,
     ),
     re.compile(r"\bborn\s+in\s+(?P<value>(?:19|20)\d{2})\b", re.IGNORECASE),  # the year alone
+]
+
+# Bank details beside their words only: a bare 8-digit number is as often an order or a ticket. UK sort
+# codes ("sort code 40-47-84"), account numbers after "account number", "account no." or "acct #" (a bare
+# "account" precedes order and build numbers in support chats, and Presidio's US bank recognizer, which
+# takes it as context, masked them), US routing numbers after "routing number".
+_SEPARATOR = r"\s*+(?:(?:is|was|:|=|-|#)\s*+)?"
+BANK_ACCOUNT_PATTERNS = [
+    re.compile(rf"\bsort[ \t-]*code{_SEPARATOR}(?P<value>\d\d[-–. ]?\d\d[-–. ]?\d\d)(?![\d-])", re.I),
+    re.compile(
+        rf"\b(?:(?:bank[ \t]+)?account|acct|a/c)[ \t]*(?:number|no\.?|num|nr\.?|#){_SEPARATOR}"
+        r"(?P<value>\d(?:[ -]?\d){5,16})(?![\d-])",
+        re.I,
+    ),
+    re.compile(rf"\b(?:aba[ \t]+)?routing[ \t]*+(?:number|no\.?|#)?{_SEPARATOR}(?P<value>\d{{9}})\b", re.I),
 ]
 
 _PASSWORD_WORD = r"\b(?:password|passwd|passcode|passphrase|pwd|pin)\b"
@@ -224,9 +240,9 @@ _PASSWORD_WORD = r"\b(?:password|passwd|passcode|passphrase|pwd|pin)\b"
 _ASSIGNED_PASSWORD_WORD = r"\b(?:password|passwd|passcode|passphrase|pwd|pin|pass|pw)\b"
 _PASSWORD_VALUE = r"(?P<value>\"[^\"\n]+\"|'[^'\n]+'|[^\s\"']+)"
 # "password: hunter2", "pwd=hunter2": an assignment, any value
-_ASSIGNED_PASSWORD = re.compile(rf"{_ASSIGNED_PASSWORD_WORD}\s*(?P<sep>[:=])\s*{_PASSWORD_VALUE}", re.I)
+_ASSIGNED_PASSWORD = re.compile(rf"{_ASSIGNED_PASSWORD_WORD}\s*+(?P<sep>[:=])\s*+{_PASSWORD_VALUE}", re.I)
 # "my password is hunter2": prose, so the value must look like a password (see PasswordRecognizer)
-_PROSE_PASSWORD = re.compile(rf"{_PASSWORD_WORD}\s+(?P<sep>is|was)\s*:?\s+{_PASSWORD_VALUE}", re.I)
+_PROSE_PASSWORD = re.compile(rf"{_PASSWORD_WORD}\s++(?P<sep>is|was)(?:\s*+:)?\s++{_PASSWORD_VALUE}", re.I)
 # The next word on the line, for a passphrase's further words.
 _NEXT_WORD = re.compile(r"[ \t]+(?P<word>\S+)")
 _NOT_LETTER = re.compile(r"[^A-Za-z]")
