@@ -661,6 +661,59 @@ def test_context_patterns_read_a_run_of_blanks_once_and_find_what_the_backtracki
             assert found == [(m.span(), m.groupdict()) for m in reference.finditer(text)], (new.pattern, text)
 
 
+def test_duplicates_are_removed_as_presidio_removes_them(masker):
+    """fineflow/privacy/results.py keeps exactly the findings Presidio's pairwise scan keeps, in its order:
+    random findings of three types with nested, overlapping, equal and zero-score spans."""
+    from presidio_analyzer import RecognizerResult
+
+    from fineflow.privacy.masker import presidio_remove_duplicates
+    from fineflow.privacy.results import remove_duplicates
+
+    presidios = presidio_remove_duplicates()
+    assert presidios is not remove_duplicates  # Presidio's own, which the masker replaced
+
+    def key(result):
+        return (-result.score, result.start, result.start - result.end)
+
+    rng = random.Random(5)
+    for _ in range(3000):
+        findings = []
+        for _ in range(rng.randrange(0, 30)):
+            start = rng.randrange(0, 40)
+            end = start + rng.randrange(0, 12)
+            score = rng.choice([0, 0.1, 0.4, 0.4, 0.85, 1.0])
+            findings.append(RecognizerResult(rng.choice("ABC"), start, end, score))
+        ours, theirs = remove_duplicates(list(findings)), presidios(list(findings))
+        assert sorted(map(repr, ours)) == sorted(map(repr, theirs)), findings
+        assert [key(result) for result in ours] == sorted(key(result) for result in ours)
+
+
+def test_context_words_are_the_ones_presidios_enhancer_collects(masker):
+    """fineflow/privacy/context.py finds a finding's context words by bisection: the same words as
+    Presidio's enhancer, which walks the tokens, at every offset of random texts of context words, values,
+    stop words and punctuation (and the same error past the last token)."""
+    from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
+
+    from fineflow.privacy.context import IndexedContextEnhancer
+
+    ours, presidios = IndexedContextEnhancer(), LemmaContextAwareEnhancer()
+    engine = masker.analyzer.nlp_engine
+    words = ["passport", "SSN", "phone", "number", "is", "the", "my", "and", ":", "-", "://a:", "536228741"]
+    words += ["AB1234567", "Card", "expiry", "of", "  ", "\n", ".", "IBAN", "routing", "cvv", "x@y.io", "lic"]
+    rng = random.Random(3)
+    for _ in range(300):
+        text = " ".join(rng.choice(words) for _ in range(rng.randrange(1, 40)))
+        artifacts = engine.process_text(text, "en")
+        for start in range(len(text) + 2):
+            try:
+                expected = set(presidios._extract_surrounding_words(artifacts, "w", start))
+            except ValueError:
+                with pytest.raises(ValueError, match="Did not find word"):
+                    ours._extract_surrounding_words(artifacts, "w", start)
+                continue
+            assert set(ours._extract_surrounding_words(artifacts, "w", start)) == expected, (text, start)
+
+
 def test_a_name_without_a_cue_is_found_when_common_or_addressed(masker):
     assert masker.mask("I told David about the E3 error.")[0] == "I told <PERSON> about the E3 error."
     # Fatima is beyond bare_name_max_rank, but she is addressed
