@@ -559,6 +559,16 @@ def test_what_must_survive(masker):
         "A weak password is a common cause, so change it.",
         # after "my name is", a lower-case word is a name only when it is a listed given name
         "my name is spelled wrong on the invoice and my name is on the account",
+        # ordinary support text after a password word or "name:" (a review found these masked)
+        "The PIN is valid 24 hours. Your password was changed 2 days ago.",
+        "Your PIN is locked 15 minutes after 5 wrong tries.",
+        "Your Wi-Fi password is stored encrypted (AES-256) on the Nimbus.",
+        "My password is correct (I typed it twice).",
+        "First pass: remove the faceplate. Test pass: all sensors responding. Self-test: pass=12 fail=0.",
+        "PW: 1500 watts. Day pass: $10 for the install.",
+        "Set Schedule name: summer and Mode: heat. Give the schedule a name: summer, winter or holiday.",
+        "Zone name: sandy beach house",
+        "my name is ok but the email is wrong, my name is long so it gets cut off",
         "Hold the dial 10 seconds; 5-10 business days; up to 2 heat + 2 cool stages.",
         "Thanks! Let me know if the C-wire adapter helps.",
         # model answers evaluation once counted as leaked names: rare given names that are ordinary words
@@ -591,24 +601,37 @@ def test_what_must_survive(masker):
 
 
 def test_a_passphrase_runs_to_where_the_prose_resumes(masker):
-    """An unquoted password value runs over the next words of its line until a stop word, a label, a tag, a
-    quote or a closing mark, and at most data_prep.pii.passphrase_max_words words."""
+    """A password of letters runs over the next words of its line made of letters or digits until a stop
+    word or any other word, and at most data_prep.pii.passphrase_max_words words; a password holding a
+    digit or a symbol is one word."""
     expected = {
         "password: correct horse battery staple.": "password: <PASSWORD>.",
-        "password: hunter2 and it fails": "password: <PASSWORD> and it fails",
-        "password: hunter2 doesn't work": "password: <PASSWORD> doesn't work",
-        "password: hunter2 - thanks": "password: <PASSWORD> - thanks",
+        "password: sunshine and it fails": "password: <PASSWORD> and it fails",
+        "password: sunshine doesn't work": "password: <PASSWORD> doesn't work",
+        "password: blue sky - thanks": "password: <PASSWORD> - thanks",
         "pwd=hunter2 user=bob": "pwd=<PASSWORD> user=bob",
-        "pwd: hunter2 <EMAIL> wrote": "pwd: <PASSWORD> <EMAIL> wrote",
-        "password: hunter2, then reboot": "password: <PASSWORD>, then reboot",
+        "pwd: blue sky <EMAIL> wrote": "pwd: <PASSWORD> <EMAIL> wrote",
+        "password: blue sky, then reboot": "password: <PASSWORD>, then reboot",
         "password: blue sky\nthen it asks again": "password: <PASSWORD>\nthen it asks again",
+        "password: hunter2 exactly as written": "password: <PASSWORD> exactly as written",
         "my wifi password is blue elephant 42, ok?": "my wifi password is <PASSWORD>, ok?",
+        "user: bob pass: hunter2 thanks": "user: bob pass: <PASSWORD> thanks",
     }
     assert {text: masker.mask(text)[0] for text in expected} == expected
-    words = [f"w{i}rd" for i in range(PII.passphrase_max_words + 2)]
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet"]
     masked, counts = masker.mask("password: " + " ".join(words))
     assert masked == "password: <PASSWORD> " + " ".join(words[PII.passphrase_max_words :]), masked
     assert counts == {"PASSWORD": 1}
+
+
+def test_an_answer_echoing_the_prompts_password_is_no_leak():
+    """Evaluation's leak check takes a finding the prompt holds for an echo: an answer repeating the
+    user's password before more words must find the same value."""
+    from tasks.evaluation.classic_metrics import pii_in_answers
+
+    prompts = ["my wifi password: hunter2 and it still fails", "my wifi password is hunter2"]
+    answers = ["Try entering the password: hunter2 exactly as written.", "Your password is hunter3 now."]
+    assert pii_in_answers(prompts, answers, PII, []).leaked == [False, True]
 
 
 def test_context_patterns_read_a_run_of_blanks_once_and_find_what_the_backtracking_ones_found():

@@ -45,9 +45,14 @@ MAX_NAME_WORDS = 3
 # A word: letters, with inner apostrophes or hyphens (O'Connor, Jean-Luc), but not a possessive or a
 # contraction (Maria's, I'm, we'll).
 _WORD = re.compile(r"[^\W\d_]+(?:['’](?!(?:s|m|re|ve|ll|d|t)\b)[^\W\d_]+|-[^\W\d_]+)*")
-# A person naming themselves: after it a listed given name is a name in lower case too ("my name is maria
-# garcia"), with the listed surnames right after it, as people type in chat.
-_INTRODUCTION_CUE = re.compile(r"\b(?:my\s+name\s+is|my\s+name['’]s|name\s*:)[ \t]+$", re.IGNORECASE)
+# A person naming themselves: after it a common given name is a name in lower case too ("my name is maria
+# garcia"), with the listed surnames right after it, as people type in chat. "name:" counts only opening
+# a line ("Name: maria", "full name: maria garcia"): "Set Schedule name: summer", "Zone name: sandy beach
+# house" name things.
+_INTRODUCTION_CUE = re.compile(
+    r"(?:\bmy\s+name\s+is|\bmy\s+name['’]s|(?:^|\n)[ \t]*(?:(?:first|full)[ \t]+)?name[ \t]*:)[ \t]+$",
+    re.IGNORECASE,
+)
 # Cues after which any capitalised word is a name.
 _STRONG_CUE = re.compile(
     r"(?:\b(?:my\s+name\s+is|my\s+name's|name\s*:|i\s+am|i'm|i’m|this\s+is|it's|it’s|it\s+is|called|named"
@@ -184,12 +189,13 @@ class NameRecognizer(EntityRecognizer):
         return 0
 
     def _introduced_in_lower_case(self, text: str, words: list[re.Match], index: int) -> int:
-        """A lower-case listed given name right after "my name is" or "name:", with the listed surnames
-        after it ("my name is maria garcia"); 0 otherwise. Other cues ("i'm", "this is", "called") are
-        followed by ordinary words too often ("this is bill 2", "i'm grace-ful"): only capitalised there."""
+        """A lower-case common given name (within `bare_name_max_rank`) right after "my name is" or a line's
+        "name:", with the listed surnames after it ("my name is maria garcia"); 0 otherwise. Other cues
+        ("i'm", "this is", "called") are followed by ordinary words too often ("this is bill 2"): only
+        capitalised names count there."""
         word = words[index].group()
-        if not word.islower() or _key(word) not in self.given or _key(word) in self.blocked:
-            return 0
+        if not word.islower() or _key(word) not in self.common_given or _key(word) in self.blocked:
+            return 0  # "my name is ok", "my name is long": the lists' tail holds ordinary words
         start = words[index].start()
         if not _INTRODUCTION_CUE.search(text, max(0, start - _CUE_WINDOW), start):
             return 0
@@ -198,9 +204,10 @@ class NameRecognizer(EntityRecognizer):
     def _with_lower_case_surnames(self, text: str, words: list[re.Match], index: int, length: int) -> int:
         """`length` words from `index`, and the lower-case listed surnames one space after them."""
         while length < MAX_NAME_WORDS and self._joins(text, words, index + length - 1):
-            following = words[index + length].group()
-            key = _key(following)
-            if not following.islower() or key not in self.surnames or key in self.blocked:
+            following = words[index + length]
+            key = _key(following.group())
+            labels = text[following.end() : following.end() + 1] in (":", "=")  # "name: maria pass: x"
+            if not following.group().islower() or key not in self.surnames or key in self.blocked or labels:
                 break
             length += 1
         return length

@@ -236,8 +236,11 @@ BANK_ACCOUNT_PATTERNS = [
 ]
 
 _PASSWORD_WORD = r"\b(?:password|passwd|passcode|passphrase|pwd|pin)\b"
-# "pass" and "pw" only before a colon or an equals sign ("user: bob pass: hunter2"): in prose they are words.
-_ASSIGNED_PASSWORD_WORD = r"\b(?:password|passwd|passcode|passphrase|pwd|pin|pass|pw)\b"
+# "pass" and "pw" only before a colon or an equals sign ("user: bob pass: hunter2"), and only before a value
+# mixing letters with digits or symbols: "First pass: remove the faceplate", "Test pass: all sensors",
+# "pass=12 fail=0", "PW: 1500 watts" are no passwords.
+_ASSIGNED_PASSWORD_WORD = r"\b(?P<label>password|passwd|passcode|passphrase|pwd|pin|pass|pw)\b"
+_SHORT_LABELS = frozenset({"pass", "pw"})
 _PASSWORD_VALUE = r"(?P<value>\"[^\"\n]+\"|'[^'\n]+'|[^\s\"']+)"
 # "password: hunter2", "pwd=hunter2": an assignment, any value
 _ASSIGNED_PASSWORD = re.compile(rf"{_ASSIGNED_PASSWORD_WORD}\s*+(?P<sep>[:=])\s*+{_PASSWORD_VALUE}", re.I)
@@ -245,23 +248,34 @@ _ASSIGNED_PASSWORD = re.compile(rf"{_ASSIGNED_PASSWORD_WORD}\s*+(?P<sep>[:=])\s*
 _PROSE_PASSWORD = re.compile(rf"{_PASSWORD_WORD}\s++(?P<sep>is|was)(?:\s*+:)?\s++{_PASSWORD_VALUE}", re.I)
 # The next word on the line, for a passphrase's further words.
 _NEXT_WORD = re.compile(r"[ \t]+(?P<word>\S+)")
-_NOT_LETTER = re.compile(r"[^A-Za-z]")
+_LETTER = re.compile(r"[^\W\d_]")
+_NOT_LETTER = re.compile(r"[\W\d_]")
+
+
+@dataclass(frozen=True)
+class _PasswordValue:
+    words: list[tuple[int, str]]  # (start, word without a closing mark)
+    at_clause_end: bool  # the words ran to the line's end or to a closing mark, not to a stop word
 
 
 class PasswordRecognizer(_Recognizer):
     """A password after its word: "password: hunter2", "pwd=hunter2", "my password is Tr0ub4dor&3", quoted
-    or not. A password is often a passphrase ("wifi password: correct horse battery staple"), and masking
-    its first word left the rest: an unquoted value runs on over the next words of its line, up to
-    `max_words` in all, and stops before a stop word ("and", "but", "please": spaCy's English list), a
-    label or assignment ("user:", "x=1"), a tag, a quote or a word without a letter or digit; a word ending
-    in punctuation ends it (without the mark). So "password: hunter2 and it fails" masks "hunter2".
+    or not. A password of letters only is often a passphrase ("wifi password: correct horse battery
+    staple"), and masking its first word left the rest: such a value runs on over the next words of its
+    line made of letters or of digits, up to `max_words` in all, and stops before a stop word ("and",
+    "the", "please": spaCy's English list) or any other word (a label "user:", a tag, "doesn't"); a word
+    ending in punctuation ends it (without the mark). So "password: sunshine and it fails" masks
+    "sunshine". A value holding a digit or a symbol ("hunter2", "S3cr3t!") is one word: an answer
+    echoing "password: hunter2 exactly as written" must find the "hunter2" of its prompt, which
+    evaluation's leak check compares it with.
 
-    After "is" or "was" the words are prose ("my password is wrong", "the PIN is forgotten"): the value is
-    a password only when quoted or when one of its words holds a character other than a letter ("blue
-    elephant 42"). A value whose first word is a tag is none: already masked, or a template's
-    ("password: <YOUR_PASSWORD>"); the masker drops a finding that is one of its own placeholders whatever
-    found it (PIIMasker.find), this takes any tag, so an answer quoting a template is no leak.
-    "<PASSWORD>hunter2" is a value after a tag."""
+    After "is" or "was" the words are prose ("my password is wrong", "the PIN is valid 24 hours"): the value
+    is a password only when quoted, when its first word holds a digit or a symbol ("my password is
+    hunter2"), or when it is a passphrase whose last word does and which runs to the end of its line or
+    clause ("the passphrase is Purple Monkey Dishwasher 42."). A value whose first word is a tag is none:
+    already masked, or a template's ("password: <YOUR_PASSWORD>"); the masker drops a finding that is one
+    of its own placeholders whatever found it (PIIMasker.find), this takes any tag, so an answer quoting a
+    template is no leak. "<PASSWORD>hunter2" is a value after a tag."""
 
     def __init__(self, max_words: int, language: str):
         from spacy.lang.en.stop_words import STOP_WORDS
@@ -272,40 +286,46 @@ class PasswordRecognizer(_Recognizer):
     def spans(self, text: str) -> Iterator[tuple[str, int, int]]:
         for pattern, prose in ((_ASSIGNED_PASSWORD, False), (_PROSE_PASSWORD, True)):
             for match in pattern.finditer(text):
-                value = match.group("value")
-                if value[:1] in "\"'":
+                if match.group("value")[:1] in "\"'":
                     yield PASSWORD, match.start("value"), match.end("value")
                     continue
-                words = self._words(text, match)
-                if words and (not prose or any(_NOT_LETTER.search(word) for _, word in words)):
-                    yield PASSWORD, match.start("value"), words[-1][0] + len(words[-1][1])
+                value = self._value(text, match)
+                if value and self._accepted(match, value, prose):
+                    last_start, last = value.words[-1]
+                    yield PASSWORD, match.start("value"), last_start + len(last)
 
-    def _words(self, text: str, match: re.Match) -> list[tuple[int, str]]:
-        """The value's words as (start, word without a closing mark); none when the first is a tag."""
+    @staticmethod
+    def _accepted(match: re.Match, value: _PasswordValue, prose: bool) -> bool:
+        first = value.words[0][1]
+        if not prose:
+            label = (match.groupdict().get("label") or "").lower()
+            return label not in _SHORT_LABELS or bool(_LETTER.search(first) and _NOT_LETTER.search(first))
+        if _NOT_LETTER.search(first):
+            return True
+        return len(value.words) > 1 and value.at_clause_end and bool(_NOT_LETTER.search(value.words[-1][1]))
+
+    def _value(self, text: str, match: re.Match) -> _PasswordValue | None:
+        """The value's words; None when the first is a tag. Only a first word of letters runs on."""
         value = match.group("value")
         first = value.rstrip(_TRAILING)
         if not first or _PLACEHOLDER.fullmatch(first):
-            return []
-        words, position, closed = [(match.start("value"), first)], match.end("value"), first != value
-        while not closed and len(words) < self.max_words:
+            return None
+        words, position = [(match.start("value"), first)], match.end("value")
+        if first != value or not first.isalpha():
+            return _PasswordValue(words, at_clause_end=first != value)
+        while len(words) < self.max_words:
             following = _NEXT_WORD.match(text, position)
             if not following:
-                break
+                return _PasswordValue(words, at_clause_end=not text[position:].split("\n", 1)[0].strip())
             raw = following.group("word")
             word = raw.rstrip(_TRAILING)
-            if not self._continues(word):
-                break
+            if not (word.isalpha() or word.isdigit()) or word.lower() in self.stop_words:
+                return _PasswordValue(words, at_clause_end=False)
             words.append((following.start("word"), word))
-            position, closed = following.end(), word != raw
-        return words
-
-    def _continues(self, word: str) -> bool:
-        """Whether `word` can be a passphrase's next word rather than the prose after the value."""
-        return (
-            any(char.isalnum() for char in word)
-            and word.lower() not in self.stop_words
-            and not any(char in word for char in ":=\"'<")
-        )
+            position = following.end()
+            if word != raw:
+                return _PasswordValue(words, at_clause_end=True)
+        return _PasswordValue(words, at_clause_end=False)
 
 
 # --------------------------------------------------------------------------------------------- IPv6
