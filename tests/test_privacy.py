@@ -353,6 +353,19 @@ def test_openai_detector_is_skipped_only_on_lines_without_its_literal(masker):
     assert OPENAI_KEY_LITERAL not in masked and counts == {"OPENAI_KEY": 1}, masked
 
 
+def test_npm_detector_is_skipped_only_on_lines_without_its_literal(masker):
+    """Sound only while NpmDetector's pattern holds the literal the gate looks for (escaped in it)."""
+    from detect_secrets.plugins.npm import NpmDetector
+
+    from fineflow.privacy.recognizers import NPM_TOKEN_LITERAL
+
+    assert NpmDetector.denylist and all(r"\/:_authToken=" in p.pattern for p in NpmDetector.denylist)
+    assert NPM_TOKEN_LITERAL == "/:_authToken="
+    line = f"//registry.npmjs.org{NPM_TOKEN_LITERAL}npm_{'Ab1' * 12}"
+    masked, counts = masker.mask(f"my .npmrc has {line} in it")
+    assert "Ab1Ab1" not in masked and counts == {"SECRET": 1}, masked
+
+
 def _short_example_numbers(most_digits: int) -> list:
     """phonenumbers' example numbers, of every region and type, of at most `most_digits` digits counting
     the country code."""

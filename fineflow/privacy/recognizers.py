@@ -19,6 +19,7 @@ from presidio_analyzer.predefined_recognizers import PhoneRecognizer as Presidio
 from fineflow.config import SecretsConfig
 
 OPENAI_KEY_LITERAL = "T3BlbkFJ"  # in every key detect-secrets' OpenAIDetector finds ("OpenAI" in base64)
+NPM_TOKEN_LITERAL = "/:_authToken="  # in every line detect-secrets' NpmDetector finds a token in
 PRIVATE_KEY_PLUGIN = "PrivateKeyDetector"  # its match is the BEGIN line: the key is masked to its END
 STREET_ADDRESS = "STREET_ADDRESS"
 DATE_OF_BIRTH = "DATE_OF_BIRTH"
@@ -123,9 +124,13 @@ def _keywords_of(plugin_name: str) -> re.Pattern | None:
 
     OpenAIDetector's one pattern holds the literal `T3BlbkFJ` after a greedy run from every `sk-`, which
     it tries again from each later `sk-` on the line: quadratic ("sk-" repeated over 8,000 characters,
-    0.2 s). A line without the literal cannot match it."""
+    0.2 s). A line without the literal cannot match it. NpmDetector's (`//.+/:_authToken=...`) runs from
+    every `//` to the line's end and back: 16,000 slashes (2,000 prompt tokens) took 2.0 s; a line without
+    `/:_authToken=` cannot match it."""
     if plugin_name == "OpenAIDetector":
         return re.compile(re.escape(OPENAI_KEY_LITERAL))
+    if plugin_name == "NpmDetector":
+        return re.compile(re.escape(NPM_TOKEN_LITERAL))
     if plugin_name != "KeywordDetector":
         return None
     from detect_secrets.plugins.keyword import DENYLIST
