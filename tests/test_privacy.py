@@ -582,6 +582,11 @@ def test_what_must_survive(masker):
         "Set Schedule name: summer and Mode: heat. Give the schedule a name: summer, winter or holiday.",
         "Zone name: sandy beach house",
         "my name is ok but the email is wrong, my name is long so it gets cut off",
+        # the second review's
+        "The Wi-Fi password is case-sensitive. The PIN is 4 digits long; the passcode is 6-digit.",
+        "The password is 8-64 characters. Check the router password: it is on a sticker.",
+        "Zone name: Upstairs. Device name: Hallway Thermostat. Wi-Fi name: HomeNet.",
+        "My A/C no. 20231104 stopped cooling. The A/C # 240000 BTU unit. HVAC routing 100200300.",
         "Hold the dial 10 seconds; 5-10 business days; up to 2 heat + 2 cool stages.",
         "Thanks! Let me know if the C-wire adapter helps.",
         # model answers evaluation once counted as leaked names: rare given names that are ordinary words
@@ -629,6 +634,10 @@ def test_a_passphrase_runs_to_where_the_prose_resumes(masker):
         "password: hunter2 exactly as written": "password: <PASSWORD> exactly as written",
         "my wifi password is blue elephant 42, ok?": "my wifi password is <PASSWORD>, ok?",
         "user: bob pass: hunter2 thanks": "user: bob pass: <PASSWORD> thanks",
+        "wifi password: blue sky2": "wifi password: <PASSWORD>",  # a word with a digit ends it
+        "my wifi password is blue sky2 and it fails": "my wifi password is <PASSWORD> and it fails",
+        "my date of birth is: 03/07/1985": "my date of birth is: <DATE_OF_BIRTH>",
+        "My account number is: 31926819, 2 units": "My account number is: <BANK_ACCOUNT>, 2 units",
     }
     assert {text: masker.mask(text)[0] for text in expected} == expected
     words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet"]
@@ -651,39 +660,27 @@ def test_context_patterns_read_a_run_of_blanks_once_and_find_what_the_backtracki
     """The date-of-birth, bank and password patterns take the blanks around an optional separator
     possessively: "\\s*(?:is|:)?\\s*" split a run of blanks between its two quantifiers in every way before
     failing ("date of birth", 20,000 blanks, no date: 47 s). Neither a separator nor a value starts with a
-    blank, so the possessive patterns match exactly where and what the backtracking ones matched: checked
-    here on random texts of context words, blanks, separators, values and other words."""
+    blank, so each pattern matches exactly where and what its backtracking form (every possessive
+    quantifier made greedy) matches: checked on random texts of context words, blanks, separators, values
+    and other words."""
     import re
 
     from fineflow.privacy.recognizers import (
         _ASSIGNED_PASSWORD,
         _DATE,
-        _PASSWORD_VALUE,
-        _PASSWORD_WORD,
         _PROSE_PASSWORD,
         BANK_ACCOUNT_PATTERNS,
         DATE_OF_BIRTH_PATTERNS,
     )
 
-    old_separator = r"\s*(?:is|was|:|=|-|#)?\s*"
-    backtracking = {
-        DATE_OF_BIRTH_PATTERNS[0]: DATE_OF_BIRTH_PATTERNS[0].pattern.replace(
-            r"\s*+(?:(?:is|was|:|=|-)\s*+)?", r"\s*(?:is|was|:|=|-)?\s*"
-        ),
-        _ASSIGNED_PASSWORD: _ASSIGNED_PASSWORD.pattern.replace(r"\s*+", r"\s*"),
-        _PROSE_PASSWORD: rf"{_PASSWORD_WORD}\s+(?P<sep>is|was)\s*:?\s+{_PASSWORD_VALUE}",
-        **{
-            pattern: pattern.pattern.replace(r"\s*+(?:(?:is|was|:|=|-|#)\s*+)?", old_separator).replace(
-                r"[ \t]*+", r"[ \t]*"
-            )
-            for pattern in BANK_ACCOUNT_PATTERNS
-        },
-    }
+    possessive = [DATE_OF_BIRTH_PATTERNS[0], _ASSIGNED_PASSWORD, _PROSE_PASSWORD, *BANK_ACCOUNT_PATTERNS]
+    backtracking = {new: new.pattern.replace("*+", "*").replace("++", "+") for new in possessive}
     assert _DATE in DATE_OF_BIRTH_PATTERNS[0].pattern
     assert all(old != new.pattern for new, old in backtracking.items())  # each reference differs
     pieces = ["date of birth", "dob", "born on", "password", "pwd", "pass", "passphrase", "pin", "is", "was"]
     pieces += ["sort code", "account number", "acct #", "routing", "number", ":", "=", "-", "#", '"', "'"]
     pieces += ["1985-03-07", "March 7, 1985", "404784", "40-47-84", "31926819", "021000021", "hunter2", "x"]
+    pieces += ["is:", "routing #", "4412 8891", "sky2", "blue"]
     blanks = [" ", "  ", "\t", "\n", " \n ", ""]
     rng = random.Random(11)
     texts = [
@@ -715,12 +712,12 @@ def test_duplicates_are_removed_as_presidio_removes_them(masker):
     for _ in range(3000):
         findings = []
         for _ in range(rng.randrange(0, 30)):
-            start = rng.randrange(0, 40)
+            start = rng.randrange(-12, 40)  # a caller's offsets may be negative
             end = start + rng.randrange(0, 12)
             score = rng.choice([0, 0.1, 0.4, 0.4, 0.85, 1.0])
             findings.append(RecognizerResult(rng.choice("ABC"), start, end, score))
         ours, theirs = remove_duplicates(list(findings)), presidios(list(findings))
-        assert sorted(map(repr, ours)) == sorted(map(repr, theirs)), findings
+        assert [id(result) for result in ours] == [id(result) for result in theirs], findings  # in order
         assert [key(result) for result in ours] == sorted(key(result) for result in ours)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections import Counter
 from collections.abc import Callable
 from functools import cache
@@ -167,7 +168,10 @@ class PIIMasker:
         raise PIIMaskingError(f"PII still found after {MAX_MASK_PASSES} masking passes: {left}")
 
 
-@cache
+_PRESIDIO_OWN: list[Callable] = []  # Presidio's remove_duplicates, once replaced
+_REPLACING = threading.Lock()
+
+
 def presidio_remove_duplicates() -> Callable:
     """Presidio's own `EntityRecognizer.remove_duplicates`, after replacing it in this process with
     fineflow/privacy/results.py's (the first call replaces it). Presidio calls it through the class, inside
@@ -176,9 +180,11 @@ def presidio_remove_duplicates() -> Callable:
 
     from fineflow.privacy.results import remove_duplicates
 
-    presidio_own = EntityRecognizer.remove_duplicates
-    EntityRecognizer.remove_duplicates = staticmethod(remove_duplicates)
-    return presidio_own
+    with _REPLACING:  # two maskers built at once must not keep fineflow's as "Presidio's own"
+        if not _PRESIDIO_OWN:
+            _PRESIDIO_OWN.append(EntityRecognizer.remove_duplicates)
+            EntityRecognizer.remove_duplicates = staticmethod(remove_duplicates)
+    return _PRESIDIO_OWN[0]
 
 
 @cache
@@ -216,6 +222,7 @@ def _fineflow_recognizers(config: PIIConfig) -> list:
         SecretsRecognizer,
         SpelledEmailRecognizer,
         StreetAddressRecognizer,
+        bank_digits,
     )
 
     language = config.language
@@ -225,7 +232,7 @@ def _fineflow_recognizers(config: PIIConfig) -> list:
         SecretsRecognizer(config.secrets, language),
         StreetAddressRecognizer(config.address_countries, language),
         ContextPatternRecognizer(DATE_OF_BIRTH, DATE_OF_BIRTH_PATTERNS, language),
-        ContextPatternRecognizer(BANK_ACCOUNT, BANK_ACCOUNT_PATTERNS, language),
+        ContextPatternRecognizer(BANK_ACCOUNT, BANK_ACCOUNT_PATTERNS, language, accept=bank_digits),
         PasswordRecognizer(config.passphrase_max_words, language),
         Ipv6Recognizer(language),
         SpelledEmailRecognizer(language),

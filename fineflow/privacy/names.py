@@ -55,11 +55,13 @@ _INTRODUCTION_CUE = re.compile(
 )
 # Cues after which any capitalised word is a name.
 _STRONG_CUE = re.compile(
-    r"(?:\b(?:my\s+name\s+is|my\s+name's|name\s*:|i\s+am|i'm|i’m|this\s+is|it's|it’s|it\s+is|called|named"
+    r"(?:\b(?:my\s+name\s+is|my\s+name's|i\s+am|i'm|i’m|this\s+is|it's|it’s|it\s+is|called|named"
     r"|ask(?:ed)?\s+for|(?:spoke|speak|speaking|talked|talking|chatted|chatting)\s+(?:to|with))[ \t]+"
     r"|\b(?:mr|mrs|ms|miss|dr|prof)\.?[ \t]+"
     r"|\b(?:regards|sincerely|cheers|best|thanks|thank\s+you|thx|signed)[,.!]?[ \t]*\n\s*"
-    r"|(?:^|\n)[ \t]*(?:—|–|--|-|~)[ \t]*)$",
+    r"|(?:^|\n)[ \t]*(?:—|–|--|-|~)[ \t]*"
+    # "name:" opening a line ("Name: Kenji Watanabe"); "Zone name: Upstairs", "Device name: Hall" name things
+    r"|(?:^|\n)[ \t]*(?:(?:first|full|last|your|my)[ \t]+)?name[ \t]*:[ \t]*)$",
     re.IGNORECASE,
 )
 # A person introduced by who they are ("my husband David", "Our IT person, Raj Patel"): a listed name.

@@ -215,11 +215,15 @@ _DATE = (
     rf"|{_MONTH}\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}}"  # March 7th, 1985
     rf"|\d{{1,2}}(?:st|nd|rd|th)?\s+(?:of\s+)?{_MONTH},?\s+\d{{4}}"  # 7 March 1985
 )
+# Blanks, then "is"/"was", then one of ":=#-", each optional ("date of birth is: 03/07/1985", "sort code
+# - 40-47-84"). Possessive: the blanks are read once ("date of birth" and 20,000 blanks, 318 prompt
+# tokens, took 47 s when `\s*(?:is|:)?\s*` split them in every way before failing).
+_SEPARATOR = r"\s*+(?:(?:is|was)\s*+)?(?:[:=#-]\s*+)?"
 # A date is a date of birth only where the text says so: "renewal on 2024-05-01" stays.
 DATE_OF_BIRTH_PATTERNS = [
     re.compile(
         r"\b(?:born(?:\s+on)?|d\.?o\.?b\.?|date\s+of\s+birth|birth\s*date|birthday)"
-        rf"\s*+(?:(?:is|was|:|=|-)\s*+)?(?P<value>{_DATE})",
+        rf"{_SEPARATOR}(?P<value>{_DATE})",
         re.IGNORECASE,
     ),
     re.compile(r"\bborn\s+in\s+(?P<value>(?:19|20)\d{2})\b", re.IGNORECASE),  # the year alone
@@ -228,17 +232,24 @@ DATE_OF_BIRTH_PATTERNS = [
 # Bank details beside their words only: a bare 8-digit number is as often an order or a ticket. UK sort
 # codes ("sort code 40-47-84"), account numbers after "account number", "account no." or "acct #" (a bare
 # "account" precedes order and build numbers in support chats, and Presidio's US bank recognizer, which
-# takes it as context, masked them), US routing numbers after "routing number".
-_SEPARATOR = r"\s*+(?:(?:is|was|:|=|-|#)\s*+)?"
+# takes it as context, masked them; "a/c" is an air conditioner here), US routing numbers after "routing
+# number" or "routing #".
 BANK_ACCOUNT_PATTERNS = [
     re.compile(rf"\bsort[ \t-]*code{_SEPARATOR}(?P<value>\d\d[-–. ]?\d\d[-–. ]?\d\d)(?![\d-])", re.I),
+    # groups of 3 digits or more after the first: "acct # 4412 8891 2231", not "number 31926819 2 units"
     re.compile(
-        rf"\b(?:(?:bank[ \t]+)?account|acct|a/c)[ \t]*(?:number|no\.?|num|nr\.?|#){_SEPARATOR}"
-        r"(?P<value>\d(?:[ -]?\d){5,16})(?![\d-])",
+        rf"\b(?:(?:bank[ \t]+)?account|acct)[ \t]*(?:number|no\.?|num|nr\.?|#){_SEPARATOR}"
+        r"(?P<value>\d{2,}(?:[ -]\d{3,})*)(?![\d-])",
         re.I,
     ),
-    re.compile(rf"\b(?:aba[ \t]+)?routing[ \t]*+(?:number|no\.?|#)?{_SEPARATOR}(?P<value>\d{{9}})\b", re.I),
+    re.compile(rf"\b(?:aba[ \t]+)?routing[ \t]*+(?:number|no\.?|#){_SEPARATOR}(?P<value>\d{{9}})\b", re.I),
 ]
+
+
+def bank_digits(match: re.Match) -> bool:
+    """A bank detail has 6 to 17 digits (a sort code 6, a routing number 9, an account number up to 17)."""
+    return 6 <= sum(char.isdigit() for char in match.group("value")) <= 17
+
 
 _PASSWORD_WORD = r"\b(?:password|passwd|passcode|passphrase|pwd|pin)\b"
 # "pass" and "pw" only before a colon or an equals sign ("user: bob pass: hunter2"), and only before a value
@@ -257,10 +268,17 @@ _LETTER = re.compile(r"[^\W\d_]")
 _NOT_LETTER = re.compile(r"[\W\d_]")
 
 
+# A length stated after "is": a number or range, maybe with its unit joined ("8-64", "6-digit").
+_LENGTH = re.compile(r"\d+(?:-\d+)?(?:-[A-Za-z]+)?")
+_LENGTH_UNIT = re.compile(r"-[A-Za-z]+$")
+_UNITS = frozenset({"digit", "digits", "character", "characters", "chars", "letters", "numbers", "long"})
+
+
 @dataclass(frozen=True)
 class _PasswordValue:
     words: list[tuple[int, str]]  # (start, word without a closing mark)
-    at_clause_end: bool  # the words ran to the line's end or to a closing mark, not to a stop word
+    at_clause_end: bool  # the words ran to the line's end or to a closing mark, not on into prose
+    next_word: str  # the word after them on the line ("" at the line's end)
 
 
 class PasswordRecognizer(_Recognizer):
@@ -299,38 +317,47 @@ class PasswordRecognizer(_Recognizer):
                     last_start, last = value.words[-1]
                     yield PASSWORD, match.start("value"), last_start + len(last)
 
-    @staticmethod
-    def _accepted(match: re.Match, value: _PasswordValue, prose: bool) -> bool:
+    def _accepted(self, match: re.Match, value: _PasswordValue, prose: bool) -> bool:
         first = value.words[0][1]
+        if first.lower() in self.stop_words:
+            return False  # "password: it is on a sticker", "the PIN is 4 digits long"
         if not prose:
             label = (match.groupdict().get("label") or "").lower()
             return label not in _SHORT_LABELS or bool(_LETTER.search(first) and _NOT_LETTER.search(first))
-        if _NOT_LETTER.search(first):
-            return True
-        return len(value.words) > 1 and value.at_clause_end and bool(_NOT_LETTER.search(value.words[-1][1]))
+        if _LENGTH.fullmatch(first) and (_LENGTH_UNIT.search(first) or value.next_word.lower() in _UNITS):
+            return False  # a length, not a password: "is 8-64 characters", "is 6-digit", "is 4 digits long"
+        if _NOT_LETTER.search(first.replace("-", "") if first.islower() else first):
+            return True  # "hunter2", "Tr0ub4dor&3"; not "case-sensitive"
+        last = value.words[-1][1]
+        if len(value.words) == 1 or not _NOT_LETTER.search(last):
+            return False
+        # "blue sky2 and it fails"; a number alone only where it ends the clause ("Dishwasher 42."): "was
+        # changed 2 days ago", "is locked 15 minutes" are prose
+        return bool(_LETTER.search(last)) or value.at_clause_end
 
     def _value(self, text: str, match: re.Match) -> _PasswordValue | None:
-        """The value's words; None when the first is a tag. Only a first word of letters runs on."""
+        """The value's words; None when the first is a tag. Only a first word of letters runs on, over
+        words of letters or digits, and a word holding a digit is its last ("blue sky2")."""
         value = match.group("value")
         first = value.rstrip(_TRAILING)
         if not first or _PLACEHOLDER.fullmatch(first):
             return None
         words, position = [(match.start("value"), first)], match.end("value")
-        if first != value or not first.isalpha():
-            return _PasswordValue(words, at_clause_end=first != value)
-        while len(words) < self.max_words:
+        closed = first != value or not first.isalpha()
+        while not closed and len(words) < self.max_words:
             following = _NEXT_WORD.match(text, position)
-            if not following:
-                return _PasswordValue(words, at_clause_end=not text[position:].split("\n", 1)[0].strip())
-            raw = following.group("word")
+            raw = following.group("word") if following else ""
             word = raw.rstrip(_TRAILING)
-            if not (word.isalpha() or word.isdigit()) or word.lower() in self.stop_words:
-                return _PasswordValue(words, at_clause_end=False)
+            if not following or not word.isalnum() or word.lower() in self.stop_words:
+                break
             words.append((following.start("word"), word))
             position = following.end()
-            if word != raw:
-                return _PasswordValue(words, at_clause_end=True)
-        return _PasswordValue(words, at_clause_end=False)
+            closed = word != raw or not word.isalpha()
+        following = _NEXT_WORD.match(text, position)
+        next_word = following.group("word") if following else ""
+        line_ends = not text[position:].split("\n", 1)[0].strip()
+        at_clause_end = line_ends or (words[-1][1] != text[words[-1][0] : position].rstrip())
+        return _PasswordValue(words, at_clause_end, next_word.rstrip(_TRAILING))
 
 
 # --------------------------------------------------------------------------------------------- IPv6

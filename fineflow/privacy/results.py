@@ -11,6 +11,7 @@ findings), with an index per entity type instead of the pairwise scan.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_right
 from collections import defaultdict
 
@@ -40,10 +41,10 @@ class _SpanIndex:
 
     def __init__(self, starts: list[int]):
         self.starts = sorted(set(starts))
-        self.ends = [-1] * (len(self.starts) + 1)
+        self.ends = [-math.inf] * (len(self.starts) + 1)  # offsets can be negative in a caller's findings
 
     def spans(self, start: int, end: int) -> bool:
-        position, largest = bisect_right(self.starts, start), -1
+        position, largest = bisect_right(self.starts, start), -math.inf
         while position > 0:
             largest = max(largest, self.ends[position])
             position -= position & -position
