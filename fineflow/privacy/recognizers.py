@@ -264,6 +264,7 @@ _ASSIGNED_PASSWORD = re.compile(rf"{_ASSIGNED_PASSWORD_WORD}\s*+(?P<sep>[:=])\s*
 _PROSE_PASSWORD = re.compile(rf"{_PASSWORD_WORD}\s++(?P<sep>is|was)(?:\s*+:)?\s++{_PASSWORD_VALUE}", re.I)
 # The next word on the line, for a passphrase's further words.
 _NEXT_WORD = re.compile(r"[ \t]+(?P<word>\S+)")
+_BLANK_TO_LINE_END = re.compile(r"[^\S\n]*(?:\n|\Z)")  # nothing but blanks left on the line
 _LETTER = re.compile(r"[^\W\d_]")
 _NOT_LETTER = re.compile(r"[\W\d_]")
 
@@ -343,20 +344,18 @@ class PasswordRecognizer(_Recognizer):
         if not first or _PLACEHOLDER.fullmatch(first):
             return None
         words, position = [(match.start("value"), first)], match.end("value")
-        closed = first != value or not first.isalpha()
-        while not closed and len(words) < self.max_words:
+        marked = first != value  # the last word taken ended in a closing mark
+        while not marked and words[-1][1].isalpha() and len(words) < self.max_words:
             following = _NEXT_WORD.match(text, position)
             raw = following.group("word") if following else ""
             word = raw.rstrip(_TRAILING)
             if not following or not word.isalnum() or word.lower() in self.stop_words:
                 break
             words.append((following.start("word"), word))
-            position = following.end()
-            closed = word != raw or not word.isalpha()
+            position, marked = following.end(), word != raw
         following = _NEXT_WORD.match(text, position)
         next_word = following.group("word") if following else ""
-        line_ends = not text[position:].split("\n", 1)[0].strip()
-        at_clause_end = line_ends or (words[-1][1] != text[words[-1][0] : position].rstrip())
+        at_clause_end = marked or bool(_BLANK_TO_LINE_END.match(text, position))
         return _PasswordValue(words, at_clause_end, next_word.rstrip(_TRAILING))
 
 
