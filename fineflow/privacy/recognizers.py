@@ -270,8 +270,7 @@ _NOT_LETTER = re.compile(r"[\W\d_]")
 
 
 # A length stated after "is": a number or range, maybe with its unit joined ("8-64", "6-digit").
-_LENGTH = re.compile(r"\d+(?:-\d+)?(?:-[A-Za-z]+)?")
-_LENGTH_UNIT = re.compile(r"-[A-Za-z]+$")
+_LENGTH = re.compile(r"\d+(?:-\d+)?(?P<unit>-[A-Za-z]+)?")
 _UNITS = frozenset({"digit", "digits", "character", "characters", "chars", "letters", "numbers", "long"})
 
 
@@ -325,7 +324,8 @@ class PasswordRecognizer(_Recognizer):
         if not prose:
             label = (match.groupdict().get("label") or "").lower()
             return label not in _SHORT_LABELS or bool(_LETTER.search(first) and _NOT_LETTER.search(first))
-        if _LENGTH.fullmatch(first) and (_LENGTH_UNIT.search(first) or value.next_word.lower() in _UNITS):
+        length = _LENGTH.fullmatch(first)
+        if length and (length.group("unit") or value.next_word.lower() in _UNITS):
             return False  # a length, not a password: "is 8-64 characters", "is 6-digit", "is 4 digits long"
         if _NOT_LETTER.search(first.replace("-", "") if first.islower() else first):
             return True  # "hunter2", "Tr0ub4dor&3"; not "case-sensitive"
@@ -345,15 +345,15 @@ class PasswordRecognizer(_Recognizer):
             return None
         words, position = [(match.start("value"), first)], match.end("value")
         marked = first != value  # the last word taken ended in a closing mark
-        while not marked and words[-1][1].isalpha() and len(words) < self.max_words:
-            following = _NEXT_WORD.match(text, position)
-            raw = following.group("word") if following else ""
+        following = _NEXT_WORD.match(text, position)  # the word after those taken, once per position
+        while following and not marked and words[-1][1].isalpha() and len(words) < self.max_words:
+            raw = following.group("word")
             word = raw.rstrip(_TRAILING)
-            if not following or not word.isalnum() or word.lower() in self.stop_words:
+            if not word.isalnum() or word.lower() in self.stop_words:
                 break
             words.append((following.start("word"), word))
             position, marked = following.end(), word != raw
-        following = _NEXT_WORD.match(text, position)
+            following = _NEXT_WORD.match(text, position)
         next_word = following.group("word") if following else ""
         at_clause_end = marked or bool(_BLANK_TO_LINE_END.match(text, position))
         return _PasswordValue(words, at_clause_end, next_word.rstrip(_TRAILING))
